@@ -1,0 +1,168 @@
+"""The ``bastion`` command: serve, demo, check-config, sessions, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bastion.config import ConfigError, load_config
+
+
+def _setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_dir / "bastion.log"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # asyncssh logs client env values and other request details at debug level: keep it quiet
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    path = getattr(args, "config_file", None) or args.config
+    if not path:
+        raise SystemExit("bastion: no config file given (--config FILE)")
+    return path
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"{cfg.path}: OK ({len(cfg.resources)} resources, {len(cfg.users)} local users, {len(cfg.roles)} roles)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(_config_path(args))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    _setup_logging(args.verbose, cfg.log_dir)
+    from bastion.daemon import serve
+
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    from bastion.store.db import Store
+
+    try:
+        cfg = load_config(_config_path(args), check_files=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    store = Store(cfg.database_url)
+    store.migrate()
+    rows = store.sessions(limit=args.limit)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    if not rows:
+        print("no sessions")
+        return 0
+    fmt = "{:<27} {:<12} {:<16} {:<20} {:>9} {:<22} {}"
+    print(fmt.format("ID", "USER", "RESOURCE", "START (UTC)", "DURATION", "ENDED", "RECORDING"))
+    for r in rows:
+        dur = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
+        ended = r["outcome"] + (f" ({r['exit_status']})" if r["exit_status"] is not None else "")
+        print(fmt.format(r["id"], r["user"][:12], r["resource"][:16], (r["started_at"] or "")[:19].replace("T", " "),
+                         dur, ended[:22], r["recording"] or "-"))
+    return 0
+
+
+def _find_recording(ref: str, config: str | None) -> Path:
+    p = Path(ref)
+    if p.exists():
+        return p
+    if config:
+        from bastion.store.db import Store
+
+        cfg = load_config(config, check_files=False)
+        store = Store(cfg.database_url)
+        store.migrate()
+        row = store.session(ref)
+        if row and row["recording"]:
+            return Path(row["recording"])
+    raise SystemExit(f"bastion replay: {ref}: no such file or session id" + ("" if config else " (use --config)"))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from recorder.asciicast import CastError
+    from recorder.player import play
+
+    try:
+        path = _find_recording(args.ref, getattr(args, "config_file", None) or args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        play(path, speed=args.speed, idle_limit=args.idle_limit)
+    except CastError as e:
+        print(f"bastion replay: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bastion.demo import run_demo
+
+    return run_demo(Path(args.state_dir), args.port, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bastion", description="SSH bastion with brokered, recorded sessions")
+    p.add_argument("--config", help="config file (YAML)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the daemon")
+    s.add_argument("--config", dest="config_file")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate a config file")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("demo", help="run a self-contained demo (SQLite, local recordings, a demo SSH target)")
+    s.add_argument("--port", type=int, default=2222)
+    s.add_argument("--state-dir", default=".bastion-demo")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sessions", help="brokered sessions")
+    ss = s.add_subparsers(dest="sessions_cmd", required=True)
+    sl = ss.add_parser("list", help="list sessions, newest first")
+    sl.add_argument("--config", dest="config_file")
+    sl.add_argument("--json", action="store_true")
+    sl.add_argument("--limit", type=int, default=200)
+    sl.set_defaults(func=cmd_sessions_list)
+
+    s = sub.add_parser("replay", help="play a recording (session id or .cast file) in this terminal")
+    s.add_argument("ref", metavar="ID|FILE")
+    s.add_argument("--config", dest="config_file")
+    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--idle-limit", type=float, default=None, help="cap pauses to this many seconds")
+    s.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Load and validate the bastion's single YAML config file.
+
+Every error names the file, the line and the key (``bastion.yaml:12: resources.db.port: ...``). The schema is
+expressed with pydantic models (``extra="forbid"`` so typos are errors); a line map built from the YAML node tree
+turns pydantic's error locations back into line numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+GROUP_RE = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+
+
+class ConfigError(Exception):
+    """A config problem; ``str()`` is ``FILE:LINE: key: message`` (one line per problem)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 2222
+
+
+class Limits(_Model):
+    login_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    max_connections: Annotated[int, Field(ge=1, le=100000)] = 500
+    max_connections_per_source: Annotated[int, Field(ge=1, le=100000)] = 50
+    max_sessions_per_connection: Annotated[int, Field(ge=1, le=100)] = 4
+    target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
+
+
+class LocalUser(_Model):
+    groups: list[Annotated[str, Field(pattern=GROUP_RE)]] = []
+    authorized_keys: list[str] = []
+    authorized_keys_file: str | None = None
+    disabled: bool = False
+
+
+class SshCredential(_Model):
+    private_key_file: str
+
+
+class SshResource(_Model):
+    kind: Literal["ssh"]
+    description: str = ""
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    credential: SshCredential
+    host_key: str
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.:_\[\]-]{1,253}", v):
+            raise ValueError("must be a host name or an IP address")
+        return v
+
+
+Resource = Annotated[SshResource, Field(discriminator="kind")]
+
+
+class Role(_Model):
+    groups: list[Annotated[str, Field(pattern=GROUP_RE)]] = Field(min_length=1)
+    resources: list[str] = []
+    review: bool = False
+    audit: bool = False
+
+
+class _Schema(_Model):
+    listen: Listen = Listen()
+    host_keys: list[str] = Field(min_length=1)
+    database: str = "sqlite:///bastion.db"
+    recordings_dir: str = "recordings"
+    log_dir: str | None = None
+    limits: Limits = Limits()
+    users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
+    resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
+    roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated config with every path made absolute (relative paths are relative to the file)."""
+
+    path: Path
+    listen: Listen
+    host_keys: list[Path]
+    database_url: str
+    recordings_dir: Path
+    log_dir: Path | None
+    limits: Limits
+    users: dict[str, LocalUser]
+    user_keys: dict[str, list[str]]
+    resources: dict[str, SshResource]
+    roles: dict[str, Role]
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
+
+    def resolve(self, p: str) -> Path:
+        """Resolve a path from the config relative to the config file's directory."""
+        return _resolve(self.path, p)
+
+    def line_of(self, *key: Any) -> int:
+        """The line of ``key`` (or its nearest ancestor) in the config file."""
+        return _line_for(self.lines, key)
+
+
+def _resolve(cfg_path: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (cfg_path.parent / path).resolve()
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader; we also walk its node tree for line numbers."""
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], dups: list[str]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
+            sub = (*path, key)
+            if key in seen:
+                dups.append(f"{k.start_mark.line + 1}\x00{_dotted(sub)}: duplicate key")
+            seen.add(key)
+            out[sub] = k.start_mark.line + 1
+            _line_map(v, sub, out, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = (*path, i)
+            out[sub] = item.start_mark.line + 1
+            _line_map(item, sub, out, dups)
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {(): 1}
+        lines: dict[tuple[Any, ...], int] = {}
+        dups: list[str] = []
+        _line_map(node, (), lines, dups)
+        if dups:
+            raise ConfigError([f"{path}:{d.replace(chr(0), ': ', 1)}" for d in dups])
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{path}:{line}: invalid YAML: {e.problem or e.context}"]) from None
+    finally:
+        loader.dispose()
+
+
+def _pydantic_problems(path: Path, err: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("ssh",))  # drop discriminator tags
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif e["type"] == "union_tag_invalid":
+            loc = (*loc, "kind")
+            msg = f"unknown kind {e.get('input', {}).get('kind')!r} (known kinds: ssh)"
+        elif e["type"] == "union_tag_not_found":
+            msg = "missing 'kind' (known kinds: ssh)"
+        problems.append(f"{path}:{_line_for(lines, loc)}: {_dotted(loc)}: {msg}")
+    return problems
+
+
+def _semantic_checks(cfg: Config) -> list[str]:
+    """Checks beyond the schema: referenced files exist and parse, keys parse, roles reference known things."""
+    import asyncssh  # local: keeps `policies`/tests that only need the schema light
+
+    problems: list[str] = []
+
+    def bad(loc: tuple[Any, ...], msg: str) -> None:
+        problems.append(f"{cfg.path}:{cfg.line_of(*loc)}: {_dotted(loc)}: {msg}")
+
+    for name, user in cfg.users.items():
+        for i, line in enumerate(user.authorized_keys):
+            try:
+                asyncssh.import_authorized_keys(line)
+            except (ValueError, asyncssh.KeyImportError) as e:
+                bad(("users", name, "authorized_keys", i), f"not a valid public key line ({e})")
+        if user.authorized_keys_file:
+            p = cfg.resolve(user.authorized_keys_file)
+            try:
+                asyncssh.read_authorized_keys(str(p))
+            except (OSError, ValueError, asyncssh.KeyImportError) as e:
+                bad(("users", name, "authorized_keys_file"), f"cannot read authorized keys from {p}: {e}")
+    for name, res in cfg.resources.items():
+        key_path = cfg.resolve(res.credential.private_key_file)
+        try:
+            asyncssh.read_private_key(str(key_path))
+        except (OSError, ValueError, asyncssh.KeyImportError) as e:
+            bad(("resources", name, "credential", "private_key_file"), f"cannot load private key {key_path}: {e}")
+        try:
+            asyncssh.import_public_key(res.host_key)
+        except (ValueError, asyncssh.KeyImportError) as e:
+            bad(("resources", name, "host_key"), f"not a valid public host key ({e})")
+    import fnmatch
+
+    for rname, role in cfg.roles.items():
+        for i, pat in enumerate(role.resources):
+            if not any(fnmatch.fnmatchcase(r, pat) for r in cfg.resources):
+                bad(("roles", rname, "resources", i), f"{pat!r} matches no resource")
+    for i, hk in enumerate(cfg.host_keys):
+        if hk.exists():
+            try:
+                asyncssh.read_private_key(str(hk))
+            except (OSError, ValueError, asyncssh.KeyImportError) as e:
+                bad(("host_keys", i), f"cannot load host key {hk}: {e}")
+        elif not hk.parent.is_dir():
+            bad(("host_keys", i), f"directory {hk.parent} does not exist (the key itself is created on first start)")
+    if cfg.database_url.startswith("sqlite:///"):
+        db_dir = Path(cfg.database_url[len("sqlite:///"):]).parent
+        if not db_dir.is_dir():
+            bad(("database",), f"directory {db_dir} does not exist")
+    return problems
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read, parse and validate a config file; raise :class:`ConfigError` listing every problem."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}:1: cannot read config: {e}"]) from None
+    data, lines = _parse_yaml(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: (top level): must be a mapping of settings"])
+    try:
+        schema = _Schema.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_pydantic_problems(path, e, lines)) from None
+
+    db = schema.database
+    if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
+        rel = db[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            db = "sqlite:///" + str(_resolve(path, rel))
+    user_keys: dict[str, list[str]] = {}
+    for name, u in schema.users.items():
+        keys = list(u.authorized_keys)
+        if u.authorized_keys_file:
+            p = _resolve(path, u.authorized_keys_file)
+            if p.exists():
+                keys += [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        user_keys[name] = keys
+    cfg = Config(
+        path=path,
+        listen=schema.listen,
+        host_keys=[_resolve(path, p) for p in schema.host_keys],
+        database_url=db,
+        recordings_dir=_resolve(path, schema.recordings_dir),
+        log_dir=_resolve(path, schema.log_dir) if schema.log_dir else None,
+        limits=schema.limits,
+        users=dict(schema.users),
+        user_keys=user_keys,
+        resources=dict(schema.resources),
+        roles=dict(schema.roles),
+        lines=lines,
+    )
+    if check_files:
+        problems = _semantic_checks(cfg)
+        if problems:
+            raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,132 @@
+"""``bastion demo``: everything under one state directory, reused on the next run."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import signal
+from pathlib import Path
+
+import asyncssh
+
+from bastion.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+DEMO_USERS = {"alice": ["ops"], "bob": ["reviewers"], "carol": ["auditors"]}
+
+
+def _key(path: Path) -> asyncssh.SSHKey:
+    """Load an ed25519 key, creating it (0600, with a .pub beside it) on first use."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=path.name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+    return key
+
+
+def _yaml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def prepare(state: Path, port: int) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
+    """Create (or reuse) keys and write ``state/bastion.yaml``; return config path, target keys and port."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = state / "keys"
+    for name in DEMO_USERS:
+        _key(keys / name)
+    target_host = _key(keys / "demo-target-host")
+    target_client = _key(keys / "demo-target-credential")
+    target_port = port + 1
+    users = "".join(
+        f"  {name}:\n    groups: [{', '.join(groups)}]\n    authorized_keys_file: keys/{name}.pub\n"
+        for name, groups in DEMO_USERS.items())
+    host_key_line = target_host.export_public_key().decode().split()
+    cfg = f"""\
+# Written by `bastion demo` on every start; edit a copy for real use.
+listen:
+  host: 127.0.0.1
+  port: {port}
+host_keys: [keys/host_ed25519]
+database: sqlite:///bastion.db
+recordings_dir: recordings
+log_dir: logs
+users:
+{users}resources:
+  demo-shell:
+    kind: ssh
+    description: "Demo host: a real shell on this machine, via an embedded SSH server"
+    host: 127.0.0.1
+    port: {target_port}
+    user: {_yaml_str(getpass.getuser())}
+    credential:
+      private_key_file: keys/demo-target-credential
+    host_key: {_yaml_str(host_key_line[0] + " " + host_key_line[1])}
+roles:
+  operators:
+    groups: [ops]
+    resources: [demo-shell]
+  reviewers:
+    groups: [reviewers]
+    review: true
+  auditors:
+    groups: [auditors]
+    audit: true
+"""
+    path = state / "bastion.yaml"
+    path.write_text(cfg)
+    return path, target_host, target_client, target_port
+
+
+def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
+    """Prepare the state dir, start the demo target and the daemon, print how to connect, run until Ctrl-C."""
+    from bastion.cli import _setup_logging
+    from bastion.daemon import Daemon
+    from bastion.demo_target import start_demo_target
+
+    state = state.resolve()
+    cfg_path, host_key, client_key, target_port = prepare(state, port)
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as e:
+        print(e)
+        return 1
+    _setup_logging(verbose, cfg.log_dir)
+
+    async def main() -> None:
+        target = await start_demo_target("127.0.0.1", target_port, host_key, client_key)
+        daemon = Daemon(cfg)
+        await daemon.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        k = state / "keys"
+        ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
+        print(f"""
+bastion demo is running (state in {state})
+
+  operator:  {ssh} alice@127.0.0.1
+  direct:    {ssh} -t alice@127.0.0.1 demo-shell
+  exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
+  reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
+  sessions:  bastion --config {cfg_path} sessions list
+  replay:    bastion --config {cfg_path} replay SESSION_ID
+
+Ctrl-C stops the demo.
+""", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await daemon.stop()
+            target.close()
+
+    asyncio.run(main())
+    print("bastion demo stopped")
+    return 0

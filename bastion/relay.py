@@ -1,0 +1,281 @@
+"""The relay: one SSH channel <-> one active endpoint, with the recorder teeing both directions.
+
+There is one relay per SSH session channel. It always has a *base* endpoint (the session process on its pty, or
+nothing for direct forms) and at most one *active* brokered endpoint (an SSH target's remote process). Client
+input goes to the active endpoint if there is one, else to the base. Output of either goes to the client; only the
+brokered endpoint's traffic is recorded. Window changes reach every endpoint so the menu is the right size when it
+comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from bastion.ptyproc import PtyProcess, set_winsize
+from recorder.asciicast import CastWriter, EchoGuard
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 256 * 1024  # bytes buffered toward a slow endpoint before we stop reading the client
+
+
+class Endpoint(Protocol):
+    """What the relay needs of an endpoint."""
+
+    def write(self, data: bytes) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def signal(self, name: str) -> None: ...
+    def send_break(self, msec: int) -> None: ...
+    def eof(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def pending(self) -> int: ...
+    def echo_known(self) -> bool | None: ...
+
+
+class ClientChannel(Protocol):
+    def write(self, data: bytes, datatype: int | None = None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+STDERR = 1  # asyncssh.EXTENDED_DATA_STDERR
+
+
+class Tee:
+    """Records one brokered session: output as-is, input only once it is known to have been echoed."""
+
+    def __init__(self, writer: CastWriter):
+        self.writer = writer
+        self.guard = EchoGuard()
+        self._hidden = 0
+
+    def input(self, data: bytes, echo: bool | None) -> None:
+        self.guard.set_echo_known(echo)
+        for chunk in self.guard.feed_input(data, 0.0):
+            self.writer.input(chunk)
+        self._note_hidden()
+
+    def output(self, data: bytes) -> None:
+        self.writer.output(data)
+        for chunk in self.guard.feed_output(data, 0.0):
+            self.writer.input(chunk)
+        self._note_hidden()
+
+    def _note_hidden(self) -> None:
+        if self.guard.hidden_count != self._hidden:
+            self._hidden = self.guard.hidden_count
+            self.writer.marker("input not recorded: typed while echo was off")
+
+
+class Relay:
+    """Moves bytes between the client channel and endpoints; see the module docstring."""
+
+    def __init__(self, chan: ClientChannel, cols: int = 80, rows: int = 24):
+        self.chan = chan
+        self.cols, self.rows = cols, rows
+        self.base: Endpoint | None = None
+        self.active: Endpoint | None = None
+        self.tee: Tee | None = None
+        self._client_paused = False
+        self._output_paused = False
+
+    # -- wiring -----------------------------------------------------------------------------------------
+    def set_base(self, ep: Endpoint | None) -> None:
+        self.base = ep
+
+    def attach(self, ep: Endpoint, tee: Tee | None) -> None:
+        """Make ``ep`` the endpoint that receives client input, recording through ``tee``."""
+        self.active, self.tee = ep, tee
+        ep.resize(self.cols, self.rows)
+        if self._output_paused:
+            ep.pause_reading()
+
+    def detach(self) -> None:
+        self.active, self.tee = None, None
+        self._maybe_resume_client()
+
+    @property
+    def target(self) -> Endpoint | None:
+        return self.active or self.base
+
+    # -- client -> endpoint -----------------------------------------------------------------------------
+    def from_client(self, data: bytes) -> None:
+        ep = self.target
+        if ep is None:
+            return
+        if self.tee is not None and ep is self.active:
+            self.tee.input(data, ep.echo_known())
+        ep.write(data)
+        if ep.pending() > MAX_PENDING and not self._client_paused:
+            self._client_paused = True
+            self.chan.pause_reading()
+
+    def endpoint_drained(self) -> None:
+        """An endpoint flushed its buffer: read from the client again."""
+        self._maybe_resume_client()
+
+    def _maybe_resume_client(self) -> None:
+        ep = self.target
+        if self._client_paused and (ep is None or ep.pending() <= MAX_PENDING // 2):
+            self._client_paused = False
+            self.chan.resume_reading()
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.cols, self.rows = cols, rows
+        for ep in {id(e): e for e in (self.base, self.active) if e is not None}.values():
+            ep.resize(cols, rows)
+        if self.tee is not None:
+            self.tee.writer.resize(cols, rows)
+
+    def signal(self, name: str) -> None:
+        if self.target is not None:
+            self.target.signal(name)
+
+    def send_break(self, msec: int) -> None:
+        if self.target is not None:
+            self.target.send_break(msec)
+
+    def eof(self) -> None:
+        if self.target is not None:
+            self.target.eof()
+
+    # -- endpoint -> client -----------------------------------------------------------------------------
+    def output(self, ep: Endpoint, data: bytes, stderr: bool = False) -> None:
+        """Output from ``ep``: to the client, and into the recording if ``ep`` is the brokered one."""
+        if ep is self.active and self.tee is not None:
+            self.tee.output(data)
+        self.chan.write(data, STDERR if stderr else None)
+
+    def pause_output(self) -> None:
+        """The client's window is full: stop reading endpoints (backpressure to the source)."""
+        self._output_paused = True
+        for ep in (self.base, self.active):
+            if ep is not None:
+                ep.pause_reading()
+
+    def resume_output(self) -> None:
+        self._output_paused = False
+        for ep in (self.base, self.active):
+            if ep is not None:
+                ep.resume_reading()
+
+
+class PtyEndpoint:
+    """The session process on its pty, read and written through the master fd."""
+
+    def __init__(self, proc: PtyProcess, relay: Relay, on_exit: Callable[[int | None], None]):
+        self.proc = proc
+        self.relay = relay
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._reading = False
+        self._closed = False
+        self.resume_reading()
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.proc.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every slave fd is closed, the process is gone
+            data = b""
+        if not data:
+            self._finish()
+            return
+        self.relay.output(self, data)
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.pause_reading()
+        if self._out:
+            self._loop.remove_writer(self.proc.master)
+        self._loop.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(self.proc.proc.wait), 5)
+        except TimeoutError:
+            self.proc.terminate()
+            status = await asyncio.to_thread(self.proc.proc.wait)
+        self.proc.close()
+        self._on_exit(status)
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if not self._out:
+            try:
+                n = os.write(self.proc.master, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return
+            data = data[n:]
+            if not data:
+                return
+            self._loop.add_writer(self.proc.master, self._writable)
+        self._out += data
+
+    def _writable(self) -> None:
+        try:
+            n = os.write(self.proc.master, self._out)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self._out)
+        del self._out[:n]
+        if not self._out:
+            self._loop.remove_writer(self.proc.master)
+            self.relay.endpoint_drained()
+
+    def pending(self) -> int:
+        return len(self._out)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if not self._closed:
+            try:
+                set_winsize(self.proc.master, cols, rows)
+            except OSError:
+                pass
+
+    def signal(self, name: str) -> None:
+        import signal as _signal
+
+        sig = getattr(_signal, f"SIG{name}", None)
+        if sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT) and not self._closed:
+            try:
+                os.killpg(os.tcgetpgrp(self.proc.master), sig)
+            except OSError:
+                pass
+
+    def send_break(self, msec: int) -> None:
+        self.signal("INT")
+
+    def eof(self) -> None:
+        self.write(b"\x04")
+
+    def echo_known(self) -> bool | None:
+        return self.proc.echo_enabled()
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.proc.master)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closed:
+            self._loop.add_reader(self.proc.master, self._readable)
+            self._reading = True
+
+    def close(self) -> None:
+        """Hang up the session process."""
+        if self.proc.proc.poll() is None:
+            self.proc.terminate()

@@ -1,0 +1,97 @@
+"""Broker RPC wire format shared by the daemon and the session process (no daemon imports here).
+
+Frames are a 4-byte big-endian length followed by a UTF-8 JSON object. Requests are
+``{"id": int, "method": str, "params": {...}}``; replies ``{"id": int, "result": ...}`` or
+``{"id": int, "error": {"code": str, "message": str}}``. The daemon may also push ``{"event": str, "data": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from typing import Any
+
+MAX_FRAME = 64 * 1024
+HEADER = struct.Struct(">I")
+
+# Methods the daemon serves, with the parameter names each accepts (anything else is refused).
+METHODS: dict[str, frozenset[str]] = {
+    "hello": frozenset(),
+    "resources.list": frozenset(),
+    "resource.open": frozenset({"name"}),
+}
+
+
+class RpcError(Exception):
+    """An error reply from the daemon, or a broken channel."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Frame one message; raises ValueError if it is too big."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"RPC frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Parse a frame body; raises ValueError on anything that is not a JSON object."""
+    obj = json.loads(body.decode("utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("RPC frame is not a JSON object")
+    return obj
+
+
+class RpcClient:
+    """Blocking client used by the session process. Thread-safe: one call at a time."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._next = 1
+        self.events: list[dict[str, Any]] = []
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self._sock.recv(n - len(buf))
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise RpcError("closed", "the bastion closed the broker channel")
+            buf += chunk
+        return bytes(buf)
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Send a request and wait for its reply (pushed events that arrive meanwhile are queued)."""
+        with self._lock:
+            rid = self._next
+            self._next += 1
+            try:
+                self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
+            except OSError as e:
+                raise RpcError("closed", f"the bastion closed the broker channel ({e})") from None
+            while True:
+                (length,) = HEADER.unpack(self._recv_exact(HEADER.size))
+                if length > MAX_FRAME:
+                    raise RpcError("protocol", "oversized reply from the bastion")
+                msg = decode_body(self._recv_exact(length))
+                if "event" in msg:
+                    self.events.append(msg)
+                    continue
+                if msg.get("id") != rid:
+                    raise RpcError("protocol", "reply to an unknown request")
+                if "error" in msg:
+                    err = msg["error"] or {}
+                    raise RpcError(str(err.get("code", "error")), str(err.get("message", "error")))
+                return msg.get("result")
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,341 @@
+"""One SSH session channel: decides the form (menu, direct, exec), runs it through the relay, records it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from bastion.broker import BrokerServer, RefusedRequest
+from bastion.ptyproc import PtyProcess
+from bastion.relay import PtyEndpoint, Relay, Tee
+from bastion.store.db import new_session_id
+from bastion.targets.ssh import SshEndpoint, TargetError
+from policies.access import decide_open
+from recorder.asciicast import CastWriter
+
+if TYPE_CHECKING:
+    from bastion.daemon import ConnectionContext
+
+log = logging.getLogger(__name__)
+
+TERM_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+USAGE = """\
+bastion: ways to connect
+  ssh -t {host} RESOURCE            open RESOURCE interactively (no menu)
+  ssh {host} RESOURCE -- COMMAND    run COMMAND on RESOURCE (non-interactive, recorded)
+  ssh {host}                        (from a terminal) the menu of the resources you may open
+"""
+
+
+@dataclass
+class Outcome:
+    """How a brokered session ended, as reported to the operator."""
+
+    ok: bool
+    message: str
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    session_id: str | None = None
+    duration: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message, "exit_status": self.exit_status,
+                "exit_signal": self.exit_signal, "session_id": self.session_id, "duration": round(self.duration, 3)}
+
+
+def parse_command(command: str) -> tuple[str, str | None]:
+    """Split ``RES -- CMD`` (or ``RES CMD``) into the resource and the command text, verbatim."""
+    text = command.strip()
+    m = re.match(r"(\S+)(?:\s+(.*))?$", text, re.S)
+    if not m:
+        return "", None
+    res, rest = m.group(1), (m.group(2) or "").strip()
+    if rest.startswith("--"):
+        rest = rest[2:].strip() if rest == "--" or rest[2:3].isspace() else rest
+    return res, (rest or None)
+
+
+class BastionSession(asyncssh.SSHServerSession):
+    """asyncssh session callbacks for one channel; the work happens in :meth:`run`."""
+
+    def __init__(self, ctx: ConnectionContext):
+        self.ctx = ctx
+        self.chan: asyncssh.SSHServerChannel | None = None
+        self.relay: Relay | None = None
+        self.term_type: str | None = None
+        self.cols, self.rows = 80, 24
+        self.command: str | None = None
+        self.menu: PtyEndpoint | None = None
+        self._menu_exit: asyncio.Future[int | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._opening = False
+        self._targets: set[SshEndpoint] = set()
+
+    # -- asyncssh callbacks -----------------------------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        self.term_type = term_type if TERM_RE.match(term_type or "") else "xterm-256color"
+        self.cols, self.rows = _sane_size(term_size[0], term_size[1])
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        log.info("%s: refused subsystem %r", self.ctx.who, subsystem[:64])
+        return False
+
+    def session_started(self) -> None:
+        assert self.chan is not None
+        self.relay = Relay(self.chan, self.cols, self.rows)
+        self._task = asyncio.get_running_loop().create_task(self._run_guarded())
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self.relay is not None:
+            self.relay.from_client(data)
+
+    def eof_received(self) -> bool:
+        if self.relay is not None:
+            self.relay.eof()
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self.cols, self.rows = _sane_size(width, height)
+        if self.relay is not None:
+            self.relay.resize(self.cols, self.rows)
+
+    def signal_received(self, signal: str) -> None:
+        if self.relay is not None:
+            self.relay.signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.relay is not None:
+            self.relay.send_break(msec)
+        return True
+
+    def pause_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.pause_output()
+
+    def resume_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.resume_output()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for ep in list(self._targets):
+            ep.close()
+        if self.menu is not None:
+            self.menu.close()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    # -- the forms --------------------------------------------------------------------------------------
+    async def _run_guarded(self) -> None:
+        status = 1
+        try:
+            status = await self._run()
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("%s: session failed", self.ctx.who)
+            self._stderr("bastion: internal error; the session was closed (see the daemon log)\n")
+        if self.chan is not None:
+            self.chan.exit(status)
+
+    async def _run(self) -> int:
+        pty = self.term_type is not None
+        if self.command is None:
+            if not pty:
+                self._stderr(USAGE.format(host=self.ctx.server_name))
+                return 2
+            return await self._run_menu()
+        resource, cmd = parse_command(self.command)
+        if not resource or resource in ("help", "-h", "--help"):
+            self._stderr(USAGE.format(host=self.ctx.server_name))
+            return 0 if resource else 2
+        if cmd is None and not pty:
+            self._stderr(f"bastion: {resource}: an interactive session needs a terminal (ssh -t).\n"
+                         + USAGE.format(host=self.ctx.server_name))
+            return 2
+        out = await self.open_target(resource, command=cmd)
+        if not out.ok:
+            self._stderr(f"bastion: {out.message}\n")
+            return 1
+        if out.exit_signal:
+            return 128 + _signal_number(out.exit_signal)
+        return out.exit_status if out.exit_status is not None else 255
+
+    def _stderr(self, text: str) -> None:
+        if self.chan is not None:
+            data = text.encode()
+            if self.term_type is not None:
+                data = data.replace(b"\n", b"\r\n")
+            self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR)
+
+    async def _run_menu(self) -> int:
+        """Spawn the session process (Textual menu) on a fresh pty and serve its broker RPC."""
+        assert self.relay is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        home = tempfile.mkdtemp(prefix="bastion-session-")
+        try:
+            env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "HOME": home,
+                   "PATH": "/usr/local/bin:/usr/bin:/bin", "BASTION_RPC_FD": str(theirs.fileno())}
+            if self.ctx.daemon.config.log_dir is not None:
+                env["BASTION_TUI_LOG"] = str(self.ctx.daemon.config.log_dir / "tui.log")
+            argv = [sys.executable, "-I", "-m", "tui"]
+            try:
+                proc = PtyProcess(argv, env=env, cols=self.cols, rows=self.rows, pass_fds=[theirs.fileno()], cwd=home)
+            finally:
+                theirs.close()
+            self._menu_exit = asyncio.get_running_loop().create_future()
+            fut = self._menu_exit
+
+            def on_exit(status: int | None) -> None:
+                if not fut.done():
+                    fut.set_result(status)
+
+            self.menu = PtyEndpoint(proc, self.relay, on_exit)
+            self.relay.set_base(self.menu)
+            broker = BrokerServer(ours, {
+                "hello": self._rpc_hello,
+                "resources.list": self._rpc_resources,
+                "resource.open": self._rpc_open,
+            }, self.ctx.who)
+            serve = asyncio.ensure_future(broker.serve())
+            try:
+                status = await fut
+            finally:
+                serve.cancel()
+            return 0 if status in (0, None) else 1
+        finally:
+            ours.close()
+            shutil.rmtree(home, ignore_errors=True)
+
+    # -- broker RPC handlers (identity is the connection's, never the request's) --------------------------
+    async def _rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
+        g = self.ctx.grants
+        return {"user": self.ctx.username, "groups": sorted(self.ctx.groups), "roles": list(g.roles),
+                "review": g.review, "audit": g.audit, "server": self.ctx.server_name}
+
+    async def _rpc_resources(self, params: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.ctx.daemon.config
+        return {"resources": [{"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description}
+                              for n in self.ctx.grants.permitted(cfg.resources)]}
+
+    async def _rpc_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name", "")
+        if self._opening:
+            raise RefusedRequest("busy", "a session is already open on this connection")
+        out = await self.open_target(name, command=None)
+        return out.as_dict()
+
+    # -- brokering a target ------------------------------------------------------------------------------
+    async def open_target(self, name: str, *, command: str | None) -> Outcome:
+        """Check access, connect to the target, attach it to the relay with recording, wait for its end."""
+        assert self.relay is not None
+        ctx, daemon = self.ctx, self.ctx.daemon
+        store = daemon.store
+        mode = "exec" if command is not None else "interactive"
+        decision = decide_open(ctx.grants, name, daemon.config.resources)
+        if not decision.allowed:
+            await asyncio.to_thread(store.audit, ctx.username, "session.open", "denied", resource=name[:255],
+                                    client_addr=ctx.peer, mode=mode, reason=decision.reason)
+            log.info("%s: open %r denied: %s", ctx.who, name[:64], decision.reason)
+            return Outcome(False, decision.reason)
+        if self._opening:
+            return Outcome(False, "a session is already open on this connection")
+        self._opening = True
+        try:
+            return await self._broker(name, command, mode)
+        finally:
+            self._opening = False
+
+    async def _broker(self, name: str, command: str | None, mode: str) -> Outcome:
+        assert self.relay is not None
+        ctx, daemon = self.ctx, self.ctx.daemon
+        store, cfg = daemon.store, daemon.config
+        res = cfg.resources[name]
+        pty = self.term_type is not None
+        ep = SshEndpoint(self.relay)
+        self._targets.add(ep)
+        try:
+            try:
+                await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
+                              term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
+                              timeout=cfg.limits.target_connect_timeout)
+            except TargetError as e:
+                await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=name,
+                                        client_addr=ctx.peer, mode=mode, reason=str(e))
+                return Outcome(False, f"{name}: {e}")
+            sid = new_session_id()
+            path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
+            try:
+                writer = CastWriter(path, self.cols, self.rows, title=f"{ctx.username}@{name} ({mode})",
+                                    env={"TERM": self.term_type or "dumb", "SHELL": "/bin/sh"})
+            except OSError as e:  # no recording, no session
+                log.error("%s: cannot create recording %s: %s", ctx.who, path, e)
+                ep.close()
+                return Outcome(False, f"{name}: the session cannot be recorded; refusing to open it")
+            await asyncio.to_thread(store.start_session, sid, user=ctx.username, resource=name, kind=res.kind,
+                                    mode=mode, command=command, client_addr=ctx.peer, node=daemon.node,
+                                    recording_path=path)
+            await asyncio.to_thread(store.audit, ctx.username, "session.start", "ok", resource=name,
+                                    session_id=sid, client_addr=ctx.peer, mode=mode)
+            writer.marker(f"session {sid}: {ctx.username} opened {name}" + (f": {command}" if command else ""))
+            log.info("%s: session %s on %s started (%s)", ctx.who, sid, name, mode)
+            started = time.monotonic()
+            self.relay.attach(ep, Tee(writer))
+            try:
+                end = await ep.wait()
+            finally:
+                self.relay.detach()
+                writer.marker(f"session {sid} ended")
+                sha = writer.close()
+                duration = time.monotonic() - started
+            outcome = "exited" if end.status is not None else ("killed" if end.signal else "lost")
+            if self.chan is None or self.chan.is_closing():
+                outcome = "client_disconnected" if end.status is None else outcome
+            await asyncio.to_thread(store.end_session, sid, outcome=outcome, exit_status=end.status,
+                                    message=end.message, sha256=sha, size=writer.bytes_written)
+            await asyncio.to_thread(store.audit, ctx.username, "session.end", outcome, resource=name,
+                                    session_id=sid, client_addr=ctx.peer, exit_status=end.status)
+            log.info("%s: session %s on %s ended: %s", ctx.who, sid, name, end.message)
+            return Outcome(True, f"{name}: {end.message}", end.status, end.signal, sid, duration)
+        finally:
+            ep.close()
+            self._targets.discard(ep)
+
+
+def _sane_size(cols: int, rows: int) -> tuple[int, int]:
+    cols = cols if 0 < cols <= 1000 else 80
+    rows = rows if 0 < rows <= 1000 else 24
+    return cols, rows
+
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    try:
+        return int(getattr(signal, f"SIG{name}"))
+    except (AttributeError, TypeError):
+        return 0
+
+
+__all__ = ["BastionSession", "Outcome", "parse_command", "os"]

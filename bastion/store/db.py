@@ -1,0 +1,177 @@
+"""Engine, migrations and the small set of queries the daemon and CLI need."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+
+from bastion.store.models import AuditEvent, Recording, Session, User
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+GENESIS = "0" * 64
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def new_session_id() -> str:
+    """A sortable, unguessable session id: UTC time + 48 random bits."""
+    return now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
+
+
+class Store:
+    """Access to the bastion's database (SQLite by default, PostgreSQL by URL)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def tx(self) -> Iterator[OrmSession]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # -- users -------------------------------------------------------------------------------------------
+    def touch_user(self, name: str, source: str = "local") -> None:
+        """Create the user row if needed and record a login time."""
+        with self.tx() as s:
+            u = s.scalar(select(User).where(User.name == name))
+            if u is None:
+                u = User(name=name, source=source, created_at=now())
+                s.add(u)
+            u.last_login_at = now()
+
+    # -- audit -------------------------------------------------------------------------------------------
+    def audit(self, actor: str, action: str, outcome: str, *, resource: str | None = None,
+              session_id: str | None = None, client_addr: str = "", **detail: Any) -> None:
+        """Append an audit event. ``detail`` must never carry secrets."""
+        with self.tx() as s:
+            s.add(AuditEvent(ts=now(), actor=actor, action=action, outcome=outcome, resource=resource,
+                             session_id=session_id, client_addr=client_addr, detail=detail))
+
+    def audit_events(self, limit: int = 1000) -> list[AuditEvent]:
+        with self.tx() as s:
+            return list(s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
+
+    # -- sessions ----------------------------------------------------------------------------------------
+    def start_session(self, sid: str, *, user: str, resource: str, kind: str, mode: str, command: str | None,
+                      client_addr: str, node: str, recording_path: Path) -> str:
+        """Create a session row (outcome ``active``) and its recording row; return the session id."""
+        with self.tx() as s:
+            s.add(Session(id=sid, user=user, resource=resource, kind=kind, mode=mode, command=command,
+                          client_addr=client_addr, node=node, started_at=now(), outcome="active", message=""))
+            s.flush()
+            s.add(Recording(session_id=sid, path=str(recording_path)))
+        return sid
+
+    def end_session(self, sid: str, *, outcome: str, exit_status: int | None, message: str,
+                    sha256: str | None, size: int | None) -> None:
+        """Close a session and chain its recording's hash to the previous closed recording."""
+        with self.tx() as s:
+            row = s.get(Session, sid)
+            if row is None:
+                return
+            row.ended_at = now()
+            row.outcome = outcome
+            row.exit_status = exit_status
+            row.message = message[:2000]
+            rec = s.scalar(select(Recording).where(Recording.session_id == sid))
+            if rec is not None and sha256 is not None:
+                prev = s.scalar(select(Recording.chain).where(Recording.chain.is_not(None))
+                                .order_by(Recording.closed_at.desc(), Recording.id.desc()).limit(1))
+                rec.prev_chain = prev or GENESIS
+                rec.sha256 = sha256
+                rec.size = size
+                rec.closed_at = now()
+                rec.chain = hashlib.sha256(
+                    json.dumps([rec.prev_chain, sid, sha256], separators=(",", ":")).encode()).hexdigest()
+
+    def mark_interrupted(self, node: str) -> int:
+        """Sessions of ``node`` still ``active`` (the daemon died under them) become ``interrupted``."""
+        n = 0
+        with self.tx() as s:
+            for row in s.scalars(select(Session).where(Session.outcome == "active", Session.node == node)):
+                row.outcome = "interrupted"
+                row.ended_at = row.ended_at or now()
+                row.message = "the bastion stopped while this session was active"
+                n += 1
+        return n
+
+    def sessions(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Newest first, with their recording paths, as plain dicts."""
+        with self.tx() as s:
+            rows = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
+                                                             isouter=True)
+                             .order_by(Session.started_at.desc()).limit(limit)).all()
+            return [_session_dict(sess, rec) for sess, rec in rows]
+
+    def session(self, sid: str) -> dict[str, Any] | None:
+        with self.tx() as s:
+            row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
+                                                            isouter=True).where(Session.id == sid)).first()
+            return _session_dict(*row) if row else None
+
+
+def _session_dict(sess: Session, rec: Recording | None) -> dict[str, Any]:
+    started, ended = _aware(sess.started_at), _aware(sess.ended_at)
+    return {
+        "id": sess.id,
+        "user": sess.user,
+        "resource": sess.resource,
+        "kind": sess.kind,
+        "mode": sess.mode,
+        "command": sess.command,
+        "client_addr": sess.client_addr,
+        "started_at": started.isoformat() if started else None,
+        "ended_at": ended.isoformat() if ended else None,
+        "duration": round((ended - started).total_seconds(), 3) if started and ended else None,
+        "outcome": sess.outcome,
+        "exit_status": sess.exit_status,
+        "message": sess.message,
+        "recording": rec.path if rec else None,
+        "sha256": rec.sha256 if rec else None,
+    }
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

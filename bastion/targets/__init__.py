@@ -1,0 +1,1 @@
+"""Target endpoints opened by the daemon."""

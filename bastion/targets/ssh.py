@@ -1,0 +1,167 @@
+"""SSH targets: the remote process opened by an asyncssh client with the key held in the daemon's memory only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from bastion.config import SshResource
+from bastion.relay import Relay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetExit:
+    """How a target process ended."""
+
+    status: int | None
+    signal: str | None
+    message: str
+
+
+class TargetError(Exception):
+    """The target could not be reached or refused us; the message is safe to show the operator."""
+
+
+class _ClientSession(asyncssh.SSHClientSession):
+    def __init__(self, ep: SshEndpoint):
+        self.ep = ep
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.ep.relay.output(self.ep, data, stderr=datatype == asyncssh.EXTENDED_DATA_STDERR)
+
+    def exit_status_received(self, status: int) -> None:
+        self.ep.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.ep.exit_signal = signal
+
+    def pause_writing(self) -> None:
+        self.ep.relay.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.ep.relay.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ep.lost_reason = str(exc) if exc else ""
+        self.ep.closed.set()
+
+
+class SshEndpoint:
+    """A relay endpoint that is a process on an SSH target."""
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.chan: asyncssh.SSHClientChannel | None = None
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.lost_reason = ""
+        self.closed = asyncio.Event()
+        self._paused = False
+
+    async def open(self, res: SshResource, key_path: Path, *, command: str | None, pty: bool,
+                   term_type: str, cols: int, rows: int, timeout: float) -> None:
+        """Connect with the pinned host key and the resource's key, and start a shell or ``command``."""
+        try:
+            key = asyncssh.read_private_key(str(key_path))
+        except (OSError, ValueError, asyncssh.KeyImportError) as e:
+            log.error("cannot load credential for %s from %s: %s", res.host, key_path, e)
+            raise TargetError("the bastion cannot load this resource's credential (see daemon log)") from None
+        try:
+            self.conn = await asyncio.wait_for(asyncssh.connect(
+                res.host, res.port, username=res.user, client_keys=[key],
+                known_hosts=([asyncssh.import_public_key(res.host_key)], [], []),
+                agent_path=None, agent_forwarding=False, x11_forwarding=False, config=[],
+                preferred_auth="publickey", keepalive_interval=30, ignore_encrypted=True,
+                password_auth=False, kbdint_auth=False, gss_auth=False, host_based_auth=False,
+                connect_timeout=timeout), timeout + 1)
+        except asyncssh.HostKeyNotVerifiable:
+            log.error("host key of %s:%s does not match the pinned key", res.host, res.port)
+            raise TargetError("the target's host key does not match the pinned key; refusing to connect") from None
+        except asyncssh.PermissionDenied:
+            raise TargetError("the target refused the bastion's credential") from None
+        except (OSError, TimeoutError, asyncssh.Error) as e:
+            raise TargetError(f"cannot connect to the target: {e or type(e).__name__}") from None
+        finally:
+            del key
+        try:
+            self.chan, _ = await self.conn.create_session(
+                lambda: _ClientSession(self), command, term_type=term_type if pty else None,
+                term_size=(cols, rows, 0, 0) if pty else None, request_pty=pty, encoding=None,
+                x11_forwarding=False, agent_forwarding=False)
+        except (OSError, asyncssh.Error) as e:
+            self.conn.close()
+            raise TargetError(f"the target refused a session: {e}") from None
+
+    async def wait(self) -> TargetExit:
+        """Wait until the remote process ends and the connection is closed."""
+        await self.closed.wait()
+        if self.conn is not None:
+            self.conn.close()
+        if self.exit_status is not None:
+            return TargetExit(self.exit_status, None, f"exited with status {self.exit_status}")
+        if self.exit_signal is not None:
+            return TargetExit(None, self.exit_signal, f"killed by signal {self.exit_signal}")
+        return TargetExit(None, None, f"connection to the target lost{': ' + self.lost_reason if self.lost_reason else ''}")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    # -- Endpoint protocol ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.chan is not None and not self.closed.is_set():
+            try:
+                self.chan.write(data)
+            except (asyncssh.Error, OSError, BrokenPipeError):
+                pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.chan is not None and not self.closed.is_set():
+            try:
+                self.chan.change_terminal_size(cols, rows)
+            except (asyncssh.Error, OSError):
+                pass
+
+    def signal(self, name: str) -> None:
+        if self.chan is not None and not self.closed.is_set():
+            try:
+                self.chan.send_signal(name)
+            except (asyncssh.Error, OSError):
+                pass
+
+    def send_break(self, msec: int) -> None:
+        if self.chan is not None and not self.closed.is_set():
+            try:
+                self.chan.send_break(msec)
+            except (asyncssh.Error, OSError):
+                pass
+
+    def eof(self) -> None:
+        if self.chan is not None and not self.closed.is_set():
+            try:
+                self.chan.write_eof()
+            except (asyncssh.Error, OSError):
+                pass
+
+    def pending(self) -> int:
+        return self.chan.get_write_buffer_size() if self.chan is not None else 0
+
+    def echo_known(self) -> bool | None:
+        return None  # the remote termios is invisible over SSH: the recorder infers echo from the output
+
+    def pause_reading(self) -> None:
+        if self.chan is not None and not self._paused:
+            self._paused = True
+            self.chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.chan is not None and self._paused:
+            self._paused = False
+            self.chan.resume_reading()

@@ -1,0 +1,61 @@
+"""Who may open what: groups -> roles -> resources. Pure; deny by default."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class RoleLike(Protocol):
+    """What this module needs of a role definition."""
+
+    groups: Sequence[str]
+    resources: Sequence[str]
+    review: bool
+    audit: bool
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What a user's groups grant: the matching roles and their resource patterns."""
+
+    roles: tuple[str, ...]
+    patterns: tuple[str, ...]
+    review: bool
+    audit: bool
+
+    def may_open(self, resource: str) -> bool:
+        """True if a role of this user names ``resource`` (exact name or glob)."""
+        return any(fnmatch.fnmatchcase(resource, p) for p in self.patterns)
+
+    def permitted(self, resources: Iterable[str]) -> list[str]:
+        """The resources this user may open, sorted by name."""
+        return sorted(r for r in resources if self.may_open(r))
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    allowed: bool
+    reason: str
+
+
+def grants_for(groups: Iterable[str], roles: Mapping[str, RoleLike]) -> Grants:
+    """Roles whose groups intersect ``groups``; no group, no role, no access."""
+    gs = set(groups)
+    matched = sorted(name for name, r in roles.items() if gs & set(r.groups))
+    return Grants(
+        roles=tuple(matched),
+        patterns=tuple(p for name in matched for p in roles[name].resources),
+        review=any(roles[n].review for n in matched),
+        audit=any(roles[n].audit for n in matched),
+    )
+
+
+def decide_open(grants: Grants, resource: str, known: Iterable[str]) -> AccessDecision:
+    """May the user open ``resource``? Unknown and not-permitted resources get the same answer."""
+    if resource in set(known) and grants.may_open(resource):
+        roles = [n for n in grants.roles]
+        return AccessDecision(True, f"granted by role(s) {', '.join(roles)}")
+    return AccessDecision(False, f"no such resource or not permitted: {resource}")

@@ -1,0 +1,123 @@
+"""Config loading: valid files load; every error names the file, the line and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from bastion.config import ConfigError, load_config
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> dict[str, str]:
+    cred = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "cred").write_bytes(cred.export_private_key())
+    host = asyncssh.generate_private_key("ssh-ed25519")
+    user = asyncssh.generate_private_key("ssh-ed25519")
+    return {"host": " ".join(host.export_public_key().decode().split()[:2]),
+            "user": user.export_public_key().decode().strip()}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "bastion.yaml"
+    p.write_text(text)
+    return p
+
+
+def good(keys: dict[str, str]) -> str:
+    return f"""\
+listen:
+  host: 127.0.0.1
+  port: 2222
+host_keys: [host_key]
+database: sqlite:///bastion.db
+recordings_dir: rec
+users:
+  alice:
+    groups: [ops]
+    authorized_keys:
+      - "{keys['user']}"
+resources:
+  web1:
+    kind: ssh
+    description: web server
+    host: 127.0.0.1
+    port: 22
+    user: deploy
+    credential:
+      private_key_file: cred
+    host_key: "{keys['host']}"
+roles:
+  operators:
+    groups: [ops]
+    resources: ["web*"]
+"""
+
+
+def test_valid_config_loads_with_paths_resolved(tmp_path: Path, keys: dict[str, str]) -> None:
+    cfg = load_config(write(tmp_path, good(keys)))
+    assert cfg.listen.port == 2222
+    assert cfg.host_keys == [tmp_path / "host_key"]
+    assert cfg.recordings_dir == tmp_path / "rec"
+    assert cfg.database_url == f"sqlite:///{tmp_path / 'bastion.db'}"
+    assert cfg.resources["web1"].user == "deploy"
+    assert cfg.user_keys["alice"] == [keys["user"]]
+
+
+@pytest.mark.parametrize(("old", "new", "line", "key", "msg"), [
+    ("  port: 2222", "  port: 99999", 3, "listen.port", "less than or equal to 65535"),
+    ("    port: 22\n", "    port: 22\n    colour: red\n", 18, "resources.web1.colour", "unknown key"),
+    ("    kind: ssh", "    kind: telnet", 14, "resources.web1.kind", "unknown kind 'telnet'"),
+    ("    user: deploy\n", "", 13, "resources.web1.user", "required key is missing"),
+    ("    resources: [\"web*\"]", "    resources: [\"db*\"]", 25, "roles.operators.resources[0]",
+     "'db*' matches no resource"),
+    ("    host_key: \"", "    host_key: \"ssh-ed25519 AAAAnotakey", 21, "resources.web1.host_key",
+     "not a valid public host key"),
+    ("      private_key_file: cred", "      private_key_file: missing", 20,
+     "resources.web1.credential.private_key_file", "cannot load private key"),
+    ("      - \"ssh-", "      - \"ssh-bogus ", 11, "users.alice.authorized_keys[0]", "not a valid public key"),
+])
+def test_errors_name_file_line_and_key(tmp_path: Path, keys: dict[str, str], old: str, new: str, line: int,
+                                       key: str, msg: str) -> None:
+    text = good(keys)
+    assert old in text
+    p = write(tmp_path, text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    first = e.value.problems[0]
+    assert first.startswith(f"{p}:{line}: {key}: "), first
+    assert msg in first
+
+
+def test_duplicate_key_and_yaml_syntax(tmp_path: Path, keys: dict[str, str]) -> None:
+    p = write(tmp_path, good(keys).replace("recordings_dir: rec\n", "recordings_dir: rec\ndatabase: x\n"))
+    with pytest.raises(ConfigError, match=rf"^{p}:7: database: duplicate key"):
+        load_config(p)
+    p = write(tmp_path, "listen:\n  port: [1,\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:3: invalid YAML"):
+        load_config(p)
+
+
+def test_several_problems_reported_at_once(tmp_path: Path, keys: dict[str, str]) -> None:
+    text = good(keys).replace("  port: 2222", "  port: zero").replace("    port: 22\n", "    port: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert len(e.value.problems) == 2
+    assert any(":3: listen.port:" in p for p in e.value.problems)
+    assert any(":17: resources.web1.port:" in p for p in e.value.problems)
+
+
+def test_check_config_cli(tmp_path: Path, keys: dict[str, str]) -> None:
+    p = write(tmp_path, good(keys))
+    ok = subprocess.run([sys.executable, "-m", "bastion.cli", "check-config", str(p)], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0 and "OK (1 resources, 1 local users, 1 roles)" in ok.stdout
+    write(tmp_path, good(keys).replace("  host: 127.0.0.1\n  port: 2222", "  host: 127.0.0.1\n  prot: 2222"))
+    bad = subprocess.run([sys.executable, "-m", "bastion.cli", "check-config", str(p)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1
+    assert f"{p}:3: listen.prot: unknown key" in bad.stderr

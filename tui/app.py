@@ -1,0 +1,137 @@
+"""The operator's menu: permitted resources, type-to-filter, Enter opens, q quits."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from bastion.rpcproto import RpcClient, RpcError
+
+log = logging.getLogger(__name__)
+
+
+def describe_outcome(result: dict[str, Any]) -> str:
+    """One line on how a brokered session ended."""
+    msg = str(result.get("message", ""))
+    if result.get("ok") and result.get("duration") is not None:
+        msg += f" after {_fmt_duration(float(result['duration']))}"
+    if result.get("session_id"):
+        msg += f" · recorded as {result['session_id']}"
+    return msg
+
+
+def _fmt_duration(sec: float) -> str:
+    sec = int(round(sec))
+    if sec < 60:
+        return f"{sec}s"
+    if sec < 3600:
+        return f"{sec // 60}m{sec % 60:02d}s"
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+
+
+class MenuApp(App[int]):
+    """The session process's Textual app. Holds no secret; asks the daemon for everything."""
+
+    CSS_PATH = "menu.tcss"
+    TITLE = "bastion"
+    BINDINGS = [
+        Binding("q", "quit_menu", "Quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("enter", "open", "Open", show=True),
+    ]
+
+    def __init__(self, rpc: RpcClient):
+        super().__init__()
+        self.rpc = rpc
+        self.resources: list[dict[str, Any]] = []
+        self.filter = ""
+        self.user = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield Static("", id="filter")
+        yield DataTable(id="resources", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("Resource", "Kind", "Description")
+        try:
+            hello = self.rpc.call("hello")
+            self.resources = self.rpc.call("resources.list")["resources"]
+        except (RpcError, OSError) as e:
+            self._status(f"cannot reach the bastion: {e}")
+            return
+        self.user = hello["user"]
+        self.sub_title = f"{hello['user']} · roles: {', '.join(hello['roles']) or 'none'}"
+        self._refresh_table()
+        if not self.resources:
+            self._status("You may not open any resource. Ask an admin to add you to a role.")
+        else:
+            self._status("Type to filter · ↑↓ to choose · Enter to open · q to quit")
+        table.focus()
+
+    # -- filtering --------------------------------------------------------------------------------------
+    def visible(self) -> list[dict[str, Any]]:
+        """Resources whose name, kind or description contains the filter text (case-insensitive)."""
+        f = self.filter.lower()
+        return [r for r in self.resources
+                if not f or f in r["name"].lower() or f in r["kind"].lower() or f in r["description"].lower()]
+
+    def _refresh_table(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in self.visible():
+            table.add_row(r["name"], r["kind"], r["description"], key=r["name"])
+        self.query_one("#filter", Static).update(f"Filter: {self.filter}▏" if self.filter else "")
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "backspace" and self.filter:
+            self.filter = self.filter[:-1]
+        elif event.character and event.is_printable and not (event.character == "q" and not self.filter):
+            self.filter += event.character
+        else:
+            return
+        event.stop()
+        event.prevent_default()
+        self._refresh_table()
+
+    def action_clear_filter(self) -> None:
+        self.filter = ""
+        self._refresh_table()
+
+    def action_quit_menu(self) -> None:
+        self.exit(0)
+
+    def _status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    # -- opening ----------------------------------------------------------------------------------------
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self.open_resource(str(event.row_key.value))
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        rows = self.visible()
+        if rows and 0 <= table.cursor_row < len(rows):
+            self.open_resource(rows[table.cursor_row]["name"])
+
+    def open_resource(self, name: str) -> None:
+        """Hand the terminal to the brokered session; the daemon relays it and replies when it ends."""
+        log.info("opening %s", name)
+        try:
+            with self.suspend():
+                result = self.rpc.call("resource.open", name=name)
+        except RpcError as e:
+            self._status(f"{name}: {e}")
+            return
+        self._status(describe_outcome(result))
+        self.refresh(layout=True)
