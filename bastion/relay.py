@@ -83,10 +83,19 @@ class Relay:
         self.tee: Tee | None = None
         self._client_paused = False
         self._output_paused = False
+        # Input is held until an endpoint is ready for it: data and EOF may arrive before the first one exists.
+        self._held: bytearray | None = bytearray()
+        self._held_eof = False
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_base(self, ep: Endpoint | None) -> None:
         self.base = ep
+
+    def hold(self) -> None:
+        """A target is being opened: keep what the client types (and its EOF) for it instead of the menu."""
+        if self._held is None:
+            self._held = bytearray()
+            self._held_eof = False
 
     def attach(self, ep: Endpoint, tee: Tee | None) -> None:
         """Make ``ep`` the endpoint that receives client input, recording through ``tee``."""
@@ -95,8 +104,19 @@ class Relay:
         if self._output_paused:
             ep.pause_reading()
 
+    def release(self) -> None:
+        """The active endpoint is ready for input: hand it what was typed while it was being opened."""
+        held, eof = self._held, self._held_eof
+        self._held, self._held_eof = None, False
+        if held:
+            self.from_client(bytes(held))
+        if eof:
+            self.eof()
+        self._maybe_resume_client()
+
     def detach(self) -> None:
         self.active, self.tee = None, None
+        self._held, self._held_eof = None, False
         self._maybe_resume_client()
 
     @property
@@ -105,6 +125,12 @@ class Relay:
 
     # -- client -> endpoint -----------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held += data
+            if len(self._held) > MAX_PENDING and not self._client_paused:
+                self._client_paused = True
+                self.chan.pause_reading()
+            return
         ep = self.target
         if ep is None:
             return
@@ -121,7 +147,7 @@ class Relay:
 
     def _maybe_resume_client(self) -> None:
         ep = self.target
-        if self._client_paused and (ep is None or ep.pending() <= MAX_PENDING // 2):
+        if self._client_paused and self._held is None and (ep is None or ep.pending() <= MAX_PENDING // 2):
             self._client_paused = False
             self.chan.resume_reading()
 
@@ -141,7 +167,9 @@ class Relay:
             self.target.send_break(msec)
 
     def eof(self) -> None:
-        if self.target is not None:
+        if self._held is not None:
+            self._held_eof = True
+        elif self.target is not None:
             self.target.eof()
 
     # -- endpoint -> client -----------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self._task: asyncio.Task[None] | None = None
         self._opening = False
         self._targets: set[SshEndpoint] = set()
+        self._client_gone = False
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -139,12 +140,13 @@ class BastionSession(asyncssh.SSHServerSession):
             self.relay.resume_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # No cancellation: closing the endpoints makes _run finish normally, so every session is closed in the
+        # store and its recording hashed even when the client vanishes.
+        self._client_gone = True
         for ep in list(self._targets):
             ep.close()
         if self.menu is not None:
             self.menu.close()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
 
     # -- the forms --------------------------------------------------------------------------------------
     async def _run_guarded(self) -> None:
@@ -156,7 +158,7 @@ class BastionSession(asyncssh.SSHServerSession):
         except Exception:
             log.exception("%s: session failed", self.ctx.who)
             self._stderr("bastion: internal error; the session was closed (see the daemon log)\n")
-        if self.chan is not None:
+        if self.chan is not None and not self._client_gone:
             self.chan.exit(status)
 
     async def _run(self) -> int:
@@ -213,6 +215,7 @@ class BastionSession(asyncssh.SSHServerSession):
 
             self.menu = PtyEndpoint(proc, self.relay, on_exit)
             self.relay.set_base(self.menu)
+            self.relay.release()
             broker = BrokerServer(ours, {
                 "hello": self._rpc_hello,
                 "resources.list": self._rpc_resources,
@@ -262,10 +265,13 @@ class BastionSession(asyncssh.SSHServerSession):
         if self._opening:
             return Outcome(False, "a session is already open on this connection")
         self._opening = True
+        assert self.relay is not None
+        self.relay.hold()
         try:
             return await self._broker(name, command, mode)
         finally:
             self._opening = False
+            self.relay.detach()
 
     async def _broker(self, name: str, command: str | None, mode: str) -> Outcome:
         assert self.relay is not None
@@ -275,33 +281,37 @@ class BastionSession(asyncssh.SSHServerSession):
         pty = self.term_type is not None
         ep = SshEndpoint(self.relay)
         self._targets.add(ep)
+        sid = new_session_id()
+        path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
         try:
-            try:
-                await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
-                              term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
-                              timeout=cfg.limits.target_connect_timeout)
-            except TargetError as e:
-                await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=name,
-                                        client_addr=ctx.peer, mode=mode, reason=str(e))
-                return Outcome(False, f"{name}: {e}")
-            sid = new_session_id()
-            path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
             try:
                 writer = CastWriter(path, self.cols, self.rows, title=f"{ctx.username}@{name} ({mode})",
                                     env={"TERM": self.term_type or "dumb", "SHELL": "/bin/sh"})
             except OSError as e:  # no recording, no session
                 log.error("%s: cannot create recording %s: %s", ctx.who, path, e)
-                ep.close()
                 return Outcome(False, f"{name}: the session cannot be recorded; refusing to open it")
+            writer.marker(f"session {sid}: {ctx.username} opened {name}" + (f": {command}" if command else ""))
+            # attached before the target speaks, so its first bytes (banner, prompt) are recorded too
+            self.relay.attach(ep, Tee(writer))
+            try:
+                await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
+                              term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
+                              timeout=cfg.limits.target_connect_timeout)
+            except TargetError as e:
+                self.relay.detach()
+                writer.close()
+                path.unlink(missing_ok=True)
+                await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=name,
+                                        client_addr=ctx.peer, mode=mode, reason=str(e))
+                return Outcome(False, f"{name}: {e}")
             await asyncio.to_thread(store.start_session, sid, user=ctx.username, resource=name, kind=res.kind,
                                     mode=mode, command=command, client_addr=ctx.peer, node=daemon.node,
                                     recording_path=path)
             await asyncio.to_thread(store.audit, ctx.username, "session.start", "ok", resource=name,
                                     session_id=sid, client_addr=ctx.peer, mode=mode)
-            writer.marker(f"session {sid}: {ctx.username} opened {name}" + (f": {command}" if command else ""))
+            self.relay.release()
             log.info("%s: session %s on %s started (%s)", ctx.who, sid, name, mode)
             started = time.monotonic()
-            self.relay.attach(ep, Tee(writer))
             try:
                 end = await ep.wait()
             finally:
@@ -310,8 +320,8 @@ class BastionSession(asyncssh.SSHServerSession):
                 sha = writer.close()
                 duration = time.monotonic() - started
             outcome = "exited" if end.status is not None else ("killed" if end.signal else "lost")
-            if self.chan is None or self.chan.is_closing():
-                outcome = "client_disconnected" if end.status is None else outcome
+            if self._client_gone:
+                outcome = "client_disconnected"
             await asyncio.to_thread(store.end_session, sid, outcome=outcome, exit_status=end.status,
                                     message=end.message, sha256=sha, size=writer.bytes_written)
             await asyncio.to_thread(store.audit, ctx.username, "session.end", outcome, resource=name,

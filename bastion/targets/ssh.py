@@ -94,7 +94,7 @@ class SshEndpoint:
             self.chan, _ = await self.conn.create_session(
                 lambda: _ClientSession(self), command, term_type=term_type if pty else None,
                 term_size=(cols, rows, 0, 0) if pty else None, request_pty=pty, encoding=None,
-                x11_forwarding=False, agent_forwarding=False)
+                x11_forwarding=False)
         except (OSError, asyncssh.Error) as e:
             self.conn.close()
             raise TargetError(f"the target refused a session: {e}") from None

@@ -18,6 +18,7 @@ from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
+PROMPT = r"[#$] \Z"
 
 
 def ssh(env: BastionEnv, user: str, *extra: str, tty: bool | None = None) -> list[str]:
@@ -50,6 +51,7 @@ def test_menu_open_target_and_back(bastion_env: BastionEnv) -> None:
         assert "web" in screen and "alice" in screen
         assert "secret-db" not in screen  # not permitted: not shown
         t.send_key("enter")
+        t.wait_for_raw(PROMPT)  # the target's shell prompt: the terminal is now the target's
         t.send("echo MENU-MARK-$((6*7))\r")
         t.wait_for(r"MENU-MARK-42")
         t.send("exit\r")
@@ -119,6 +121,7 @@ def test_neither_pty_nor_command_lists_forms(bastion_env: BastionEnv) -> None:
 def test_direct_form_resize_and_ctrl_c(bastion_env: BastionEnv) -> None:
     env = bastion_env
     with Terminal(ssh(env, "alice", "web", tty=True), cols=100, rows=30) as t:
+        t.wait_for_raw(PROMPT)
         t.send("stty size\r")
         t.wait_for(r"^30 100\s*$")
         t.resize(120, 40)
@@ -141,9 +144,9 @@ def test_password_typed_with_echo_off_is_not_recorded(bastion_env: BastionEnv) -
     env = bastion_env
     secret = "hunter2-Sup3rSecret"
     with Terminal(ssh(env, "alice", "web", tty=True)) as t:
+        t.wait_for_raw(PROMPT)
         t.send("read -s -p '[sudo] password for alice: ' PW; echo; echo PWLEN=${#PW}\r")
-        t.wait_for(r"password for alice:")
-        time.sleep(0.3)
+        t.wait_for(r"^\[sudo\] password for alice:$")
         t.send(secret + "\r")
         t.wait_for(r"PWLEN=19")
         t.send("echo VISIBLE-INPUT\r")
