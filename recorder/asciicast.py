@@ -84,7 +84,12 @@ class CastWriter:
         return self._sha.hexdigest()
 
 
-_ESC = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\\\)|\x1b[PX^_][^\x1b]*\x1b\\\\|\x1b.?")
+_ESC = re.compile(
+    rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]"          # CSI
+    rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC ... BEL/ST
+    rb"|\x1b[PX^_][^\x1b]*\x1b\\"          # DCS/SOS/PM/APC ... ST
+    rb"|\x1b.?"                             # two-byte escapes
+)
 PROMPT_RE = re.compile(r"(password|passphrase|passcode|pin|token|secret|otp)[^\n]*[:?]\s*$", re.I)
 
 

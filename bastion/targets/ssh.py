@@ -108,7 +108,8 @@ class SshEndpoint:
             return TargetExit(self.exit_status, None, f"exited with status {self.exit_status}")
         if self.exit_signal is not None:
             return TargetExit(None, self.exit_signal, f"killed by signal {self.exit_signal}")
-        return TargetExit(None, None, f"connection to the target lost{': ' + self.lost_reason if self.lost_reason else ''}")
+        reason = f": {self.lost_reason}" if self.lost_reason else ""
+        return TargetExit(None, None, f"connection to the target lost{reason}")
 
     def close(self) -> None:
         if self.conn is not None:

@@ -74,8 +74,8 @@ def test_replay_and_asciinema_play(bastion_env: BastionEnv) -> None:
     out = run(env, "alice", "web", "--", "echo REPLAY-$((40+2))")
     assert out.returncode == 0 and out.stdout == b"REPLAY-42\n"
     s = session_with(env, "REPLAY-42")
-    with Terminal([sys.executable, "-m", "bastion.cli", "--config", str(env.config), "replay", s["id"], "--speed", "50"],
-                  env={**os.environ}) as t:
+    argv = [sys.executable, "-m", "bastion.cli", "--config", str(env.config), "replay", s["id"], "--speed", "50"]
+    with Terminal(argv, env={**os.environ}) as t:
         t.wait_for(r"REPLAY-42")
         assert t.wait_exit() == 0
     asciinema = str(Path(sys.executable).parent / "asciinema")

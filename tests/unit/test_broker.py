@@ -88,7 +88,8 @@ async def test_too_many_strikes_close_channel(broker: Any) -> None:
 def test_client_raises_rpc_errors() -> None:
     a, b = socket.socketpair()
     client = RpcClient(a)
-    b.sendall(encode({"event": "queue.changed", "data": {}}) + encode({"id": 1, "error": {"code": "x", "message": "m"}}))
+    b.sendall(encode({"event": "queue.changed", "data": {}})
+              + encode({"id": 1, "error": {"code": "x", "message": "m"}}))
     with pytest.raises(RpcError, match="m"):
         client.call("hello")
     assert client.events == [{"event": "queue.changed", "data": {}}]
