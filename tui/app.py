@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from textual import events
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -128,7 +128,10 @@ class MenuApp(App[int]):
         """Hand the terminal to the brokered session; the daemon relays it and replies when it ends."""
         log.info("opening %s", name)
         try:
-            with self.suspend():
+            try:
+                with self.suspend():
+                    result = self.rpc.call("resource.open", name=name)
+            except SuspendNotSupported:  # headless (tests): no terminal to hand over
                 result = self.rpc.call("resource.open", name=name)
         except RpcError as e:
             self._status(f"{name}: {e}")

@@ -1,0 +1,82 @@
+"""`bastion demo` as the issue's "done when" describes it, with the stock OpenSSH client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.keys import free_port
+from tests.support.ssh_client import ssh_argv
+
+pytestmark = pytest.mark.slow
+
+
+def start_demo(state: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "demo", "--port", str(port), "--state-dir",
+                             str(state)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    out = ""
+    deadline = time.monotonic() + 30
+    while "Ctrl-C stops the demo" not in out:
+        line = proc.stdout.readline()
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"demo did not start:\n{out}")
+        out += line
+    proc.banner = out  # type: ignore[attr-defined]
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=20)
+    return rest
+
+
+def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
+    state, port = tmp_path / "demo", free_port()
+    proc = start_demo(state, port)
+    try:
+        banner = proc.banner  # type: ignore[attr-defined]
+        assert f"ssh -i {state}/keys/alice -p {port}" in banner
+        for name in ("alice", "bob", "carol"):
+            assert (state / "keys" / name).stat().st_mode & 0o777 == 0o600
+        out = subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--", "echo", "hi",
+                                      tty=False), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "hi\n"
+        listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
+                                 "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
+        rows = json.loads(listed.stdout)
+        assert len(rows) == 1 and rows[0]["user"] == "alice" and rows[0]["resource"] == "demo-shell"
+        assert rows[0]["exit_status"] == 0
+        events = [json.loads(line) for line in Path(rows[0]["recording"]).read_text().splitlines()[1:]]
+        assert "hi\n" in "".join(e[2] for e in events if e[1] == "o")
+        # bob is a reviewer, not an operator: demo-shell is not his to open
+        bob = subprocess.run(ssh_argv(state / "keys" / "bob", port, "bob", "demo-shell", "--", "id", tty=False),
+                             capture_output=True, text=True, timeout=60)
+        assert bob.returncode == 1 and "not permitted" in bob.stderr
+    finally:
+        rest = stop(proc)
+    assert proc.returncode == 0, rest
+    host_key = (state / "keys" / "host_ed25519").read_bytes()
+    # a second run reuses the directory: same keys, same host key, the old session still listed
+    proc = start_demo(state, port)
+    try:
+        assert (state / "keys" / "host_ed25519").read_bytes() == host_key
+        out = subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--", "echo", "again",
+                                      tty=False), capture_output=True, text=True, timeout=60)
+        assert out.stdout == "again\n"
+        listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
+                                 "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
+        assert len(json.loads(listed.stdout)) == 2
+    finally:
+        stop(proc)
+    assert proc.returncode == 0

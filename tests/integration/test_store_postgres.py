@@ -1,0 +1,51 @@
+"""The store also runs on PostgreSQL (the machine's server on 127.0.0.1:5432), migrations included."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bastion.store.db import Store
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    name = f"bastion_test_{secrets.token_hex(4)}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # a clear failure, not a skip: this machine is meant to have the server
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {e}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_migrate_and_session_lifecycle_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    store = Store(pg_url)
+    store.migrate()
+    store.migrate()  # idempotent
+    store.touch_user("alice")
+    a = "20261122-000001-aaaaaaaaaaaa"
+    b = "20261122-000002-bbbbbbbbbbbb"
+    for sid in (a, b):
+        store.start_session(sid, user="alice", resource="web", kind="ssh", mode="exec", command="id",
+                            client_addr="127.0.0.1:1", node="n1", recording_path=tmp_path / f"{sid}.cast")
+    store.end_session(a, outcome="exited", exit_status=0, message="exited with status 0", sha256="1" * 64, size=10)
+    store.audit("alice", "session.end", "exited", resource="web", session_id=a, exit_status=0)
+    assert store.mark_interrupted("n1") == 1  # b was still active when "the daemon died"
+    rows = {r["id"]: r for r in store.sessions()}
+    assert rows[a]["outcome"] == "exited" and rows[a]["sha256"] == "1" * 64 and rows[a]["duration"] >= 0
+    assert rows[b]["outcome"] == "interrupted"
+    assert store.audit_events()[0].detail == {"exit_status": 0}
+    store.engine.dispose()
