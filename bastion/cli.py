@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +25,18 @@ def _setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+DEFAULT_CONFIGS = ("/etc/bastion/bastion.yaml", ".bastion-demo/bastion.yaml")
+
+
 def _config_path(args: argparse.Namespace) -> str:
-    path = getattr(args, "config_file", None) or args.config
-    if not path:
-        raise SystemExit("bastion: no config file given (--config FILE)")
-    return path
+    """--config, else $BASTION_CONFIG, else the first of DEFAULT_CONFIGS that exists."""
+    path = getattr(args, "config_file", None) or args.config or os.environ.get("BASTION_CONFIG")
+    if path:
+        return path
+    for candidate in DEFAULT_CONFIGS:
+        if Path(candidate).exists():
+            return candidate
+    raise SystemExit("bastion: no config file (use --config FILE or set BASTION_CONFIG)")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -82,20 +90,20 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_recording(ref: str, config: str | None) -> Path:
+def _find_recording(ref: str, args: argparse.Namespace) -> Path:
+    """A .cast path as given, or the recording of the session with that id in the configured store."""
     p = Path(ref)
     if p.exists():
         return p
-    if config:
-        from bastion.store.db import Store
+    from bastion.store.db import Store
 
-        cfg = load_config(config, check_files=False)
-        store = Store(cfg.database_url)
-        store.migrate()
-        row = store.session(ref)
-        if row and row["recording"]:
-            return Path(row["recording"])
-    raise SystemExit(f"bastion replay: {ref}: no such file or session id" + ("" if config else " (use --config)"))
+    cfg = load_config(_config_path(args), check_files=False)
+    store = Store(cfg.database_url)
+    store.migrate()
+    row = store.session(ref)
+    if row and row["recording"]:
+        return Path(row["recording"])
+    raise SystemExit(f"bastion replay: {ref}: no such file, nor a session id in {cfg.path}")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -103,7 +111,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from recorder.player import play
 
     try:
-        path = _find_recording(args.ref, getattr(args, "config_file", None) or args.config)
+        path = _find_recording(args.ref, args)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

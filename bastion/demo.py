@@ -7,6 +7,7 @@ import getpass
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -108,6 +109,7 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         k = state / "keys"
+        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
         ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
         print(f"""
 bastion demo is running (state in {state})
@@ -116,8 +118,8 @@ bastion demo is running (state in {state})
   direct:    {ssh} -t alice@127.0.0.1 demo-shell
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
-  sessions:  bastion --config {cfg_path} sessions list
-  replay:    bastion --config {cfg_path} replay SESSION_ID
+  sessions:  {exe} --config {cfg_path} sessions list
+  replay:    {exe} --config {cfg_path} replay SESSION_ID
 
 Ctrl-C stops the demo.
 """, flush=True)

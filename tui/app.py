@@ -39,6 +39,7 @@ class MenuApp(App[int]):
 
     CSS_PATH = "menu.tcss"
     TITLE = "bastion"
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("q", "quit_menu", "Quit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),

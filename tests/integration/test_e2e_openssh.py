@@ -167,7 +167,9 @@ def test_target_credential_never_reaches_session_process_or_recordings(bastion_e
     env = bastion_env
     key_text = env.target_key.read_text()
     key_body = "".join(line for line in key_text.splitlines() if "PRIVATE KEY" not in line)
-    with Terminal(ssh(env, "alice", tty=True)) as t:
+    argv = ssh(env, "alice", tty=True)
+    argv[1:1] = ["-o", "SetEnv=LD_PRELOAD=/tmp/evil.so BASTION_RPC_FD=0", "-o", "SendEnv=LANG"]
+    with Terminal(argv) as t:
         t.wait_for(r"real sshd on loopback")
         pids = [p for p in os.listdir("/proc") if p.isdigit() and _is_tui(p)]
         assert pids, "no session process found"
@@ -177,6 +179,8 @@ def test_target_credential_never_reaches_session_process_or_recordings(bastion_e
             for blob in (environ, cmdline):
                 assert key_body[:40].encode() not in blob
                 assert str(env.target_key).encode() not in blob
+            # client env requests never reach the session process
+            assert b"LD_PRELOAD" not in environ and b"evil" not in environ
         t.send("q")
         t.wait_exit()
     for cast in (env.dir / "state" / "recordings").rglob("*.cast"):

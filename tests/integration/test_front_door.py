@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port, make_keypair
 from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +74,33 @@ def test_host_key_created_once_and_target_host_key_pinned(tmp_path: Path, bastio
     finally:
         stop_bastion(proc)
     assert log.read_text().count("created new host key") == 1
+
+
+def test_connection_limit_per_source(tmp_path: Path, bastion_env: BastionEnv) -> None:
+    env = bastion_env
+    (tmp_path / "state").mkdir()
+    port = free_port()
+    cfg = write_config(tmp_path, port, env.keys, env.target, env.target_key,
+                       limits="limits: {max_connections_per_source: 2}\n")
+    proc = start_bastion(cfg, port, tmp_path / "out.log")
+    held = [Terminal(ssh_argv(env.keys["alice"], port, "alice", tty=True)) for _ in range(2)]
+    try:
+        for t in held:
+            t.wait_for("real sshd on loopback")
+        out = subprocess.run(ssh_argv(env.keys["alice"], port, "alice", "web", "--", "echo", "third", tty=False),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 255 and "too many connections" in out.stderr.lower()
+        held[0].send("q")
+        held[0].wait_exit()
+        deadline = time.monotonic() + 10
+        while True:  # the slot frees when the daemon sees the connection go
+            out = subprocess.run(ssh_argv(env.keys["alice"], port, "alice", "web", "--", "echo", "fourth",
+                                          tty=False), capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert out.stdout == "fourth\n"
+    finally:
+        for t in held:
+            t.close()
+        stop_bastion(proc)
