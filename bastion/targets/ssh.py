@@ -64,10 +64,12 @@ class SshEndpoint:
         self.lost_reason = ""
         self.closed = asyncio.Event()
         self._paused = False
+        self.pty = False
 
     async def open(self, res: SshResource, key_path: Path, *, command: str | None, pty: bool,
                    term_type: str, cols: int, rows: int, timeout: float) -> None:
         """Connect with the pinned host key and the resource's key, and start a shell or ``command``."""
+        self.pty = pty
         try:
             key = asyncssh.read_private_key(str(key_path))
         except (OSError, ValueError, asyncssh.KeyImportError) as e:
@@ -155,7 +157,9 @@ class SshEndpoint:
         return self.chan.get_write_buffer_size() if self.chan is not None else 0
 
     def echo_known(self) -> bool | None:
-        return None  # the remote termios is invisible over SSH: the recorder infers echo from the output
+        # Without a pty, stdin is data (a script piped in), recorded as is. With one, the remote termios is
+        # invisible over SSH: the recorder infers echo from the output.
+        return None if self.pty else True
 
     def pause_reading(self) -> None:
         if self.chan is not None and not self._paused:

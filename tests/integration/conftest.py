@@ -78,6 +78,14 @@ resources:
     user: {target.user}
     credential: {{private_key_file: {target_key}}}
     host_key: "{target.host_key_public}"
+  web-down:
+    kind: ssh
+    description: nothing listens here
+    host: 127.0.0.1
+    port: {free_port()}
+    user: {target.user}
+    credential: {{private_key_file: {target_key}}}
+    host_key: "{target.host_key_public}"
 {extra_resources}roles:
   operators: {{groups: [ops], resources: ["web*"]}}
   admins: {{groups: [admins], resources: ["*"]}}

@@ -91,6 +91,8 @@ def test_exec_form_status_streams_and_stdin(bastion_env: BastionEnv) -> None:
     assert out.stdout == b"out\n" and out.stderr == b"err\n"
     out = run(env, "alice", "web", "--", "tr a-z A-Z", input=b"piped through\n")
     assert out.returncode == 0 and out.stdout == b"PIPED THROUGH\n"
+    cast = read_cast(Path(session_with(env, "PIPED THROUGH")["recording"]))
+    assert "".join(e.data for e in cast.events if e.code == "i") == "piped through\n"  # stdin is recorded
     out = run(env, "alice", "web", "--", "kill -TERM $$")
     assert out.returncode == 128 + 15
 
@@ -110,6 +112,23 @@ def test_not_permitted_and_unknown_resources(bastion_env: BastionEnv) -> None:
     events = Store(load_config(env.config).database_url).audit_events()
     denials = {(e.actor, e.resource) for e in events if e.action == "session.open" and e.outcome == "denied"}
     assert {("alice", "secret-db"), ("alice", "no-such-thing"), ("mallory", "web")} <= denials
+
+
+def test_unreachable_target_is_a_clear_error(bastion_env: BastionEnv) -> None:
+    env = bastion_env
+    out = run(env, "alice", "web-down", "--", "id")
+    assert out.returncode == 1
+    assert out.stderr.startswith(b"bastion: web-down: cannot connect to the target")
+    with Terminal(ssh(env, "alice", "web-down", tty=True)) as t:
+        t.wait_for(r"web-down: cannot connect to the target")
+        assert t.wait_exit() == 1
+    with Terminal(ssh(env, "alice", tty=True)) as t:  # from the menu: the message, and the menu stays
+        t.wait_for(r"nothing listens here")
+        t.send_key("down")
+        t.send_key("enter")
+        t.wait_for(r"web-down: cannot connect to the target")
+        t.send("q")
+        assert t.wait_exit() == 0
 
 
 def test_neither_pty_nor_command_lists_forms(bastion_env: BastionEnv) -> None:
