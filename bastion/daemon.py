@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 from collections import Counter
@@ -60,6 +61,7 @@ class BastionServer(asyncssh.SSHServer):
         self.ctx: ConnectionContext | None = None
         self.sessions = 0
         self._counted = False
+        self._tried_user: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -77,6 +79,10 @@ class BastionServer(asyncssh.SSHServer):
         d.per_ip[ip] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ctx is not None and not self.ctx.username and self._tried_user is not None:
+            log.info("%s: authentication failed for user %r", self.ctx.peer, self._tried_user)
+            self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.audit, self._tried_user, "login", "failed",
+                                                   client_addr=self.ctx.peer, method="publickey"))
         if self._counted:
             self.daemon.total -= 1
             self.daemon.per_ip[self._ip] -= 1
@@ -84,6 +90,7 @@ class BastionServer(asyncssh.SSHServer):
                 del self.daemon.per_ip[self._ip]
 
     def begin_auth(self, username: str) -> bool:
+        self._tried_user = re.sub(r"[^A-Za-z0-9._@-]", "?", username[:64])
         return True
 
     def password_auth_supported(self) -> bool:

@@ -42,6 +42,17 @@ def test_unknown_user_and_wrong_key_refused(bastion_env: BastionEnv, tmp_path: P
         out = subprocess.run(ssh_argv(key, env.port, user, "web", "--", "id", tty=False), capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 255 and "Permission denied" in out.stderr
+    from bastion.config import load_config
+    from bastion.store.db import Store
+
+    deadline = time.monotonic() + 10
+    while True:
+        failed = {e.actor for e in Store(load_config(env.config).database_url).audit_events()
+                  if e.action == "login" and e.outcome == "failed"}
+        if {"alice", "root", "nobody"} <= failed or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {"alice", "root", "nobody"} <= failed
 
 
 def test_host_key_created_once_and_target_host_key_pinned(tmp_path: Path, bastion_env: BastionEnv) -> None:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
 
 
 def make_keypair(path: Path, comment: str = "") -> tuple[Path, str]:
-    """An ed25519 key pair made by ssh-keygen: (private key path, public key line)."""
-    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-f", str(path), "-C", comment], check=True)
-    os.chmod(path, 0o600)
-    return path, Path(f"{path}.pub").read_text().strip()
+    """Generate an ed25519 pair with ssh-keygen (private at ``path``, mode 0600; public at ``path.pub``).
+
+    Returns (private key path, public key line). An existing pair at ``path`` is replaced.
+    """
+    path = Path(path)
+    pub = Path(f"{path}.pub")
+    path.unlink(missing_ok=True)
+    pub.unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-f", str(path), "-C", comment],
+                   check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    path.chmod(0o600)
+    return path, pub.read_text().strip()
 
 
 def free_port() -> int:
