@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import signal
 import socket
@@ -15,6 +14,7 @@ from typing import Any
 import asyncssh
 
 from bastion.config import Config
+from bastion.keyfiles import ensure_private_key
 from bastion.session import BastionSession
 from bastion.store.db import Store
 from policies.access import Grants, grants_for
@@ -23,17 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
-    """Load the host key at ``path``, creating it once (ed25519, mode 0600) if it does not exist yet."""
-    if path.exists():
-        return asyncssh.read_private_key(str(path))
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
-    log.warning("created new host key %s (%s)", path, key.get_fingerprint())
-    return key
+    """The host key at ``path``, created once (never per start) if missing."""
+    if not path.exists():
+        log.warning("creating new host key %s", path)
+    return ensure_private_key(path, "bastion host key")
 
 
 class ConnectionContext:
@@ -198,18 +191,21 @@ class Daemon:
             await self.server.wait_closed()
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
-    """Run the daemon until SIGINT/SIGTERM."""
-    daemon = Daemon(config)
-    await daemon.start()
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
+    await stop.wait()
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGINT/SIGTERM."""
+    daemon = Daemon(config)
+    await daemon.start()
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         log.info("shutting down")
         await daemon.stop()

@@ -5,31 +5,17 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 
 import asyncssh
 
 from bastion.config import ConfigError, load_config
+from bastion.keyfiles import ensure_private_key
 
 log = logging.getLogger(__name__)
 
 DEMO_USERS = {"alice": ["ops"], "bob": ["reviewers"], "carol": ["auditors"]}
-
-
-def _key(path: Path) -> asyncssh.SSHKey:
-    """Load an ed25519 key, creating it (0600, with a .pub beside it) on first use."""
-    if path.exists():
-        return asyncssh.read_private_key(str(path))
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=path.name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
-    return key
 
 
 def _yaml_str(s: str) -> str:
@@ -41,9 +27,9 @@ def prepare(state: Path, port: int) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSH
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = state / "keys"
     for name in DEMO_USERS:
-        _key(keys / name)
-    target_host = _key(keys / "demo-target-host")
-    target_client = _key(keys / "demo-target-credential")
+        ensure_private_key(keys / name)
+    target_host = ensure_private_key(keys / "demo-target-host")
+    target_client = ensure_private_key(keys / "demo-target-credential")
     target_port = port + 1
     users = "".join(
         f"  {name}:\n    groups: [{', '.join(groups)}]\n    authorized_keys_file: keys/{name}.pub\n"
@@ -88,7 +74,7 @@ roles:
 def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
     """Prepare the state dir, start the demo target and the daemon, print how to connect, run until Ctrl-C."""
     from bastion.cli import _setup_logging
-    from bastion.daemon import Daemon
+    from bastion.daemon import Daemon, wait_for_stop_signal
     from bastion.demo_target import start_demo_target
 
     state = state.resolve()
@@ -104,10 +90,6 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
         target = await start_demo_target("127.0.0.1", target_port, host_key, client_key)
         daemon = Daemon(cfg)
         await daemon.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         k = state / "keys"
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
         ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
@@ -124,7 +106,7 @@ bastion demo is running (state in {state})
 Ctrl-C stops the demo.
 """, flush=True)
         try:
-            await stop.wait()
+            await wait_for_stop_signal()
         finally:
             await daemon.stop()
             target.close()

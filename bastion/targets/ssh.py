@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,40 +119,28 @@ class SshEndpoint:
             self.conn.close()
 
     # -- Endpoint protocol ------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def _on_chan(self, op: Callable[[asyncssh.SSHClientChannel], object]) -> None:
+        """Apply ``op`` to the open channel; a channel closing under us is not an error."""
         if self.chan is not None and not self.closed.is_set():
             try:
-                self.chan.write(data)
-            except (asyncssh.Error, OSError, BrokenPipeError):
+                op(self.chan)
+            except (asyncssh.Error, OSError):
                 pass
+
+    def write(self, data: bytes) -> None:
+        self._on_chan(lambda c: c.write(data))
 
     def resize(self, cols: int, rows: int) -> None:
-        if self.chan is not None and not self.closed.is_set():
-            try:
-                self.chan.change_terminal_size(cols, rows)
-            except (asyncssh.Error, OSError):
-                pass
+        self._on_chan(lambda c: c.change_terminal_size(cols, rows))
 
     def signal(self, name: str) -> None:
-        if self.chan is not None and not self.closed.is_set():
-            try:
-                self.chan.send_signal(name)
-            except (asyncssh.Error, OSError):
-                pass
+        self._on_chan(lambda c: c.send_signal(name))
 
     def send_break(self, msec: int) -> None:
-        if self.chan is not None and not self.closed.is_set():
-            try:
-                self.chan.send_break(msec)
-            except (asyncssh.Error, OSError):
-                pass
+        self._on_chan(lambda c: c.send_break(msec))
 
     def eof(self) -> None:
-        if self.chan is not None and not self.closed.is_set():
-            try:
-                self.chan.write_eof()
-            except (asyncssh.Error, OSError):
-                pass
+        self._on_chan(lambda c: c.write_eof())
 
     def pending(self) -> int:
         return self.chan.get_write_buffer_size() if self.chan is not None else 0

@@ -84,7 +84,7 @@ def test_host_key_created_once_and_target_host_key_pinned(tmp_path: Path, bastio
         assert keyscan(port) == first and first.startswith("ssh-ed25519 ")
     finally:
         stop_bastion(proc)
-    assert log.read_text().count("created new host key") == 1
+    assert log.read_text().count("creating new host key") == 1
 
 
 def test_connection_limit_per_source(tmp_path: Path, bastion_env: BastionEnv) -> None:
