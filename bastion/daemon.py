@@ -55,6 +55,7 @@ class BastionServer(asyncssh.SSHServer):
         self.sessions = 0
         self._counted = False
         self._tried_user: str | None = None
+        self._refused = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -64,8 +65,7 @@ class BastionServer(asyncssh.SSHServer):
         d, lim = self.daemon, self.daemon.config.limits
         if d.total >= lim.max_connections or d.per_ip[ip] >= lim.max_connections_per_source:
             log.warning("refusing connection from %s: connection limit reached", ip)
-            asyncio.get_running_loop().call_soon(
-                conn.disconnect, asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
+            self._refused = True  # told at the first auth request, so the client shows the reason
             return
         self._counted, self._ip = True, ip
         d.total += 1
@@ -83,6 +83,8 @@ class BastionServer(asyncssh.SSHServer):
                 del self.daemon.per_ip[self._ip]
 
     def begin_auth(self, username: str) -> bool:
+        if self._refused:
+            raise asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
         self._tried_user = re.sub(r"[^A-Za-z0-9._@-]", "?", username[:64])
         return True
 
