@@ -125,6 +125,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from policies.engine import evaluate
+
+    try:
+        cfg = load_config(_config_path(args), check_files=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    res = cfg.resources.get(args.resource)
+    if res is None:
+        print(f"bastion policy test: no resource {args.resource!r} in {cfg.path}", file=sys.stderr)
+        return 2
+    user = cfg.users.get(args.user)
+    groups = list(args.group or []) or (list(user.groups) if user else [])
+    if user is None and not args.group:
+        print(f"bastion policy test: no local user {args.user!r}; give --group for other users", file=sys.stderr)
+        return 2
+    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = " ".join(words).strip()
+    if res.policy is None:
+        print(f"{args.resource}: no policy attached; every command is allowed", file=sys.stderr)
+        return 0
+    d = evaluate(cfg.policies[res.policy], command, groups=groups, resource=args.resource)
+    if args.json:
+        print(json.dumps({"resource": args.resource, "user": args.user, "policy": res.policy, **d.as_dict()},
+                         indent=2))
+    else:
+        print(f"{d.action.label.upper()}  {d.summary()}")
+        for line in d.explanation:
+            print(f"  - {line}")
+        if d.action.label == "require_approval":
+            print(f"  approvals needed: {d.approvals} from {', '.join(d.approver_roles) or 'any reviewer'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bastion.demo import run_demo
 
@@ -158,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--limit", type=int, default=200)
     sl.set_defaults(func=cmd_sessions_list)
 
+    s = sub.add_parser("policy", help="policies")
+    ps = s.add_subparsers(dest="policy_cmd", required=True)
+    pt = ps.add_parser("test", help="show the decision for a command: policy test --resource R --user U -- CMD")
+    pt.add_argument("--config", dest="config_file")
+    pt.add_argument("--resource", required=True)
+    pt.add_argument("--user", required=True)
+    pt.add_argument("--group", action="append", help="groups of a user not in the config (repeatable)")
+    pt.add_argument("--json", action="store_true")
+    pt.add_argument("command", nargs=argparse.REMAINDER)
+    pt.set_defaults(func=cmd_policy_test)
+
     s = sub.add_parser("replay", help="play a recording (session id or .cast file) in this terminal")
     s.add_argument("ref", metavar="ID|FILE")
     s.add_argument("--config", dest="config_file")
@@ -169,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `bastion ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

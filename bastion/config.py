@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from policies.engine import Action, PolicySet, Rule
+
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 GROUP_RE = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 
@@ -56,9 +58,43 @@ class SshCredential(_Model):
     private_key_file: str
 
 
+class Approvers(_Model):
+    roles: list[Annotated[str, Field(pattern=NAME_RE)]] = []
+    count: Annotated[int, Field(ge=1, le=10)] = 1
+
+
+class RuleModel(_Model):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    action: Literal["allow", "warn", "require_approval", "block"]
+    programs: list[str] = []
+    args: list[str] = []
+    command: str | None = None
+    groups: list[str] = []
+    resources: list[str] = []
+    reason: Annotated[str, Field(max_length=300)] = ""
+    approvers: Approvers | None = None
+    timeout: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+    @field_validator("command")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
+class PolicyModel(_Model):
+    default: Literal["allow", "warn", "require_approval", "block"] = "allow"
+    rules: list[RuleModel] = []
+
+
 class SshResource(_Model):
     kind: Literal["ssh"]
     description: str = ""
+    policy: str | None = None
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: Annotated[str, Field(min_length=1, max_length=64)]
@@ -79,8 +115,15 @@ Resource = Annotated[SshResource, Field(discriminator="kind")]
 class Role(_Model):
     groups: list[Annotated[str, Field(pattern=GROUP_RE)]] = Field(min_length=1)
     resources: list[str] = []
-    review: bool = False
+    review: bool | list[str] = False  # true = requests on every resource; or globs of resources
     audit: bool = False
+
+    def reviews(self, resource: str) -> bool:
+        """Whether this role decides approval requests on ``resource``."""
+        import fnmatch
+
+        pats = ["*"] if self.review is True else (self.review or [])
+        return any(fnmatch.fnmatchcase(resource, p) for p in pats)
 
 
 class _Schema(_Model):
@@ -93,6 +136,7 @@ class _Schema(_Model):
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
+    policies: dict[Annotated[str, Field(pattern=NAME_RE)], PolicyModel] = {}
 
 
 @dataclass(frozen=True)
@@ -110,6 +154,7 @@ class Config:
     user_keys: dict[str, list[str]]
     resources: dict[str, SshResource]
     roles: dict[str, Role]
+    policies: dict[str, PolicySet] = field(default_factory=dict)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     def resolve(self, p: str) -> Path:
@@ -237,6 +282,17 @@ def _semantic_checks(cfg: Config) -> list[str]:
             bad(("resources", name, "host_key"), f"not a valid public host key ({e})")
     import fnmatch
 
+    for name, res in cfg.resources.items():
+        if res.policy is not None and res.policy not in cfg.policies:
+            bad(("resources", name, "policy"), f"no policy named {res.policy!r} (defined: "
+                f"{', '.join(sorted(cfg.policies)) or 'none'})")
+    reviewer_roles = {n for n, r in cfg.roles.items() if r.review}
+    for pname, pset in cfg.policies.items():
+        for i, rule in enumerate(pset.rules):
+            for role in rule.approver_roles:
+                if role not in reviewer_roles:
+                    bad(("policies", pname, "rules", i, "approvers", "roles"),
+                        f"{role!r} is not a role with review rights")
     for rname, role in cfg.roles.items():
         for i, pat in enumerate(role.resources):
             if not any(fnmatch.fnmatchcase(r, pat) for r in cfg.resources):
@@ -254,6 +310,14 @@ def _semantic_checks(cfg: Config) -> list[str]:
         if not db_dir.is_dir():
             bad(("database",), f"directory {db_dir} does not exist")
     return problems
+
+
+def _policy_set(name: str, p: PolicyModel) -> PolicySet:
+    return PolicySet(name, Action.parse(p.default), tuple(
+        Rule(r.name, Action.parse(r.action), tuple(r.programs), tuple(r.args),
+             re.compile(r.command) if r.command else None, tuple(r.groups), tuple(r.resources), r.reason,
+             tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout)
+        for r in p.rules))
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> Config:
@@ -296,6 +360,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         user_keys=user_keys,
         resources=dict(schema.resources),
         roles=dict(schema.roles),
+        policies={n: _policy_set(n, p) for n, p in schema.policies.items()},
         lines=lines,
     )
     if check_files:

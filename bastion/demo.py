@@ -52,6 +52,7 @@ users:
     host: 127.0.0.1
     port: {target_port}
     user: {_yaml_str(getpass.getuser())}
+    policy: demo-shell
     credential:
       private_key_file: keys/demo-target-credential
     host_key: {_yaml_str(host_key_line[0] + " " + host_key_line[1])}
@@ -65,6 +66,25 @@ roles:
   auditors:
     groups: [auditors]
     audit: true
+policies:
+  demo-shell:
+    default: allow
+    rules:
+      - name: no-rm
+        programs: [rm, unlink, shred, rmdir]
+        action: block
+        reason: deleting files is not allowed on demo-shell
+      - name: no-find-delete
+        programs: [find]
+        args: [-delete]
+        action: block
+        reason: deleting files is not allowed on demo-shell
+      - name: chmod-needs-approval
+        programs: [chmod, chown, chgrp]
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 1}}
+        timeout: 900
+        reason: permission changes need a reviewer's approval
 """
     path = state / "bastion.yaml"
     path.write_text(cfg)

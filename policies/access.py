@@ -13,8 +13,10 @@ class RoleLike(Protocol):
 
     groups: Sequence[str]
     resources: Sequence[str]
-    review: bool
+    review: bool | Sequence[str]
     audit: bool
+
+    def reviews(self, resource: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,15 @@ def grants_for(groups: Iterable[str], roles: Mapping[str, RoleLike]) -> Grants:
     )
 
 
+def may_review(grants: Grants, roles: Mapping[str, RoleLike], resource: str,
+               approver_roles: Sequence[str]) -> bool:
+    """Whether a user with ``grants`` may decide a request on ``resource`` that needs ``approver_roles``
+    (any reviewing role when empty). Self-approval is checked by the caller, who knows the requester."""
+    return any(roles[r].reviews(resource) and (not approver_roles or r in approver_roles) for r in grants.roles)
+
+
 def decide_open(grants: Grants, resource: str, known: Iterable[str]) -> AccessDecision:
     """May the user open ``resource``? Unknown and not-permitted resources get the same answer."""
     if resource in set(known) and grants.may_open(resource):
-        roles = [n for n in grants.roles]
-        return AccessDecision(True, f"granted by role(s) {', '.join(roles)}")
+        return AccessDecision(True, f"granted to role(s) {', '.join(grants.roles)}")
     return AccessDecision(False, f"no such resource or not permitted: {resource}")

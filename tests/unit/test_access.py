@@ -2,15 +2,21 @@
 
 from dataclasses import dataclass, field
 
-from policies.access import decide_open, grants_for
+from policies.access import decide_open, grants_for, may_review
 
 
 @dataclass
 class R:
     groups: list[str]
     resources: list[str] = field(default_factory=list)
-    review: bool = False
+    review: bool | list[str] = False
     audit: bool = False
+
+    def reviews(self, resource: str) -> bool:
+        import fnmatch
+
+        pats = ["*"] if self.review is True else (self.review or [])
+        return any(fnmatch.fnmatchcase(resource, p) for p in pats)
 
 
 ROLES = {"ops": R(["ops"], ["web*", "db1"]), "rev": R(["reviewers"], review=True), "aud": R(["auditors"], audit=True)}
@@ -42,3 +48,12 @@ def test_reviewer_and_auditor_flags() -> None:
 def test_glob_does_not_match_as_substring() -> None:
     g = grants_for(["ops"], ROLES)
     assert not g.may_open("xweb1") and not g.may_open("db10")
+
+
+def test_review_rights_follow_role_scope_and_rule_roles() -> None:
+    roles = {**ROLES, "dba-rev": R(["dba"], review=["db*"])}
+    rev, dba = grants_for(["reviewers"], roles), grants_for(["dba"], roles)
+    assert may_review(rev, roles, "web1", ())
+    assert may_review(rev, roles, "web1", ("rev",)) and not may_review(rev, roles, "web1", ("dba-rev",))
+    assert may_review(dba, roles, "db1", ()) and not may_review(dba, roles, "web1", ())
+    assert not may_review(grants_for(["ops"], roles), roles, "web1", ())
