@@ -112,9 +112,9 @@ class BrokerServer:
             reply = {"id": rid, "error": {"code": "internal", "message": "internal error (see daemon log)"}}
         await self._send(reply)
 
-    async def push(self, event: str, data: dict[str, Any]) -> None:
-        """Send an unsolicited event to the session process."""
-        await self._send({"event": event, "data": data})
+    def notify(self, event: str, data: dict[str, Any] | None = None) -> None:
+        """Send an unsolicited event to the session process (fire and forget)."""
+        self._spawn(self._send({"event": event, "data": data or {}}))
 
     async def _send(self, obj: dict[str, Any]) -> None:
         if self._writer is None or self._writer.is_closing():

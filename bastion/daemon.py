@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncssh
 
+from bastion.approvals import ApprovalService
 from bastion.config import Config
 from bastion.keyfiles import ensure_private_key
 from bastion.session import BastionSession
@@ -138,6 +139,7 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.database_url)
+        self.approvals = ApprovalService(self)
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.server: asyncssh.SSHAcceptor | None = None
@@ -176,6 +178,7 @@ class Daemon:
         n = await asyncio.to_thread(self.store.mark_interrupted, self.node)
         if n:
             log.warning("marked %d session(s) of a previous run as interrupted", n)
+        await self.approvals.cancel_node()
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
         lim = self.config.limits

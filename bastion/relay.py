@@ -86,6 +86,7 @@ class Relay:
         # Input is held until an endpoint is ready for it: data and EOF may arrive before the first one exists.
         self._held: bytearray | None = bytearray()
         self._held_eof = False
+        self.on_interrupt: Callable[[], None] | None = None  # Ctrl-C while input is held (withdraw)
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_base(self, ep: Endpoint | None) -> None:
@@ -126,6 +127,9 @@ class Relay:
     # -- client -> endpoint -----------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
         if self._held is not None:
+            if b"\x03" in data and self.on_interrupt is not None:
+                self.on_interrupt()
+                return
             self._held += data
             if len(self._held) > MAX_PENDING and not self._client_paused:
                 self._client_paused = True
@@ -159,7 +163,9 @@ class Relay:
             self.tee.writer.resize(cols, rows)
 
     def signal(self, name: str) -> None:
-        if self.target is not None:
+        if self._held is not None and name == "INT" and self.on_interrupt is not None:
+            self.on_interrupt()
+        elif self.target is not None:
             self.target.signal(name)
 
     def send_break(self, msec: int) -> None:

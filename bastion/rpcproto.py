@@ -8,9 +8,11 @@ Frames are a 4-byte big-endian length followed by a UTF-8 JSON object. Requests 
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 MAX_FRAME = 64 * 1024
@@ -21,6 +23,9 @@ METHODS: dict[str, frozenset[str]] = {
     "hello": frozenset(),
     "resources.list": frozenset(),
     "resource.open": frozenset({"name"}),
+    "queue.list": frozenset(),
+    "requests.mine": frozenset(),
+    "request.decide": frozenset({"id", "decision", "reason"}),
 }
 
 
@@ -49,13 +54,18 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 class RpcClient:
-    """Blocking client used by the session process. Thread-safe: one call at a time."""
+    """Client used by the session process. Thread-safe; a reader thread routes replies to their callers and
+    pushed events to ``on_event`` (called on the reader thread: it must not block)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, on_event: Callable[[dict[str, Any]], None] | None = None):
         self._sock = sock
         self._lock = threading.Lock()
         self._next = 1
+        self._waiting: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        self._closed = False
+        self.on_event = on_event
         self.events: list[dict[str, Any]] = []
+        threading.Thread(target=self._read_loop, name="rpc-reader", daemon=True).start()
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
@@ -69,29 +79,51 @@ class RpcClient:
             buf += chunk
         return bytes(buf)
 
-    def call(self, method: str, **params: Any) -> Any:
-        """Send a request and wait for its reply (pushed events that arrive meanwhile are queued)."""
-        with self._lock:
-            rid = self._next
-            self._next += 1
-            try:
-                self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
-            except OSError as e:
-                raise RpcError("closed", f"the bastion closed the broker channel ({e})") from None
+    def _read_loop(self) -> None:
+        try:
             while True:
                 (length,) = HEADER.unpack(self._recv_exact(HEADER.size))
                 if length > MAX_FRAME:
-                    raise RpcError("protocol", "oversized reply from the bastion")
+                    raise RpcError("protocol", "oversized frame from the bastion")
                 msg = decode_body(self._recv_exact(length))
                 if "event" in msg:
-                    self.events.append(msg)
+                    cb = self.on_event
+                    cb(msg) if cb is not None else self.events.append(msg)
                     continue
-                if msg.get("id") != rid:
-                    raise RpcError("protocol", "reply to an unknown request")
-                if "error" in msg:
-                    err = msg["error"] or {}
-                    raise RpcError(str(err.get("code", "error")), str(err.get("message", "error")))
-                return msg.get("result")
+                with self._lock:
+                    q = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
+                if q is not None:
+                    q.put(msg)
+        except (RpcError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._closed = True
+                waiting, self._waiting = self._waiting, {}
+            for q in waiting.values():
+                q.put(None)
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Send a request and wait for its reply."""
+        q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        with self._lock:
+            if self._closed:
+                raise RpcError("closed", "the bastion closed the broker channel")
+            rid = self._next
+            self._next += 1
+            self._waiting[rid] = q
+            try:
+                self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
+            except OSError as e:
+                self._waiting.pop(rid, None)
+                raise RpcError("closed", f"the bastion closed the broker channel ({e})") from None
+        msg = q.get()
+        if msg is None:
+            raise RpcError("closed", "the bastion closed the broker channel")
+        if "error" in msg:
+            err = msg["error"] or {}
+            raise RpcError(str(err.get("code", "error")), str(err.get("message", "error")))
+        return msg.get("result")
 
     def close(self) -> None:
         self._sock.close()

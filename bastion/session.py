@@ -19,9 +19,11 @@ import asyncssh
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
+from bastion.store.approvals import DecisionRefused
 from bastion.store.db import new_session_id
 from bastion.targets.ssh import SshEndpoint, TargetError
 from policies.access import decide_open
+from policies.engine import Action, Decision, evaluate
 from recorder.asciicast import CastWriter
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self._opening = False
         self._targets: set[SshEndpoint] = set()
         self._client_gone = False
+        self._withdraw = asyncio.Event()
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -106,6 +109,7 @@ class BastionSession(asyncssh.SSHServerSession):
     def session_started(self) -> None:
         assert self.chan is not None
         self.relay = Relay(self.chan, self.cols, self.rows)
+        self.relay.on_interrupt = self._withdraw.set
         self._task = asyncio.get_running_loop().create_task(self._run_guarded())
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
@@ -143,6 +147,7 @@ class BastionSession(asyncssh.SSHServerSession):
         # No cancellation: closing the endpoints makes _run finish normally, so every session is closed in the
         # store and its recording hashed even when the client vanishes.
         self._client_gone = True
+        self._withdraw.set()
         for ep in list(self._targets):
             ep.close()
         if self.menu is not None:
@@ -220,11 +225,21 @@ class BastionSession(asyncssh.SSHServerSession):
                 "hello": self._rpc_hello,
                 "resources.list": self._rpc_resources,
                 "resource.open": self._rpc_open,
+                "queue.list": self._rpc_queue,
+                "requests.mine": self._rpc_mine,
+                "request.decide": self._rpc_decide,
             }, self.ctx.who)
             serve = asyncio.ensure_future(broker.serve())
+            listeners = self.ctx.daemon.approvals.listeners
+
+            def changed() -> None:
+                broker.notify("queue.changed")
+
+            listeners.add(changed)
             try:
                 status = await fut
             finally:
+                listeners.discard(changed)
                 serve.cancel()
             return 0 if status in (0, None) else 1
         finally:
@@ -249,6 +264,24 @@ class BastionSession(asyncssh.SSHServerSession):
         out = await self.open_target(name, command=None)
         return out.as_dict()
 
+    async def _rpc_queue(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.ctx.grants.review:
+            raise RefusedRequest("forbidden", "you have no reviewer role")
+        return await self.ctx.daemon.approvals.queue(self.ctx)
+
+    async def _rpc_mine(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.ctx.daemon.approvals.mine(self.ctx)
+
+    async def _rpc_decide(self, params: dict[str, Any]) -> dict[str, Any]:
+        rid, decision = params.get("id", ""), params.get("decision", "")
+        if not rid.isdigit() or len(rid) > 12 or decision not in ("approve", "deny"):
+            raise RefusedRequest("bad_request", "id must be a request number and decision approve or deny")
+        try:
+            return await self.ctx.daemon.approvals.decide(self.ctx, int(rid), decision == "approve",
+                                                          params.get("reason", ""))
+        except DecisionRefused as e:
+            raise RefusedRequest("refused", str(e)) from None
+
     # -- brokering a target ------------------------------------------------------------------------------
     async def open_target(self, name: str, *, command: str | None) -> Outcome:
         """Check access, connect to the target, attach it to the relay with recording, wait for its end."""
@@ -267,13 +300,54 @@ class BastionSession(asyncssh.SSHServerSession):
         self._opening = True
         assert self.relay is not None
         self.relay.hold()
+        sid = new_session_id()
         try:
-            return await self._broker(name, command, mode)
+            verdict: Decision | None = None
+            if command is not None:
+                verdict = self._judge(name, command)
+                refusal = await self._enforce_exec(name, sid, verdict)
+                if refusal is not None:
+                    return refusal
+            return await self._broker(name, command, mode, sid, verdict)
         finally:
             self._opening = False
             self.relay.detach()
 
-    async def _broker(self, name: str, command: str | None, mode: str) -> Outcome:
+    def _judge(self, name: str, command: str) -> Decision | None:
+        """The policy decision for ``command`` on resource ``name`` (None: the resource has no policy)."""
+        cfg = self.ctx.daemon.config
+        policy = cfg.resources[name].policy
+        if policy is None:
+            return None
+        return evaluate(cfg.policies[policy], command, groups=self.ctx.groups, resource=name)
+
+    async def _enforce_exec(self, name: str, sid: str, d: Decision | None) -> Outcome | None:
+        """Block, warn or hold an exec-form command; None means go ahead."""
+        if d is None or d.action == Action.ALLOW:
+            return None
+        ctx, store = self.ctx, self.ctx.daemon.store
+        if d.action == Action.BLOCK:
+            await asyncio.to_thread(store.audit, ctx.username, "command.blocked", "blocked", resource=name,
+                                    client_addr=ctx.peer, rule=d.rule, text=d.text, mode="exec")
+            log.info("%s: blocked on %s by rule %s: %r", ctx.who, name, d.rule, d.text[:200])
+            return Outcome(False, f"blocked by rule {d.rule!r}: {d.reason}")
+        if d.action == Action.WARN:
+            self._stderr(f"bastion: warning (rule {d.rule!r}): {d.reason}\n")
+            return None
+        approvals = ctx.daemon.approvals
+        if not self._client_gone:
+            self._withdraw.clear()
+        req = await approvals.request(ctx, name, sid, d)
+        self._stderr(f"bastion: waiting for approval (request #{req['id']}, rule {req['rule']}) "
+                     "\u2014 Ctrl-C to withdraw\n")
+        final = await approvals.wait(req["id"], d.timeout or 600.0, self._withdraw)
+        if final["status"] == "approved":
+            self._stderr(f"bastion: request #{req['id']} {final['status_reason']}\n")
+            return None
+        return Outcome(False, f"request #{req['id']} {final['status']}: {final['status_reason']}")
+
+    async def _broker(self, name: str, command: str | None, mode: str, sid: str,
+                      verdict: Decision | None) -> Outcome:
         assert self.relay is not None
         ctx, daemon = self.ctx, self.ctx.daemon
         store, cfg = daemon.store, daemon.config
@@ -281,7 +355,6 @@ class BastionSession(asyncssh.SSHServerSession):
         pty = self.term_type is not None
         ep = SshEndpoint(self.relay)
         self._targets.add(ep)
-        sid = new_session_id()
         path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
         try:
             try:
@@ -291,6 +364,8 @@ class BastionSession(asyncssh.SSHServerSession):
                 log.error("%s: cannot create recording %s: %s", ctx.who, path, e)
                 return Outcome(False, f"{name}: the session cannot be recorded; refusing to open it")
             writer.marker(f"session {sid}: {ctx.username} opened {name}" + (f": {command}" if command else ""))
+            if verdict is not None:
+                writer.marker(f"policy: {verdict.summary()}")
             # attached before the target speaks, so its first bytes (banner, prompt) are recorded too
             self.relay.attach(ep, Tee(writer))
             try:

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
+from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class MenuApp(App[int]):
         Binding("q", "quit_menu", "Quit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("enter", "open", "Open", show=True),
+        Binding("f2", "approvals", "Approvals"),
+        Binding("f3", "my_requests", "My requests"),
     ]
 
     def __init__(self, rpc: RpcClient):
@@ -52,11 +55,14 @@ class MenuApp(App[int]):
         self.resources: list[dict[str, Any]] = []
         self.filter = ""
         self.user = ""
+        self.reviewer = False
+        rpc.on_event = self._on_rpc_event
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
         yield Static("", id="filter")
         yield DataTable(id="resources", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="notice")
         yield Static("", id="status")
         yield Footer()
 
@@ -70,6 +76,8 @@ class MenuApp(App[int]):
             self._status(f"cannot reach the bastion: {e}")
             return
         self.user = hello["user"]
+        self.reviewer = bool(hello["review"])
+        self._update_notice()
         self.sub_title = f"{hello['user']} · roles: {', '.join(hello['roles']) or 'none'}"
         self._refresh_table()
         if not self.resources:
@@ -93,6 +101,8 @@ class MenuApp(App[int]):
         self.query_one("#filter", Static).update(f"Filter: {self.filter}▏" if self.filter else "")
 
     def on_key(self, event: events.Key) -> None:
+        if self.screen is not self.screen_stack[0]:
+            return
         if event.key == "backspace" and self.filter:
             self.filter = self.filter[:-1]
         elif event.character and event.is_printable and not (event.character == "q" and not self.filter):
@@ -109,6 +119,38 @@ class MenuApp(App[int]):
 
     def action_quit_menu(self) -> None:
         self.exit(0)
+
+    # -- approvals ----------------------------------------------------------------------------------------
+    def _on_rpc_event(self, msg: dict[str, Any]) -> None:
+        """Called on the RPC reader thread: hand over to the app's loop (post_message is thread-safe)."""
+        if msg.get("event") == "queue.changed":
+            self.post_message(QueueChanged())
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        self._update_notice()
+        if isinstance(self.screen, ApprovalsScreen | MyRequestsScreen):
+            self.screen.post_message(QueueChanged())
+
+    def _update_notice(self) -> None:
+        if not self.reviewer:
+            return
+        try:
+            n = len(self.rpc.call("queue.list")["pending"])
+        except RpcError:
+            return
+        text = f"{n} request{'s' if n != 1 else ''} await{'s' if n == 1 else ''} your review — F2" if n else ""
+        self.query_one("#notice", Static).update(text)
+
+    def action_approvals(self) -> None:
+        if not self.reviewer:
+            self._status("You have no reviewer role.")
+            return
+        if not isinstance(self.screen, ApprovalsScreen):
+            self.push_screen(ApprovalsScreen(self.rpc))
+
+    def action_my_requests(self) -> None:
+        if not isinstance(self.screen, MyRequestsScreen):
+            self.push_screen(MyRequestsScreen(self.rpc))
 
     def _status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -82,3 +82,37 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     client_addr: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ApprovalRequest(Base):
+    """A command held for reviewers: bound to its exact text, the session, the rule and an expiry."""
+
+    __tablename__ = "approval_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requester: Mapped[str] = mapped_column(String(255), index=True)
+    resource: Mapped[str] = mapped_column(String(255), index=True)
+    session_id: Mapped[str] = mapped_column(String(40), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    approvals_needed: Mapped[int] = mapped_column(Integer, default=1)
+    approver_roles: Mapped[list] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending approved denied withdrawn expired cancelled
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    node: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApprovalDecision(Base):
+    """One reviewer's decision on a request; one per reviewer (N-of-M needs N distinct people)."""
+
+    __tablename__ = "approval_decisions"
+    __table_args__ = (UniqueConstraint("request_id", "reviewer", name="uq_decision_reviewer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(255))
+    approve: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -85,13 +86,22 @@ async def test_too_many_strikes_close_channel(broker: Any) -> None:
     await asyncio.wait_for(task, 5)
 
 
-def test_client_raises_rpc_errors() -> None:
+def test_client_routes_replies_and_events_and_fails_when_closed() -> None:
     a, b = socket.socketpair()
     client = RpcClient(a)
-    b.sendall(encode({"event": "queue.changed", "data": {}})
-              + encode({"id": 1, "error": {"code": "x", "message": "m"}}))
+
+    def serve_once() -> None:
+        (n,) = struct.unpack(">I", b.recv(4))
+        req = json.loads(b.recv(n))
+        b.sendall(encode({"id": 99, "result": "stray"})  # a reply nobody asked for is ignored
+                  + encode({"event": "queue.changed", "data": {}})
+                  + encode({"id": req["id"], "error": {"code": "x", "message": "m"}}))
+
+    t = threading.Thread(target=serve_once)
+    t.start()
     with pytest.raises(RpcError, match="m"):
         client.call("hello")
+    t.join()
     assert client.events == [{"event": "queue.changed", "data": {}}]
     b.close()
     with pytest.raises(RpcError, match="closed"):

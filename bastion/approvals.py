@@ -1,0 +1,142 @@
+"""Just-in-time approvals in the daemon: hold a command, tell reviewers at once, release on their decision.
+
+Decisions are checked against the *reviewer's connection* identity and grants; the store refuses
+self-approval and a second decision by the same person inside the recording transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
+from policies.access import may_review
+from policies.engine import Decision
+
+if TYPE_CHECKING:
+    from bastion.daemon import ConnectionContext, Daemon
+
+log = logging.getLogger(__name__)
+
+POLL = 1.0  # seconds between store checks while waiting (decisions taken by another node show up this way)
+
+
+class ApprovalService:
+    """One per daemon."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.db = ApprovalStore(daemon.store)
+        self._waiters: dict[int, asyncio.Event] = {}
+        self.listeners: set[Callable[[], None]] = set()
+
+    def _notify(self) -> None:
+        for cb in list(self.listeners):
+            try:
+                cb()
+            except Exception:
+                log.exception("approval listener failed")
+
+    async def _audit(self, actor: str, action: str, outcome: str, req: dict[str, Any], **detail: Any) -> None:
+        await asyncio.to_thread(self.daemon.store.audit, actor, action, outcome, resource=req["resource"],
+                                session_id=req["session_id"], request_id=req["id"], rule=req["rule"], **detail)
+
+    async def request(self, ctx: ConnectionContext, resource: str, session_id: str,
+                      decision: Decision) -> dict[str, Any]:
+        """Create a pending request for ``decision.text`` and tell every reviewer."""
+        req = await asyncio.to_thread(
+            self.db.create, requester=ctx.username, resource=resource, session_id=session_id, text=decision.text,
+            rule=decision.rule or "(default)", reason=decision.reason, approvals_needed=max(1, decision.approvals),
+            approver_roles=list(decision.approver_roles), timeout=decision.timeout or 600.0, node=self.daemon.node)
+        await self._audit(ctx.username, "approval.request", "pending", req, text=decision.text)
+        log.info("%s: approval request #%d on %s (rule %s)", ctx.who, req["id"], resource, req["rule"])
+        self._notify()
+        return req
+
+    async def wait(self, rid: int, timeout: float, withdraw: asyncio.Event) -> dict[str, Any]:
+        """Wait for a final status; ``withdraw`` set by the requester (Ctrl-C, disconnect) withdraws it."""
+        ev = self._waiters.setdefault(rid, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                req = await asyncio.to_thread(self.db.get, rid)
+                if req is None or req["status"] in FINAL:
+                    return req or {"id": rid, "status": "cancelled", "status_reason": "request vanished"}
+                if withdraw.is_set():
+                    await self.finish(rid, "withdrawn", "withdrawn by the requester", req["requester"])
+                    continue
+                if loop.time() >= deadline:
+                    await self.finish(rid, "expired", "no decision before the request expired", "bastion")
+                    continue
+                ev.clear()
+                waits = [asyncio.ensure_future(ev.wait()), asyncio.ensure_future(withdraw.wait())]
+                await asyncio.wait(waits, timeout=min(POLL, max(0.0, deadline - loop.time())),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+        finally:
+            self._waiters.pop(rid, None)
+
+    async def finish(self, rid: int, status: str, reason: str, actor: str) -> bool:
+        """Withdraw, expire or cancel a pending request."""
+        done = await asyncio.to_thread(self.db.finish, rid, status, reason)
+        if done:
+            req = await asyncio.to_thread(self.db.get, rid)
+            if req is not None:
+                await self._audit(actor, f"approval.{status}", status, req)
+            self._wake(rid)
+            self._notify()
+        return done
+
+    async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> dict[str, Any]:
+        """A reviewer's decision, checked against the reviewer's own grants. Raises DecisionRefused."""
+        req = await asyncio.to_thread(self.db.get, rid)
+        if req is None or not may_review(ctx.grants, self.daemon.config.roles, req["resource"],
+                                         req["approver_roles"]):
+            if req is not None:
+                await self._audit(ctx.username, "approval.decision", "refused", req, why="not a reviewer")
+            raise DecisionRefused(f"you may not decide request #{rid}")
+        try:
+            req = await asyncio.to_thread(self.db.decide, rid, ctx.username, approve, reason)
+        except DecisionRefused as e:
+            await self._audit(ctx.username, "approval.decision", "refused", req, why=str(e))
+            raise
+        await self._audit(ctx.username, "approval.decision", "approve" if approve else "deny", req, reason=reason,
+                          status=req["status"])
+        log.info("%s: %s request #%d -> %s", ctx.who, "approved" if approve else "denied", rid, req["status"])
+        self._wake(rid)
+        self._notify()
+        return req
+
+    def _wake(self, rid: int) -> None:
+        ev = self._waiters.get(rid)
+        if ev is not None:
+            ev.set()
+
+    def visible_to(self, ctx: ConnectionContext, req: dict[str, Any]) -> bool:
+        """Reviewers see the requests they may decide; never their own in the queue."""
+        return req["requester"] != ctx.username and may_review(ctx.grants, self.daemon.config.roles,
+                                                              req["resource"], req["approver_roles"])
+
+    async def queue(self, ctx: ConnectionContext) -> dict[str, Any]:
+        pending = await asyncio.to_thread(self.db.pending)
+        recent = await asyncio.to_thread(self.db.recent, limit=100)
+        return {"pending": [r for r in pending if self.visible_to(ctx, r)],
+                "history": [r for r in recent if r["status"] != "pending" and self.visible_to(ctx, r)][:30]}
+
+    async def mine(self, ctx: ConnectionContext) -> dict[str, Any]:
+        return {"requests": await asyncio.to_thread(self.db.recent, requester=ctx.username, limit=50)}
+
+    async def cancel_node(self) -> None:
+        """At start: requests left pending by a previous run of this node can never be released; cancel them."""
+        ids = await asyncio.to_thread(self.db.cancel_pending, node=self.daemon.node,
+                                      reason="the bastion restarted while the request was pending")
+        for rid in ids:
+            req = await asyncio.to_thread(self.db.get, rid)
+            if req is not None:
+                await self._audit("bastion", "approval.cancelled", "cancelled", req)
+        if ids:
+            log.warning("cancelled %d approval request(s) left pending by a previous run", len(ids))

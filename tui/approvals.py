@@ -1,0 +1,193 @@
+"""Reviewer queue and "my requests" screens. Live: they reload when the daemon pushes ``queue.changed``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
+
+from bastion.rpcproto import RpcClient, RpcError
+
+
+class QueueChanged(Message):
+    """The daemon says approval requests changed (posted from the RPC reader thread)."""
+
+
+def age(iso: str) -> str:
+    """How long ago an ISO timestamp was, compactly."""
+    try:
+        sec = int((datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds())
+    except ValueError:
+        return "?"
+    if sec < 60:
+        return f"{max(sec, 0)}s"
+    if sec < 3600:
+        return f"{sec // 60}m"
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+class ReasonModal(ModalScreen[str | None]):
+    """Ask for a reason (required to deny)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str):
+        super().__init__()
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="reason-box"):
+            yield Label(self.title_text)
+            yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ApprovalsScreen(Screen[None]):
+    """Pending requests this reviewer may decide, and recent decisions."""
+
+    BINDINGS = [
+        Binding("a", "approve", "Approve"),
+        Binding("d", "deny", "Deny (reason)"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, rpc: RpcClient):
+        super().__init__()
+        self.rpc = rpc
+        self.pending: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield Static("Pending approval requests", classes="section")
+        yield DataTable(id="pending", cursor_type="row", zebra_stripes=True)
+        yield Static("Decided", classes="section")
+        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="approvals-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "approvals queue"
+        self.query_one("#pending", DataTable).add_columns("#", "Requester", "Resource", "Command", "Rule", "Age",
+                                                          "Approvals")
+        self.query_one("#history", DataTable).add_columns("#", "Requester", "Resource", "Command", "Status", "By")
+        self.reload()
+        self.set_interval(5, self.reload)  # ages tick; pushes make it immediate
+        self.query_one("#pending", DataTable).focus()
+
+    def reload(self) -> None:
+        try:
+            q = self.rpc.call("queue.list")
+        except RpcError as e:
+            self._status(f"cannot load the queue: {e}")
+            return
+        self.pending = q["pending"]
+        table = self.query_one("#pending", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for r in self.pending:
+            got = sum(1 for d in r["decisions"] if d["approve"])
+            table.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"]), r["rule"],
+                          age(r["created_at"]), f"{got}/{r['approvals_needed']}", key=str(r["id"]))
+        if self.pending:
+            table.move_cursor(row=min(row, len(self.pending) - 1))
+        hist = self.query_one("#history", DataTable)
+        hist.clear()
+        for r in q["history"]:
+            by = ", ".join(d["reviewer"] for d in r["decisions"]) or "-"
+            hist.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"], 40), r["status"], by)
+        if not self.pending:
+            self._status("Nothing waits for you.")
+
+    def on_queue_changed(self, _: QueueChanged) -> None:
+        self.reload()
+
+    def _selected(self) -> dict[str, Any] | None:
+        table = self.query_one("#pending", DataTable)
+        if not self.pending or not 0 <= table.cursor_row < len(self.pending):
+            return None
+        return self.pending[table.cursor_row]
+
+    def _status(self, text: str) -> None:
+        self.query_one("#approvals-status", Static).update(text)
+
+    def _decide(self, req: dict[str, Any], decision: str, reason: str) -> None:
+        try:
+            r = self.rpc.call("request.decide", id=str(req["id"]), decision=decision, reason=reason)
+            self._status(f"request #{req['id']}: {r['status']}" + (f" ({r['status_reason']})"
+                                                                    if r["status"] != "pending" else ""))
+        except RpcError as e:
+            self._status(f"request #{req['id']}: {e}")
+        self.reload()
+
+    def action_approve(self) -> None:
+        req = self._selected()
+        if req is not None:
+            self._decide(req, "approve", "")
+
+    def action_deny(self) -> None:
+        req = self._selected()
+        if req is None:
+            return
+
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self._decide(req, "deny", reason)
+
+        self.app.push_screen(ReasonModal(f"Deny request #{req['id']} ({_short(req['text'], 40)}): why?"), done)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+class MyRequestsScreen(Screen[None]):
+    """The operator's own approval requests and their fate."""
+
+    BINDINGS = [Binding("escape", "back", "Back")]
+
+    def __init__(self, rpc: RpcClient):
+        super().__init__()
+        self.rpc = rpc
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield DataTable(id="mine", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "my requests"
+        self.query_one(DataTable).add_columns("#", "Resource", "Command", "Rule", "Status", "Detail", "Age")
+        self.reload()
+        self.query_one(DataTable).focus()
+
+    def reload(self) -> None:
+        try:
+            rows = self.rpc.call("requests.mine")["requests"]
+        except RpcError:
+            rows = []
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in rows:
+            table.add_row(f"#{r['id']}", r["resource"], _short(r["text"], 40), r["rule"], r["status"],
+                          _short(r["status_reason"], 40), age(r["created_at"]))
+
+    def on_queue_changed(self, _: QueueChanged) -> None:
+        self.reload()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
