@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
+from bastion.cmdfilter import CommandFilter
 from bastion.ptyproc import PtyProcess, set_winsize
 from recorder.asciicast import CastWriter, EchoGuard
 
@@ -81,6 +82,7 @@ class Relay:
         self.base: Endpoint | None = None
         self.active: Endpoint | None = None
         self.tee: Tee | None = None
+        self.filter: CommandFilter | None = None
         self._client_paused = False
         self._output_paused = False
         # Input is held until an endpoint is ready for it: data and EOF may arrive before the first one exists.
@@ -98,9 +100,10 @@ class Relay:
             self._held = bytearray()
             self._held_eof = False
 
-    def attach(self, ep: Endpoint, tee: Tee | None) -> None:
-        """Make ``ep`` the endpoint that receives client input, recording through ``tee``."""
-        self.active, self.tee = ep, tee
+    def attach(self, ep: Endpoint, tee: Tee | None, cmd_filter: CommandFilter | None = None) -> None:
+        """Make ``ep`` the endpoint that receives client input, recording through ``tee``, judged by
+        ``cmd_filter`` at each Enter."""
+        self.active, self.tee, self.filter = ep, tee, cmd_filter
         ep.resize(self.cols, self.rows)
         if self._output_paused:
             ep.pause_reading()
@@ -116,7 +119,7 @@ class Relay:
         self._maybe_resume_client()
 
     def detach(self) -> None:
-        self.active, self.tee = None, None
+        self.active, self.tee, self.filter = None, None, None
         self._held, self._held_eof = None, False
         self._maybe_resume_client()
 
@@ -138,8 +141,12 @@ class Relay:
         ep = self.target
         if ep is None:
             return
-        if self.tee is not None and ep is self.active:
-            self.tee.input(data, ep.echo_known())
+        if ep is self.active:
+            if self.tee is not None:
+                self.tee.input(data, ep.echo_known())
+            if self.filter is not None:
+                self.filter.input(data)
+                return
         ep.write(data)
         if ep.pending() > MAX_PENDING and not self._client_paused:
             self._client_paused = True
@@ -161,6 +168,8 @@ class Relay:
             ep.resize(cols, rows)
         if self.tee is not None:
             self.tee.writer.resize(cols, rows)
+        if self.filter is not None:
+            self.filter.resize(cols)
 
     def signal(self, name: str) -> None:
         if self._held is not None and name == "INT" and self.on_interrupt is not None:
@@ -184,6 +193,14 @@ class Relay:
         if ep is self.active and self.tee is not None:
             self.tee.output(data)
         self.chan.write(data, STDERR if stderr else None)
+        if ep is self.active and self.filter is not None and not stderr:
+            self.filter.output(data)  # after the client has the bytes: a decision's message comes after the echo
+
+    def say(self, data: bytes) -> None:
+        """Bastion's own words to the operator, recorded like output."""
+        if self.tee is not None:
+            self.tee.writer.output(data)
+        self.chan.write(data)
 
     def pause_output(self) -> None:
         """The client's window is full: stop reading endpoints (backpressure to the source)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from bastion.broker import BrokerServer, RefusedRequest
+from bastion.cmdfilter import CommandFilter
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.store.approvals import DecisionRefused
@@ -85,6 +86,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self._targets: set[SshEndpoint] = set()
         self._client_gone = False
         self._withdraw = asyncio.Event()
+        self._filter_withdraw = asyncio.Event()
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -148,6 +150,7 @@ class BastionSession(asyncssh.SSHServerSession):
         # store and its recording hashed even when the client vanishes.
         self._client_gone = True
         self._withdraw.set()
+        self._filter_withdraw.set()
         for ep in list(self._targets):
             ep.close()
         if self.menu is not None:
@@ -346,6 +349,36 @@ class BastionSession(asyncssh.SSHServerSession):
             return None
         return Outcome(False, f"request #{req['id']} {final['status']}: {final['status_reason']}")
 
+    def _command_filter(self, name: str, sid: str, ep: SshEndpoint, writer: CastWriter) -> CommandFilter:
+        """The interactive filter for a brokered shell on a resource with a policy."""
+        ctx, daemon = self.ctx, self.ctx.daemon
+        policy = daemon.config.policies[daemon.config.resources[name].policy or ""]
+        withdraw = self._filter_withdraw = asyncio.Event()
+        assert self.relay is not None
+        relay = self.relay
+
+        def note(kind: str, d: Decision) -> None:
+            writer.marker(f"policy: {d.summary()}: {d.text}")
+            if d.action != Action.ALLOW:
+                daemon.spawn_bg(asyncio.to_thread(
+                    daemon.store.audit, ctx.username, f"command.{d.action.label}", d.action.label, resource=name,
+                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=d.text, mode="interactive"))
+
+        async def approve(d: Decision) -> dict[str, Any]:
+            withdraw.clear()
+            req = await daemon.approvals.request(ctx, name, sid, d)
+            relay.say(f"\r\n\x1b[33mbastion: waiting for approval (request #{req['id']}, rule {req['rule']}) "
+                      "\u2014 Ctrl-C to withdraw\x1b[0m".encode())
+            final = await daemon.approvals.wait(req["id"], d.timeout or 600.0, withdraw)
+            relay.say(b"\r\x1b[K")
+            writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
+            return final
+
+        return CommandFilter(
+            cols=self.cols, judge=lambda text: evaluate(policy, text, groups=ctx.groups, resource=name),
+            forward=ep.write, to_client=relay.say, approve=approve, note=note, echo_known=ep.echo_known,
+            withdraw=withdraw.set)
+
     async def _broker(self, name: str, command: str | None, mode: str, sid: str,
                       verdict: Decision | None) -> Outcome:
         assert self.relay is not None
@@ -367,7 +400,8 @@ class BastionSession(asyncssh.SSHServerSession):
             if verdict is not None:
                 writer.marker(f"policy: {verdict.summary()}")
             # attached before the target speaks, so its first bytes (banner, prompt) are recorded too
-            self.relay.attach(ep, Tee(writer))
+            filt = self._command_filter(name, sid, ep, writer) if command is None and pty and res.policy else None
+            self.relay.attach(ep, Tee(writer), filt)
             try:
                 await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
                               term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
@@ -391,6 +425,10 @@ class BastionSession(asyncssh.SSHServerSession):
                 end = await ep.wait()
             finally:
                 self.relay.detach()
+                self._filter_withdraw.set()
+                for rid in await asyncio.to_thread(daemon.approvals.db.cancel_pending, session_id=sid,
+                                                   reason="the session ended while the request was pending"):
+                    await daemon.approvals.finish(rid, "cancelled", "session ended", "bastion")
                 writer.marker(f"session {sid} ended")
                 sha = writer.close()
                 duration = time.monotonic() - started
