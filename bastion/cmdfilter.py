@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyte
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ALT_ON = re.compile(rb"\x1b\[\?(1049|1047|47)h")
 ALT_OFF = re.compile(rb"\x1b\[\?(1049|1047|47)l")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
-ECHO_WAIT = 0.3  # seconds to wait for the target to echo a typed line before judging what we have
+ECHO_WAIT = 1.0  # seconds to wait for the target to echo a typed line before judging what we have
 MAX_LINE = 16384
 INTERRUPT = b"\x03"
 
@@ -47,6 +47,8 @@ class LineEditor:
         self.buf: list[str] = []
         self.pos = 0
         self.reliable = True
+        self.typed_any = False
+        self.tail = ""  # printable text typed since the last editing key: the part whose echo we can check
         self._esc = b""
 
     def reset(self) -> None:
@@ -71,6 +73,11 @@ class LineEditor:
                 self._escape(seq)
                 i += len(seq)
                 continue
+            if c.isprintable() and c != "\x1b":
+                self.tail += c
+                self.typed_any = True
+            elif c not in ("\r", "\n"):
+                self.tail = ""
             if c in ("\x7f", "\x08"):
                 if self.pos > 0:
                     del self.buf[self.pos - 1]
@@ -107,6 +114,8 @@ class LineEditor:
             i += 1
 
     def _escape(self, seq: str) -> None:
+        if seq not in ("\x1b[200~", "\x1b[201~"):
+            self.tail = ""
         if seq in ("\x1b[D", "\x1bOD"):
             self.pos = max(0, self.pos - 1)
         elif seq in ("\x1b[C", "\x1bOC"):
@@ -166,12 +175,14 @@ class CommandFilter:
         self.queue = bytearray()  # client input not yet forwarded (while a line is being judged or held)
         self.busy = False
         self.waiting_echo: asyncio.TimerHandle | None = None
+        self.output_since_input = True
         self.verdicts: list[Verdict] = []
 
     # -- output -----------------------------------------------------------------------------------------
     def output(self, data: bytes) -> None:
         for m in re.finditer(rb"\x1b\[\?(?:1049|1047|47)[hl]", data):
             self.alt = m.group(0).endswith(b"h")
+        self.output_since_input = True
         nl = data.rfind(b"\n")
         if nl >= 0:
             self.line = bytearray(data[nl + 1:])
@@ -207,12 +218,14 @@ class CommandFilter:
                 chunk = bytes(self.queue)
                 self.queue.clear()
                 self._typed(chunk)
+                self.output_since_input = False
                 self.forward(chunk)
                 return
             before = bytes(self.queue[:i])
             del self.queue[:i]
             if before:
                 self._typed(before)
+                self.output_since_input = False
                 self.forward(before)
             self.busy = True
             if self._echoed():
@@ -243,9 +256,10 @@ class CommandFilter:
         self.editor.feed(data, pasting=self.pasting)
 
     def _echoed(self) -> bool:
-        want = re.sub(r"\s+", "", self.editor.text)
-        if not self.editor.reliable or not want:
-            return True
+        """Has the target shown what was typed? (then the output-side line is complete enough to judge)"""
+        want = re.sub(r"\s+", "", self.editor.text if self.editor.reliable else self.editor.tail)
+        if not want:
+            return self.output_since_input or not self.editor.typed_any
         shown = re.sub(r"\s+", "", render_line(bytes(self.line), self.cols))
         it = iter(shown)
         return all(ch in it for ch in want)
@@ -267,10 +281,11 @@ class CommandFilter:
         enter = bytes(self.queue[:1])
         del self.queue[:1]
         texts = self._texts()
-        typed_but_hidden = not texts[0].strip() and self.editor.text.strip() and self.editor.reliable
-        if typed_but_hidden or not any(t.strip() for t in texts):
-            # nothing visible: an empty line, or input typed while the target did not echo it (a password)
-            self._release(enter)
+        if not any(t.strip() for t in texts):
+            if self.editor.typed_any and not self.editor.reliable:  # keys went in, but we cannot see the line
+                self._block_unknown()
+                return
+            self._release(enter)  # an empty line
             return
         if all(t.rstrip().endswith("\\") and not t.rstrip().endswith("\\\\") for t in texts):
             partial = [t.rstrip()[:-1] for t in texts]
@@ -282,8 +297,14 @@ class CommandFilter:
             self._release(enter, keep_continuation=True)
             return
         d = max((self.judge(t) for t in texts), key=lambda x: x.action)
+        visible = d.text == texts[0] or bool(texts[0].strip()) and d.text.strip() in texts[0]
         self.verdicts.append(Verdict(d.text, d))
-        self.note("decision", d)
+        # text the target never echoed (a password) must not reach markers, audit events or reviewers
+        hidden = "(typed without echo: not recorded)"
+        self.note(d.text, d) if visible else self.note(hidden, replace(d, text=hidden, reason=hidden, explanation=()))
+        if not visible and d.action == Action.REQUIRE_APPROVAL:
+            self._block_unknown()
+            return
         if d.action in (Action.ALLOW, Action.WARN):
             self._release(enter)
         elif d.action == Action.BLOCK:
@@ -309,6 +330,11 @@ class CommandFilter:
     def _block(self, d: Decision) -> None:
         self._say(f"blocked by rule {d.rule!r}: {d.reason}" if d.rule else f"blocked: {d.reason}", "1;31")
         self.forward(INTERRUPT)  # the target discards the line (and any continuation) and shows a new prompt
+        self._new_line()
+
+    def _block_unknown(self) -> None:
+        self._say("the bastion could not read this line (no echo from the target); it was not sent", "1;31")
+        self.forward(INTERRUPT)
         self._new_line()
 
     async def _hold(self, d: Decision, enter: bytes) -> None:

@@ -357,12 +357,12 @@ class BastionSession(asyncssh.SSHServerSession):
         assert self.relay is not None
         relay = self.relay
 
-        def note(kind: str, d: Decision) -> None:
-            writer.marker(f"policy: {d.summary()}: {d.text}")
+        def note(text: str, d: Decision) -> None:
+            writer.marker(f"policy: {d.summary()}: {text}")
             if d.action != Action.ALLOW:
                 daemon.spawn_bg(asyncio.to_thread(
                     daemon.store.audit, ctx.username, f"command.{d.action.label}", d.action.label, resource=name,
-                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=d.text, mode="interactive"))
+                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=text, mode="interactive"))
 
         async def approve(d: Decision) -> dict[str, Any]:
             withdraw.clear()

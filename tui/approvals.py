@@ -113,6 +113,8 @@ class ApprovalsScreen(Screen[None]):
             hist.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"], 40), r["status"], by)
         if not self.pending:
             self._status("Nothing waits for you.")
+        elif str(self.query_one("#approvals-status", Static).render()) == "Nothing waits for you.":
+            self._status("a: approve the selected request · d: deny it with a reason")
 
     def on_queue_changed(self, _: QueueChanged) -> None:
         self.reload()

@@ -51,7 +51,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, target_key: Path,
                  extra_resources: str = "", limits: str = "") -> Path:
     cfg = d / "bastion.yaml"
-    users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]"}
+    users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
+             "dave": "[reviewers]"}
     cfg.write_text(f"""\
 listen: {{host: 127.0.0.1, port: {port}}}
 host_keys: [state/host_ed25519]
@@ -70,6 +71,7 @@ resources:
     user: {target.user}
     credential: {{private_key_file: {target_key}}}
     host_key: "{target.host_key_public}"
+    policy: guarded
   secret-db:
     kind: ssh
     description: only for admins
@@ -90,6 +92,20 @@ resources:
   operators: {{groups: [ops], resources: ["web*"]}}
   admins: {{groups: [admins], resources: ["*"]}}
   reviewers: {{groups: [reviewers], review: true}}
+policies:
+  guarded:
+    default: allow
+    rules:
+      - {{name: no-rm, programs: [rm, unlink], action: block, reason: deleting files is not allowed}}
+      - name: chmod-needs-approval
+        programs: [chmod]
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 1}}
+        timeout: 120
+      - name: chown-needs-two
+        programs: [chown]
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 2}}
 """)
     return cfg
 
@@ -117,7 +133,7 @@ def stop_bastion(proc: subprocess.Popen[bytes]) -> None:
 def bastion_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
     d = tmp_path_factory.mktemp("bastion")
     (d / "state").mkdir()
-    keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in ("alice", "bob", "mallory")}
+    keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in ("alice", "bob", "mallory", "carol", "dave")}
     target_key, target_pub = make_keypair(d / "target_credential", "bastion-credential")
     target = start_sshd(d / "sshd", authorized_keys=[target_pub])
     port = free_port()

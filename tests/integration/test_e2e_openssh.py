@@ -161,7 +161,7 @@ def test_direct_form_resize_and_ctrl_c(bastion_env: BastionEnv) -> None:
 
 def test_password_typed_with_echo_off_is_not_recorded(bastion_env: BastionEnv) -> None:
     env = bastion_env
-    secret = "hunter2-Sup3rSecret"
+    secret = "hunter2-Sup3rSecret"  # judged by web's policy filter too: it must not leak through markers
     with Terminal(ssh(env, "alice", "web", tty=True)) as t:
         t.wait_for_raw(PROMPT)
         t.send("read -s -p '[sudo] password for alice: ' PW; echo; echo PWLEN=${#PW}\r")
