@@ -162,10 +162,11 @@ class CommandFilter:
     def __init__(self, *, cols: int, judge: Callable[[str], Decision], forward: Callable[[bytes], None],
                  to_client: Callable[[bytes], None], approve: Callable[[Decision], Awaitable[dict]],
                  note: Callable[[str, Decision], None], echo_known: Callable[[], bool | None] = lambda: None,
-                 withdraw: Callable[[], None] = lambda: None):
+                 withdraw: Callable[[], None] = lambda: None, echo_wait: float = ECHO_WAIT):
         self.cols = cols
         self.judge, self.forward, self.to_client = judge, forward, to_client
         self.approve, self.note, self.echo_known, self.withdraw = approve, note, echo_known, withdraw
+        self.echo_wait = echo_wait
         self.alt = False
         self.line = bytearray()  # output since the last newline
         self.prompt: str | None = None
@@ -231,7 +232,7 @@ class CommandFilter:
             if self._echoed():
                 self._decide_enter()
             else:
-                self.waiting_echo = asyncio.get_running_loop().call_later(ECHO_WAIT, self._echo_timeout)
+                self.waiting_echo = asyncio.get_running_loop().call_later(self.echo_wait, self._echo_timeout)
 
     def _next_enter(self) -> int:
         """Index of the next Enter outside a bracketed paste; paste markers update the paste state."""

@@ -58,6 +58,7 @@ class ApprovalStore:
 
     def decide(self, rid: int, reviewer: str, approve: bool, reason: str) -> dict[str, Any]:
         """Record one reviewer's decision; returns the request after it. Raises DecisionRefused."""
+        expired = False
         try:
             with self.store.tx() as s:
                 r = s.get(ApprovalRequest, rid, with_for_update=True)
@@ -68,7 +69,7 @@ class ApprovalStore:
                 if r.status != "pending":
                     raise DecisionRefused(f"request #{rid} is already {r.status}")
                 if _aware(r.expires_at) <= now():
-                    r.status, r.status_reason, r.decided_at = "expired", "expired before a decision", now()
+                    expired = True
                     raise DecisionRefused(f"request #{rid} has expired")
                 if not approve and not reason.strip():
                     raise DecisionRefused("a denial needs a reason")
@@ -84,6 +85,10 @@ class ApprovalStore:
                 return _as_dict(r, decisions)
         except IntegrityError:
             raise DecisionRefused(f"you have already decided request #{rid}") from None
+        except DecisionRefused:
+            if expired:  # the refusal rolled the transaction back: record the expiry on its own
+                self.finish(rid, "expired", "expired before a decision")
+            raise
 
     def finish(self, rid: int, status: str, reason: str) -> bool:
         """Move a pending request to a final status (withdrawn, expired, cancelled); False if it was not pending."""

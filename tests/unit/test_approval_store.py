@@ -1,0 +1,69 @@
+"""Approval rules enforced by the store itself: no self-approval, N distinct reviewers, one decision each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.store.approvals import ApprovalStore, DecisionRefused
+from bastion.store.db import Store
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> ApprovalStore:
+    s = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    s.migrate()
+    return ApprovalStore(s)
+
+
+def req(db: ApprovalStore, n: int = 1, timeout: float = 60, session: str = "s1") -> int:
+    return db.create(requester="alice", resource="web", session_id=session, text="chmod 600 f", rule="chmod",
+                     reason="", approvals_needed=n, approver_roles=["reviewers"], timeout=timeout,
+                     node="n1")["id"]
+
+
+def test_self_approval_refused_and_not_recorded(db: ApprovalStore) -> None:
+    rid = req(db)
+    with pytest.raises(DecisionRefused, match="your own request"):
+        db.decide(rid, "alice", True, "")
+    r = db.get(rid)
+    assert r["status"] == "pending" and r["decisions"] == []
+
+
+def test_n_distinct_reviewers_and_one_decision_each(db: ApprovalStore) -> None:
+    rid = req(db, n=2)
+    assert db.decide(rid, "bob", True, "")["status"] == "pending"
+    with pytest.raises(DecisionRefused, match="already decided"):
+        db.decide(rid, "bob", True, "again")
+    r = db.decide(rid, "dave", True, "")
+    assert r["status"] == "approved" and r["status_reason"] == "approved by bob, dave"
+    with pytest.raises(DecisionRefused, match="already approved"):
+        db.decide(rid, "erin", False, "late")
+
+
+def test_deny_needs_reason_and_wins(db: ApprovalStore) -> None:
+    rid = req(db, n=2)
+    with pytest.raises(DecisionRefused, match="needs a reason"):
+        db.decide(rid, "bob", False, "  ")
+    db.decide(rid, "bob", True, "")
+    r = db.decide(rid, "dave", False, "change freeze")
+    assert r["status"] == "denied" and "denied by dave: change freeze" == r["status_reason"]
+
+
+def test_expired_requests_cannot_be_approved(db: ApprovalStore) -> None:
+    rid = req(db, timeout=0.001)
+    import time
+
+    time.sleep(0.01)
+    with pytest.raises(DecisionRefused, match="expired"):
+        db.decide(rid, "bob", True, "")
+    assert db.get(rid)["status"] == "expired"
+
+
+def test_cancel_by_session_and_node(db: ApprovalStore) -> None:
+    a, b, c = req(db, session="s1"), req(db, session="s2"), req(db, session="s2")
+    assert db.finish(c, "withdrawn", "by alice") and not db.finish(c, "expired", "x")
+    assert db.cancel_pending(session_id="s2", reason="session ended") == [b]
+    assert db.cancel_pending(node="n1", reason="restart") == [a]
+    assert [db.get(i)["status"] for i in (a, b, c)] == ["cancelled", "cancelled", "withdrawn"]
