@@ -48,7 +48,7 @@ def test_deny_needs_reason_and_wins(db: ApprovalStore) -> None:
         db.decide(rid, "bob", False, "  ")
     db.decide(rid, "bob", True, "")
     r = db.decide(rid, "dave", False, "change freeze")
-    assert r["status"] == "denied" and "denied by dave: change freeze" == r["status_reason"]
+    assert r["status"] == "denied" and r["status_reason"] == "denied by dave: change freeze"
 
 
 def test_expired_requests_cannot_be_approved(db: ApprovalStore) -> None:
