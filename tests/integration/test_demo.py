@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.keys import free_port
 from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +56,33 @@ def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
         listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
                                  "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
         rows = json.loads(listed.stdout)
-        assert len(rows) == 1 and rows[0]["user"] == "alice" and rows[0]["resource"] == "demo-shell"
+        assert rows[0]["user"] == "alice" and rows[0]["resource"] == "demo-shell"
         assert rows[0]["exit_status"] == 0
         events = [json.loads(line) for line in Path(rows[0]["recording"]).read_text().splitlines()[1:]]
         assert "hi\n" in "".join(e[2] for e in events if e[1] == "o")
+        # the demo policy: rm is blocked in every spelling, the file stays
+        victim = state / "victim"
+        victim.write_text("x")
+        for spelling in ("rm -f {f}", "/bin/rm -f {f}", "\\rm -f {f}", "command rm -f {f}", "sudo rm -f {f}",
+                         "$(echo rm) -f {f}", "r''m -f {f}"):
+            out = subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--",
+                                          spelling.format(f=victim), tty=False),
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode != 0 and "rule 'no-rm'" in out.stderr, (spelling, out.stderr)
+            assert victim.exists()
+        # chmod waits until bob approves in his TUI, then runs
+        chmod = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--",
+                                          f"chmod 600 {victim} && echo DONE", tty=False),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert chmod.stderr is not None and "waiting for approval" in chmod.stderr.readline()
+        with Terminal(ssh_argv(state / "keys" / "bob", port, "bob", tty=True), cols=120) as bob:
+            bob.wait_for(r"1 request awaits your review")
+            bob.send_key("f2")
+            bob.wait_for(rf"alice\s+demo-shell\s+chmod 600")
+            bob.send("a")
+            out, _ = chmod.communicate(timeout=30)
+        assert chmod.returncode == 0 and out == "DONE\n"
+        assert oct(victim.stat().st_mode & 0o777) == "0o600"
         # bob is a reviewer, not an operator: demo-shell is not his to open
         bob = subprocess.run(ssh_argv(state / "keys" / "bob", port, "bob", "demo-shell", "--", "id", tty=False),
                              capture_output=True, text=True, timeout=60)
@@ -76,7 +100,7 @@ def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
         assert out.stdout == "again\n"
         listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
                                  "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
-        assert len(json.loads(listed.stdout)) == 2
+        assert json.loads(listed.stdout)[0]["command"] == "echo again"
     finally:
         stop(proc)
     assert proc.returncode == 0
