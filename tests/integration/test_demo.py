@@ -78,7 +78,7 @@ def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
         with Terminal(ssh_argv(state / "keys" / "bob", port, "bob", tty=True), cols=120) as bob:
             bob.wait_for(r"1 request awaits your review")
             bob.send_key("f2")
-            bob.wait_for(rf"alice\s+demo-shell\s+chmod 600")
+            bob.wait_for(r"alice\s+demo-shell\s+chmod 600")
             bob.send("a")
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
