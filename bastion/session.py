@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import shutil
 import socket
@@ -461,4 +460,3 @@ def _signal_number(name: str) -> int:
         return 0
 
 
-__all__ = ["BastionSession", "Outcome", "parse_command", "os"]

@@ -149,11 +149,9 @@ def test_direct_form_resize_and_ctrl_c(bastion_env: BastionEnv) -> None:
         t.wait_for(r"^40 120\s*$")
         t.send("sleep 100; echo SLEPT-FULLY\r")
         time.sleep(1)
-        started = time.monotonic()
         t.send_key("ctrl-c")
         t.send("echo AFTER-$((1+1))\r")
-        t.wait_for(r"AFTER-2", timeout=10)
-        assert time.monotonic() - started < 10
+        t.wait_for(r"AFTER-2", timeout=10)  # long before sleep 100 would have ended
         assert "SLEPT-FULLY" not in t.screen_text().replace("echo SLEPT-FULLY", "")
         t.send("exit 4\r")
         assert t.wait_exit() == 4
