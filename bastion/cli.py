@@ -126,7 +126,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
-    from policies.engine import evaluate
+    from policies.engine import evaluate, evaluate_sql
 
     try:
         cfg = load_config(_config_path(args), check_files=False)
@@ -147,7 +147,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     if res.policy is None:
         print(f"{args.resource}: no policy attached; every command is allowed", file=sys.stderr)
         return 0
-    d = evaluate(cfg.policies[res.policy], command, groups=groups, resource=args.resource)
+    judge = evaluate_sql if args.sql else evaluate
+    d = judge(cfg.policies[res.policy], command, groups=groups, resource=args.resource)
     if args.json:
         print(json.dumps({"resource": args.resource, "user": args.user, "policy": res.policy, **d.as_dict()},
                          indent=2))
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--user", required=True)
     pt.add_argument("--group", action="append", help="groups of a user not in the config (repeatable)")
     pt.add_argument("--json", action="store_true")
+    pt.add_argument("--sql", action="store_true", help="judge the text as SQL (as a postgres resource would)")
     pt.add_argument("command", nargs=argparse.REMAINDER)
     pt.set_defaults(func=cmd_policy_test)
 

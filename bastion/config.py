@@ -74,6 +74,11 @@ class RuleModel(_Model):
     reason: Annotated[str, Field(max_length=300)] = ""
     approvers: Approvers | None = None
     timeout: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    statements: list[str] = []   # SQL: statement kinds (select, delete, drop, copy, set_role, ...)
+    tables: list[str] = []       # SQL: tables referenced (globs; qualified or not)
+    traits: list[Literal["no_where", "copy_program", "copy_file", "copy_from", "copy_to", "dynamic", "privilege",
+                         "rule", "set_role", "dangerous_function"]] = []
+    functions: list[str] = []    # SQL: functions called (globs)
 
     @field_validator("command")
     @classmethod
@@ -316,7 +321,9 @@ def _policy_set(name: str, p: PolicyModel) -> PolicySet:
     return PolicySet(name, Action.parse(p.default), tuple(
         Rule(r.name, Action.parse(r.action), tuple(r.programs), tuple(r.args),
              re.compile(r.command) if r.command else None, tuple(r.groups), tuple(r.resources), r.reason,
-             tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout)
+             tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout,
+             tuple(r.statements), tuple(t.lower() for t in r.tables), tuple(r.traits),
+             tuple(f.lower() for f in r.functions))
         for r in p.rules))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from policies.shell import ParsedLine, ShellParseError, SimpleCommand, parse_line
+from policies.sql import SqlParseError, Statement, classify_sql
 
 
 class Action(IntEnum):
@@ -47,6 +48,32 @@ class Rule:
     approver_roles: tuple[str, ...] = ()
     approvals: int = 1
     timeout: float = 600.0
+    statements: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    traits: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+
+    @property
+    def for_sql(self) -> bool:
+        """False for rules that only make sense for shell commands (they name programs or arguments)."""
+        return not (self.programs or self.args)
+
+    @property
+    def for_shell(self) -> bool:
+        """False for rules that only make sense for SQL (they name statements, tables, traits or functions)."""
+        return not (self.statements or self.tables or self.traits or self.functions)
+
+    def matches_sql(self, st: Statement) -> bool:
+        if self.statements and not any(fnmatch.fnmatchcase(st.kind, p) for p in self.statements):
+            return False
+        if self.tables and not any(fnmatch.fnmatchcase(t, p) or fnmatch.fnmatchcase(t.rsplit(".", 1)[-1], p)
+                                   for t in st.tables for p in self.tables):
+            return False
+        if self.traits and not set(self.traits) & set(st.traits):
+            return False
+        if self.functions and not any(fnmatch.fnmatchcase(f, p) for f in st.functions for p in self.functions):
+            return False
+        return self.command is None or bool(self.command.search(st.text))
 
     def applies_to(self, groups: frozenset[str], resource: str) -> bool:
         if self.groups and not groups & set(self.groups):
@@ -111,7 +138,7 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
              parsed: ParsedLine | None = None) -> Decision:
     """Decide a shell command line for a user (``groups``) on ``resource``."""
     gs = frozenset(groups)
-    applicable = [r for r in policy.rules if r.applies_to(gs, resource)]
+    applicable = [r for r in policy.rules if r.for_shell and r.applies_to(gs, resource)]
     try:
         line = parsed if parsed is not None else parse_line(text)
     except ShellParseError as e:
@@ -144,3 +171,42 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
                 reason += f" ({rule.reason})"
             best = (strict, rule, reason)
     return _decide(best[0], best[1], best[2], text, why, programs)
+
+
+def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resource: str) -> Decision:
+    """Decide a SQL string (one or many statements, as sent) for a user on ``resource``.
+
+    Every statement that would execute is judged, nested ones included; the strictest decision wins. Dynamic SQL
+    (``DO``, ``EXECUTE``, functions that run a query string) needs at least an approval; a parse failure is refused.
+    """
+    gs = frozenset(groups)
+    applicable = [r for r in policy.rules if r.for_sql and r.applies_to(gs, resource)]
+    try:
+        stmts = classify_sql(text)
+    except SqlParseError as e:
+        return _decide(Action.BLOCK, None, f"the SQL cannot be parsed ({e}); refused", text, [f"parse error: {e}"],
+                       ())
+    if not stmts:
+        return _decide(Action.ALLOW, None, "nothing to run", text, ["no statement"], ())
+    why: list[str] = []
+    best: tuple[Action, Rule | None, str] | None = None
+    for st in stmts:
+        label = st.kind + (" (nested)" if st.nested else "")
+        rule = next((r for r in applicable if r.matches_sql(st)), None)
+        if rule is not None:
+            action, reason = rule.action, rule.reason or f"{st.kind} matches rule {rule.name!r}"
+            why.append(f"{label}: rule {rule.name!r} -> {action.label}")
+        else:
+            action, reason = policy.default, f"{st.kind}: no rule matched; default is {policy.default.label}"
+            why.append(f"{label}: no rule -> default {policy.default.label}")
+        if "dynamic" in st.traits and action < Action.REQUIRE_APPROVAL:
+            approval = next((r for r in applicable if r.action == Action.REQUIRE_APPROVAL), None)
+            rule = approval
+            action = Action.REQUIRE_APPROVAL if approval else Action.BLOCK
+            reason = ("dynamic SQL runs statements the bastion cannot see" +
+                      ("; it needs approval" if approval else " and this policy names no approvers; refused"))
+            why.append(f"{label}: dynamic SQL -> {action.label}")
+        if best is None or action > best[0]:
+            best = (action, rule, reason)
+    assert best is not None
+    return _decide(best[0], best[1], best[2], text, why, [s.kind for s in stmts])

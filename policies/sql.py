@@ -1,0 +1,205 @@
+"""Classify SQL with pglast (PostgreSQL's own parser) on the exact text that would be sent.
+
+Every statement is reported, including the ones nested where they still execute: DML inside CTEs, the statement
+under ``EXPLAIN ANALYZE``, the body of ``PREPARE``, the actions of ``CREATE RULE``. Traits say what makes a
+statement dangerous (``no_where``, ``copy_program``, ``dynamic`` ...). Pure; a parse failure raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+
+KINDS = {
+    "SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete",
+    "MergeStmt": "merge", "TruncateStmt": "truncate", "DropStmt": "drop", "CopyStmt": "copy",
+    "AlterSystemStmt": "alter_system", "DoStmt": "do", "PrepareStmt": "prepare", "ExecuteStmt": "execute",
+    "DeallocateStmt": "deallocate", "ExplainStmt": "explain", "TransactionStmt": "transaction",
+    "CallStmt": "call", "VariableShowStmt": "show", "VacuumStmt": "maintenance", "ClusterStmt": "maintenance",
+    "ReindexStmt": "maintenance", "LockStmt": "lock", "ListenStmt": "notify", "NotifyStmt": "notify",
+    "UnlistenStmt": "notify", "GrantStmt": "grant", "GrantRoleStmt": "grant", "CreateRoleStmt": "role",
+    "AlterRoleStmt": "role", "AlterRoleSetStmt": "role", "DropRoleStmt": "role", "RuleStmt": "create",
+    "CreateFunctionStmt": "create", "DropOwnedStmt": "drop", "ReassignOwnedStmt": "role",
+    "LoadStmt": "load", "CheckPointStmt": "maintenance", "DiscardStmt": "set", "ConstraintsSetStmt": "set",
+    "DeclareCursorStmt": "cursor", "FetchStmt": "cursor", "ClosePortalStmt": "cursor", "RefreshMatViewStmt": "alter",
+    "RenameStmt": "alter", "CommentStmt": "alter", "SecLabelStmt": "alter", "AlterOwnerStmt": "alter",
+    "CreateTableAsStmt": "create", "ViewStmt": "create", "IndexStmt": "create", "CreatedbStmt": "create",
+    "DropdbStmt": "drop", "AlterDatabaseStmt": "alter", "AlterDatabaseSetStmt": "alter",
+}
+DANGEROUS_FUNCTIONS = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export", "lo_get",
+    "lo_put", "lo_from_bytea", "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_open",
+    "dblink_send_query", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
+    "pg_file_write", "pg_execute_server_program", "set_config", "pg_logical_emit_message",
+})
+# functions that run SQL given as a string: whatever that string says is invisible here
+DYNAMIC_FUNCTIONS = frozenset({"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "dblink",
+                               "dblink_exec", "dblink_open", "dblink_send_query", "cursor_to_xml"})
+
+
+class SqlParseError(ValueError):
+    """The text is not SQL PostgreSQL would accept."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement that would execute."""
+
+    kind: str
+    node: str
+    tables: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    traits: tuple[str, ...] = ()
+    nested: bool = False
+    text: str = ""
+
+
+@dataclass
+class _Acc:
+    tables: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
+
+
+def _children(node: ast.Node) -> Iterator[ast.Node]:
+    for name in node:
+        v = getattr(node, name, None)
+        yield from _nodes(v)
+
+
+def _nodes(v: object) -> Iterator[ast.Node]:
+    if isinstance(v, ast.Node):
+        yield v
+    elif isinstance(v, list | tuple):
+        for x in v:
+            yield from _nodes(x)
+
+
+def _rangevar(rv: ast.RangeVar) -> str:
+    return ".".join(p for p in (rv.schemaname, rv.relname) if p).lower()
+
+
+def _names(items: object) -> str:
+    parts = [getattr(x, "sval", None) for x in _nodes(items)]
+    return ".".join(p for p in parts if p).lower()
+
+
+def _is_tautology(where: ast.Node | None) -> bool:
+    """True when a WHERE clause does not restrict anything (absent, TRUE, 1=1, x=x, ... OR TRUE)."""
+    if where is None:
+        return True
+    if isinstance(where, ast.A_Const):
+        return getattr(where.val, "boolval", None) is True or str(getattr(where.val, "ival", "")) not in ("", "0")
+    if isinstance(where, ast.TypeCast):
+        arg = where.arg
+        return isinstance(arg, ast.A_Const) and str(getattr(arg.val, "sval", "")).lower() in ("t", "true", "1",
+                                                                                              "yes", "on")
+    if isinstance(where, ast.A_Expr) and _names(where.name) in ("=", ">=", "<="):
+        return repr(where.lexpr) == repr(where.rexpr)
+    if isinstance(where, ast.BoolExpr):
+        op = getattr(where.boolop, "name", str(where.boolop)).lower()
+        if op.startswith("or"):
+            return any(_is_tautology(a) for a in where.args)
+        if op.startswith("and"):
+            return all(_is_tautology(a) for a in where.args)
+    if isinstance(where, ast.NullTest):
+        return False
+    return False
+
+
+def _walk(node: ast.Node, acc: _Acc, out: list[Statement], text: str, top: bool) -> None:
+    """Collect tables/functions under ``node``; nested executing statements become their own entries."""
+    for child in _children(node):
+        name = type(child).__name__
+        if isinstance(child, ast.RangeVar):
+            acc.tables.append(_rangevar(child))
+        elif isinstance(child, ast.FuncCall):
+            acc.functions.append(_names(child.funcname).rsplit(".", 1)[-1])
+        if name in KINDS and name != "SelectStmt":
+            _statement(child, out, text, nested=True)
+            continue
+        _walk(child, acc, out, text, False)
+
+
+def _explain_analyzes(node: ast.ExplainStmt) -> bool:
+    for opt in _nodes(node.options):
+        if isinstance(opt, ast.DefElem) and opt.defname == "analyze":
+            arg = opt.arg
+            val = getattr(arg, "boolval", None)
+            if val is None:
+                val = str(getattr(arg, "sval", "true") or "true").lower() not in ("false", "off", "0", "no")
+            return bool(val) if arg is not None else True
+    return False
+
+
+def _statement(node: ast.Node, out: list[Statement], text: str, nested: bool) -> None:
+    name = type(node).__name__
+    kind = KINDS.get(name) or ("create" if name.startswith(("Create", "Define")) else
+                               "alter" if name.startswith("Alter") else "drop" if name.startswith("Drop") else
+                               "other")
+    traits: list[str] = []
+    acc = _Acc()
+    if isinstance(node, ast.ExplainStmt):
+        if _explain_analyzes(node):
+            _statement(node.query, out, text, nested=True)  # EXPLAIN ANALYZE runs it
+        out.append(Statement("explain", name, nested=nested, text=text))
+        return
+    if isinstance(node, ast.PrepareStmt):
+        pass  # its query is found by the walk below: judged as what EXECUTE will run
+    elif isinstance(node, ast.ExecuteStmt | ast.DoStmt | ast.CreateFunctionStmt):
+        traits.append("dynamic")
+    elif isinstance(node, ast.RuleStmt):
+        traits.append("rule")  # its actions are found by the walk below
+    elif isinstance(node, ast.DeleteStmt | ast.UpdateStmt):
+        acc.tables.append(_rangevar(node.relation))
+        if _is_tautology(node.whereClause):
+            traits.append("no_where")
+    elif isinstance(node, ast.InsertStmt | ast.MergeStmt):
+        acc.tables.append(_rangevar(node.relation))
+    elif isinstance(node, ast.SelectStmt) and node.intoClause is not None:
+        kind = "create"
+    elif isinstance(node, ast.CopyStmt):
+        traits.append("copy_from" if node.is_from else "copy_to")
+        if node.is_program:
+            traits.append("copy_program")
+        elif node.filename:
+            traits.append("copy_file")
+        if node.relation is not None:
+            acc.tables.append(_rangevar(node.relation))
+    elif isinstance(node, ast.DropStmt):
+        for obj in node.objects or ():
+            acc.tables.append(_names(obj))
+    elif isinstance(node, ast.VariableSetStmt):
+        kind = "set_role" if (node.name or "").lower() in ("role", "session_authorization") else "set"
+    elif isinstance(node, ast.GrantStmt | ast.GrantRoleStmt):
+        kind = "grant" if node.is_grant else "revoke"
+        traits.append("privilege")
+    elif kind == "role":
+        traits.append("privilege")
+    _walk(node, acc, out, text, True)
+    functions = tuple(dict.fromkeys(acc.functions))
+    if set(functions) & DYNAMIC_FUNCTIONS:
+        traits.append("dynamic")
+    if "set_config" in functions:
+        traits.append("set_role")  # set_config('role', ...) switches role like SET ROLE
+    if set(functions) & DANGEROUS_FUNCTIONS:
+        traits.append("dangerous_function")
+    tables = tuple(t for t in dict.fromkeys(acc.tables) if t)
+    out.append(Statement(kind, name, tables, functions, tuple(dict.fromkeys(traits)), nested, text))
+
+
+def classify_sql(text: str) -> list[Statement]:
+    """Every statement ``text`` would execute, top-level and nested; raises SqlParseError."""
+    if "\x00" in text:
+        raise SqlParseError("NUL byte in SQL")
+    try:
+        raw = parse_sql(text)
+    except ParseError as e:
+        raise SqlParseError(str(e)) from None
+    out: list[Statement] = []
+    for rs in raw:  # pglast gives character offsets
+        end = rs.stmt_location + rs.stmt_len if rs.stmt_len else len(text)
+        _statement(rs.stmt, out, text[rs.stmt_location:end].strip(), nested=False)
+    return out
