@@ -86,27 +86,27 @@ def _names(items: object) -> str:
     return ".".join(p for p in parts if p).lower()
 
 
-def _is_tautology(where: ast.Node | None) -> bool:
-    """True when a WHERE clause does not restrict anything (absent, TRUE, 1=1, x=x, ... OR TRUE)."""
-    if where is None:
+def _has_column(node: ast.Node) -> bool:
+    if isinstance(node, ast.ColumnRef):
         return True
-    if isinstance(where, ast.A_Const):
-        return getattr(where.val, "boolval", None) is True or str(getattr(where.val, "ival", "")) not in ("", "0")
-    if isinstance(where, ast.TypeCast):
-        arg = where.arg
-        return isinstance(arg, ast.A_Const) and str(getattr(arg.val, "sval", "")).lower() in ("t", "true", "1",
-                                                                                              "yes", "on")
-    if isinstance(where, ast.A_Expr) and _names(where.name) in ("=", ">=", "<="):
-        return repr(where.lexpr) == repr(where.rexpr)
+    return any(_has_column(c) for c in _children(node))
+
+
+def _restricts(where: ast.Node | None) -> bool:
+    """Whether a WHERE clause can leave rows out. No clause, constants, parameters ($1 = $2, bound later to
+    anything), ``x = x`` and ``... OR <any of those>`` cannot: fail closed."""
+    if where is None or not _has_column(where):
+        return False
+    if isinstance(where, ast.A_Expr) and _names(where.name) in ("=", ">=", "<=") and \
+            repr(where.lexpr) == repr(where.rexpr):
+        return False
     if isinstance(where, ast.BoolExpr):
         op = getattr(where.boolop, "name", str(where.boolop)).lower()
         if op.startswith("or"):
-            return any(_is_tautology(a) for a in where.args)
+            return all(_restricts(a) for a in where.args)
         if op.startswith("and"):
-            return all(_is_tautology(a) for a in where.args)
-    if isinstance(where, ast.NullTest):
-        return False
-    return False
+            return any(_restricts(a) for a in where.args)
+    return True
 
 
 def _walk(node: ast.Node, acc: _Acc, out: list[Statement], text: str, top: bool) -> None:
@@ -154,7 +154,7 @@ def _statement(node: ast.Node, out: list[Statement], text: str, nested: bool) ->
         traits.append("rule")  # its actions are found by the walk below
     elif isinstance(node, ast.DeleteStmt | ast.UpdateStmt):
         acc.tables.append(_rangevar(node.relation))
-        if _is_tautology(node.whereClause):
+        if not _restricts(node.whereClause):
             traits.append("no_where")
     elif isinstance(node, ast.InsertStmt | ast.MergeStmt):
         acc.tables.append(_rangevar(node.relation))

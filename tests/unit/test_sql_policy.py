@@ -33,6 +33,12 @@ def judge(sql: str) -> tuple[str, str | None]:
     ("DELETE FROM customers WHERE id = 1 OR true", "block", "no-unbounded-writes"),
     ("DELETE/**/FROM customers", "block", "no-unbounded-writes"),
     ("DELETE FROM customers WHERE id = 7", "allow", None),
+    ("DELETE FROM customers WHERE $1 = $2", "block", "no-unbounded-writes"),  # bound to 1, 1 later
+    ("DELETE FROM customers WHERE id = 1 OR $1", "block", "no-unbounded-writes"),
+    ("DELETE FROM customers WHERE now() > '2000-01-01'", "block", "no-unbounded-writes"),
+    ("DELETE FROM customers WHERE id = id", "block", "no-unbounded-writes"),
+    ("DELETE FROM customers WHERE id = $1 AND true", "allow", None),
+    ("DELETE FROM customers WHERE id IN (SELECT id FROM old)", "allow", None),
     ("UPDATE customers SET name = 'x' WHERE TRUE", "block", "no-unbounded-writes"),
     ("WITH d AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM d", "block", "no-unbounded-writes"),
     ("EXPLAIN ANALYZE DELETE FROM customers", "block", "no-unbounded-writes"),

@@ -1,0 +1,1 @@
+"""PostgreSQL wire protocol proxy: the authoritative SQL enforcement point for postgres resources."""

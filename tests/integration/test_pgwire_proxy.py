@@ -1,0 +1,172 @@
+"""The PostgreSQL wire proxy against a real server (initdb, SCRAM) with real psql and psycopg as clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from bastion.pgwire.proxy import PgProxy
+from bastion.pgwire.upstream import Target
+from policies.engine import Action, PolicySet, Rule, evaluate_sql
+from tests.support.postgres import PgServer, start_postgres
+from tests.support.terminal import Terminal
+
+pytestmark = pytest.mark.slow
+
+POLICY = PolicySet("db", Action.ALLOW, (
+    Rule("no-unbounded-delete", Action.BLOCK, statements=("delete", "update"), traits=("no_where",),
+         reason="DELETE/UPDATE need a WHERE"),
+    Rule("drop-needs-approval", Action.REQUIRE_APPROVAL, statements=("drop", "truncate"),
+         approver_roles=("reviewers",)),
+))
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    server = start_postgres()
+    server.psql("CREATE USER app PASSWORD 'app-Pw-123'")
+    server.psql("CREATE DATABASE app OWNER app")
+    server.psql("CREATE TABLE customers(id int primary key, name text, ssn text);"
+                "INSERT INTO customers VALUES (1,'Ann','123-45-6789'),(2,'Bob','987-65-4321');"
+                "ALTER TABLE customers OWNER TO app", db="app")
+    yield server
+    server.stop()
+
+
+class ProxyThread:
+    """Run a PgProxy on its own event loop, as the daemon would."""
+
+    def __init__(self, pg: PgServer, sockdir: Path, approval: str = "approved"):
+        self.loop = asyncio.new_event_loop()
+        self.approval = approval
+        self.decisions: list[Decision] = []
+        self.holds: list[str] = []
+        self.withdrawn = asyncio.Event()
+        self.proxy = PgProxy(Target("127.0.0.1", pg.port, "app", "app"), "app-Pw-123",
+                             judge=lambda sql: evaluate_sql(POLICY, sql, groups=[], resource="db"),
+                             hold=self._hold, note=self.decisions.append, withdraw=self._withdraw,
+                             socket_dir=sockdir)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+
+    def _withdraw(self) -> None:
+        self.withdrawn.set()
+
+    async def _hold(self, d: Any) -> dict[str, Any]:
+        self.holds.append(d.text)
+        if self.approval == "wait-for-cancel":
+            await self.withdrawn.wait()
+            return {"status": "withdrawn", "status_reason": "withdrawn by the requester"}
+        return {"status": self.approval, "status_reason": f"{self.approval} by bob"}
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+from policies.engine import Decision  # noqa: E402
+
+
+@pytest.fixture()
+def proxy(pg: PgServer, tmp_path: Path) -> Iterator[ProxyThread]:
+    p = ProxyThread(pg, tmp_path / "sock")
+    yield p
+    p.close()
+
+
+def psql(sockdir: Path, sql: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PGHOST": str(sockdir), "PGUSER": "whoever", "PGDATABASE": "ignored"}
+    return subprocess.run(["psql", "-X", "-A", "-t", "-c", sql], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_psql_reads_and_blocked_statement_names_rule(proxy: ProxyThread, pg: PgServer) -> None:
+    sockdir = proxy.proxy.socket_dir
+    out = psql(sockdir, "SELECT name FROM customers ORDER BY id")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Ann\nBob\n"
+    out = psql(sockdir, "DELETE FROM customers")
+    assert out.returncode == 1
+    assert "blocked by rule 'no-unbounded-delete'" in out.stderr
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+    out = psql(sockdir, "SELECT 1; DELETE/**/FROM customers WHERE 1=1; SELECT 2")
+    assert "blocked by rule" in out.stderr and pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+
+
+def test_upstream_credentials_and_key_never_reach_the_client(proxy: ProxyThread) -> None:
+    sockdir = proxy.proxy.socket_dir
+    with psycopg.connect(host=str(sockdir), user="x", dbname="y") as conn:
+        assert conn.info.backend_pid == proxy.proxy.fake_pid
+        real = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert real != proxy.proxy.fake_pid
+        assert conn.execute("SELECT current_user").fetchone()[0] == "app"
+    assert os.stat(proxy.proxy.socket_path).st_mode & 0o077 == 0  # only the session's user may connect
+    assert os.stat(proxy.proxy.socket_dir).st_mode & 0o077 == 0
+
+
+def test_extended_protocol_binary_and_refused_parse(proxy: ProxyThread, pg: PgServer) -> None:
+    sockdir = proxy.proxy.socket_dir
+    with psycopg.connect(host=str(sockdir), user="x", dbname="y", autocommit=True) as conn:
+        cur = conn.cursor(binary=True)
+        cur.execute("SELECT id, name FROM customers WHERE id = %s", (2,))
+        assert cur.fetchall() == [(2, "Bob")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-unbounded-delete"):
+            conn.execute("DELETE FROM customers WHERE %s = %s", (1, 1))
+        # the connection is still usable after the refused Parse (discarded until Sync)
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2
+        # pipelined: a refused Parse in the middle of a pipeline
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-unbounded-delete"), conn.pipeline():
+            conn.execute("SELECT 1")
+            conn.execute("UPDATE customers SET name = 'x'")
+            conn.execute("SELECT 2")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+    assert pg.psql("SELECT string_agg(name, ',' ORDER BY id) FROM customers", db="app").strip() == "Ann,Bob"
+
+
+def test_approval_hold_denied_and_approved(pg: PgServer, tmp_path: Path) -> None:
+    denied = ProxyThread(pg, tmp_path / "d", approval="denied")
+    try:
+        out = psql(denied.proxy.socket_dir, "DROP TABLE customers")
+        assert out.returncode == 1 and "request denied: denied by bob" in out.stderr
+        assert denied.holds == ["DROP TABLE customers"]
+    finally:
+        denied.close()
+    pg.psql("CREATE TABLE scratch(x int); ALTER TABLE scratch OWNER TO app", db="app")
+    approved = ProxyThread(pg, tmp_path / "a", approval="approved")
+    try:
+        out = psql(approved.proxy.socket_dir, "DROP TABLE scratch")
+        assert out.returncode == 0, out.stderr
+    finally:
+        approved.close()
+    assert pg.psql("SELECT to_regclass('scratch') IS NULL", db="app").strip() == "t"
+
+
+def test_psql_ctrl_c_withdraws_a_held_statement(pg: PgServer, tmp_path: Path) -> None:
+    p = ProxyThread(pg, tmp_path / "c", approval="wait-for-cancel")
+    env = {"PATH": "/usr/bin:/bin", "PGHOST": str(p.proxy.socket_dir), "TERM": "xterm", "HOME": str(tmp_path)}
+    try:
+        with Terminal(["psql", "-X"], env=env) as t:
+            t.wait_for(r"=>$|=#$")
+            t.send("TRUNCATE customers;\r")
+            deadline = time.monotonic() + 10
+            while not p.holds and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert p.holds == ["TRUNCATE customers;"]
+            t.send_key("ctrl-c")  # psql sends a CancelRequest with the key it was given
+            t.wait_for(r"request withdrawn")
+            t.send("\\q\r")
+            t.wait_exit()
+    finally:
+        p.close()
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
