@@ -114,7 +114,31 @@ class SshResource(_Model):
         return v
 
 
-Resource = Annotated[SshResource, Field(discriminator="kind")]
+class PgCredential(_Model):
+    password_file: str
+
+
+class PgTls(_Model):
+    mode: Literal["disable", "require", "verify-full"] = "verify-full"
+    ca_file: str | None = None
+
+
+class PgResource(_Model):
+    kind: Literal["postgres"]
+    description: str = ""
+    policy: str | None = None
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    database: Annotated[str, Field(min_length=1, max_length=63)]
+    user: Annotated[str, Field(min_length=1, max_length=63)]
+    credential: PgCredential
+    tls: PgTls = PgTls()
+
+    _host = field_validator("host")(SshResource._host.__func__)  # type: ignore[attr-defined]
+
+
+Resource = Annotated[SshResource | PgResource, Field(discriminator="kind")]
+KINDS = "ssh, postgres"
 
 
 class Role(_Model):
@@ -157,7 +181,7 @@ class Config:
     limits: Limits
     users: dict[str, LocalUser]
     user_keys: dict[str, list[str]]
-    resources: dict[str, SshResource]
+    resources: dict[str, SshResource | PgResource]
     roles: dict[str, Role]
     policies: dict[str, PolicySet] = field(default_factory=dict)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
@@ -239,7 +263,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]
 def _pydantic_problems(path: Path, err: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str]:
     problems = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p not in ("ssh",))  # drop discriminator tags
+        loc = tuple(p for p in e["loc"] if p not in ("ssh", "postgres"))  # drop discriminator tags
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -247,9 +271,9 @@ def _pydantic_problems(path: Path, err: ValidationError, lines: dict[tuple[Any, 
             msg = "required key is missing"
         elif e["type"] == "union_tag_invalid":
             loc = (*loc, "kind")
-            msg = f"unknown kind {e.get('input', {}).get('kind')!r} (known kinds: ssh)"
+            msg = f"unknown kind {e.get('input', {}).get('kind')!r} (known kinds: {KINDS})"
         elif e["type"] == "union_tag_not_found":
-            msg = "missing 'kind' (known kinds: ssh)"
+            msg = f"missing 'kind' (known kinds: {KINDS})"
         problems.append(f"{path}:{_line_for(lines, loc)}: {_dotted(loc)}: {msg}")
     return problems
 
@@ -276,6 +300,16 @@ def _semantic_checks(cfg: Config) -> list[str]:
             except (OSError, ValueError, asyncssh.KeyImportError) as e:
                 bad(("users", name, "authorized_keys_file"), f"cannot read authorized keys from {p}: {e}")
     for name, res in cfg.resources.items():
+        if isinstance(res, PgResource):
+            pw = cfg.resolve(res.credential.password_file)
+            try:
+                if not pw.read_text().strip():
+                    bad(("resources", name, "credential", "password_file"), f"{pw} is empty")
+            except (OSError, UnicodeDecodeError) as e:
+                bad(("resources", name, "credential", "password_file"), f"cannot read {pw}: {e}")
+            if res.tls.mode == "verify-full" and not (res.tls.ca_file and cfg.resolve(res.tls.ca_file).is_file()):
+                bad(("resources", name, "tls"), "verify-full needs ca_file, a readable CA certificate file")
+            continue
         key_path = cfg.resolve(res.credential.private_key_file)
         try:
             asyncssh.read_private_key(str(key_path))

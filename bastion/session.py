@@ -10,6 +10,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +18,15 @@ import asyncssh
 
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.cmdfilter import CommandFilter
+from bastion.config import PgResource, SshResource
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.store.approvals import DecisionRefused
 from bastion.store.db import new_session_id
+from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
 from policies.access import decide_open
-from policies.engine import Action, Decision, evaluate
+from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_sql
 from recorder.asciicast import CastWriter
 
 if TYPE_CHECKING:
@@ -318,9 +321,10 @@ class BastionSession(asyncssh.SSHServerSession):
     def _judge(self, name: str, command: str) -> Decision | None:
         """The policy decision for ``command`` on resource ``name`` (None: the resource has no policy)."""
         cfg = self.ctx.daemon.config
-        policy = cfg.resources[name].policy
-        if policy is None:
+        res = cfg.resources[name]
+        if res.policy is None or res.kind == "postgres":  # postgres: every statement is judged at the wire proxy
             return None
+        policy = res.policy
         return evaluate(cfg.policies[policy], command, groups=self.ctx.groups, resource=name)
 
     async def _enforce_exec(self, name: str, sid: str, d: Decision | None) -> Outcome | None:
@@ -348,11 +352,42 @@ class BastionSession(asyncssh.SSHServerSession):
             return None
         return Outcome(False, f"request #{req['id']} {final['status']}: {final['status_reason']}")
 
+    async def _approval(self, name: str, sid: str, d: Decision, writer: CastWriter,
+                        say: Callable[[str], None]) -> dict[str, Any]:
+        """Ask reviewers about ``d`` for this session and wait; Ctrl-C or a hang-up withdraws."""
+        approvals = self.ctx.daemon.approvals
+        if not self._client_gone:
+            self._filter_withdraw.clear()
+        req = await approvals.request(self.ctx, name, sid, d)
+        say(f"waiting for approval (request #{req['id']}, rule {req['rule']}) \u2014 Ctrl-C to withdraw")
+        final = await approvals.wait(req["id"], d.timeout or 600.0, self._filter_withdraw)
+        writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
+        return final
+
+    def _sql_hooks(self, name: str, sid: str, writer: CastWriter) -> dict[str, Any]:
+        """What the wire proxy needs to judge, hold and record statements of this session."""
+        ctx, daemon = self.ctx, self.ctx.daemon
+        res = daemon.config.resources[name]
+        policy = daemon.config.policies.get(res.policy or "") or PolicySet("(none)")
+
+        def note(d: Decision) -> None:
+            writer.marker(f"sql: {d.summary()}: {d.text}")
+            if d.action != Action.ALLOW:
+                daemon.spawn_bg(asyncio.to_thread(
+                    daemon.store.audit, ctx.username, f"sql.{d.action.label}", d.action.label, resource=name,
+                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=d.text[:4000]))
+
+        async def hold(d: Decision) -> dict[str, Any]:
+            return await self._approval(name, sid, d, writer, lambda text: self._stderr(f"bastion: {text}\n"))
+
+        return {"judge": lambda sql: evaluate_sql(policy, sql, groups=ctx.groups, resource=name),
+                "hold": hold, "note": note, "withdraw": self._filter_withdraw.set}
+
     def _command_filter(self, name: str, sid: str, ep: SshEndpoint, writer: CastWriter) -> CommandFilter:
         """The interactive filter for a brokered shell on a resource with a policy."""
         ctx, daemon = self.ctx, self.ctx.daemon
         policy = daemon.config.policies[daemon.config.resources[name].policy or ""]
-        withdraw = self._filter_withdraw = asyncio.Event()
+        withdraw = self._filter_withdraw
         assert self.relay is not None
         relay = self.relay
 
@@ -364,13 +399,11 @@ class BastionSession(asyncssh.SSHServerSession):
                     session_id=sid, client_addr=ctx.peer, rule=d.rule, text=text, mode="interactive"))
 
         async def approve(d: Decision) -> dict[str, Any]:
-            withdraw.clear()
-            req = await daemon.approvals.request(ctx, name, sid, d)
-            relay.say(f"\r\n\x1b[33mbastion: waiting for approval (request #{req['id']}, rule {req['rule']}) "
-                      "\u2014 Ctrl-C to withdraw\x1b[0m".encode())
-            final = await daemon.approvals.wait(req["id"], d.timeout or 600.0, withdraw)
+            def say(text: str) -> None:
+                relay.say(f"\r\n\x1b[33mbastion: {text}\x1b[0m".encode())
+
+            final = await self._approval(name, sid, d, writer, say)
             relay.say(b"\r\x1b[K")
-            writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
             return final
 
         return CommandFilter(
@@ -385,7 +418,9 @@ class BastionSession(asyncssh.SSHServerSession):
         store, cfg = daemon.store, daemon.config
         res = cfg.resources[name]
         pty = self.term_type is not None
-        ep = SshEndpoint(self.relay)
+        if isinstance(res, PgResource) and command is None:
+            return Outcome(False, f"{name}: interactive psql is not offered yet; use: ssh ... {name} -- \"SQL\"")
+        ep: SshEndpoint | PsqlExec = PsqlExec(self.relay) if isinstance(res, PgResource) else SshEndpoint(self.relay)
         self._targets.add(ep)
         path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
         try:
@@ -402,9 +437,16 @@ class BastionSession(asyncssh.SSHServerSession):
             filt = self._command_filter(name, sid, ep, writer) if command is None and pty and res.policy else None
             self.relay.attach(ep, Tee(writer), filt)
             try:
-                await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
-                              term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
-                              timeout=cfg.limits.target_connect_timeout)
+                if isinstance(ep, PsqlExec):
+                    assert isinstance(res, PgResource) and command is not None
+                    await ep.open(res, cfg.resolve(res.credential.password_file), command=command,
+                                  application_name=f"bastion:{ctx.username}:{sid}",
+                                  **self._sql_hooks(name, sid, writer))
+                else:
+                    assert isinstance(res, SshResource)
+                    await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,
+                                  term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
+                                  timeout=cfg.limits.target_connect_timeout)
             except TargetError as e:
                 self.relay.detach()
                 writer.close()

@@ -49,7 +49,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 
 def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, target_key: Path,
-                 extra_resources: str = "", limits: str = "") -> Path:
+                 extra_resources: str = "", limits: str = "", extra_policies: str = "") -> Path:
     cfg = d / "bastion.yaml"
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
              "dave": "[reviewers]"}
@@ -106,7 +106,7 @@ policies:
         programs: [chown]
         action: require_approval
         approvers: {{roles: [reviewers], count: 2}}
-""")
+{extra_policies}""")
     return cfg
 
 

@@ -1,0 +1,110 @@
+"""ssh -> bastion -> psql -> wire proxy -> a real PostgreSQL (SCRAM): SQL judged at the wire, credential hidden."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.support.keys import free_port
+from tests.support.postgres import PgServer, start_postgres
+from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
+
+pytestmark = pytest.mark.slow
+PASSWORD = "app-Pw-Never-Shown-42"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    server = start_postgres()
+    server.psql(f"CREATE USER app PASSWORD '{PASSWORD}'")
+    server.psql("CREATE DATABASE app OWNER app")
+    server.psql("CREATE TABLE customers(id int primary key, name text, ssn text);"
+                "INSERT INTO customers VALUES (1,'Ann','123-45-6789'),(2,'Bob','987-65-4321');"
+                "ALTER TABLE customers OWNER TO app", db="app")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def db_bastion(pg: PgServer, bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    env = bastion_env
+    d = tmp_path_factory.mktemp("pgbastion")
+    (d / "state").mkdir()
+    (d / "db.pw").write_text(PASSWORD + "\n")
+    port = free_port()
+    cfg = write_config(d, port, env.keys, env.target, env.target_key, extra_resources=f"""\
+  web-db:
+    kind: postgres
+    description: customers database
+    host: 127.0.0.1
+    port: {pg.port}
+    database: app
+    user: app
+    credential: {{password_file: {d / 'db.pw'}}}
+    tls: {{mode: disable}}
+    policy: db
+""", extra_policies="""\
+  db:
+    default: allow
+    rules:
+      - {name: no-unbounded-writes, statements: [delete, update], traits: [no_where], action: block,
+         reason: DELETE and UPDATE need a WHERE}
+      - {name: ddl-needs-approval, statements: [drop, truncate, alter], action: require_approval,
+         approvers: {roles: [reviewers], count: 1}}
+      - {name: no-server-files, traits: [copy_program, copy_file, dangerous_function], action: block}
+""")
+    log = d / "out.log"
+    proc = start_bastion(cfg, port, log)
+    yield {"port": port, "env": env, "dir": d, "log": log}
+    stop_bastion(proc)
+
+
+def sql(b: dict, user: str, text: str) -> subprocess.CompletedProcess[str]:
+    env: BastionEnv = b["env"]
+    return subprocess.run(ssh_argv(env.keys[user], b["port"], user, "web-db", "--", text, tty=False),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_select_works_and_unbounded_delete_is_refused(db_bastion: dict, pg: PgServer) -> None:
+    out = sql(db_bastion, "alice", "SELECT name FROM customers ORDER BY id")
+    assert out.returncode == 0, out.stderr
+    assert "Ann" in out.stdout and "Bob" in out.stdout
+    out = sql(db_bastion, "alice", "DELETE FROM customers")
+    assert out.returncode != 0
+    assert "blocked by rule 'no-unbounded-writes'" in out.stderr
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+    out = sql(db_bastion, "alice", "SELECT pg_read_file('/etc/passwd')")
+    assert out.returncode != 0 and "no-server-files" in out.stderr
+
+
+def test_psql_meta_commands_refused_and_password_never_exposed(db_bastion: dict) -> None:
+    for text in ("\\! id", "  \\getenv x PGPASSWORD", "\\c postgres"):
+        out = sql(db_bastion, "alice", text)
+        assert out.returncode == 1 and "meta-commands" in out.stderr
+    out = sql(db_bastion, "alice", "SELECT current_setting('application_name')")
+    assert PASSWORD not in out.stdout + out.stderr
+    for cast in (db_bastion["dir"] / "state" / "recordings").rglob("*.cast"):
+        assert PASSWORD not in cast.read_text()
+    assert PASSWORD not in db_bastion["log"].read_text()
+
+
+def test_drop_waits_for_a_reviewer(db_bastion: dict, pg: PgServer) -> None:
+    pg.psql("CREATE TABLE scratch(x int); ALTER TABLE scratch OWNER TO app", db="app")
+    env: BastionEnv = db_bastion["env"]
+    proc = subprocess.Popen(ssh_argv(env.keys["alice"], db_bastion["port"], "alice", "web-db", "--",
+                                     "DROP TABLE scratch", tty=False),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert "waiting for approval" in proc.stderr.readline()
+    with Terminal(ssh_argv(env.keys["bob"], db_bastion["port"], "bob", tty=True), cols=120) as bob:
+        bob.wait_for(r"roles: reviewers")
+        bob.send_key("f2")
+        bob.wait_for(r"alice\s+web-db\s+DROP TABLE scratch")
+        bob.send("a")
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert pg.psql("SELECT to_regclass('scratch') IS NULL", db="app").strip() == "t"
