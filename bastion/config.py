@@ -123,6 +123,13 @@ class PgTls(_Model):
     ca_file: str | None = None
 
 
+class MaskModel(_Model):
+    table: Annotated[str, Field(min_length=1, max_length=127)]
+    column: Annotated[str, Field(min_length=1, max_length=63)]
+    style: Literal["full", "keep_last", "hash"] = "full"
+    keep: Annotated[int, Field(ge=0, le=64)] = 4
+
+
 class PgResource(_Model):
     kind: Literal["postgres"]
     description: str = ""
@@ -133,6 +140,7 @@ class PgResource(_Model):
     user: Annotated[str, Field(min_length=1, max_length=63)]
     credential: PgCredential
     tls: PgTls = PgTls()
+    masking: list[MaskModel] = []
 
     _host = field_validator("host")(SshResource._host.__func__)  # type: ignore[attr-defined]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.pgwire import upstream as up
+from bastion.pgwire.masking import MaskRule, mask_data_row, parse_row_description, sql_touches
 from bastion.pgwire.protocol import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
@@ -30,6 +31,7 @@ from bastion.pgwire.protocol import (
     backend_key,
     error_response,
     message,
+    parse_error,
     parse_parse,
     query_text,
     read_message,
@@ -41,6 +43,37 @@ from policies.engine import Action, Decision
 log = logging.getLogger(__name__)
 
 EMPTY_QUERY = message(b"Q", b"\x00")
+COMPUTED = MaskRule("(computed)", "(computed)", "full")
+
+
+async def resolve_masks(conn: up.Upstream, rules: list[MaskRule]) -> dict[tuple[int, int], MaskRule]:
+    """(table OID, column number) of every masked column, from the catalog, on the upstream connection."""
+    def lit(s: str) -> str:
+        return "'" + s.replace("'", "''") + "'"
+
+    parts = [f"SELECT a.attrelid::oid::int, a.attnum::int, {i} FROM pg_attribute a "  # noqa: S608 - quoted by lit()
+             f"WHERE a.attrelid = to_regclass({lit(r.table)}) AND a.attname = {lit(r.column)} AND NOT a.attisdropped"
+             for i, r in enumerate(rules)]
+    conn.writer.write(message(b"Q", (" UNION ALL ".join(parts)).encode() + b"\x00"))
+    await conn.writer.drain()
+    found: dict[tuple[int, int], MaskRule] = {}
+    while True:
+        kind, payload = await read_message(conn.reader)
+        if kind == b"D":
+            n = struct.unpack("!h", payload[:2])[0]
+            vals, pos = [], 2
+            for _ in range(n):
+                (ln,) = struct.unpack("!i", payload[pos:pos + 4])
+                vals.append(payload[pos + 4:pos + 4 + ln].decode())
+                pos += 4 + max(ln, 0)
+            found[(int(vals[0]), int(vals[1]))] = rules[int(vals[2])]
+        elif kind == b"E":
+            raise up.UpstreamError(f"cannot resolve masked columns: {parse_error(payload).get('M')}")
+        elif kind == b"Z":
+            missing = [f"{r.table}.{r.column}" for r in rules if r not in found.values()]
+            if missing:
+                log.warning("masking rules match no column: %s", ", ".join(missing))
+            return found
 FORWARD = set(b"BEDCHdcf")  # Bind Execute Describe Close Flush CopyData CopyDone CopyFail
 
 
@@ -49,7 +82,8 @@ class PgProxy:
 
     def __init__(self, target: up.Target, password: str, *, judge: Callable[[str], Decision],
                  hold: Callable[[Decision], Awaitable[dict[str, Any]]], note: Callable[[Decision], None],
-                 withdraw: Callable[[], None], socket_dir: Path, application_name: str = "bastion"):
+                 withdraw: Callable[[], None], socket_dir: Path, application_name: str = "bastion",
+                 masking: list[MaskRule] | None = None):
         self.target = target
         self._password = password
         self.judge, self.hold, self.note, self.withdraw = judge, hold, note, withdraw
@@ -61,6 +95,10 @@ class PgProxy:
         self.upstream: up.Upstream | None = None
         self.holding = False
         self.connected = False
+        self.masking = list(masking or [])
+        self.masks: dict[tuple[int, int], MaskRule] = {}
+        self.taint = False  # a statement in flight mentions masked data: computed columns get masked
+        self.plan: list[MaskRule | None] = []
         self.errors: list[str] = []
 
     @property
@@ -130,6 +168,14 @@ class PgProxy:
             self.connected = False
             return
         self.upstream = conn
+        if self.masking:
+            try:
+                self.masks = await resolve_masks(conn, self.masking)
+            except (up.UpstreamError, asyncio.IncompleteReadError, ValueError) as e:  # no masks, no data
+                writer.write(error_response(f"bastion: {e}", code="08001", severity="FATAL"))
+                conn.writer.close()
+                self.connected = False
+                return
         writer.write(auth_ok())
         for k, v in conn.params.items():
             writer.write(message(b"S", k.encode() + b"\x00" + v.encode() + b"\x00"))
@@ -152,9 +198,14 @@ class PgProxy:
 
     async def _decide(self, sql: str) -> bytes | None:
         """None to forward ``sql``; otherwise the ErrorResponse the client gets instead."""
+        touches, copy_out = sql_touches(sql, self.masking)
+        if copy_out:
+            return error_response("bastion: COPY out of a table with masked columns is refused",
+                                  hint="select the columns you need; masked ones come back masked")
         d = self.judge(sql)
         self.note(d)
         if d.action in (Action.ALLOW, Action.WARN):
+            self.taint = self.taint or touches
             return None
         if d.action == Action.BLOCK:
             what = f"rule {d.rule!r}" if d.rule else "the bastion"
@@ -168,8 +219,22 @@ class PgProxy:
         finally:
             self.holding = False
         if result.get("status") == "approved":
+            self.taint = self.taint or touches
             return None
         return error_response(f"bastion: request {result.get('status')}: {result.get('status_reason', '')}")
+
+    def _scrub(self, payload: bytes) -> bytes:
+        """Errors and notices can echo values (``Key (ssn)=(...) already exists``): withhold their detail and
+        where-clause context when they name a masked column."""
+        fields = parse_error(payload)
+        names = {r.column.lower() for r in self.masking}
+        text = " ".join(fields.values()).lower()
+        if not any(n in text for n in names):
+            return payload
+        for k in ("D", "W", "M"):
+            if k in fields and any(n in fields[k].lower() for n in names):
+                fields[k] = "(withheld by the bastion: it may contain masked values)"
+        return b"".join(k.encode() + v.encode() + b"\x00" for k, v in fields.items()) + b"\x00"
 
     async def _client_to_server(self, reader: asyncio.StreamReader, conn: up.Upstream,
                                 writer: asyncio.StreamWriter, expect: deque[bytes | None]) -> None:
@@ -224,9 +289,23 @@ class PgProxy:
                 if pending:  # a refused Parse: the error comes before the ReadyForQuery of its Sync
                     writer.write(pending)
                 conn.status = payload[:1]
+                if not expect:
+                    self.taint = False
                 writer.write(message(kind, payload))
+            elif kind == b"T" and (self.masks or self.taint):
+                fields = parse_row_description(payload)
+                self.plan = [self.masks.get((f.table_oid, f.attnum))
+                             or (COMPUTED if f.table_oid == 0 and self.taint else None) for f in fields]
+                writer.write(message(kind, payload))
+            elif kind == b"D" and any(self.plan):
+                writer.write(message(kind, mask_data_row(payload, self.plan)))
+            elif kind in (b"E", b"N") and self.masking:
+                writer.write(message(kind, self._scrub(payload)))
             elif kind == b"K":
                 continue  # never let the real backend key through
+            elif kind == b"T":
+                self.plan = []
+                writer.write(message(kind, payload))
             else:
                 writer.write(message(kind, payload))
             await writer.drain()

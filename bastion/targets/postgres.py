@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.config import PgResource
+from bastion.pgwire.masking import MaskRule
 from bastion.pgwire.proxy import PgProxy
 from bastion.pgwire.upstream import Target
 from bastion.relay import Relay
@@ -46,8 +47,9 @@ class PsqlExec:
             raise TargetError("the bastion cannot load this resource's credential (see daemon log)") from None
         self.home = Path(tempfile.mkdtemp(prefix="bastion-psql-"))
         target = Target(res.host, res.port, res.database, res.user, res.tls.mode, res.tls.ca_file)
+        masking = [MaskRule(m.table.lower(), m.column.lower(), m.style, m.keep) for m in res.masking]
         self.proxy = PgProxy(target, password, judge=judge, hold=hold, note=note, withdraw=withdraw,
-                             socket_dir=self.home / "sock", application_name=application_name)
+                             socket_dir=self.home / "sock", application_name=application_name, masking=masking)
         del password
         await self.proxy.start()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",

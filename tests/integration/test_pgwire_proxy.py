@@ -45,7 +45,7 @@ def pg() -> Iterator[PgServer]:
 class ProxyThread:
     """Run a PgProxy on its own event loop, as the daemon would."""
 
-    def __init__(self, pg: PgServer, sockdir: Path, approval: str = "approved"):
+    def __init__(self, pg: PgServer, sockdir: Path, approval: str = "approved", masking: list | None = None):
         self.loop = asyncio.new_event_loop()
         self.approval = approval
         self.decisions: list[Decision] = []
@@ -54,7 +54,7 @@ class ProxyThread:
         self.proxy = PgProxy(Target("127.0.0.1", pg.port, "app", "app"), "app-Pw-123",
                              judge=lambda sql: evaluate_sql(POLICY, sql, groups=[], resource="db"),
                              hold=self._hold, note=self.decisions.append, withdraw=self._withdraw,
-                             socket_dir=sockdir)
+                             socket_dir=sockdir, masking=masking)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
@@ -170,3 +170,21 @@ def test_psql_ctrl_c_withdraws_a_held_statement(pg: PgServer, tmp_path: Path) ->
     finally:
         p.close()
     assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+
+
+def test_masking_in_binary_and_extended_protocol(pg: PgServer, tmp_path: Path) -> None:
+    from bastion.pgwire.masking import MaskRule
+
+    p = ProxyThread(pg, tmp_path / "m", masking=[MaskRule("customers", "ssn", "keep_last", 4)])
+    try:
+        with psycopg.connect(host=str(p.proxy.socket_dir), user="x", dbname="y", autocommit=True) as conn:
+            text_rows = conn.execute("SELECT ssn FROM customers WHERE id = %s", (1,)).fetchall()
+            assert text_rows == [("*******6789",)]
+            binary = conn.cursor(binary=True)
+            binary.execute("SELECT ssn, name FROM customers WHERE id = %s", (2,))
+            assert binary.fetchall() == [("*******4321", "Bob")]
+            binary.execute("SELECT ssn::bytea FROM customers WHERE id = 1")
+            (value,) = binary.fetchone()
+            assert value is None or b"123-45" not in bytes(value)
+    finally:
+        p.close()
