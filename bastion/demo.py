@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,42 @@ def _yaml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def prepare(state: Path, port: int) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
+DEMO_DB = """\
+  demo-db:
+    kind: postgres
+    description: "Demo database (local PostgreSQL started by the demo): customers, ssn masked"
+    host: 127.0.0.1
+    port: {port}
+    database: demo
+    user: demo_app
+    credential: {{password_file: secrets/demo-db.pw}}
+    tls: {{mode: disable}}
+    policy: demo-db
+    masking:
+      - {{table: customers, column: ssn, style: keep_last, keep: 4}}
+"""
+DEMO_DB_POLICY = """\
+  demo-db:
+    default: allow
+    rules:
+      - name: no-unbounded-writes
+        statements: [delete, update]
+        traits: [no_where]
+        action: block
+        reason: DELETE and UPDATE need a WHERE that restricts rows
+      - name: ddl-needs-approval
+        statements: [drop, truncate, alter]
+        action: require_approval
+        approvers: {roles: [reviewers], count: 1}
+        reason: schema changes need a reviewer's approval
+      - name: no-server-files
+        traits: [copy_program, copy_file, dangerous_function]
+        action: block
+        reason: server-side files and programs are off limits
+"""
+
+
+def prepare(state: Path, port: int, db_port: int | None = None) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
     """Create (or reuse) keys and write ``state/bastion.yaml``; return config path, target keys and port."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = state / "keys"
@@ -86,6 +122,10 @@ policies:
         timeout: 900
         reason: permission changes need a reviewer's approval
 """
+    if db_port is not None:
+        cfg = cfg.replace("roles:\n", DEMO_DB.format(port=db_port) + "roles:\n", 1)
+        cfg = cfg.replace("    resources: [demo-shell]", "    resources: [demo-shell, demo-db]")
+        cfg += DEMO_DB_POLICY
     path = state / "bastion.yaml"
     path.write_text(cfg)
     return path, target_host, target_client, target_port
@@ -95,10 +135,23 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
     """Prepare the state dir, start the demo target and the daemon, print how to connect, run until Ctrl-C."""
     from bastion.cli import _setup_logging
     from bastion.daemon import Daemon, wait_for_stop_signal
+    from bastion.demo_pg import DemoPostgres
     from bastion.demo_target import start_demo_target
 
     state = state.resolve()
-    cfg_path, host_key, client_key, target_port = prepare(state, port)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pg: DemoPostgres | None = None
+    if DemoPostgres.available():
+        pg = DemoPostgres(state, port + 2)
+        try:
+            pg.start()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            print(f"demo-db is not available: {e}")
+            pg.stop()
+            pg = None
+    else:
+        print("demo-db is not available: PostgreSQL server binaries not found (apt-get install postgresql)")
+    cfg_path, host_key, client_key, target_port = prepare(state, port, pg.port if pg else None)
     try:
         cfg = load_config(cfg_path)
     except ConfigError as e:
@@ -113,12 +166,14 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
         k = state / "keys"
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
         ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
+        query = '"SELECT * FROM customers"'
         print(f"""
 bastion demo is running (state in {state})
 
   operator:  {ssh} alice@127.0.0.1
   direct:    {ssh} -t alice@127.0.0.1 demo-shell
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
+  database:  {ssh} alice@127.0.0.1 demo-db -- {query}
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
@@ -131,6 +186,10 @@ Ctrl-C stops the demo.
             await daemon.stop()
             target.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if pg is not None:
+            pg.stop()
     print("bastion demo stopped")
     return 0

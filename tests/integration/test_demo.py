@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +43,14 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return rest
 
 
-def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
-    state, port = tmp_path / "demo", free_port()
+def test_demo_exec_sessions_list_and_second_run() -> None:
+    # directly under /tmp: when the tests run as root, the demo's PostgreSQL runs as `postgres` and must be able
+    # to reach the state dir (pytest's own tmp dirs are private to root)
+    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port()
     proc = start_demo(state, port)
     try:
         banner = proc.banner  # type: ignore[attr-defined]
+        assert "demo-db is not available" not in banner, banner
         assert f"ssh -i {state}/keys/alice -p {port}" in banner
         for name in ("alice", "bob", "carol"):
             assert (state / "keys" / name).stat().st_mode & 0o777 == 0o600
@@ -83,6 +88,17 @@ def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
         assert oct(victim.stat().st_mode & 0o777) == "0o600"
+        # demo-db: a local PostgreSQL behind the wire proxy; ssn masked, unbounded DELETE refused
+        def db(text: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--", text,
+                                           tty=False), capture_output=True, text=True, timeout=60)
+
+        out = db("SELECT ssn FROM customers")
+        assert out.returncode == 0, out.stderr
+        assert "*******6789" in out.stdout and "123-45" not in out.stdout
+        out = db("DELETE FROM customers")
+        assert out.returncode != 0 and "blocked by rule 'no-unbounded-writes'" in out.stderr
+        assert " 4" in db("SELECT count(*) FROM customers").stdout
         # bob is a reviewer, not an operator: demo-shell is not his to open
         bob = subprocess.run(ssh_argv(state / "keys" / "bob", port, "bob", "demo-shell", "--", "id", tty=False),
                              capture_output=True, text=True, timeout=60)
@@ -104,3 +120,4 @@ def test_demo_exec_sessions_list_and_second_run(tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert proc.returncode == 0
+    shutil.rmtree(state, ignore_errors=True)
