@@ -141,6 +141,7 @@ class PgResource(_Model):
     credential: PgCredential
     tls: PgTls = PgTls()
     masking: list[MaskModel] = []
+    restrict: bool = False  # interactive psql in \restrict mode: no meta-commands at all
 
     _host = field_validator("host")(SshResource._host.__func__)  # type: ignore[attr-defined]
 

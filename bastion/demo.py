@@ -34,6 +34,7 @@ DEMO_DB = """\
     credential: {{password_file: secrets/demo-db.pw}}
     tls: {{mode: disable}}
     policy: demo-db
+    restrict: true
     masking:
       - {{table: customers, column: ssn, style: keep_last, keep: 4}}
 """

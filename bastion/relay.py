@@ -219,9 +219,11 @@ class Relay:
 class PtyEndpoint:
     """The session process on its pty, read and written through the master fd."""
 
-    def __init__(self, proc: PtyProcess, relay: Relay, on_exit: Callable[[int | None], None]):
+    def __init__(self, proc: PtyProcess, relay: Relay, on_exit: Callable[[int | None], None],
+                 owner: Endpoint | None = None):
         self.proc = proc
         self.relay = relay
+        self.owner = owner  # the endpoint the relay knows this pty as (e.g. an interactive psql target)
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._out = bytearray()
@@ -239,7 +241,7 @@ class PtyEndpoint:
         if not data:
             self._finish()
             return
-        self.relay.output(self, data)
+        self.relay.output(self.owner or self, data)
 
     def _finish(self) -> None:
         if self._closed:

@@ -364,7 +364,7 @@ class BastionSession(asyncssh.SSHServerSession):
         writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
         return final
 
-    def _sql_hooks(self, name: str, sid: str, writer: CastWriter) -> dict[str, Any]:
+    def _sql_hooks(self, name: str, sid: str, writer: CastWriter, *, interactive: bool) -> dict[str, Any]:
         """What the wire proxy needs to judge, hold and record statements of this session."""
         ctx, daemon = self.ctx, self.ctx.daemon
         res = daemon.config.resources[name]
@@ -377,8 +377,17 @@ class BastionSession(asyncssh.SSHServerSession):
                     daemon.store.audit, ctx.username, f"sql.{d.action.label}", d.action.label, resource=name,
                     session_id=sid, client_addr=ctx.peer, rule=d.rule, text=d.text[:4000]))
 
+        relay = self.relay
+        assert relay is not None
+
+        def say(text: str) -> None:
+            if interactive:  # psql waits for the server: the line goes under its prompt, recorded
+                relay.say(f"\x1b[33mbastion: {text}\x1b[0m\r\n".encode())
+            else:
+                self._stderr(f"bastion: {text}\n")
+
         async def hold(d: Decision) -> dict[str, Any]:
-            return await self._approval(name, sid, d, writer, lambda text: self._stderr(f"bastion: {text}\n"))
+            return await self._approval(name, sid, d, writer, say)
 
         return {"judge": lambda sql: evaluate_sql(policy, sql, groups=ctx.groups, resource=name),
                 "hold": hold, "note": note, "withdraw": self._filter_withdraw.set}
@@ -418,8 +427,6 @@ class BastionSession(asyncssh.SSHServerSession):
         store, cfg = daemon.store, daemon.config
         res = cfg.resources[name]
         pty = self.term_type is not None
-        if isinstance(res, PgResource) and command is None:
-            return Outcome(False, f"{name}: interactive psql is not offered yet; use: ssh ... {name} -- \"SQL\"")
         ep: SshEndpoint | PsqlExec = PsqlExec(self.relay) if isinstance(res, PgResource) else SshEndpoint(self.relay)
         self._targets.add(ep)
         path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
@@ -434,14 +441,18 @@ class BastionSession(asyncssh.SSHServerSession):
             if verdict is not None:
                 writer.marker(f"policy: {verdict.summary()}")
             # attached before the target speaks, so its first bytes (banner, prompt) are recorded too
-            filt = self._command_filter(name, sid, ep, writer) if command is None and pty and res.policy else None
+            shell = command is None and pty and res.policy and isinstance(ep, SshEndpoint)
+            filt = self._command_filter(name, sid, ep, writer) if shell else None  # psql: judged at the wire
             self.relay.attach(ep, Tee(writer), filt)
             try:
                 if isinstance(ep, PsqlExec):
-                    assert isinstance(res, PgResource) and command is not None
+                    assert isinstance(res, PgResource)
+                    if command is None and not pty:
+                        raise TargetError("an interactive psql needs a terminal (ssh -t)")
                     await ep.open(res, cfg.resolve(res.credential.password_file), command=command,
-                                  application_name=f"bastion:{ctx.username}:{sid}",
-                                  **self._sql_hooks(name, sid, writer))
+                                  application_name=f"bastion:{ctx.username}:{sid}", term_type=self.term_type or "dumb",
+                                  cols=self.cols, rows=self.rows,
+                                  **self._sql_hooks(name, sid, writer, interactive=command is None))
                 else:
                     assert isinstance(res, SshResource)
                     await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,

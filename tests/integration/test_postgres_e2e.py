@@ -47,6 +47,7 @@ def db_bastion(pg: PgServer, bastion_env: BastionEnv, tmp_path_factory: pytest.T
     credential: {{password_file: {d / 'db.pw'}}}
     tls: {{mode: disable}}
     policy: db
+    restrict: true
     masking:
       - {{table: customers, column: ssn, style: keep_last, keep: 4}}
 """, extra_policies="""\
@@ -142,3 +143,21 @@ def test_drop_waits_for_a_reviewer(db_bastion: dict, pg: PgServer) -> None:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert pg.psql("SELECT to_regclass('scratch') IS NULL", db="app").strip() == "t"
+
+
+def test_interactive_psql_restricted_masked_and_judged(db_bastion: dict, pg: PgServer) -> None:
+    env: BastionEnv = db_bastion["env"]
+    with Terminal(ssh_argv(env.keys["alice"], db_bastion["port"], "alice", "web-db", tty=True), cols=120) as t:
+        t.wait_for(r"=>$")
+        t.send("SELECT id, ssn FROM customers ORDER BY id;\r")
+        t.wait_for(r"\*+6789")
+        assert "123-45" not in t.screen_text()
+        t.send("\\! id\r")  # a shell on the bastion: restricted
+        t.wait_for(r"backslash commands are restricted")
+        t.send("\\c postgres\r")
+        t.send("DELETE FROM customers;\r")
+        t.wait_for(r"blocked by rule 'no-unbounded-writes'")
+        t.send_key("ctrl-d")
+        assert t.wait_exit() == 0
+    assert "uid=" not in t.raw_text()
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() != "0"
