@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from bastion.config import ConfigError, load_config
+from bastion.config import Config, ConfigError, load_config
 
 
 def _setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
@@ -50,10 +50,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(_config_path(args))
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args, check_files=True)
+    if cfg is None:
         return 1
     _setup_logging(args.verbose, cfg.log_dir)
     from bastion.daemon import serve
@@ -62,13 +60,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace, *, check_files: bool = False) -> Config | None:
+    """The config, or None after printing its problems."""
+    try:
+        return load_config(_config_path(args), check_files=check_files)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return None
+
+
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     from bastion.store.db import Store
 
-    try:
-        cfg = load_config(_config_path(args), check_files=False)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args)
+    if cfg is None:
         return 1
     store = Store(cfg.database_url)
     store.migrate()
@@ -128,10 +133,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_policy_test(args: argparse.Namespace) -> int:
     from policies.engine import evaluate, evaluate_sql
 
-    try:
-        cfg = load_config(_config_path(args), check_files=False)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args)
+    if cfg is None:
         return 1
     res = cfg.resources.get(args.resource)
     if res is None:

@@ -129,6 +129,19 @@ def _read_until_close(s: str, i: int, open_: str, close: str) -> int:
     raise ShellParseError(f"unterminated {open_}")
 
 
+def _dollar_group(s: str, i: int) -> tuple[int, bool, bool] | None:
+    """For ``$((...))``, ``$(...)`` or ``${...}`` at ``s[i]``: (end, is an expansion, runs a command)."""
+    if s.startswith("$((", i):
+        j = _read_until_close(s, i + 3, "((", "))")
+        return j, True, "$(" in s[i + 3:j] or "`" in s[i + 3:j]
+    if s.startswith("$(", i):
+        return _read_until_close(s, i + 2, "(", ")"), False, True
+    if s.startswith("${", i):
+        j = _read_until_close(s, i + 2, "{", "}")
+        return j, True, "$(" in s[i:j] or "`" in s[i:j]
+    return None
+
+
 def _read_double(s: str, i: int) -> tuple[str, int, bool, bool]:
     """Read a double-quoted string starting after the quote; (text, end, expansion, substitution)."""
     out: list[str] = []
@@ -155,17 +168,10 @@ def _read_double(s: str, i: int) -> tuple[str, int, bool, bool]:
             i = j
             continue
         if c == "$" and i + 1 < n:
-            if s.startswith("$((", i):
-                j = _read_until_close(s, i + 3, "((", "))")
-                exp = True
-                sub = sub or "$(" in s[i + 3:j] or "`" in s[i + 3:j]
-            elif s[i + 1] == "(":
-                j = _read_until_close(s, i + 2, "(", ")")
-                sub = True
-            elif s[i + 1] == "{":
-                j = _read_until_close(s, i + 2, "{", "}")
-                exp = True
-                sub = sub or "$(" in s[i:j] or "`" in s[i:j]
+            grouped = _dollar_group(s, i)
+            if grouped is not None:
+                j, e, su = grouped
+                exp, sub = exp or e, sub or su
             elif re.match(r"[A-Za-z_0-9@*#?$!-]", s[i + 1]):
                 m = re.match(r"\$(?:[A-Za-z_][A-Za-z_0-9]*|[0-9@*#?$!-])", s[i:])
                 j = i + len(m.group(0)) if m else i + 2
@@ -255,18 +261,10 @@ def tokenize(s: str) -> list[Word | str]:
                 sub = True
                 i = j
                 continue
-            if c == "$" and i + 1 < n and s[i + 1] in "({":
-                if s.startswith("$((", i):
-                    j = _read_until_close(s, i + 3, "((", "))")
-                    exp = True
-                    sub = sub or "$(" in s[i + 3:j] or "`" in s[i + 3:j]
-                elif s[i + 1] == "(":
-                    j = _read_until_close(s, i + 2, "(", ")")
-                    sub = True
-                else:
-                    j = _read_until_close(s, i + 2, "{", "}")
-                    exp = True
-                    sub = sub or "$(" in s[i:j] or "`" in s[i:j]
+            grouped = _dollar_group(s, i) if c == "$" else None
+            if grouped is not None:
+                j, e, su = grouped
+                exp, sub = exp or e, sub or su
                 out.append(s[i:j])
                 i = j
                 continue
