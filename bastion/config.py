@@ -47,6 +47,11 @@ class Limits(_Model):
     target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
 
 
+class SandboxModel(_Model):
+    mode: Literal["auto", "required", "off"] = "auto"  # auto: bubblewrap when installed
+    user: Annotated[str, Field(min_length=1, max_length=32)] = "nobody"  # session processes run as this user
+
+
 class LocalUser(_Model):
     groups: list[Annotated[str, Field(pattern=GROUP_RE)]] = []
     authorized_keys: list[str] = []
@@ -171,6 +176,7 @@ class _Schema(_Model):
     recordings_dir: str = "recordings"
     log_dir: str | None = None
     limits: Limits = Limits()
+    sandbox: SandboxModel = SandboxModel()
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
@@ -193,6 +199,7 @@ class Config:
     resources: dict[str, SshResource | PgResource]
     roles: dict[str, Role]
     policies: dict[str, PolicySet] = field(default_factory=dict)
+    sandbox: SandboxModel = field(default_factory=SandboxModel)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     def resolve(self, p: str) -> Path:
@@ -328,6 +335,12 @@ def _semantic_checks(cfg: Config) -> list[str]:
             asyncssh.import_public_key(res.host_key)
         except (ValueError, asyncssh.KeyImportError) as e:
             bad(("resources", name, "host_key"), f"not a valid public host key ({e})")
+    from bastion.sandbox import SandboxError, make_sandbox
+
+    try:
+        make_sandbox(cfg.sandbox.mode, cfg.sandbox.user)
+    except SandboxError as e:
+        bad(("sandbox",), str(e))
     import fnmatch
 
     for name, res in cfg.resources.items():
@@ -411,6 +424,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         resources=dict(schema.resources),
         roles=dict(schema.roles),
         policies={n: _policy_set(n, p) for n, p in schema.policies.items()},
+        sandbox=schema.sandbox,
         lines=lines,
     )
     if check_files:

@@ -16,6 +16,7 @@ import asyncssh
 from bastion.approvals import ApprovalService
 from bastion.config import Config
 from bastion.keyfiles import ensure_private_key
+from bastion.sandbox import make_sandbox
 from bastion.session import BastionSession
 from bastion.store.db import Store
 from policies.access import Grants, grants_for
@@ -140,6 +141,10 @@ class Daemon:
         self.config = config
         self.store = Store(config.database_url)
         self.approvals = ApprovalService(self)
+        self.sandbox = make_sandbox(config.sandbox.mode, config.sandbox.user)  # checked with the config
+        if not self.sandbox.active:
+            log.warning("session processes run without a sandbox (sandbox.mode %s%s)", config.sandbox.mode,
+                        "" if config.sandbox.mode == "off" else ", bubblewrap not installed")
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.server: asyncssh.SSHAcceptor | None = None

@@ -23,17 +23,30 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         signal.signal(sig, signal.SIG_DFL)
 
 
+def ignore_keyboard_signals() -> None:
+    """For a wrapper (the sandbox) in the terminal's process group: ^C and ^\\ are for the program it runs, which
+    installs its own handlers (psql does), not for the wrapper, whose death would end the session."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
+def _wrapper_setup() -> None:
+    _child_setup()
+    ignore_keyboard_signals()
+
+
 class PtyProcess:
     """A child on a new pty: ``master`` is the non-blocking master fd, ``proc`` the Popen handle."""
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str], cols: int, rows: int,
-                 pass_fds: Sequence[int] = (), cwd: str | None = None):
+                 pass_fds: Sequence[int] = (), cwd: str | None = None, wrapper: bool = False):
         master, slave = os.openpty()
         try:
             set_winsize(master, cols, rows)
             self.proc = subprocess.Popen(  # noqa: S603 - argv is built by the daemon, never by the client
                 list(argv), stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
-                pass_fds=tuple(pass_fds), close_fds=True, preexec_fn=_child_setup, restore_signals=True)
+                pass_fds=tuple(pass_fds), close_fds=True, preexec_fn=_wrapper_setup if wrapper else _child_setup,
+                restore_signals=True)
         except BaseException:
             os.close(master)
             raise

@@ -27,6 +27,7 @@ from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
 from policies.access import decide_open
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_sql
+from policies.psql import judge_psql_line
 from recorder.asciicast import CastWriter
 
 if TYPE_CHECKING:
@@ -392,15 +393,25 @@ class BastionSession(asyncssh.SSHServerSession):
         return {"judge": lambda sql: evaluate_sql(policy, sql, groups=ctx.groups, resource=name),
                 "hold": hold, "note": note, "withdraw": self._filter_withdraw.set}
 
-    def _command_filter(self, name: str, sid: str, ep: SshEndpoint, writer: CastWriter) -> CommandFilter:
-        """The interactive filter for a brokered shell on a resource with a policy."""
+    def _command_filter(self, name: str, sid: str, ep: SshEndpoint | PsqlExec, writer: CastWriter, *,
+                        psql: bool = False) -> CommandFilter:
+        """The interactive filter for a brokered shell on a resource with a policy, or (``psql``) the meta-command
+        filter of an unrestricted interactive psql (its SQL is judged at the wire)."""
         ctx, daemon = self.ctx, self.ctx.daemon
-        policy = daemon.config.policies[daemon.config.resources[name].policy or ""]
+        if psql:
+            judge: Callable[[str], Decision] = judge_psql_line
+        else:
+            policy = daemon.config.policies[daemon.config.resources[name].policy or ""]
+
+            def judge(text: str) -> Decision:
+                return evaluate(policy, text, groups=ctx.groups, resource=name)
         withdraw = self._filter_withdraw
         assert self.relay is not None
         relay = self.relay
 
         def note(text: str, d: Decision) -> None:
+            if psql and d.action == Action.ALLOW:
+                return  # each statement gets its own marker from the wire proxy
             writer.marker(f"policy: {d.summary()}: {text}")
             if d.action != Action.ALLOW:
                 daemon.spawn_bg(asyncio.to_thread(
@@ -416,8 +427,9 @@ class BastionSession(asyncssh.SSHServerSession):
             return final
 
         return CommandFilter(
-            cols=self.cols, judge=lambda text: evaluate(policy, text, groups=ctx.groups, resource=name),
-            forward=ep.write, to_client=relay.say, approve=approve, note=note, echo_known=ep.echo_known,
+            cols=self.cols, judge=judge,
+            forward=ep.write, to_client=relay.say, approve=approve, note=note,
+            echo_known=(lambda: None) if psql else ep.echo_known,  # readline turns the pty's ECHO off
             withdraw=withdraw.set)
 
     async def _broker(self, name: str, command: str | None, mode: str, sid: str,
@@ -442,7 +454,9 @@ class BastionSession(asyncssh.SSHServerSession):
                 writer.marker(f"policy: {verdict.summary()}")
             # attached before the target speaks, so its first bytes (banner, prompt) are recorded too
             shell = command is None and pty and res.policy and isinstance(ep, SshEndpoint)
-            filt = self._command_filter(name, sid, ep, writer) if shell else None  # psql: judged at the wire
+            filt = self._command_filter(name, sid, ep, writer) if shell else None  # SQL: judged at the wire
+            if isinstance(res, PgResource) and command is None and not res.restrict:
+                filt = self._command_filter(name, sid, ep, writer, psql=True)
             self.relay.attach(ep, Tee(writer), filt)
             try:
                 if isinstance(ep, PsqlExec):
@@ -451,7 +465,7 @@ class BastionSession(asyncssh.SSHServerSession):
                         raise TargetError("an interactive psql needs a terminal (ssh -t)")
                     await ep.open(res, cfg.resolve(res.credential.password_file), command=command,
                                   application_name=f"bastion:{ctx.username}:{sid}", term_type=self.term_type or "dumb",
-                                  cols=self.cols, rows=self.rows,
+                                  cols=self.cols, rows=self.rows, sandbox=daemon.sandbox,
                                   **self._sql_hooks(name, sid, writer, interactive=command is None))
                 else:
                     assert isinstance(res, SshResource)

@@ -1,15 +1,18 @@
 """PostgreSQL targets: psql talks to a per-session wire proxy; the daemon holds the password and judges the SQL.
 
-Exec form (``ssh bastion DB -- "SQL"``): psql runs with ``-c``, which sends SQL to the server verbatim; a command
-that starts with a backslash (a psql meta-command that psql would run itself, e.g. ``\\! sh``) is refused before
-psql starts. Interactive psql is offered for resources with ``restrict: true``: a bastion-owned psqlrc puts psql in
-``\\restrict`` mode with a key the operator never sees, so no meta-command (shell, files, ``\\c``) runs. Without
-restrict it waits for the privilege separation of session processes (a ``\\!`` shell would run as the daemon's user).
+psql runs in the session sandbox (``bastion.sandbox``: no network but the proxy's unix socket, no secrets, a
+throwaway home), with an empty environment, no pager, editor or history. Exec form (``ssh bastion DB -- "SQL"``):
+``psql -c`` sends the SQL to the server verbatim; a command that starts with a backslash is refused before psql
+starts. Interactive psql: with ``restrict: true`` a bastion-owned psqlrc puts psql in ``\\restrict`` mode with a key
+the operator never sees, so no meta-command runs at all; without it the session's line filter refuses the
+meta-commands that leave SQL (``policies.psql``) and the sandbox makes any that slip past harmless, so an unrestricted
+interactive psql is only offered when the sandbox is active.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -23,8 +26,9 @@ from bastion.config import PgResource
 from bastion.pgwire.masking import MaskRule
 from bastion.pgwire.proxy import PgProxy
 from bastion.pgwire.upstream import Target
-from bastion.ptyproc import PtyProcess
+from bastion.ptyproc import PtyProcess, ignore_keyboard_signals
 from bastion.relay import PtyEndpoint, Relay
+from bastion.sandbox import Sandbox, find_psql
 from bastion.targets.ssh import TargetError, TargetExit
 from policies.engine import Decision
 
@@ -44,11 +48,11 @@ class PsqlExec:
 
     async def open(self, res: PgResource, password_file: Path, *, command: str | None, application_name: str,
                    judge: Callable[[str], Decision], hold: Callable[[Decision], Awaitable[dict[str, Any]]],
-                   note: Callable[[Decision], None], withdraw: Callable[[], None], term_type: str = "dumb",
-                   cols: int = 80, rows: int = 24) -> None:
-        if command is None and not res.restrict:
-            raise TargetError("interactive psql needs `restrict: true` on this resource until session processes "
-                              "are privilege-separated; use: ssh ... RES -- \"SQL\"")
+                   note: Callable[[Decision], None], withdraw: Callable[[], None], sandbox: Sandbox,
+                   term_type: str = "dumb", cols: int = 80, rows: int = 24) -> None:
+        if command is None and not res.restrict and not sandbox.active:
+            raise TargetError("interactive psql on a resource without `restrict: true` needs the session sandbox "
+                              "(bubblewrap) on the bastion; use: ssh ... RES -- \"SQL\"")
         if command is not None and command.lstrip().startswith("\\"):
             raise TargetError("psql meta-commands (\\...) are not accepted; send SQL")
         try:
@@ -56,24 +60,32 @@ class PsqlExec:
         except OSError:
             raise TargetError("the bastion cannot load this resource's credential (see daemon log)") from None
         self.home = Path(tempfile.mkdtemp(prefix="bastion-psql-"))
+        sandbox.prepare(self.home)
         target = Target(res.host, res.port, res.database, res.user, res.tls.mode, res.tls.ca_file)
         masking = [MaskRule(m.table.lower(), m.column.lower(), m.style, m.keep) for m in res.masking]
         self.proxy = PgProxy(target, password, judge=judge, hold=hold, note=note, withdraw=withdraw,
                              socket_dir=self.home / "sock", application_name=application_name, masking=masking)
         del password
-        await self.proxy.start()
+        sock = await self.proxy.start()
+        sandbox.prepare(sock.parent)
+        sandbox.prepare(sock)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
                "PGHOST": str(self.home / "sock"), "PGUSER": res.user, "PGDATABASE": res.database,
                "PAGER": "", "PSQL_PAGER": "", "PSQLRC": "/dev/null", "PSQL_HISTORY": "/dev/null",
                "EDITOR": "/bin/false", "VISUAL": "/bin/false", "SHELL": "/bin/false"}
-        psql = shutil.which("psql", path=env["PATH"])
+        psql = find_psql()
         if psql is None:
             raise TargetError("psql is not installed on the bastion")
         if command is None:
             rc = self.home / "psqlrc"
-            rc.write_text(f"\\set HISTSIZE 0\n\\restrict {secrets.token_hex(16)}\n")  # the key never leaves
+            lines = ["\\set HISTSIZE 0"]
+            if res.restrict:
+                lines.append(f"\\restrict {secrets.token_hex(16)}")  # the key never leaves the bastion
+            rc.write_text("\n".join(lines) + "\n")
             env.update(PSQLRC=str(rc), TERM=term_type)
-            proc = PtyProcess([psql], env=env, cols=cols, rows=rows, cwd=str(self.home))
+            argv = sandbox.wrap([psql], home=self.home, env=env)
+            proc = PtyProcess(argv, env={} if sandbox.active else env, cols=cols, rows=rows, cwd=str(self.home),
+                              wrapper=sandbox.active)
             loop = asyncio.get_running_loop()
             self._exited = loop.create_future()
             fut = self._exited
@@ -84,10 +96,12 @@ class PsqlExec:
 
             self.pty = PtyEndpoint(proc, self.relay, on_exit, owner=self)
             return
+        argv = sandbox.wrap([psql, "-X", "-v", "ON_ERROR_STOP=1", "-c", command], home=self.home, env=env)
         self.proc = await asyncio.create_subprocess_exec(
-            psql, "-X", "-v", "ON_ERROR_STOP=1", "-c", command, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(self.home),
-            start_new_session=True)
+            *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={} if sandbox.active else env,
+            cwd=str(self.home), start_new_session=True,
+            preexec_fn=ignore_keyboard_signals if sandbox.active else None)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._pumps = [asyncio.ensure_future(self._pump(self.proc.stdout, False)),
                        asyncio.ensure_future(self._pump(self.proc.stderr, True))]
@@ -134,7 +148,8 @@ class PsqlExec:
         if self.pty is not None:
             self.pty.signal(name)
         elif name == "INT" and self.proc is not None and self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGINT)  # psql turns it into a CancelRequest
+            with contextlib.suppress(OSError):  # the group: psql itself, inside the sandbox
+                os.killpg(self.proc.pid, signal.SIGINT)  # psql turns it into a CancelRequest
 
     def send_break(self, msec: int) -> None:
         self.signal("INT")

@@ -188,3 +188,89 @@ def test_masking_in_binary_and_extended_protocol(pg: PgServer, tmp_path: Path) -
             assert value is None or b"123-45" not in bytes(value)
     finally:
         p.close()
+
+
+def psql_script(sockdir: Path, script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """A psql script on stdin (meta-commands included), through the proxy, with nothing secret in reach."""
+    env = {"PATH": "/usr/bin:/bin", "PGHOST": str(sockdir), "HOME": str(home)}
+    return subprocess.run(["psql", "-X", "-w", "-A", "-t", "-f", "-"], input=script, capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_statements_built_inside_psql_are_judged_on_the_wire(pg: PgServer, tmp_path: Path) -> None:
+    """psql variables, \\gexec, \\copy, PREPARE/EXECUTE, comments and dollar quoting: what matters is the text the
+    server would execute, and that is what the proxy judges (no keystroke filter in this test)."""
+    from bastion.pgwire.masking import MaskRule
+
+    p = ProxyThread(pg, tmp_path / "w", approval="denied", masking=[MaskRule("customers", "ssn", "keep_last", 4)])
+    try:
+        out = psql_script(p.proxy.socket_dir, "\n".join([
+            "\\set a 'DELETE FROM'",
+            ":a customers;",
+            "SELECT 'DELETE FROM customers' \\gexec",
+            "PREPARE p AS DELETE FROM customers;",
+            "DELETE /* where id = 1 */ FROM customers -- WHERE id = 1",
+            ";",
+            "SELECT $x$;DELETE FROM customers;$x$ AS harmless;",
+            "DO $x$ BEGIN EXECUTE 'DELETE FROM customers'; END $x$;",
+            "WITH d AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM d;",
+            "\\copy (SELECT ssn FROM customers) TO STDOUT",
+            "\\copy customers TO STDOUT",
+            "COPY (SELECT ssn FROM customers) TO STDOUT WITH (FORMAT binary);",
+            "SELECT ssn FROM customers ORDER BY id;",
+        ]) + "\n", tmp_path)
+    finally:
+        p.close()
+    assert out.stderr.count("blocked by rule 'no-unbounded-delete'") == 5, out.stderr
+    assert p.holds == ["DO $x$ BEGIN EXECUTE 'DELETE FROM customers'; END $x$;"]  # dynamic SQL: a reviewer decides
+    assert "request denied: denied by bob" in out.stderr
+    assert out.stderr.count("COPY out of a table with masked columns is refused") == 3
+    assert ";DELETE FROM customers;" in out.stdout  # a dollar-quoted string is a string
+    assert "*******6789" in out.stdout and "123-45" not in out.stdout
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+
+
+def test_psql_connect_to_a_rogue_server_has_no_password_to_give(proxy: ProxyThread, tmp_path: Path) -> None:
+    """\\c to a server that asks for a cleartext password: psql never had the upstream password (the proxy holds
+    it and only ever sends it upstream), so the rogue server gets nothing."""
+    import socket
+    import struct
+
+    rogue = socket.socket()
+    rogue.bind(("127.0.0.1", 0))
+    rogue.listen()
+    rogue.settimeout(30)
+    port = rogue.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:  # one connection: libpq answers "N" to SSL on the same socket, and gives up without a password
+        try:
+            for _ in range(1):
+                conn, _ = rogue.accept()
+                with conn:
+                    conn.settimeout(10)
+                    data = conn.recv(8192)
+                    if data[4:8] == struct.pack("!i", 80877103):  # SSLRequest: no
+                        conn.sendall(b"N")
+                        data = conn.recv(8192)
+                    received.append(data)
+                    conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+                    try:
+                        while chunk := conn.recv(8192):
+                            received.append(chunk)
+                    except OSError:
+                        pass
+        except OSError:
+            return
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        out = psql_script(proxy.proxy.socket_dir, f"\\c 'host=127.0.0.1 port={port} user=app dbname=app'\n", tmp_path)
+    finally:
+        rogue.close()
+        t.join(5)
+    assert received, f"psql did not even try the rogue server: the test proves nothing ({out.stderr})"
+    assert "no password supplied" in out.stderr or "password" in out.stderr
+    assert not any(b"app-Pw-123" in chunk for chunk in received)
+    assert not any(chunk[:1] == b"p" for chunk in received[1:])  # no PasswordMessage at all

@@ -50,6 +50,18 @@ def db_bastion(pg: PgServer, bastion_env: BastionEnv, tmp_path_factory: pytest.T
     restrict: true
     masking:
       - {{table: customers, column: ssn, style: keep_last, keep: 4}}
+  web-db-open:
+    kind: postgres
+    description: the same database, interactive psql without restrict (sandboxed)
+    host: 127.0.0.1
+    port: {pg.port}
+    database: app
+    user: app
+    credential: {{password_file: {d / 'db.pw'}}}
+    tls: {{mode: disable}}
+    policy: db
+    masking:
+      - {{table: customers, column: ssn, style: keep_last, keep: 4}}
 """, extra_policies="""\
   db:
     default: allow
@@ -161,3 +173,33 @@ def test_interactive_psql_restricted_masked_and_judged(db_bastion: dict, pg: PgS
         assert t.wait_exit() == 0
     assert "uid=" not in t.raw_text()
     assert pg.psql("SELECT count(*) FROM customers", db="app").strip() != "0"
+
+
+def test_unrestricted_interactive_psql_sandboxed_and_judged(db_bastion: dict, pg: PgServer) -> None:
+    """Without restrict, meta-commands that leave SQL are refused at the prompt; what psql sends is judged at the
+    wire however it was built (variables, \\gexec, \\copy); psql itself has no password to give away."""
+    env: BastionEnv = db_bastion["env"]
+    with Terminal(ssh_argv(env.keys["alice"], db_bastion["port"], "alice", "web-db-open", tty=True), cols=120) as t:
+        t.wait_for(r"=>$")
+        t.send("SELECT id, ssn FROM customers ORDER BY id;\r")
+        t.wait_for(r"\*+6789")
+        lines = ("\\! id", "\\o |cat", "SELECT 1 \\g |sh", "\\c postgres", "\\setenv PAGER sh")
+        for n, line in enumerate(lines, 1):
+            t.send(line + "\r")
+            t.wait_count(r"blocked by rule 'psql-meta-commands'", n)
+        t.send("\\set a 'DELETE FROM customers'\r")
+        t.send(":a;\r")
+        t.wait_count(r"blocked by rule 'no-unbounded-writes'", 1)
+        t.send("SELECT 'DELETE FROM customers' \\gexec\r")
+        t.wait_count(r"blocked by rule 'no-unbounded-writes'", 2)
+        t.send("\\copy (SELECT ssn FROM customers) TO STDOUT\r")
+        t.wait_for(r"COPY out of a table with masked columns is refused")
+        t.send("\\getenv p PGPASSWORD\r")
+        t.send("\\echo [:p]\r")
+        t.wait_for(r"\[:p\]")  # unset: psql leaves the reference as it is
+        t.send("SELECT current_user;\r")
+        t.wait_for(r"app\s")
+        t.send_key("ctrl-d")
+        assert t.wait_exit() == 0
+    assert "uid=" not in t.raw_text() and PASSWORD not in t.raw_text()
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"

@@ -128,6 +128,12 @@ class Terminal:
         """Like wait_for, on all raw output so far (decoded with errors='replace')."""
         return self._wait(pattern, self.raw_text, timeout, "output")
 
+    def wait_count(self, pattern: str, n: int, timeout: float = 15) -> None:
+        """Wait until ``pattern`` has matched ``n`` times in all raw output (for a message that repeats)."""
+        rx = re.compile(pattern, re.M)
+        self._wait(rf"(?s)(?:{pattern}.*){{{n}}}" if n > 1 else pattern, self.raw_text, timeout,
+                   f"output ({n} times; seen {len(rx.findall(self.raw_text()))})")
+
     def resize(self, cols: int, rows: int) -> None:
         """Resize the pyte screen and the pty (the program gets SIGWINCH)."""
         with self._lock:

@@ -1,0 +1,97 @@
+"""Session processes (psql, later kubectl) run in a bubblewrap sandbox, as an unprivileged user.
+
+What a session process can reach is what a shell escape in it (``\\! sh`` in psql) could reach: so it sees a
+read-only ``/usr``, a few harmless files of ``/etc`` (passwd, group, the loader cache), an empty ``/tmp`` and its own
+private home; no network at all (unix sockets in its home, like the wire proxy's, still work), no other process, none
+of the daemon's config, keys, database or recordings. When the daemon runs as root the process also drops to
+``sandbox.user`` (``nobody`` unless configured), so even a kernel bug in the namespace code leaves it unprivileged.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
+             "inputrc", "terminfo")
+TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+class SandboxError(Exception):
+    """The sandbox is required here but cannot be set up (named in the message)."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How to wrap one session process: ``bwrap`` (None: no sandbox) and the uid/gid to run as (None: ours)."""
+
+    bwrap: str | None
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.bwrap is not None
+
+    def prepare(self, path: Path) -> None:
+        """Hand a directory (or socket) the process must use over to the sandbox user."""
+        if self.uid is not None and self.gid is not None:
+            os.chown(path, self.uid, self.gid)
+
+    def wrap(self, argv: list[str], *, home: Path, env: dict[str, str]) -> list[str]:
+        """The argv that runs ``argv`` in the sandbox with exactly ``env`` and ``home`` as its only writable place."""
+        if self.bwrap is None:
+            return list(argv)
+        out = [self.bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+        for name in TOP_LEVEL:
+            p = Path("/") / name
+            if p.is_symlink():
+                out += ["--symlink", os.readlink(p), str(p)]
+            elif p.is_dir():
+                out += ["--ro-bind", str(p), str(p)]
+        for name in ETC_FILES:
+            p = Path("/etc") / name
+            if p.exists():
+                out += ["--ro-bind", str(p), str(p)]
+        out += ["--bind", str(home), str(home), "--chdir", str(home), "--clearenv"]
+        for k, v in env.items():
+            out += ["--setenv", k, v]
+        out += ["--", *argv]
+        if self.uid is not None and self.gid is not None:
+            setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+            out = [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
+                   "--", *out]
+        return out
+
+
+def make_sandbox(mode: str, user: str) -> Sandbox:
+    """The sandbox for ``sandbox: {mode, user}``; SandboxError when ``required`` cannot be met."""
+    if mode == "off":
+        return Sandbox(None)
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        if mode == "required":
+            raise SandboxError("sandbox.mode is 'required' but bubblewrap (bwrap) is not installed")
+        return Sandbox(None)
+    if os.geteuid() != 0:
+        return Sandbox(bwrap)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SandboxError(f"sandbox.user {user!r} does not exist on this machine") from None
+    if pw.pw_uid == 0:
+        raise SandboxError(f"sandbox.user {user!r} is root; session processes must not run as root")
+    return Sandbox(bwrap, pw.pw_uid, pw.pw_gid)
+
+
+def find_psql() -> str | None:
+    """The psql binary itself (Debian's /usr/bin/psql is a Perl wrapper that reads /etc): the newest installed."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if versions:
+        return str(versions[-1])
+    return shutil.which("psql", path="/usr/local/bin:/usr/bin:/bin")

@@ -1,0 +1,85 @@
+"""The session sandbox (bubblewrap): what a shell escape from a session process could reach."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.sandbox import Sandbox, SandboxError, make_sandbox
+
+
+@pytest.fixture()
+def sandbox() -> Sandbox:
+    box = make_sandbox("required", "nobody")
+    assert box.active
+    return box
+
+
+@pytest.fixture()
+def home() -> Iterator[Path]:
+    """A session home as PsqlExec makes one (in the system temp dir, which the sandbox user can traverse)."""
+    path = Path(tempfile.mkdtemp(prefix="bastion-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_in(box: Sandbox, home: Path, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    box.prepare(home)
+    argv = box.wrap(["/bin/sh", "-c", script], home=home, env=env or {"PATH": "/usr/bin:/bin", "HOME": str(home)})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"LEAK": "daemon-secret"})
+
+
+def test_only_its_own_home_and_usr_are_visible(sandbox: Sandbox, tmp_path: Path, home: Path) -> None:
+    secret = tmp_path / "state" / "bastion.key"  # like the daemon's state dir: outside the session's home
+    secret.parent.mkdir()
+    secret.write_text("PRIVATE KEY")
+    out = run_in(sandbox, home,
+                 f"cat {secret}; ls /etc; echo x > /usr/x; echo mine > $HOME/f && cat $HOME/f; ls /root; env")
+    assert "PRIVATE KEY" not in out.stdout
+    assert "mine" in out.stdout
+    assert "shadow" not in out.stdout and "ssh" not in out.stdout.split()  # /etc holds only harmless files
+    assert "Read-only file system" in out.stderr or "Permission denied" in out.stderr
+    assert "LEAK" not in out.stdout and "daemon-secret" not in out.stdout  # exactly the env given
+    assert f"HOME={home}" in out.stdout
+
+
+def test_runs_as_the_sandbox_user_when_the_daemon_is_root(sandbox: Sandbox, tmp_path: Path, home: Path) -> None:
+    out = run_in(sandbox, home, "id -u; grep NoNewPrivs /proc/self/status")
+    if os.geteuid() == 0:
+        assert out.stdout.split()[0] == "65534"
+        assert "NoNewPrivs:\t1" in out.stdout
+    else:  # an unprivileged daemon cannot switch users: the process keeps the daemon's uid
+        assert out.stdout.split()[0] == str(os.getuid())
+
+
+def test_no_network_and_no_other_processes(sandbox: Sandbox, tmp_path: Path, home: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        out = run_in(sandbox, home,
+                     f"if bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; then echo CONNECTED; fi; ls /proc | "
+                     "grep -c '^[0-9]'")
+    finally:
+        listener.close()
+    assert "CONNECTED" not in out.stdout
+    assert int(out.stdout.split()[-1]) <= 5  # bwrap's init, sh, ls, grep: not the host's processes
+
+
+def test_an_unknown_or_root_sandbox_user_is_an_error_for_a_root_daemon() -> None:
+    assert not make_sandbox("off", "nobody").active
+    if os.geteuid() != 0:  # the user is only looked up when the daemon can switch to it
+        assert make_sandbox("required", "no-such-user").uid is None
+        return
+    with pytest.raises(SandboxError, match="no-such-user"):
+        make_sandbox("required", "no-such-user")
+    with pytest.raises(SandboxError, match="is root"):
+        make_sandbox("auto", "root")
