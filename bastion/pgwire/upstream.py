@@ -83,12 +83,15 @@ async def connect(t: Target, password: str, *, application_name: str, timeout: f
     writer.write(startup_message({"user": t.user, "database": t.database, "application_name": application_name,
                                   "client_encoding": "UTF8"}))
     scram: ScramClient | None = None
+    scram_done = False
     try:
         while True:
             kind, payload = await asyncio.wait_for(read_message(reader, 1 << 20), timeout)
             if kind == b"R":
                 code = struct.unpack("!i", payload[:4])[0]
                 if code == 0:
+                    if scram is not None and not scram_done:  # a server that skips its proof is not trusted
+                        raise UpstreamError("the database server did not prove it knows the password (SCRAM)")
                     continue
                 if code == 10:
                     mechs = [m.decode() for m in payload[4:].split(b"\x00") if m]
@@ -102,12 +105,13 @@ async def connect(t: Target, password: str, *, application_name: str, timeout: f
                     writer.write(message(b"p", scram.get_client_final().encode()))
                 elif code == 12 and scram is not None:
                     scram.set_server_final(payload[4:].decode())  # proves the server knows the password too
+                    scram_done = True
                 elif code == 5:
                     salt = payload[4:8]
                     inner = hashlib.md5((password + t.user).encode()).hexdigest()  # noqa: S324 - the protocol
                     outer = hashlib.md5(inner.encode() + salt).hexdigest()  # noqa: S324
                     writer.write(message(b"p", cstr("md5" + outer)))
-                elif code == 3 and t.tls_mode != "disable":
+                elif code == 3 and t.tls_mode == "verify-full":  # cleartext only to a server we verified
                     writer.write(message(b"p", cstr(password)))
                 else:
                     raise UpstreamError(f"the server asked for an authentication method the bastion refuses ({code})")

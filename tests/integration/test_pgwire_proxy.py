@@ -45,13 +45,14 @@ def pg() -> Iterator[PgServer]:
 class ProxyThread:
     """Run a PgProxy on its own event loop, as the daemon would."""
 
-    def __init__(self, pg: PgServer, sockdir: Path, approval: str = "approved", masking: list | None = None):
+    def __init__(self, pg: PgServer, sockdir: Path, approval: str = "approved", masking: list | None = None,
+                 target: Target | None = None):
         self.loop = asyncio.new_event_loop()
         self.approval = approval
         self.decisions: list[Decision] = []
         self.holds: list[str] = []
         self.withdrawn = asyncio.Event()
-        self.proxy = PgProxy(Target("127.0.0.1", pg.port, "app", "app"), "app-Pw-123",
+        self.proxy = PgProxy(target or Target("127.0.0.1", pg.port, "app", "app"), "app-Pw-123",
                              judge=lambda sql: evaluate_sql(POLICY, sql, groups=[], resource="db"),
                              hold=self._hold, note=self.decisions.append, withdraw=self._withdraw,
                              socket_dir=sockdir, masking=masking)
@@ -274,3 +275,93 @@ def test_psql_connect_to_a_rogue_server_has_no_password_to_give(proxy: ProxyThre
     assert "no password supplied" in out.stderr or "password" in out.stderr
     assert not any(b"app-Pw-123" in chunk for chunk in received)
     assert not any(chunk[:1] == b"p" for chunk in received[1:])  # no PasswordMessage at all
+
+
+@pytest.fixture(scope="module")
+def pg_tls() -> Iterator[PgServer]:
+    server = start_postgres(tls=True)
+    server.psql("CREATE USER app PASSWORD 'app-Pw-123'")
+    server.psql("CREATE DATABASE app OWNER app")
+    yield server
+    server.stop()
+
+
+def test_upstream_tls_verify_full_with_the_resource_ca(pg_tls: PgServer, tmp_path: Path) -> None:
+    assert pg_tls.tls is not None
+    p = ProxyThread(pg_tls, tmp_path / "t", target=Target("127.0.0.1", pg_tls.port, "app", "app", "verify-full",
+                                                           str(pg_tls.tls.ca)))
+    try:
+        with psycopg.connect(host=str(p.proxy.socket_dir), user="x", dbname="y") as conn:
+            row = conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row is not None and row[0] is True and row[1].startswith("TLS")
+    finally:
+        p.close()
+
+
+def test_upstream_tls_refuses_a_server_signed_by_another_ca(pg_tls: PgServer, tmp_path: Path) -> None:
+    from tests.support.tlscerts import make_server_cert
+
+    other = make_server_cert(tmp_path / "other", ca_name="someone else")
+    p = ProxyThread(pg_tls, tmp_path / "t", target=Target("127.0.0.1", pg_tls.port, "app", "app", "verify-full",
+                                                           str(other.ca)))
+    try:
+        with pytest.raises(psycopg.OperationalError, match="TLS to the database server failed"):
+            psycopg.connect(host=str(p.proxy.socket_dir), user="x", dbname="y")
+    finally:
+        p.close()
+
+
+def test_upstream_tls_required_but_not_offered(pg: PgServer, tmp_path: Path) -> None:
+    p = ProxyThread(pg, tmp_path / "t", target=Target("127.0.0.1", pg.port, "app", "app", "require"))
+    try:
+        with pytest.raises(psycopg.OperationalError, match="does not offer TLS"):
+            psycopg.connect(host=str(p.proxy.socket_dir), user="x", dbname="y")
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("auth", ["cleartext", "scram-without-proof"])
+def test_upstream_that_fishes_for_the_password_gets_nothing(auth: str, pg: PgServer, tmp_path: Path) -> None:
+    """A server (or a man in the middle without TLS) that asks for the cleartext password, or that accepts a SCRAM
+    login without proving it knows the password, is refused: the password is never sent in the clear."""
+    import socket
+    import struct
+
+    rogue = socket.socket()
+    rogue.bind(("127.0.0.1", 0))
+    rogue.listen()
+    rogue.settimeout(30)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = rogue.accept()
+        with conn:
+            conn.settimeout(10)
+            received.append(conn.recv(8192))
+            if auth == "cleartext":
+                conn.sendall(b"R" + struct.pack("!ii", 8, 3))
+            else:
+                mech = b"SCRAM-SHA-256\x00\x00"
+                conn.sendall(b"R" + struct.pack("!ii", 8 + len(mech), 10) + mech)
+                received.append(conn.recv(8192))
+                conn.sendall(b"R" + struct.pack("!ii", 8, 0))  # AuthenticationOk, no server-first/final
+            try:
+                while chunk := conn.recv(8192):
+                    received.append(chunk)
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    port = rogue.getsockname()[1]
+    p = ProxyThread(pg, tmp_path / "r", target=Target("127.0.0.1", port, "app", "app"))
+    try:
+        why = "authentication method the bastion refuses" if auth == "cleartext" else "did not prove it knows"
+        with pytest.raises(psycopg.OperationalError, match=why):
+            psycopg.connect(host=str(p.proxy.socket_dir), user="x", dbname="y")
+    finally:
+        p.close()
+        t.join(10)
+        rogue.close()
+    assert received, "the proxy never reached the rogue server: the test proves nothing"
+    assert not any(b"app-Pw-123" in chunk for chunk in received)

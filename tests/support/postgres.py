@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.keys import free_port
+from tests.support.tlscerts import ServerCert, make_server_cert
 
 
 def pg_bin(name: str) -> str:
@@ -33,6 +34,7 @@ class PgServer:
     superuser: str
     password: str
     proc: subprocess.Popen[bytes]
+    tls: ServerCert | None = None
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         """Run SQL as the superuser over TCP with the password (the test's own direct path)."""
@@ -54,8 +56,9 @@ class PgServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_postgres(password: str = "s3cret-Upstream-Pw") -> PgServer:
-    """initdb (SCRAM-SHA-256 for every connection) and start postgres as the ``postgres`` OS user."""
+def start_postgres(password: str = "s3cret-Upstream-Pw", tls: bool = False) -> PgServer:
+    """initdb (SCRAM-SHA-256 for every connection) and start postgres as the ``postgres`` OS user; with ``tls``,
+    TLS on with a certificate for 127.0.0.1 from a new CA (``server.tls.ca`` is what clients trust)."""
     as_user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     base = Path(tempfile.mkdtemp(prefix="bastion-pg-"))
     data, sock = base / "data", base / "sock"
@@ -68,12 +71,19 @@ def start_postgres(password: str = "s3cret-Upstream-Pw") -> PgServer:
     subprocess.run([*run_as, pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
                     f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
     pwfile.unlink()
+    ssl_opts: list[str] = []
+    certs = None
+    if tls:
+        certs = make_server_cert(base / "tls")
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", as_user, str(base / "tls")], check=True)
+        ssl_opts = ["-c", "ssl=on", "-c", f"ssl_cert_file={certs.cert}", "-c", f"ssl_key_file={certs.key}"]
     port = free_port()
     with open(base / "log", "wb") as log:
         proc = subprocess.Popen([*run_as, pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
-                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", *ssl_opts],
                                 stdout=subprocess.DEVNULL, stderr=log)
-    server = PgServer(base, port, "postgres", password, proc)
+    server = PgServer(base, port, "postgres", password, proc, certs)
     deadline = time.monotonic() + 30
     while True:
         ready = subprocess.run([pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
