@@ -388,7 +388,10 @@ class BastionSession(asyncssh.SSHServerSession):
                 self._stderr(f"bastion: {text}\n")
 
         async def hold(d: Decision) -> dict[str, Any]:
-            return await self._approval(name, sid, d, writer, say)
+            final = await self._approval(name, sid, d, writer, say)
+            if final.get("status") == "approved":  # a refusal reaches psql as the statement's error instead
+                say(str(final.get("status_reason") or "approved"))
+            return final
 
         return {"judge": lambda sql: evaluate_sql(policy, sql, groups=ctx.groups, resource=name),
                 "hold": hold, "note": note, "withdraw": self._filter_withdraw.set}

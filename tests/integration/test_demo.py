@@ -99,6 +99,38 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
         out = db("DELETE FROM customers")
         assert out.returncode != 0 and "blocked by rule 'no-unbounded-writes'" in out.stderr
         assert " 4" in db("SELECT count(*) FROM customers").stdout
+        # DROP waits for bob: denied with a reason, the table stays; then a harmless DROP approved runs
+        drop = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--",
+                                         "DROP TABLE customers", tty=False),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert drop.stderr is not None and "waiting for approval" in drop.stderr.readline()
+        with Terminal(ssh_argv(state / "keys" / "bob", port, "bob", tty=True), cols=120) as bob:
+            bob.wait_for(r"roles: reviewers")
+            bob.send_key("f2")
+            bob.wait_for(r"alice\s+demo-db\s+DROP TABLE customers")
+            bob.send("d")
+            bob.wait_for(r"why\?")
+            bob.send("not the customers table\r")
+            _, err = drop.communicate(timeout=30)
+            assert drop.returncode != 0 and "denied by bob: not the customers table" in err
+            drop = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--",
+                                             "DROP TABLE IF EXISTS scratch", tty=False),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            bob.wait_for(r"alice\s+demo-db\s+DROP TABLE IF EXISTS scratch")
+            bob.send("a")
+            _, err = drop.communicate(timeout=30)
+            assert drop.returncode == 0 and "approved by bob" in err
+        assert " 4" in db("SELECT count(*) FROM customers").stdout
+        # and interactively, in psql
+        with Terminal(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", tty=True), cols=120) as t:
+            t.wait_for(r"=>$")
+            t.send("SELECT name, ssn FROM customers ORDER BY id;\r")
+            t.wait_for(r"\*+6789")
+            t.send("DELETE FROM customers;\r")
+            t.wait_for(r"blocked by rule 'no-unbounded-writes'")
+            t.send_key("ctrl-d")
+            assert t.wait_exit() == 0
+        assert "123-45" not in t.raw_text()
         # bob is a reviewer, not an operator: demo-shell is not his to open
         bob = subprocess.run(ssh_argv(state / "keys" / "bob", port, "bob", "demo-shell", "--", "id", tty=False),
                              capture_output=True, text=True, timeout=60)
