@@ -179,6 +179,8 @@ def test_unrestricted_interactive_psql_sandboxed_and_judged(db_bastion: dict, pg
     """Without restrict, meta-commands that leave SQL are refused at the prompt; what psql sends is judged at the
     wire however it was built (variables, \\gexec, \\copy); psql itself has no password to give away."""
     env: BastionEnv = db_bastion["env"]
+    before = pg.psql("SELECT count(*) FROM customers", db="app").strip()
+    assert before != "0"
     with Terminal(ssh_argv(env.keys["alice"], db_bastion["port"], "alice", "web-db-open", tty=True), cols=120) as t:
         t.wait_for(r"=>$")
         t.send("SELECT id, ssn FROM customers ORDER BY id;\r")
@@ -202,4 +204,4 @@ def test_unrestricted_interactive_psql_sandboxed_and_judged(db_bastion: dict, pg
         t.send_key("ctrl-d")
         assert t.wait_exit() == 0
     assert "uid=" not in t.raw_text() and PASSWORD not in t.raw_text()
-    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == "2"
+    assert pg.psql("SELECT count(*) FROM customers", db="app").strip() == before
