@@ -95,6 +95,53 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from bastion.store.db import Store
+    from bastion.store.identities import Identities
+
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    store = Store(cfg.database_url)
+    store.migrate()
+    rows = Identities(store).list(user=args.user, include_inactive=args.all)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    if not rows:
+        print("no key bindings" + ("" if args.all else " (active; --all shows expired and revoked ones)"))
+        return 0
+    fmt = "{:>5} {:<16} {:<52} {:<20} {:<20} {}"
+    print(fmt.format("ID", "USER", "FINGERPRINT", "EXPIRES (UTC)", "LAST USED (UTC)", "STATE"))
+    for r in rows:
+        print(fmt.format(r["id"], r["user"][:16], r["fingerprint"][:52], (r["expires_at"] or "never")[:19],
+                         (r["last_used_at"] or "-")[:19], r["state"]))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bastion.store.db import Store
+    from bastion.store.identities import Identities
+
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    if args.id is None and args.user is None and args.fingerprint is None:
+        print("bastion keys revoke: give a binding ID, --user NAME or --fingerprint SHA256:...", file=sys.stderr)
+        return 2
+    store = Store(cfg.database_url)
+    store.migrate()
+    by = f"admin:{getpass.getuser()}"
+    ids = Identities(store).revoke(by=by, binding=args.id, user=args.user, fingerprint=args.fingerprint)
+    for i in ids:
+        store.audit(by, "key.revoke", "ok", key_binding=i, user=args.user, fingerprint=args.fingerprint)
+    print(f"revoked {len(ids)} key binding(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    return 0 if ids else 1
+
+
 def _find_recording(ref: str, args: argparse.Namespace) -> Path:
     """A .cast path as given, or the recording of the session with that id in the configured store."""
     p = Path(ref)
@@ -196,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--json", action="store_true")
     sl.add_argument("--limit", type=int, default=200)
     sl.set_defaults(func=cmd_sessions_list)
+
+    s = sub.add_parser("keys", help="SSH keys bound to OIDC sign-ins")
+    ks = s.add_subparsers(dest="keys_cmd", required=True)
+    kl = ks.add_parser("list", help="list key bindings (active unless --all)")
+    kl.add_argument("--user", help="only this user's keys")
+    kl.add_argument("--all", action="store_true", help="include expired and revoked bindings")
+    kl.add_argument("--json", action="store_true")
+    kl.add_argument("--config", dest="config_file")
+    kl.set_defaults(func=cmd_keys_list)
+    kr = ks.add_parser("revoke", help="revoke bindings: the key needs a new sign-in")
+    kr.add_argument("id", nargs="?", type=int, help="binding ID (from keys list)")
+    kr.add_argument("--user", help="every key of this user")
+    kr.add_argument("--fingerprint", help="a key by fingerprint (SHA256:...)")
+    kr.add_argument("--config", dest="config_file")
+    kr.set_defaults(func=cmd_keys_revoke)
 
     s = sub.add_parser("policy", help="policies")
     ps = s.add_subparsers(dest="policy_cmd", required=True)

@@ -52,6 +52,24 @@ class SandboxModel(_Model):
     user: Annotated[str, Field(min_length=1, max_length=32)] = "nobody"  # session processes run as this user
 
 
+class OidcModel(_Model):
+    issuer: Annotated[str, Field(pattern=r"^https?://")]
+    client_id: Annotated[str, Field(min_length=1, max_length=255)]
+    client_secret_file: str | None = None
+    scopes: list[str] = ["openid", "profile", "email", "groups"]
+    groups_claim: Annotated[str, Field(min_length=1, max_length=100)] = "groups"
+    username_claim: Annotated[str, Field(min_length=1, max_length=100)] = "preferred_username"
+    key_binding_ttl: Annotated[float, Field(ge=0, le=90 * 86400)] = 12 * 3600.0  # seconds; 0: never bind keys
+    login_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0  # longest a device flow may take
+    max_pending_per_source: Annotated[int, Field(ge=1, le=1000)] = 5
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                             "EdDSA"]] = ["RS256", "ES256", "PS256", "EdDSA"]
+    leeway: Annotated[float, Field(ge=0, le=300)] = 60.0
+    jwks_min_refresh: Annotated[float, Field(ge=0, le=3600)] = 30.0  # seconds between refetches on an unknown kid
+    local_users: bool = True  # false: only OIDC logins (config users are refused)
+    http_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+
 class LocalUser(_Model):
     groups: list[Annotated[str, Field(pattern=GROUP_RE)]] = []
     authorized_keys: list[str] = []
@@ -177,6 +195,7 @@ class _Schema(_Model):
     log_dir: str | None = None
     limits: Limits = Limits()
     sandbox: SandboxModel = SandboxModel()
+    oidc: OidcModel | None = None
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
@@ -200,6 +219,7 @@ class Config:
     roles: dict[str, Role]
     policies: dict[str, PolicySet] = field(default_factory=dict)
     sandbox: SandboxModel = field(default_factory=SandboxModel)
+    oidc: OidcModel | None = None
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     def resolve(self, p: str) -> Path:
@@ -337,6 +357,16 @@ def _semantic_checks(cfg: Config) -> list[str]:
             bad(("resources", name, "host_key"), f"not a valid public host key ({e})")
     from bastion.sandbox import SandboxError, make_sandbox
 
+    if cfg.oidc is not None and cfg.oidc.client_secret_file:
+        sp = cfg.resolve(cfg.oidc.client_secret_file)
+        try:
+            if not sp.read_text().strip():
+                bad(("oidc", "client_secret_file"), f"{sp} is empty")
+        except (OSError, UnicodeDecodeError) as e:
+            bad(("oidc", "client_secret_file"), f"cannot read {sp}: {e}")
+    if cfg.oidc is not None and "openid" not in cfg.oidc.scopes:
+        bad(("oidc", "scopes"), "must include openid")
+
     try:
         make_sandbox(cfg.sandbox.mode, cfg.sandbox.user)
     except SandboxError as e:
@@ -425,6 +455,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         roles=dict(schema.roles),
         policies={n: _policy_set(n, p) for n, p in schema.policies.items()},
         sandbox=schema.sandbox,
+        oidc=schema.oidc,
         lines=lines,
     )
     if check_files:

@@ -16,6 +16,7 @@ import asyncssh
 from bastion.approvals import ApprovalService
 from bastion.config import Config
 from bastion.keyfiles import ensure_private_key
+from bastion.oidc.login import LoginService
 from bastion.sandbox import make_sandbox
 from bastion.session import BastionSession
 from bastion.store.db import Store
@@ -41,6 +42,17 @@ class ConnectionContext:
         self.groups: frozenset[str] = frozenset()
         self.grants: Grants = grants_for((), {})
         self.server_name = daemon.server_name
+        self.source = ""  # local | oidc
+        self.pending_login = False  # proved an unknown key: only the TUI's OIDC login is open to it
+        self.proven_key: asyncssh.SSHKey | None = None  # the key whose signature authenticated this connection
+        self.login_ip: str | None = None  # set while a device flow of this connection counts as pending
+
+    def set_identity(self, name: str, groups: Any, *, source: str) -> None:
+        """The connection now acts as ``name`` with ``groups`` (roles and grants follow from the config)."""
+        self.username = name
+        self.groups = frozenset(groups)
+        self.grants = grants_for(sorted(self.groups), self.daemon.config.roles)
+        self.source = source
 
     @property
     def who(self) -> str:
@@ -58,12 +70,26 @@ class BastionServer(asyncssh.SSHServer):
         self._counted = False
         self._tried_user: str | None = None
         self._refused = False
+        self._candidates: dict[bytes, tuple[str, Any]] = {}  # key blob -> how it would log in
+        self._kbd: Any = None  # the device code of a keyboard-interactive login in progress
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         ip = str(peer[0])
         self.ctx = ConnectionContext(self.daemon, f"{ip}:{peer[1]}")
+        # asyncssh asks the owner about a key both when it is merely offered and when its signature is checked,
+        # without saying which: wrap the connection's check to learn which key was *proven* (never bind an offer)
+        checked = conn.validate_public_key
+
+        async def validate_and_note(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+            ok = await checked(username, key_data, msg, signature)
+            if ok and msg:
+                self._proven = key_data
+            return ok
+
+        self._proven: bytes | None = None
+        conn.validate_public_key = validate_and_note  # type: ignore[method-assign]
         d, lim = self.daemon, self.daemon.config.limits
         if d.total >= lim.max_connections or d.per_ip[ip] >= lim.max_connections_per_source:
             log.warning("refusing connection from %s: connection limit reached", ip)
@@ -96,23 +122,86 @@ class BastionServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        user = self.daemon.config.users.get(username)
-        if user is None or user.disabled:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Local user's key; else a key bound by an earlier OIDC login; else (OIDC on, not a local user's name)
+        a pending login: the connection may only run the TUI's device flow."""
+        cfg, d = self.daemon.config, self.daemon
+        user = cfg.users.get(username)
+        local_ok = cfg.oidc is None or cfg.oidc.local_users
+        if user is not None and not user.disabled and local_ok and d.key_allowed(username, key):
+            self._candidates[key.public_data] = ("local", username)
+            return True
+        if d.login is None:
             return False
-        return self.daemon.key_allowed(username, key)
+        public = key.export_public_key().decode().strip()
+        bound = await asyncio.to_thread(d.login.identities.lookup, key.get_fingerprint("sha256"), public)
+        if bound is not None:
+            self._candidates[key.public_data] = ("bound", bound)
+            return True
+        if user is not None:  # a break-glass name: never turned into a pending OIDC login by a stray key
+            return False
+        self._candidates[key.public_data] = ("pending", key)
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return self.daemon.login is not None
+
+    async def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        """Keyboard-interactive device flow (no key to bind): URL and code in the prompt text, which OpenSSH shows
+        as is (instructions are escaped and cut, and hidden by ``ssh -q``)."""
+        assert self.ctx is not None and self.daemon.login is not None
+        from bastion.oidc.login import LoginRefused
+
+        try:
+            code = await self.daemon.login.start(self.ctx)
+        except LoginRefused as e:
+            return ("bastion login", "", "", [(f"bastion: {e}. Press Enter: ", True)])
+        self._kbd = code
+        where = code.verification_uri_complete or code.verification_uri
+        prompt = (f"Sign in at {where} with code {code.user_code} (within {int(code.expires_in // 60)} min), "
+                  "then press Enter: ")
+        return ("bastion login", "", "", [(prompt, True)])
+
+    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        assert self.ctx is not None and self.daemon.login is not None
+        from bastion.oidc.login import LoginRefused
+
+        code, self._kbd = self._kbd, None
+        if code is None:
+            return False
+        try:
+            await self.daemon.login.finish(self.ctx, code, method="keyboard-interactive")
+        except LoginRefused as e:
+            log.info("%s: keyboard-interactive OIDC login failed: %s", self.ctx.peer, e)
+            return False
+        self._kbd_identity = True
+        return True
 
     def auth_completed(self) -> None:
         assert self.conn is not None and self.ctx is not None
-        name = self.conn.get_extra_info("username")
-        user = self.daemon.config.users[name]
-        self.ctx.username = name
-        self.ctx.groups = frozenset(user.groups)
-        self.ctx.grants = grants_for(user.groups, self.daemon.config.roles)
-        log.info("%s: logged in (local user, roles: %s)", self.ctx.who, ", ".join(self.ctx.grants.roles) or "none")
-        self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.touch_user, name))
-        self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.audit, name, "login", "ok",
-                                               client_addr=self.ctx.peer, method="publickey"))
+        ctx, d = self.ctx, self.daemon
+        if getattr(self, "_kbd_identity", False):
+            return  # LoginService.accept has set the identity and audited the login
+        kind, what = self._candidates.get(self._proven or b"", ("?", None))
+        if kind == "local":
+            user = d.config.users[what]
+            ctx.set_identity(what, user.groups, source="local")
+            log.info("%s: logged in (local user, roles: %s)", ctx.who, ", ".join(ctx.grants.roles) or "none")
+            d.spawn_bg(asyncio.to_thread(d.store.touch_user, what))
+            d.spawn_bg(asyncio.to_thread(d.store.audit, what, "login", "ok", client_addr=ctx.peer,
+                                         method="publickey"))
+        elif kind == "bound":
+            ctx.set_identity(what["name"], what["groups"], source="oidc")
+            log.info("%s: logged in with a bound key (roles: %s)", ctx.who, ", ".join(ctx.grants.roles) or "none")
+            d.spawn_bg(asyncio.to_thread(d.store.audit, what["name"], "login", "ok", client_addr=ctx.peer,
+                                         method="bound-key", key_binding=what["binding"]))
+        elif kind == "pending":
+            ctx.pending_login = True
+            ctx.proven_key = what
+            log.info("%s: unknown key proven; OIDC login pending", ctx.peer)
+        else:  # cannot happen: asyncssh completes auth only after one of our checks said yes
+            log.error("%s: authentication completed without a known method; closing", ctx.peer)
+            self.conn.close()
 
     def session_requested(self) -> BastionSession | bool:
         assert self.ctx is not None
@@ -141,6 +230,7 @@ class Daemon:
         self.config = config
         self.store = Store(config.database_url)
         self.approvals = ApprovalService(self)
+        self.login: LoginService | None = LoginService(self) if config.oidc is not None else None
         self.sandbox = make_sandbox(config.sandbox.mode, config.sandbox.user)  # checked with the config
         if not self.sandbox.active:
             log.warning("session processes run without a sandbox (sandbox.mode %s%s)", config.sandbox.mode,
@@ -177,6 +267,11 @@ class Daemon:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("background task failed: %s", fut.exception())
 
+    def _login_timeout(self) -> float:
+        """SSH login timeout: above the longest keyboard-interactive device flow when OIDC is on."""
+        lim, oidc = self.config.limits, self.config.oidc
+        return max(lim.login_timeout, oidc.login_timeout + 30) if oidc is not None else lim.login_timeout
+
     async def start(self) -> None:
         """Migrate the store, mark sessions of a previous run interrupted, and listen."""
         await asyncio.to_thread(self.store.migrate)
@@ -186,10 +281,9 @@ class Daemon:
         await self.approvals.cancel_node()
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
-        lim = self.config.limits
         self.server = await asyncssh.create_server(
             lambda: BastionServer(self), self.config.listen.host, self.config.listen.port,
-            server_host_keys=host_keys, login_timeout=lim.login_timeout, agent_forwarding=False,
+            server_host_keys=host_keys, login_timeout=self._login_timeout(), agent_forwarding=False,
             x11_forwarding=False, allow_pty=True, line_editor=False, encoding=None, keepalive_interval=60,
             allow_scp=False, reuse_address=True, config=[])
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,

@@ -26,7 +26,11 @@ METHODS: dict[str, frozenset[str]] = {
     "queue.list": frozenset(),
     "requests.mine": frozenset(),
     "request.decide": frozenset({"id", "decision", "reason"}),
+    "login.start": frozenset(),
+    "login.wait": frozenset(),
+    "login.cancel": frozenset(),
 }
+LOGIN_METHODS = frozenset({"hello", "login.start", "login.wait", "login.cancel"})  # all a pending login may call
 
 
 class RpcError(Exception):

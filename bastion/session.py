@@ -19,8 +19,10 @@ import asyncssh
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.cmdfilter import CommandFilter
 from bastion.config import PgResource, SshResource
+from bastion.oidc.login import LoginRefused
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
+from bastion.rpcproto import LOGIN_METHODS
 from bastion.store.approvals import DecisionRefused
 from bastion.store.db import new_session_id
 from bastion.targets.postgres import PsqlExec
@@ -90,6 +92,8 @@ class BastionSession(asyncssh.SSHServerSession):
         self._client_gone = False
         self._withdraw = asyncio.Event()
         self._filter_withdraw = asyncio.Event()
+        self._login_code: Any = None  # a device flow started by this session's TUI
+        self._login_cancel: asyncio.Event | None = None
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -154,6 +158,8 @@ class BastionSession(asyncssh.SSHServerSession):
         self._client_gone = True
         self._withdraw.set()
         self._filter_withdraw.set()
+        if self._login_cancel is not None:
+            self._login_cancel.set()  # a sign-in of a vanished client never completes (nor binds its key)
         for ep in list(self._targets):
             ep.close()
         if self.menu is not None:
@@ -179,6 +185,11 @@ class BastionSession(asyncssh.SSHServerSession):
                 self._stderr(USAGE.format(host=self.ctx.server_name))
                 return 2
             return await self._run_menu()
+        if self.ctx.pending_login:
+            self._stderr("bastion: this key is not signed in. Sign in first, with a terminal: "
+                         f"ssh {self.ctx.server_name}\n"
+                         "(after that, this key works without a sign-in until its binding expires)\n")
+            return 1
         resource, cmd = parse_command(self.command)
         if not resource or resource in ("help", "-h", "--help"):
             self._stderr(USAGE.format(host=self.ctx.server_name))
@@ -227,14 +238,17 @@ class BastionSession(asyncssh.SSHServerSession):
             self.menu = PtyEndpoint(proc, self.relay, on_exit)
             self.relay.set_base(self.menu)
             self.relay.release()
-            broker = BrokerServer(ours, {
+            broker = BrokerServer(ours, {name: self._gated(name, h) for name, h in {
                 "hello": self._rpc_hello,
                 "resources.list": self._rpc_resources,
                 "resource.open": self._rpc_open,
                 "queue.list": self._rpc_queue,
                 "requests.mine": self._rpc_mine,
                 "request.decide": self._rpc_decide,
-            }, self.ctx.who)
+                "login.start": self._rpc_login_start,
+                "login.wait": self._rpc_login_wait,
+                "login.cancel": self._rpc_login_cancel,
+            }.items()}, self.ctx.who)
             serve = asyncio.ensure_future(broker.serve())
             listeners = self.ctx.daemon.approvals.listeners
 
@@ -253,10 +267,53 @@ class BastionSession(asyncssh.SSHServerSession):
             shutil.rmtree(home, ignore_errors=True)
 
     # -- broker RPC handlers (identity is the connection's, never the request's) --------------------------
+    def _gated(self, method: str, handler: Any) -> Any:
+        """Until a pending OIDC login succeeds, only the login methods answer."""
+        async def gated(params: dict[str, Any]) -> Any:
+            if self.ctx.pending_login and method not in LOGIN_METHODS:
+                raise RefusedRequest("login_required", "sign in first")
+            return await handler(params)
+
+        return gated
+
     async def _rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
         g = self.ctx.grants
         return {"user": self.ctx.username, "groups": sorted(self.ctx.groups), "roles": list(g.roles),
-                "review": g.review, "audit": g.audit, "server": self.ctx.server_name}
+                "review": g.review, "audit": g.audit, "server": self.ctx.server_name,
+                "login_required": self.ctx.pending_login}
+
+    async def _rpc_login_start(self, params: dict[str, Any]) -> dict[str, Any]:
+        login = self.ctx.daemon.login
+        if not self.ctx.pending_login or login is None:
+            raise RefusedRequest("refused", "already signed in")
+        if self._login_code is not None:
+            raise RefusedRequest("busy", "a sign-in is already in progress")
+        try:
+            code = await login.start(self.ctx)
+        except LoginRefused as e:
+            raise RefusedRequest("login_failed", str(e)) from None
+        self._login_code = code
+        self._login_cancel = asyncio.Event()
+        return {"verification_uri": code.verification_uri, "user_code": code.user_code,
+                "verification_uri_complete": code.verification_uri_complete or "",
+                "expires_in": min(code.expires_in, login.cfg.login_timeout)}
+
+    async def _rpc_login_wait(self, params: dict[str, Any]) -> dict[str, Any]:
+        login, code = self.ctx.daemon.login, self._login_code
+        if login is None or code is None:
+            raise RefusedRequest("refused", "no sign-in in progress")
+        try:
+            await login.finish(self.ctx, code, method="device-flow+key", cancelled=self._login_cancel)
+        except LoginRefused as e:
+            raise RefusedRequest("login_failed", str(e)) from None
+        finally:
+            self._login_code = None
+        return await self._rpc_hello({})
+
+    async def _rpc_login_cancel(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self._login_cancel is not None:
+            self._login_cancel.set()
+        return {}
 
     async def _rpc_resources(self, params: dict[str, Any]) -> dict[str, Any]:
         cfg = self.ctx.daemon.config

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
 from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged
+from tui.login import LoginScreen
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,23 @@ class MenuApp(App[int]):
         table.add_columns("Resource", "Kind", "Description")
         try:
             hello = self.rpc.call("hello")
+        except (RpcError, OSError) as e:
+            self._status(f"cannot reach the bastion: {e}")
+            return
+        if hello.get("login_required"):
+            self.push_screen(LoginScreen(self.rpc), self._signed_in)
+            return
+        self._load(hello)
+
+    def _signed_in(self, hello: dict[str, Any] | None) -> None:
+        if hello is None:
+            self.exit(1)
+            return
+        self._load(hello)
+
+    def _load(self, hello: dict[str, Any]) -> None:
+        table = self.query_one(DataTable)
+        try:
             self.resources = self.rpc.call("resources.list")["resources"]
         except (RpcError, OSError) as e:
             self._status(f"cannot reach the bastion: {e}")

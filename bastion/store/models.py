@@ -13,14 +13,19 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """A person known to the bastion (local user from the config, or an OIDC identity later)."""
+    """A person known to the bastion: a local user from the config, or an OIDC identity keyed by (issuer, subject)."""
 
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_users_issuer_subject"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     source: Mapped[str] = mapped_column(String(32), default="local")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    issuer: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    groups: Mapped[list | None] = mapped_column(JSON, nullable=True)  # as of the last OIDC login
 
 
 class KeyBinding(Base):
@@ -34,6 +39,9 @@ class KeyBinding(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    client_addr: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Session(Base):
