@@ -81,8 +81,8 @@ class MenuApp(App[int]):
         self._load(hello)
 
     def _signed_in(self, hello: dict[str, Any] | None) -> None:
-        if hello is None:
-            self.exit(1)
+        if hello is None:  # the user quit the sign-in
+            self.exit(return_code=1)
             return
         self._load(hello)
 
