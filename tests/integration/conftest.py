@@ -49,7 +49,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 
 def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, target_key: Path,
-                 extra_resources: str = "", limits: str = "", extra_policies: str = "") -> Path:
+                 extra_resources: str = "", limits: str = "", extra_policies: str = "",
+                 extra_top: str = "") -> Path:
     cfg = d / "bastion.yaml"
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
              "dave": "[reviewers]"}
@@ -59,7 +60,7 @@ host_keys: [state/host_ed25519]
 database: sqlite:///state/bastion.db
 recordings_dir: state/recordings
 log_dir: state/logs
-{limits}users:
+{limits}{extra_top}users:
 """ + "".join(f"  {u}:\n    groups: {g}\n    authorized_keys_file: {keys[u]}.pub\n" for u, g in users.items())
         + f"""\
 resources:
