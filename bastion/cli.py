@@ -23,6 +23,7 @@ def _setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
     # asyncssh logs client env values and other request details at debug level: keep it quiet
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines: noise, and URLs may carry codes
 
 
 DEFAULT_CONFIGS = ("/etc/bastion/bastion.yaml", ".bastion-demo/bastion.yaml")

@@ -100,7 +100,8 @@ class BastionServer(asyncssh.SSHServer):
         d.per_ip[ip] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.ctx is not None and not self.ctx.username and self._tried_user is not None:
+        authed = self.ctx is not None and (self.ctx.username or self.ctx.pending_login)
+        if self.ctx is not None and not authed and self._tried_user is not None:
             log.info("%s: authentication failed for user %r", self.ctx.peer, self._tried_user)
             self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.audit, self._tried_user, "login", "failed",
                                                    client_addr=self.ctx.peer, method="publickey"))

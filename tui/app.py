@@ -80,6 +80,11 @@ class MenuApp(App[int]):
             return
         self._load(hello)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Before sign-in only quitting makes sense (the daemon refuses the rest anyway)."""
+        signing_in = isinstance(self.screen, LoginScreen)
+        return not (signing_in and action in ("open", "approvals", "my_requests", "clear_filter"))
+
     def _signed_in(self, hello: dict[str, Any] | None) -> None:
         if hello is None:  # the user quit the sign-in
             self.exit(return_code=1)
