@@ -69,6 +69,7 @@ class BastionServer(asyncssh.SSHServer):
         self.sessions = 0
         self._counted = False
         self._tried_user: str | None = None
+        self._username: str | None = None
         self._refused = False
         self._candidates: dict[bytes, tuple[str, Any]] = {}  # key blob -> how it would log in
         self._kbd: Any = None  # the device code of a keyboard-interactive login in progress
@@ -115,6 +116,7 @@ class BastionServer(asyncssh.SSHServer):
         if self._refused:
             raise asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
         self._tried_user = re.sub(r"[^A-Za-z0-9._@-]", "?", username[:64])
+        self._username = username
         return True
 
     def password_auth_supported(self) -> bool:
@@ -124,28 +126,28 @@ class BastionServer(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        """Local user's key; else a key bound by an earlier OIDC login; else (OIDC on, not a local user's name)
-        a pending login: the connection may only run the TUI's device flow."""
+        """A local user's name: only that user's keys. Any other name (OIDC on): a key bound by an earlier OIDC
+        login (the binding, not the name, says who it is); else a pending login that may only run the TUI's
+        device flow."""
         cfg, d = self.daemon.config, self.daemon
         user = cfg.users.get(username)
         local_ok = cfg.oidc is None or cfg.oidc.local_users
         if user is not None and not user.disabled and local_ok and d.key_allowed(username, key):
             self._candidates[key.public_data] = ("local", username)
             return True
-        if d.login is None:
-            return False
+        if d.login is None or user is not None:
+            return False  # a break-glass name: only its own keys, never a bound key or a pending OIDC login
         public = key.export_public_key().decode().strip()
         bound = await asyncio.to_thread(d.login.identities.lookup, key.get_fingerprint("sha256"), public)
         if bound is not None:
             self._candidates[key.public_data] = ("bound", bound)
             return True
-        if user is not None:  # a break-glass name: never turned into a pending OIDC login by a stray key
-            return False
         self._candidates[key.public_data] = ("pending", key)
         return True
 
     def kbdint_auth_supported(self) -> bool:
-        return self.daemon.login is not None
+        # a local user's name is break-glass: its own keys only, never a device flow
+        return self.daemon.login is not None and self._username not in self.daemon.config.users
 
     async def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
         """Keyboard-interactive device flow (no key to bind): URL and code in the prompt text, which OpenSSH shows

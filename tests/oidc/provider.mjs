@@ -95,6 +95,7 @@ for (const [login, a] of Object.entries(config.accounts)) {
   if (typeof a.password !== 'string') fail(`account ${login}: password must be a string`);
   const account = {
     login, password: a.password, sub: String(a.sub ?? login), email: a.email, groups: a.groups ?? [],
+    preferred_username: a.preferred_username,
   };
   if (!Array.isArray(account.groups)) fail(`account ${login}: groups must be a list`);
   if (accountsBySub.has(account.sub)) fail(`account ${login}: sub ${account.sub} is not unique`);
@@ -118,6 +119,7 @@ async function findAccount(ctx, sub) {
     async claims() { // oidc-provider keeps only what the granted scopes/claims allow
       const claims = { sub: account.sub, groups: account.groups };
       if (account.email !== undefined) Object.assign(claims, { email: account.email, email_verified: true });
+      if (account.preferred_username !== undefined) claims.preferred_username = account.preferred_username;
       return claims;
     },
   };
@@ -224,7 +226,7 @@ try {
     clients,
     findAccount,
     jwks,
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
+    claims: { openid: ['sub'], profile: ['preferred_username'], email: ['email', 'email_verified'], groups: ['groups'] },
     // false: claims of the granted scopes (email, groups) also go into the ID token, not only to userinfo
     conformIdTokenClaims: !groupsInIdToken,
     features: {

@@ -141,10 +141,11 @@ def start_provider(tmp_dir: Path, *, clients: list[dict[str, Any]], accounts: di
     """Start ``tests/oidc/provider.mjs`` on 127.0.0.1 and wait until it listens.
 
     ``clients``: ``[{"client_id", "client_secret"?}]`` (no secret: public client); ``accounts``:
-    ``{login: {"password", "sub", "email"?, "groups"?}}``; ``jwks``: private JWK set (default: a new RS256 key
-    ``kid="key-1"``). ``interval`` is advertised in the device authorization response. A poll of a pending code
-    sooner than max(``min_poll_interval`` (default ``interval``), ``interval`` + ``slow_down_increment`` x the
-    slow_downs that code already got) after its previous poll answers ``slow_down``; the first poll never does.
+    ``{login: {"password", "sub", "email"?, "preferred_username"?, "groups"?}}``; ``jwks``: private JWK set
+    (default: a new RS256 key ``kid="key-1"``). ``interval`` is advertised in the device authorization
+    response. A poll of a pending code sooner than max(``min_poll_interval`` (default ``interval``),
+    ``interval`` + ``slow_down_increment`` x the slow_downs that code already got) after its previous poll
+    answers ``slow_down``; the first poll never does.
     """
     if shutil.which("node") is None:
         raise RuntimeError("node is not installed: run scripts/setup --test")
