@@ -51,8 +51,8 @@ class LoginScreen(Screen[dict[str, Any] | None]):
         with Vertical(id="login-box"):
             yield Static("Sign in to continue", id="login-title")
             yield Static("", id="login-where")
+            yield Static("", id="login-status")  # above the QR code: a short terminal still shows the countdown
             yield Static("", id="login-qr")
-            yield Static("", id="login-status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -68,7 +68,7 @@ class LoginScreen(Screen[dict[str, Any] | None]):
         where = code["verification_uri_complete"] or code["verification_uri"]
         self.query_one("#login-where", Static).update(
             f"Open  {code['verification_uri']}\nand enter the code  {code['user_code']}\n\n"
-            f"(or scan the QR code, which opens {where})")
+            f"or open  {where}  (the QR code below)")
         self.query_one("#login-qr", Static).update(qr_text(where))
         self.deadline = time.monotonic() + float(code["expires_in"])
         self.waiting = True
