@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.engine import Action, PolicySet, Rule
 
@@ -102,6 +102,25 @@ class RuleModel(_Model):
     traits: list[Literal["no_where", "copy_program", "copy_file", "copy_from", "copy_to", "dynamic", "privilege",
                          "rule", "set_role", "dangerous_function"]] = []
     functions: list[str] = []    # SQL: functions called (globs)
+    verbs: list[Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "post",
+                        "put", "*"]] = []  # Kubernetes (RBAC verbs; exec/attach/portforward/proxy are create)
+    api_resources: list[Annotated[str, Field(pattern=r"^[a-z0-9*][a-z0-9.*-]*(/[a-z0-9*]+)?$")]] = []
+    api_groups: list[str] = []   # Kubernetes: "" is the core group
+    namespaces: list[str] = []   # Kubernetes: globs
+    names: list[str] = []        # Kubernetes: object names (globs)
+    paths: list[str] = []        # Kubernetes: non-resource URLs (globs), e.g. /metrics
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RuleModel:
+        kinds = [k for k, on in (("shell (programs/args)", self.programs or self.args),
+                                 ("SQL (statements/tables/traits/functions)",
+                                  self.statements or self.tables or self.traits or self.functions),
+                                 ("Kubernetes (verbs/api_resources/api_groups/namespaces/names/paths)",
+                                  self.verbs or self.api_resources or self.api_groups or self.namespaces
+                                  or self.names or self.paths)) if on]
+        if len(kinds) > 1:
+            raise ValueError(f"a rule matches one kind of command; this one mixes {' and '.join(kinds)}")
+        return self
 
     @field_validator("command")
     @classmethod
@@ -169,8 +188,36 @@ class PgResource(_Model):
     _host = field_validator("host")(SshResource._host.__func__)  # type: ignore[attr-defined]
 
 
-Resource = Annotated[SshResource | PgResource, Field(discriminator="kind")]
-KINDS = "ssh, postgres"
+class KubeCredential(_Model):
+    token_file: str | None = None        # a bearer token
+    client_cert_file: str | None = None  # or a client certificate and its key
+    client_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> KubeCredential:
+        cert = self.client_cert_file is not None or self.client_key_file is not None
+        if (self.token_file is None) == (not cert):
+            raise ValueError("give token_file, or client_cert_file with client_key_file (one of the two)")
+        if cert and (self.client_cert_file is None or self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
+
+
+class KubeResource(_Model):
+    kind: Literal["kubernetes"]
+    description: str = ""
+    policy: str | None = None
+    server: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.:_\[\]-]{1,253}(:[0-9]{1,5})?/?$")]
+    ca_file: str | None = None           # the API server's CA; none: the system trust store
+    credential: KubeCredential
+    namespace: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")] = "default"
+    impersonate: bool = False            # act as the operator (Impersonate-User/-Group): cluster RBAC applies too
+    port_forward: bool = False           # kubectl port-forward, allowed or refused as a whole
+    simulated: bool = False              # the demo's simulated API server: labelled as such in the menu
+
+
+Resource = Annotated[SshResource | PgResource | KubeResource, Field(discriminator="kind")]
+KINDS = "ssh, postgres, kubernetes"
 
 
 class Role(_Model):
@@ -215,7 +262,7 @@ class Config:
     limits: Limits
     users: dict[str, LocalUser]
     user_keys: dict[str, list[str]]
-    resources: dict[str, SshResource | PgResource]
+    resources: dict[str, SshResource | PgResource | KubeResource]
     roles: dict[str, Role]
     policies: dict[str, PolicySet] = field(default_factory=dict)
     sandbox: SandboxModel = field(default_factory=SandboxModel)
@@ -346,6 +393,20 @@ def _semantic_checks(cfg: Config) -> list[str]:
             if res.tls.mode == "verify-full" and not (res.tls.ca_file and cfg.resolve(res.tls.ca_file).is_file()):
                 bad(("resources", name, "tls"), "verify-full needs ca_file, a readable CA certificate file")
             continue
+        if isinstance(res, KubeResource):
+            c = res.credential
+            for field_name in ("token_file", "client_cert_file", "client_key_file"):
+                fp = getattr(c, field_name)
+                if fp is None:
+                    continue
+                try:
+                    if not cfg.resolve(fp).read_text().strip():
+                        bad(("resources", name, "credential", field_name), f"{cfg.resolve(fp)} is empty")
+                except (OSError, UnicodeDecodeError) as e:
+                    bad(("resources", name, "credential", field_name), f"cannot read {cfg.resolve(fp)}: {e}")
+            if res.ca_file and not cfg.resolve(res.ca_file).is_file():
+                bad(("resources", name, "ca_file"), f"{cfg.resolve(res.ca_file)} is not a readable file")
+            continue
         key_path = cfg.resolve(res.credential.private_key_file)
         try:
             asyncssh.read_private_key(str(key_path))
@@ -409,7 +470,8 @@ def _policy_set(name: str, p: PolicyModel) -> PolicySet:
              re.compile(r.command) if r.command else None, tuple(r.groups), tuple(r.resources), r.reason,
              tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout,
              tuple(r.statements), tuple(t.lower() for t in r.tables), tuple(r.traits),
-             tuple(f.lower() for f in r.functions))
+             tuple(f.lower() for f in r.functions), tuple(r.verbs), tuple(a.lower() for a in r.api_resources),
+             tuple(r.api_groups), tuple(r.namespaces), tuple(r.names), tuple(r.paths))
         for r in p.rules))
 
 

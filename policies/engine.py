@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from policies.kube import KubeRequest, guardrail, resource_matches
 from policies.shell import ParsedLine, ShellParseError, SimpleCommand, parse_line
 from policies.sql import SqlParseError, Statement, classify_sql
 
@@ -52,16 +54,59 @@ class Rule:
     tables: tuple[str, ...] = ()
     traits: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = ()          # Kubernetes: get list watch create update patch delete (+deletecollection)
+    api_resources: tuple[str, ...] = ()  # Kubernetes: pods, pods/exec, deployments.apps, */scale (RBAC-style)
+    api_groups: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()          # Kubernetes non-resource URLs (globs)
+
+    @property
+    def _shell_fields(self) -> bool:
+        return bool(self.programs or self.args)
+
+    @property
+    def _sql_fields(self) -> bool:
+        return bool(self.statements or self.tables or self.traits or self.functions)
+
+    @property
+    def _kube_fields(self) -> bool:
+        return bool(self.verbs or self.api_resources or self.api_groups or self.namespaces or self.names or self.paths)
 
     @property
     def for_sql(self) -> bool:
-        """False for rules that only make sense for shell commands (they name programs or arguments)."""
-        return not (self.programs or self.args)
+        """False for rules that only make sense for shell commands or Kubernetes requests."""
+        return not (self._shell_fields or self._kube_fields)
 
     @property
     def for_shell(self) -> bool:
-        """False for rules that only make sense for SQL (they name statements, tables, traits or functions)."""
-        return not (self.statements or self.tables or self.traits or self.functions)
+        """False for rules that only make sense for SQL or Kubernetes requests."""
+        return not (self._sql_fields or self._kube_fields)
+
+    @property
+    def for_kube(self) -> bool:
+        """False for rules that only make sense for shell commands or SQL."""
+        return not (self._shell_fields or self._sql_fields)
+
+    def matches_kube(self, req: KubeRequest) -> bool:
+        """Every named field must match; ``delete`` also covers ``deletecollection``."""
+        if self.paths and (req.resource_request or not any(fnmatch.fnmatchcase(req.path, p) for p in self.paths)):
+            return False
+        if (self.api_resources or self.api_groups or self.namespaces or self.names) and not req.resource_request:
+            return False
+        if self.verbs:
+            verbs = {req.verb, "delete"} if req.verb == "deletecollection" else {req.verb}
+            if not verbs & set(self.verbs) and "*" not in self.verbs:
+                return False
+        if self.api_resources and not any(resource_matches(p, req) for p in self.api_resources):
+            return False
+        if self.api_groups and not any(fnmatch.fnmatchcase(req.api_group, p) for p in self.api_groups):
+            return False
+        if self.namespaces and not any(fnmatch.fnmatchcase(req.namespace, p) for p in self.namespaces):
+            return False
+        if self.names and not any(fnmatch.fnmatchcase(req.name, p) for p in self.names):
+            return False
+        return self.command is None or bool(self.command.search(req.describe()))
 
     def matches_sql(self, st: Statement) -> bool:
         if self.statements and not any(fnmatch.fnmatchcase(st.kind, p) for p in self.statements):
@@ -210,3 +255,39 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
             best = (action, rule, reason)
     assert best is not None
     return _decide(best[0], best[1], best[2], text, why, [s.kind for s in stmts])
+
+
+def evaluate_kube(policy: PolicySet, req: KubeRequest, *, groups: Iterable[str], resource: str,
+                  port_forward: bool = False) -> Decision:
+    """Decide one Kubernetes API request for a user on ``resource``.
+
+    The first matching rule decides; with none, the built-in guardrails (secrets, proxy, service account tokens,
+    CSRs, non-discovery non-resource URLs; port-forward unless the resource enables it) refuse, else the policy's
+    default applies (discovery reads are always allowed: kubectl cannot work without them). A non-interactive exec
+    is also judged as a shell command (its argv), and the stricter decision wins.
+    """
+    gs = frozenset(groups)
+    text = req.describe()
+    applicable = [r for r in policy.rules if r.for_kube and r.applies_to(gs, resource)]
+    rule = next((r for r in applicable if r.matches_kube(req)), None)
+    why: list[str] = [f"{req.method} {req.path} -> {text}"]
+    if rule is not None:
+        action, reason = rule.action, rule.reason or f"{text} matches rule {rule.name!r}"
+        why.append(f"rule {rule.name!r} -> {action.label}")
+    elif req.discovery:
+        action, reason = Action.ALLOW, "discovery"
+        why.append("discovery read -> allow")
+    elif (guard := guardrail(req)) is not None and not (port_forward and req.subresource == "portforward"):
+        action, reason = Action.BLOCK, f"{guard}; refused unless a rule names it"
+        why.append(f"guardrail -> block ({guard})")
+    else:
+        action, reason = policy.default, f"{text}: no rule matched; default is {policy.default.label}"
+        why.append(f"no rule -> default {policy.default.label}")
+    best = (action, rule, reason)
+    if req.subresource == "exec" and req.command and not req.interactive and action < Action.BLOCK:
+        inner = evaluate(policy, shlex.join(req.command), groups=gs, resource=resource)
+        why.append(f"exec argv: {inner.summary()}")
+        if inner.action > action:
+            inner_rule = next((r for r in policy.rules if r.name == inner.rule), None)
+            best = (inner.action, inner_rule, f"in the pod: {inner.reason}")
+    return _decide(best[0], best[1], best[2], text, why, [req.resource_path] if req.resource_request else [])
