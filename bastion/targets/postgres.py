@@ -12,11 +12,7 @@ interactive psql is only offered when the sandbox is active.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
-import shutil
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,25 +22,22 @@ from bastion.config import PgResource
 from bastion.pgwire.masking import MaskRule
 from bastion.pgwire.proxy import PgProxy
 from bastion.pgwire.upstream import Target
-from bastion.ptyproc import PtyProcess, ignore_keyboard_signals
-from bastion.relay import PtyEndpoint, Relay
+from bastion.relay import Relay
 from bastion.sandbox import Sandbox, find_psql
-from bastion.targets.ssh import TargetError, TargetExit
+from bastion.targets.local import LocalClient
+from bastion.targets.ssh import TargetError
 from policies.engine import Decision
 
 
-class PsqlExec:
+class PsqlExec(LocalClient):
     """A relay endpoint: psql through this session's wire proxy; ``-c SQL`` with stdout and stderr kept apart, or
     (``command`` None) an interactive psql on its own pty."""
 
+    label = "psql"
+
     def __init__(self, relay: Relay):
-        self.relay = relay
+        super().__init__(relay)
         self.proxy: PgProxy | None = None
-        self.proc: asyncio.subprocess.Process | None = None
-        self.pty: PtyEndpoint | None = None
-        self.home: Path | None = None
-        self._pumps: list[asyncio.Future[None]] = []
-        self._exited: asyncio.Future[int | None] | None = None
 
     async def open(self, res: PgResource, password_file: Path, *, command: str | None, application_name: str,
                    judge: Callable[[str], Decision], hold: Callable[[Decision], Awaitable[dict[str, Any]]],
@@ -83,91 +76,11 @@ class PsqlExec:
                 lines.append(f"\\restrict {secrets.token_hex(16)}")  # the key never leaves the bastion
             rc.write_text("\n".join(lines) + "\n")
             env.update(PSQLRC=str(rc), TERM=term_type)
-            argv = sandbox.wrap([psql], home=self.home, env=env)
-            proc = PtyProcess(argv, env={} if sandbox.active else env, cols=cols, rows=rows, cwd=str(self.home),
-                              wrapper=sandbox.active)
-            loop = asyncio.get_running_loop()
-            self._exited = loop.create_future()
-            fut = self._exited
-
-            def on_exit(status: int | None) -> None:
-                if not fut.done():
-                    fut.set_result(status)
-
-            self.pty = PtyEndpoint(proc, self.relay, on_exit, owner=self)
+            self._spawn_pty([psql], env, sandbox, cols, rows)
             return
-        argv = sandbox.wrap([psql, "-X", "-v", "ON_ERROR_STOP=1", "-c", command], home=self.home, env=env)
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={} if sandbox.active else env,
-            cwd=str(self.home), start_new_session=True,
-            preexec_fn=ignore_keyboard_signals if sandbox.active else None)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._pumps = [asyncio.ensure_future(self._pump(self.proc.stdout, False)),
-                       asyncio.ensure_future(self._pump(self.proc.stderr, True))]
-
-    async def _pump(self, stream: asyncio.StreamReader, stderr: bool) -> None:
-        while chunk := await stream.read(65536):
-            self.relay.output(self, chunk, stderr=stderr)
-
-    async def wait(self) -> TargetExit:
-        if self._exited is not None:
-            status = await self._exited
-            status = 0 if status is None else status
-        else:
-            assert self.proc is not None
-            await asyncio.gather(*self._pumps, return_exceptions=True)
-            status = await self.proc.wait()
-        if status < 0:
-            return TargetExit(None, signal.Signals(-status).name.removeprefix("SIG"), f"psql killed by {-status}")
-        return TargetExit(status, None, f"psql exited with status {status}")
+        await self._spawn_pipes([psql, "-X", "-v", "ON_ERROR_STOP=1", "-c", command], env, sandbox)
 
     def close(self) -> None:
-        if self.pty is not None:
-            self.pty.close()
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        super().close()
         if self.proxy is not None:
             asyncio.ensure_future(self.proxy.close())
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
-
-    # -- Endpoint protocol: the pty's when interactive; exec has no stdin (the SQL is the command) ----------
-    def write(self, data: bytes) -> None:
-        if self.pty is not None:
-            self.pty.write(data)
-
-    def resize(self, cols: int, rows: int) -> None:
-        if self.pty is not None:
-            self.pty.resize(cols, rows)
-
-    def signal(self, name: str) -> None:
-        if self.pty is not None:
-            self.pty.signal(name)
-        elif name == "INT" and self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(OSError):  # the group: psql itself, inside the sandbox
-                os.killpg(self.proc.pid, signal.SIGINT)  # psql turns it into a CancelRequest
-
-    def send_break(self, msec: int) -> None:
-        self.signal("INT")
-
-    def eof(self) -> None:
-        if self.pty is not None:
-            self.pty.eof()
-
-    def pending(self) -> int:
-        return self.pty.pending() if self.pty is not None else 0
-
-    def echo_known(self) -> bool | None:
-        return self.pty.echo_known() if self.pty is not None else True
-
-    def pause_reading(self) -> None:
-        if self.pty is not None:
-            self.pty.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.pty is not None:
-            self.pty.resume_reading()
