@@ -243,6 +243,7 @@ class _Schema(_Model):
     limits: Limits = Limits()
     sandbox: SandboxModel = SandboxModel()
     oidc: OidcModel | None = None
+    kubectl: str | None = None  # the kubectl binary for kubernetes resources (default: found on PATH)
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
@@ -267,6 +268,7 @@ class Config:
     policies: dict[str, PolicySet] = field(default_factory=dict)
     sandbox: SandboxModel = field(default_factory=SandboxModel)
     oidc: OidcModel | None = None
+    kubectl: str | None = None
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     def resolve(self, p: str) -> Path:
@@ -428,6 +430,12 @@ def _semantic_checks(cfg: Config) -> list[str]:
     if cfg.oidc is not None and "openid" not in cfg.oidc.scopes:
         bad(("oidc", "scopes"), "must include openid")
 
+    if any(isinstance(r, KubeResource) for r in cfg.resources.values()):
+        from bastion.targets.kube import find_kubectl
+
+        if find_kubectl(cfg.kubectl) is None:
+            where = ("kubectl",) if cfg.kubectl else ("resources",)
+            bad(where, f"kubernetes resources need kubectl: {cfg.kubectl or 'none on PATH'} is not an executable")
     try:
         make_sandbox(cfg.sandbox.mode, cfg.sandbox.user)
     except SandboxError as e:
@@ -517,6 +525,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         roles=dict(schema.roles),
         policies={n: _policy_set(n, p) for n, p in schema.policies.items()},
         sandbox=schema.sandbox,
+        kubectl=str(_resolve(path, schema.kubectl)) if schema.kubectl else None,
         oidc=schema.oidc,
         lines=lines,
     )

@@ -18,17 +18,18 @@ import asyncssh
 
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.cmdfilter import CommandFilter
-from bastion.config import PgResource, SshResource
+from bastion.config import KubeResource, PgResource, SshResource
 from bastion.oidc.login import LoginRefused
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.rpcproto import LOGIN_METHODS
 from bastion.store.approvals import DecisionRefused
 from bastion.store.db import new_session_id
+from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
 from policies.access import decide_open
-from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_sql
+from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line
 from recorder.asciicast import CastWriter
 
@@ -380,7 +381,7 @@ class BastionSession(asyncssh.SSHServerSession):
         """The policy decision for ``command`` on resource ``name`` (None: the resource has no policy)."""
         cfg = self.ctx.daemon.config
         res = cfg.resources[name]
-        if res.policy is None or res.kind == "postgres":  # postgres: every statement is judged at the wire proxy
+        if res.policy is None or res.kind in ("postgres", "kubernetes"):  # judged at the wire / API proxy
             return None
         policy = res.policy
         return evaluate(cfg.policies[policy], command, groups=self.ctx.groups, resource=name)
@@ -422,17 +423,19 @@ class BastionSession(asyncssh.SSHServerSession):
         writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
         return final
 
-    def _sql_hooks(self, name: str, sid: str, writer: CastWriter, *, interactive: bool) -> dict[str, Any]:
-        """What the wire proxy needs to judge, hold and record statements of this session."""
+    def _wire_hooks(self, name: str, sid: str, writer: CastWriter, *, interactive: bool,
+                    kind: str = "sql") -> dict[str, Any]:
+        """What a protocol proxy (``sql``: the wire proxy, ``kube``: the API proxy) needs to judge, hold and record
+        the statements or requests of this session."""
         ctx, daemon = self.ctx, self.ctx.daemon
         res = daemon.config.resources[name]
         policy = daemon.config.policies.get(res.policy or "") or PolicySet("(none)")
 
         def note(d: Decision) -> None:
-            writer.marker(f"sql: {d.summary()}: {d.text}")
+            writer.marker(f"{kind}: {d.summary()}: {d.text}")
             if d.action != Action.ALLOW:
                 daemon.spawn_bg(asyncio.to_thread(
-                    daemon.store.audit, ctx.username, f"sql.{d.action.label}", d.action.label, resource=name,
+                    daemon.store.audit, ctx.username, f"{kind}.{d.action.label}", d.action.label, resource=name,
                     session_id=sid, client_addr=ctx.peer, rule=d.rule, text=d.text[:4000]))
 
         relay = self.relay
@@ -450,6 +453,11 @@ class BastionSession(asyncssh.SSHServerSession):
                 say(str(final.get("status_reason") or "approved"))
             return final
 
+        if kind == "kube":
+            forward = isinstance(res, KubeResource) and res.port_forward
+            return {"judge": lambda req: evaluate_kube(policy, req, groups=ctx.groups, resource=name,
+                                                       port_forward=forward),
+                    "hold": hold, "note": note, "withdraw": self._filter_withdraw.set, "event": writer.marker}
         return {"judge": lambda sql: evaluate_sql(policy, sql, groups=ctx.groups, resource=name),
                 "hold": hold, "note": note, "withdraw": self._filter_withdraw.set}
 
@@ -499,7 +507,13 @@ class BastionSession(asyncssh.SSHServerSession):
         store, cfg = daemon.store, daemon.config
         res = cfg.resources[name]
         pty = self.term_type is not None
-        ep: SshEndpoint | PsqlExec = PsqlExec(self.relay) if isinstance(res, PgResource) else SshEndpoint(self.relay)
+        ep: SshEndpoint | PsqlExec | KubectlExec
+        if isinstance(res, PgResource):
+            ep = PsqlExec(self.relay)
+        elif isinstance(res, KubeResource):
+            ep = KubectlExec(self.relay)
+        else:
+            ep = SshEndpoint(self.relay)
         self._targets.add(ep)
         path = cfg.recordings_dir / sid[:4] / sid[4:6] / sid[6:8] / f"{sid}.cast"
         try:
@@ -526,7 +540,15 @@ class BastionSession(asyncssh.SSHServerSession):
                     await ep.open(res, cfg.resolve(res.credential.password_file), command=command,
                                   application_name=f"bastion:{ctx.username}:{sid}", term_type=self.term_type or "dumb",
                                   cols=self.cols, rows=self.rows, sandbox=daemon.sandbox,
-                                  **self._sql_hooks(name, sid, writer, interactive=command is None))
+                                  **self._wire_hooks(name, sid, writer, interactive=command is None))
+                elif isinstance(ep, KubectlExec):
+                    assert isinstance(res, KubeResource)
+                    if command is None and not pty:
+                        raise TargetError("the kubectl prompt needs a terminal (ssh -t)")
+                    await ep.open(res, name, cfg.resolve, command=command, user=ctx.username,
+                                  groups=tuple(ctx.groups), sandbox=daemon.sandbox, kubectl=cfg.kubectl,
+                                  term_type=self.term_type or "dumb", cols=self.cols, rows=self.rows,
+                                  **self._wire_hooks(name, sid, writer, interactive=command is None, kind="kube"))
                 else:
                     assert isinstance(res, SshResource)
                     await ep.open(res, cfg.resolve(res.credential.private_key_file), command=command, pty=pty,

@@ -1,0 +1,1 @@
+"""The Kubernetes API proxy: per-session TLS endpoint for kubectl, judged and forwarded to the real API server."""

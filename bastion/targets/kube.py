@@ -1,0 +1,177 @@
+"""Kubernetes targets: the kubectl prompt (or one kubectl line, in the exec form) in the session sandbox, talking
+only to this session's API proxy, which holds the real credential and judges every request.
+
+The prompt (``bastion/targets/kubeprompt.py``) runs with the system Python inside the sandbox; it hands the daemon a
+listening socket made in the sandbox's network namespace, the proxy serves TLS on it, and the daemon writes a
+kubeconfig (proxy certificate as CA, a throwaway token) into the session's private home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import policies.kubectl as kubectl_line_module
+from bastion.config import KubeResource
+from bastion.kube.proxy import KubeProxy, Upstream
+from bastion.kube.tls import upstream_context
+from bastion.relay import Relay
+from bastion.sandbox import Sandbox
+from bastion.targets.local import LocalClient
+from bastion.targets.ssh import TargetError
+from policies.engine import Decision
+from policies.kube import KubeRequest
+from policies.kubectl import KubectlLineError, kubectl_argv
+
+HERE = Path(__file__).resolve().parent
+PROMPT_SRC = HERE / "kubeprompt.py"
+LINE_SRC = Path(kubectl_line_module.__file__)
+HANDOFF_TIMEOUT = 15.0
+
+
+def find_kubectl(configured: str | None = None) -> str | None:
+    """The kubectl the sessions run: ``configured`` (config ``kubectl:``), else the first on a system PATH."""
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("kubectl", path="/usr/local/bin:/usr/bin:/bin")
+
+
+def system_python(sandbox: Sandbox) -> str:
+    """The interpreter for the prompt: the system's inside the sandbox (it sees only /usr), ours otherwise."""
+    if sandbox.active:
+        for p in ("/usr/bin/python3", "/usr/local/bin/python3"):
+            if os.access(p, os.X_OK):
+                return p
+        raise TargetError("kubernetes resources need python3 in /usr on the bastion (for the kubectl prompt)")
+    return sys.executable
+
+
+def make_upstream(res: KubeResource, resolve: Callable[[str], Path], user: str, groups: tuple[str, ...]) -> Upstream:
+    """The real API server of ``res`` with its credential loaded from the configured files."""
+    u = urlsplit(res.server)
+    cred = res.credential
+    try:
+        token = resolve(cred.token_file).read_text().strip() if cred.token_file else None
+        ctx = upstream_context(resolve(res.ca_file) if res.ca_file else None,
+                               resolve(cred.client_cert_file) if cred.client_cert_file else None,
+                               resolve(cred.client_key_file) if cred.client_key_file else None)
+    except (OSError, ValueError) as e:
+        raise TargetError(f"the bastion cannot load this resource's credential ({type(e).__name__}; "
+                          "see daemon log)") from None
+    host = (u.hostname or "").strip("[]")
+    return Upstream(host, u.port or 443, ctx, token, user if res.impersonate else None,
+                    groups if res.impersonate else ())
+
+
+class KubectlExec(LocalClient):
+    """The kubectl prompt on its own pty (``command`` None) or one kubectl line with pipes (stdin passed on)."""
+
+    label = "kubectl"
+
+    def __init__(self, relay: Relay):
+        super().__init__(relay)
+        self.proxy: KubeProxy | None = None
+
+    async def open(self, res: KubeResource, name: str, resolve: Callable[[str], Path], *, command: str | None,
+                   user: str, groups: tuple[str, ...], judge: Callable[[KubeRequest], Decision],
+                   hold: Callable[[Decision], Awaitable[dict[str, Any]]], note: Callable[[Decision], None],
+                   withdraw: Callable[[], None], event: Callable[[str], None], sandbox: Sandbox,
+                   kubectl: str | None, term_type: str = "dumb", cols: int = 80, rows: int = 24) -> None:
+        if command is not None:
+            try:
+                kubectl_argv(command)
+            except KubectlLineError as e:
+                raise TargetError(str(e)) from None
+        binary = find_kubectl(kubectl)
+        if binary is None:
+            raise TargetError("kubectl is not installed on the bastion")
+        python = system_python(sandbox)
+        upstream = make_upstream(res, resolve, user, groups)
+        self.proxy = KubeProxy(upstream, judge=judge, hold=hold, note=note, withdraw=withdraw, event=event)
+        self.home = Path(tempfile.mkdtemp(prefix="bastion-kube-"))
+        sandbox.prepare(self.home)
+        lib = self.home / "lib"
+        lib.mkdir()
+        shutil.copyfile(PROMPT_SRC, lib / "kubeprompt.py")
+        shutil.copyfile(LINE_SRC, lib / "kubectl_line.py")
+        handoff = self.home / "handoff.sock"
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(handoff))
+        srv.listen(1)
+        sandbox.prepare(handoff)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8", "TERM": term_type,
+               "PYTHONDONTWRITEBYTECODE": "1", "EDITOR": "/bin/false", "VISUAL": "/bin/false",
+               "SHELL": "/bin/false"}
+        argv = [python, "-I", "-S", "-B", str(lib / "kubeprompt.py"), "--handoff", str(handoff), "--kubectl", binary,
+                "--resource", name, "--namespace", res.namespace]
+        try:
+            if command is None:
+                self._spawn_pty(argv, env, sandbox, cols, rows)
+            else:
+                await self._spawn_pipes([*argv, "--command", command], env, sandbox, stdin=True)
+            conn, listener = await asyncio.to_thread(self._accept_listener, srv)
+        finally:
+            srv.close()
+            handoff.unlink(missing_ok=True)
+        await self.proxy.serve(listener)
+        cfg = self.home / "kubeconfig"
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.proxy.kubeconfig(res.namespace, cluster=name))
+        sandbox.prepare(cfg)
+        (self.home / ".kube").mkdir(exist_ok=True)
+        sandbox.prepare(self.home / ".kube")
+        try:
+            conn.sendall(f"ok {cfg}\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _alive(self) -> bool:
+        if self._exited is not None:
+            return not self._exited.done()
+        return self.proc is not None and self.proc.returncode is None
+
+    def _accept_listener(self, srv: socket.socket) -> tuple[socket.socket, socket.socket]:
+        """(thread) The prompt's one message: a listening TCP socket passed as a file descriptor (SCM_RIGHTS)."""
+        srv.settimeout(0.2)
+        deadline = time.monotonic() + HANDOFF_TIMEOUT
+        while True:
+            try:
+                conn, _ = srv.accept()
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline or not self._alive():
+                    raise TargetError("the kubectl prompt did not start (see the daemon log)") from None
+        conn.settimeout(5)
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(conn, 64, 1)
+        except OSError:
+            conn.close()
+            raise TargetError("the kubectl prompt did not hand over its socket") from None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            raise TargetError("the kubectl prompt did not hand over its socket")
+        listener = socket.socket(fileno=fds[0])
+        if listener.family != socket.AF_INET or listener.type != socket.SOCK_STREAM:
+            listener.close()
+            conn.close()
+            raise TargetError("the kubectl prompt handed over something else than a TCP listener")
+        return conn, listener
+
+    def close(self) -> None:
+        super().close()
+        if self.proxy is not None:
+            asyncio.ensure_future(self.proxy.close())
