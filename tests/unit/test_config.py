@@ -121,3 +121,50 @@ def test_check_config_cli(tmp_path: Path, keys: dict[str, str]) -> None:
                          text=True)
     assert bad.returncode == 1
     assert f"{p}:3: listen.prot: unknown key" in bad.stderr
+
+
+KUBE = """\
+  k8s:
+    kind: kubernetes
+    server: https://127.0.0.1:6443
+    credential: {token_file: token}
+    policy: k
+"""
+
+
+def kube_config(keys: dict[str, str], resource: str = KUBE, rules: str = "") -> str:
+    text = good(keys).replace("roles:\n", resource + "roles:\n", 1)
+    return text + "policies:\n  k:\n    default: allow\n    rules:\n" + (rules or "      - {name: r, verbs: [get], "
+                                                                        "action: block}\n")
+
+
+def test_kubernetes_resource_loads(tmp_path: Path, keys: dict[str, str]) -> None:
+    (tmp_path / "token").write_text("t0k\n")
+    cfg = load_config(write(tmp_path, kube_config(keys) + "kubectl: /bin/true\n"))
+    res = cfg.resources["k8s"]
+    assert res.kind == "kubernetes" and res.namespace == "default" and not res.port_forward
+    assert cfg.kubectl == "/bin/true"
+    assert cfg.policies["k"].rules[0].verbs == ("get",)
+
+
+@pytest.mark.parametrize(("resource", "rules", "needle"), [
+    (KUBE.replace("credential: {token_file: token}", "credential: {client_cert_file: c}"), "",
+     "client_cert_file and client_key_file go together"),
+    (KUBE.replace("credential: {token_file: token}", "credential: {}"), "", "give token_file"),
+    (KUBE.replace("https://127.0.0.1:6443", "http://127.0.0.1:6443"), "", "server"),
+    (KUBE.replace("token_file: token", "token_file: missing"), "", "cannot read"),
+    (KUBE, "      - {name: mixed, verbs: [delete], programs: [rm], action: block}\n", "mixes shell"),
+    (KUBE, "      - {name: bad-verb, verbs: [destroy], action: block}\n", "verbs"),
+])
+def test_kubernetes_config_errors(tmp_path: Path, keys: dict[str, str], resource: str, rules: str,
+                                  needle: str) -> None:
+    (tmp_path / "token").write_text("t0k\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, kube_config(keys, resource, rules) + "kubectl: /bin/true\n"))
+    assert needle in str(e.value) and "bastion.yaml:" in str(e.value)
+
+
+def test_kubernetes_needs_kubectl(tmp_path: Path, keys: dict[str, str]) -> None:
+    (tmp_path / "token").write_text("t0k\n")
+    with pytest.raises(ConfigError, match="need kubectl"):
+        load_config(write(tmp_path, kube_config(keys) + "kubectl: /nonexistent/kubectl\n"))
