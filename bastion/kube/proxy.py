@@ -191,13 +191,8 @@ class KubeProxy:
                                f"{method} {target[:200]}"))
             return self._status(conn, writer, 400, "BadRequest", f"bastion: refused: {e}")
         upgrade = next((v for k, v in headers if k == b"upgrade"), b"").lower()
-        if upgrade:
-            if b"websocket" not in upgrade:
-                return self._status(conn, writer, 400, "BadRequest",
-                                    "bastion: SPDY streams are not supported; use kubectl 1.30 or newer (WebSocket)")
-            if kreq.subresource not in UPGRADABLE:
-                return self._status(conn, writer, 400, "BadRequest", "bastion: upgrade only for exec/attach/"
-                                                                    "portforward")
+        if upgrade and kreq.subresource not in UPGRADABLE:
+            return self._status(conn, writer, 400, "BadRequest", "bastion: upgrade only for exec/attach/portforward")
         body = await self._read_body(conn, reader)
         if body is None:
             return self._status(conn, writer, 413, "RequestEntityTooLarge",
@@ -205,9 +200,12 @@ class KubeProxy:
         d = self.judge(kreq)
         if not kreq.discovery:
             self.note(d)
-        if d.action == Action.BLOCK:
+        if d.action == Action.BLOCK:  # judged before the protocol check: kubectl's SPDY fallback gets the same answer
             what = f"rule {d.rule!r}" if d.rule else "the bastion"
             return self._status(conn, writer, 403, "Forbidden", f"bastion: blocked by {what}: {d.reason}")
+        if upgrade and b"websocket" not in upgrade:
+            return self._status(conn, writer, 400, "BadRequest",
+                                "bastion: SPDY streams are not supported; use kubectl 1.30 or newer (WebSocket)")
         if d.action == Action.REQUIRE_APPROVAL:
             result = await self._hold(d, conn, reader)
             if result.get("status") != "approved":

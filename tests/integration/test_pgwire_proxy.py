@@ -299,7 +299,7 @@ def test_upstream_tls_verify_full_with_the_resource_ca(pg_tls: PgServer, tmp_pat
 
 
 def test_upstream_tls_refuses_a_server_signed_by_another_ca(pg_tls: PgServer, tmp_path: Path) -> None:
-    from tests.support.tlscerts import make_server_cert
+    from bastion.devcerts import make_server_cert
 
     other = make_server_cert(tmp_path / "other", ca_name="someone else")
     p = ProxyThread(pg_tls, tmp_path / "t", target=Target("127.0.0.1", pg_tls.port, "app", "app", "verify-full",

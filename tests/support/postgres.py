@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.keys import free_port
-from tests.support.tlscerts import ServerCert, make_server_cert
+from bastion.devcerts import ServerCert, make_server_cert
 
 
 def pg_bin(name: str) -> str:

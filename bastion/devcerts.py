@@ -1,4 +1,5 @@
-"""A throwaway certificate authority and a server certificate for loopback (TLS tests: PostgreSQL, later kube)."""
+"""Throwaway certificates for loopback: a CA, a server certificate and client certificates (the demo's simulated
+Kubernetes API server, and TLS tests against PostgreSQL and the kube proxy). Never for production use."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class ServerCert:
     ca: Path    # the CA certificate (what a client trusts)
     cert: Path  # the server's certificate, signed by the CA, for 127.0.0.1 and localhost
     key: Path   # its private key (0600)
+    ca_key: Path  # the CA's private key (0600), to issue client certificates
 
 
 def _name(cn: str) -> x509.Name:
@@ -46,10 +48,39 @@ def make_server_cert(d: Path, ca_name: str = "bastion test CA") -> ServerCert:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    out = ServerCert(d / "ca.crt", d / "server.crt", d / "server.key")
+    out = ServerCert(d / "ca.crt", d / "server.crt", d / "server.key", d / "ca.key")
     out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.touch(mode=0o600)
-    out.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    _write_key(out.key, key)
+    _write_key(out.ca_key, ca_key)
     return out
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def make_client_cert(ca: ServerCert, d: Path, name: str, groups: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A client certificate signed by ``ca`` (CN=name, O=groups, as Kubernetes reads them): (cert, key) in ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_cert = x509.load_pem_x509_certificate(ca.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    stem = "".join(c if c.isalnum() else "-" for c in name)
+    out_cert, out_key = d / f"{stem}.crt", d / f"{stem}.key"
+    out_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(out_key, key)
+    return out_cert, out_key
