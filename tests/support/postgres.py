@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.keys import free_port
 from bastion.devcerts import ServerCert, make_server_cert
+from tests.support.keys import free_port
 
 
 def pg_bin(name: str) -> str:
