@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config import ConfigError, load_config
+from bastion.demo_kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
 from bastion.keyfiles import ensure_private_key
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,10 @@ DEMO_DB_POLICY = """\
 """
 
 
-def prepare(state: Path, port: int, db_port: int | None = None) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
-    """Create (or reuse) keys and write ``state/bastion.yaml``; return config path, target keys and port."""
+def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None,
+            ) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
+    """Create (or reuse) keys and write ``state/bastion.yaml`` (with demo-db on ``db_port`` and demo-k8s on
+    ``kube`` = (simulated API server's port, kubectl) when given); return config path, target keys and port."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = state / "keys"
     for name in DEMO_USERS:
@@ -127,6 +131,11 @@ policies:
         cfg = cfg.replace("roles:\n", DEMO_DB.format(port=db_port) + "roles:\n", 1)
         cfg = cfg.replace("    resources: [demo-shell]", "    resources: [demo-shell, demo-db]")
         cfg += DEMO_DB_POLICY
+    if kube is not None:
+        cfg = cfg.replace("roles:\n", DEMO_K8S.format(port=kube[0]) + "roles:\n", 1)
+        cfg = re.sub(r"(?m)^(    resources: \[demo-shell[^]]*)\]", r"\1, demo-k8s]", cfg, count=1)
+        cfg = cfg.replace("users:\n", f"kubectl: {_yaml_str(kube[1])}\nusers:\n", 1)
+        cfg += DEMO_K8S_POLICY
     path = state / "bastion.yaml"
     path.write_text(cfg)
     return path, target_host, target_client, target_port
@@ -152,11 +161,26 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
             pg = None
     else:
         print("demo-db is not available: PostgreSQL server binaries not found (apt-get install postgresql)")
-    cfg_path, host_key, client_key, target_port = prepare(state, port, pg.port if pg else None)
+    kube: DemoKube | None = None
+    kubectl = find_demo_kubectl()
+    if kubectl is None:
+        print("demo-k8s is not available: no kubectl >= 1.30 found (scripts/setup --demo installs one where apt "
+              "offers it)")
+    else:
+        kube = DemoKube(state, port + 3)
+        try:
+            kube.start()
+        except OSError as e:
+            print(f"demo-k8s is not available: {e}")
+            kube = None
+    cfg_path, host_key, client_key, target_port = prepare(state, port, pg.port if pg else None,
+                                                          (kube.port, kubectl) if kube and kubectl else None)
     try:
         cfg = load_config(cfg_path)
     except ConfigError as e:
         print(e)
+        if kube is not None:
+            kube.stop()
         return 1
     _setup_logging(verbose, cfg.log_dir)
 
@@ -175,6 +199,7 @@ bastion demo is running (state in {state})
   direct:    {ssh} -t alice@127.0.0.1 demo-shell
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
   database:  {ssh} alice@127.0.0.1 demo-db -- {query}
+  cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
@@ -192,5 +217,7 @@ Ctrl-C stops the demo.
     finally:
         if pg is not None:
             pg.stop()
+        if kube is not None:
+            kube.stop()
     print("bastion demo stopped")
     return 0

@@ -130,8 +130,8 @@ class KubeProxy:
             self._refuse_raw(writer, 400, "BadRequest", f"bastion: malformed HTTP request ({e})")
         except (_Closed, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError:  # closing: end quietly (3.11's stream callback logs a re-raised cancel)
+            return
         except Exception as e:  # a bug must not take the daemon down: this connection ends, logged
             log.exception("kube proxy: connection failed")
             self.errors.append(f"{type(e).__name__}: {e}")

@@ -45,6 +45,20 @@ def find_kubectl(configured: str | None = None) -> str | None:
     return shutil.which("kubectl", path="/usr/local/bin:/usr/bin:/bin")
 
 
+def kubectl_minor(path: str) -> int | None:
+    """The client's minor version (33 for 1.33), or None when ``path`` is not a working kubectl."""
+    import json
+    import subprocess
+
+    try:
+        out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True,
+                             timeout=30)
+        minor = json.loads(out.stdout)["clientVersion"]["minor"]
+        return int("".join(c for c in minor if c.isdigit()))
+    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
+        return None
+
+
 def system_python(sandbox: Sandbox) -> str:
     """The interpreter for the prompt: the system's inside the sandbox (it sees only /usr), ours otherwise."""
     if sandbox.active:

@@ -153,3 +153,65 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
         stop(proc)
     assert proc.returncode == 0
     shutil.rmtree(state, ignore_errors=True)
+
+
+def test_demo_k8s_done_when() -> None:
+    """demo-k8s: get pods lists pods, delete waits for bob, get secret -o yaml is refused naming the rule, and the
+    approved exec shell is in the recording."""
+    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port()
+    proc = start_demo(state, port)
+    alice = state / "keys" / "alice"
+
+    def k8s(line: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(ssh_argv(alice, port, "alice", "demo-k8s", "--", line, tty=False),
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        assert "demo-k8s is not available" not in proc.banner, proc.banner  # type: ignore[attr-defined]
+        assert "demo-k8s -- kubectl get pods" in proc.banner  # type: ignore[attr-defined]
+        out = k8s("kubectl get pods")
+        assert out.returncode == 0, out.stderr
+        assert [line.split()[0] for line in out.stdout.splitlines()] == ["NAME", "web-1", "web-2", "web-3"]
+        out = k8s("kubectl get secret db-password -o yaml")
+        assert out.returncode != 0 and "blocked by rule 'no-secrets'" in out.stderr, out.stderr
+        assert "password" not in out.stdout
+        assert (state / "secrets" / "demo-k8s.token").stat().st_mode & 0o777 == 0o600
+        delete = subprocess.Popen(ssh_argv(alice, port, "alice", "demo-k8s", "--", "kubectl delete pod web-2",
+                                           tty=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert delete.stderr is not None and "waiting for approval" in delete.stderr.readline()
+        assert "web-2" in k8s("get pods").stdout  # still there while it waits
+        with Terminal(ssh_argv(state / "keys" / "bob", port, "bob", tty=True), cols=120) as bob:
+            bob.wait_for(r"roles: reviewers")
+            bob.send_key("f2")
+            bob.wait_for(r"alice\s+demo-k8s\s+delete pods web-2")
+            bob.send("a")
+            out_d, err = delete.communicate(timeout=30)
+            assert delete.returncode == 0 and 'pod "web-2" deleted' in out_d, err
+            assert "web-2" not in k8s("get pods").stdout
+            with Terminal(ssh_argv(alice, port, "alice", "demo-k8s", tty=True), cols=120) as t:
+                t.wait_for(r"demo-k8s>")
+                t.send("exec -it web-1 -- sh\r")
+                t.wait_for(r"waiting for approval")
+                bob.wait_for(r"alice\s+demo-k8s\s+create pods/exec web-1")
+                bob.send("a")
+                t.wait_for(r"^/ #")
+                t.send("cat /etc/hostname\r")
+                t.wait_for(r"^web-1\s*$")
+                t.send("exit\r")
+                t.wait_count(r"demo-k8s>", 2)
+                t.send_key("ctrl-d")
+                assert t.wait_exit() == 0
+        listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
+                                 "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
+        s = next(r for r in json.loads(listed.stdout) if r["resource"] == "demo-k8s" and r["mode"] == "interactive")
+        events = [json.loads(line) for line in Path(s["recording"]).read_text().splitlines()[1:]]
+        shown = "".join(e[2] for e in events if e[1] == "o")
+        assert "cat /etc/hostname" in shown and "\r\nweb-1\r\n" in shown
+        assert any(e[1] == "m" and "pods/exec web-1" in e[2] for e in events)
+        token = (state / "secrets" / "demo-k8s.token").read_text().strip()
+        assert token not in Path(s["recording"]).read_text()
+        assert not any(token in p.read_text(errors="replace") for p in (state / "logs").iterdir() if p.is_file())
+    finally:
+        rest = stop(proc)
+        shutil.rmtree(state, ignore_errors=True)
+    assert proc.returncode == 0, rest

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
+
+from bastion.targets.kube import kubectl_minor
 
 PINNED = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
-
-
-def kubectl_minor(path: str) -> int | None:
-    """The client's minor version, or None when ``path`` is not a working kubectl."""
-    try:
-        out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True,
-                             timeout=30)
-        minor = json.loads(out.stdout)["clientVersion"]["minor"]
-        return int("".join(c for c in minor if c.isdigit()))
-    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
-        return None
 
 
 def find_kubectl() -> str | None:
