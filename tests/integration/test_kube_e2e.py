@@ -48,7 +48,7 @@ def kube_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
     d = tmp_path_factory.mktemp("kube")
     (d / "state").mkdir()
     tls = make_tls(d / "tls")
-    sim, stop = run_in_thread(token=TOKEN, cert=tls.cert, key=tls.key)
+    sim, stop = run_in_thread(token=TOKEN, cert=tls.cert, key=tls.key, client_ca=tls.ca)
     token_file = d / "cluster-token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
@@ -64,6 +64,19 @@ def kube_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
     ca_file: {tls.ca}
     credential: {{token_file: {token_file}}}
     namespace: default
+    policy: k8s
+  web-k8s-cert:
+    kind: kubernetes
+    server: https://127.0.0.1:{sim.port}
+    ca_file: {tls.ca}
+    credential: {{client_cert_file: {tls.client_cert}, client_key_file: {tls.client_key}}}
+    policy: k8s
+  web-k8s-as-operator:
+    kind: kubernetes
+    server: https://127.0.0.1:{sim.port}
+    ca_file: {tls.ca}
+    credential: {{token_file: {token_file}}}
+    impersonate: true
     policy: k8s
 """, extra_policies="""\
   k8s:
@@ -222,3 +235,30 @@ def test_interactive_prompt_and_approved_exec_shell_is_recorded(kube_env: KubeEn
     marks = [e.data for e in cast.events if e.code == "m"]
     assert any("kube:" in m and "pods/exec web-1" in m for m in marks), marks
     assert any("stream opened" in m for m in marks) and any("stream closed" in m for m in marks)
+
+
+def test_client_certificate_upstream(kube_env: KubeEnv) -> None:
+    k = kube_env
+    before = len(k.seen())
+    out = subprocess.run(k.ssh("alice", "web-k8s-cert", "--", "auth whoami -o json", tty=False), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"]["userInfo"]["username"] == "kube-admin"
+    new = k.seen()[before:]
+    assert new and all(r["user"] == "kube-admin" and "authorization" not in r["headers"] for r in new)
+
+
+def test_impersonation_makes_the_operator_the_cluster_user(kube_env: KubeEnv) -> None:
+    k = kube_env
+    before = len(k.seen())
+    for user, groups in (("alice", ["ops"]), ("carol", ["ops", "reviewers"])):
+        out = subprocess.run(k.ssh(user, "web-k8s-as-operator", "--", "auth whoami -o json", tty=False),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)["status"]["userInfo"]
+        assert info["username"] == user and sorted(info["groups"]) == groups
+    out = subprocess.run(k.ssh("alice", "web-k8s-as-operator", "--", "get pods --as carol", tty=False),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--as" in out.stderr
+    new = k.seen()[before:]
+    assert new and all(r["headers"].get("impersonate-user") in ("alice", "carol") for r in new)
