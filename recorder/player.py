@@ -1,4 +1,10 @@
-"""Play an asciicast in real time (speed, idle limit; space pauses, q quits, +/- change speed); render a screen."""
+"""Play an asciicast in a terminal, with seeking; render a screen.
+
+Keys while playing: space pauses, ``+``/``-`` change speed, ←/→ seek 5 s, ``[``/``]`` jump to the previous/next
+marker (policy decisions, approvals), ``/text`` Enter jumps to where ``text`` next appears on screen, ``q`` quits.
+Seeking paints the keyframe before the target (``recorder.seekindex``) and writes the output after it, so it takes
+the same time anywhere in a long recording.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,25 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from recorder.asciicast import Cast, Event, iter_events, read_cast, read_header
+from recorder.asciicast import Cast, Event, read_cast, read_header
+from recorder.seekindex import SeekIndex, events_from, load_or_build
+from recorder.textindex import ScreenLines
 
-__all__ = ["KeyPoll", "play", "render_screen"]
+__all__ = ["HELP", "KeyPoll", "play", "render_screen"]
 
 KeyPoll = Callable[[float], str | None]
 """Wait up to N seconds for key presses; returns the keys typed, or None on timeout."""
 
 QUIT_KEYS = frozenset("qQ\x03")
 MIN_SPEED, MAX_SPEED = 1 / 64, 64.0
+SEEK_STEP = 5.0
+HELP = "space pause  +/- speed  \u2190/\u2192 5s  [ ] markers  /text find  q quit"
+CLEAR = "\x1b[0m\x1b[H\x1b[2J"
+_ARROWS = {"\x1b[C": "right", "\x1b[D": "left", "\x1bOC": "right", "\x1bOD": "left"}
 
 
 @contextlib.contextmanager
@@ -50,88 +62,305 @@ def _tty_keys() -> Iterator[KeyPoll | None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-class _Timer:
-    """Play-time waits against a wall-clock schedule, with pause and speed keys."""
+def _split_keys(keys: str) -> list[str]:
+    """Key presses: arrow escape sequences stay whole, everything else is one character."""
+    out, i = [], 0
+    while i < len(keys):
+        seq = keys[i:i + 3]
+        if seq in _ARROWS:
+            out.append(_ARROWS[seq])
+            i += 3
+        else:
+            out.append(keys[i])
+            i += 1
+    return out
 
-    def __init__(self, speed: float, keys: KeyPoll | None, clock: Callable[[], float],
-                 sleep: Callable[[float], None]) -> None:
+
+class _Source:
+    """Events with positions: byte offsets in a file (keyframes from its seek index), or indexes in a list."""
+
+    def __init__(self, cast: Cast | Path) -> None:
+        self.cast = cast if isinstance(cast, Cast) else None
+        self.path = None if isinstance(cast, Cast) else Path(cast)
+        self._index: SeekIndex | None = None
+        if self.cast is not None:
+            self.header = self.cast.header
+            self.start = 0
+            self.markers = [(e.time, e.data) for e in self.cast.events if e.code == "m"]
+            self.duration = max((e.time for e in self.cast.events), default=0.0)
+        else:
+            assert self.path is not None
+            self.header = read_header(self.path)  # a bad file fails here, before the terminal is touched
+            with open(self.path, "rb") as f:
+                self.start = len(f.readline())
+            self.markers = []
+            self.duration = 0.0
+            self._scanned = False
+
+    def events(self, pos: int) -> Iterator[tuple[int, Event]]:
+        """(position after, event) from ``pos`` on."""
+        if self.cast is not None:
+            for i in range(pos, len(self.cast.events)):
+                yield i + 1, self.cast.events[i]
+            return
+        assert self.path is not None
+        yield from events_from(self.path, pos)
+
+    def index(self) -> SeekIndex | None:
+        """The seek index (built on first need when the recording has no sidecar)."""
+        if self.path is not None and self._index is None:
+            self._index = load_or_build(self.path)
+            self.markers, self.duration = list(self._index.markers), self._index.duration
+        return self._index
+
+    def ensure_scanned(self) -> None:
+        if self.path is not None and not self._scanned:
+            self.index()
+            self._scanned = True
+
+    def keyframe(self, t: float) -> tuple[float, int, str]:
+        """(time, position, ANSI that paints the screen) of the newest keyframe at or before ``t``."""
+        idx = self.index()
+        k = idx.keyframe_before(t) if idx is not None else None
+        if k is None:
+            return 0.0, self.start, CLEAR
+        return k.t, k.offset, k.screen
+
+
+class _Player:
+    def __init__(self, src: _Source, out: BinaryIO, *, speed: float, idle_limit: float | None, keys: KeyPoll | None,
+                 stream: str, clock: Callable[[], float], sleep: Callable[[float], None], rows: int,
+                 cols: int) -> None:
+        self.src, self.out, self.keys, self.stream = src, out, keys, stream
         self.speed = min(MAX_SPEED, max(MIN_SPEED, speed))
-        self.keys, self.clock, self.sleep = keys, clock, sleep
+        self.idle_limit, self.clock, self.sleep, self.rows, self.cols = idle_limit, clock, sleep, rows, cols
+        self.pos = src.start
+        self.t = 0.0  # recording time shown
         self.deadline = clock()
         self.paused = False
+        self.left = 0.0  # wall seconds left of the current wait, kept while paused
+        self.message = ""
 
-    def wait(self, delay: float) -> bool:
-        """Wait ``delay`` seconds of recording time (scaled by speed); False if the viewer quit."""
+    # -- output ------------------------------------------------------------------------------------------------
+    def write(self, data: str) -> None:
+        self.out.write(data.encode("utf-8", "replace"))
+        self.out.flush()
+
+    def status(self, text: str | None = None) -> None:
+        """A line in reverse video on the last row (the screen under it is repainted when play resumes)."""
+        self.src.ensure_scanned()
+        state = "paused" if self.paused else f"x{self.speed:g}"
+        if text is None:
+            text = f"{state}  {self.message or HELP}  {_clock(self.t)}/{_clock(self.src.duration)}"
+        text = (" " + text)[:max(1, self.cols - 1)]  # never the last column: that would wrap and scroll
+        self.write(f"\x1b7\x1b[{self.rows};1H\x1b[0;7m\x1b[2K{text}\x1b[0m\x1b8")
+
+    # -- seeking -----------------------------------------------------------------------------------------------
+    def seek(self, target: float, *, repaint: bool = False) -> None:
+        """Show the screen as it was at ``target`` (recording seconds); ``repaint`` even if it is the current one."""
+        self.src.ensure_scanned()
+        target = min(max(0.0, target), self.src.duration)
+        kt, kpos, screen = self.src.keyframe(target) if self.stream == "o" else (0.0, self.src.start, CLEAR)
+        pos = self.pos
+        if repaint or target < self.t or kt > self.t:  # backwards, or a keyframe closer than where we are
+            self.write(screen)
+            pos = kpos
+        buf: list[str] = []
+        for after, ev in self.src.events(pos):
+            if ev.time > target:
+                break
+            if ev.code == self.stream:
+                buf.append(ev.data)
+                if len(buf) > 256:
+                    self.write("".join(buf))
+                    buf = []
+            pos = after
+        self.write("".join(buf))
+        self.pos, self.t = pos, target
+        self.deadline = self.clock()
+        self.left = 0.0
+
+    def next_marker(self, forward: bool) -> float | None:
+        self.src.ensure_scanned()
+        times = [t for t, _ in self.src.markers]
+        if forward:
+            later = [t for t in times if t > self.t + 1e-6]
+            return later[0] if later else None
+        earlier = [t for t in times if t < self.t - 0.5]
+        return earlier[-1] if earlier else None
+
+    def find(self, needle: str) -> float | None:
+        """The time the next screen line containing ``needle`` is complete, after the current time."""
+        needle = needle.casefold()
+        lines = ScreenLines()
+        _, pos, _ = self.src.keyframe(self.t)  # lines before it are over
+        for _, ev in self.src.events(pos):
+            if ev.code != "o":
+                continue
+            for _t0, t1, text in lines.feed_spans(ev.time, ev.data):
+                if t1 > self.t + 1e-6 and needle in text.casefold():
+                    return t1
+        for _t0, t1, text in lines.flush_spans():
+            if t1 > self.t + 1e-6 and needle in text.casefold():
+                return t1
+        return None
+
+    def label_at(self, t: float) -> str:
+        return next((label for mt, label in self.src.markers if abs(mt - t) < 1e-6), "")
+
+    # -- keys --------------------------------------------------------------------------------------------------
+    def read_line(self) -> str | None:
+        """Text typed after ``/`` up to Enter (None: Esc or quit)."""
+        assert self.keys is not None
+        text = ""
+        while True:
+            self.status("/" + text)
+            keys = self.keys(3600.0)
+            if keys is None:
+                continue
+            for k in _split_keys(keys):
+                if k in ("\r", "\n"):
+                    return text
+                if k in ("\x1b", "\x03"):
+                    return None
+                if k in ("\x7f", "\b"):
+                    text = text[:-1]
+                elif k.isprintable() and len(k) == 1:
+                    text += k
+
+    def handle(self, key: str) -> bool:
+        """Act on one key; False means quit."""
+        if key in QUIT_KEYS:
+            return False
+        if key == " ":
+            if self.paused:
+                self.paused = False
+                self.message = ""
+                left = self.left
+                self.seek(self.t, repaint=True)  # what the status line covered
+                self.deadline = self.clock() + left
+            else:
+                self.left = max(0.0, self.deadline - self.clock())
+                self.paused = True
+                self.status()
+        elif key in ("+", "-"):
+            factor = 2.0 if key == "+" else 0.5
+            new = min(MAX_SPEED, max(MIN_SPEED, self.speed * factor))
+            if self.paused:
+                self.left *= self.speed / new
+                self.speed = new
+                self.status()
+            else:
+                self.deadline = self.clock() + max(0.0, self.deadline - self.clock()) * self.speed / new
+                self.speed = new
+        elif key in ("left", "right"):
+            self.seek(self.t + (SEEK_STEP if key == "right" else -SEEK_STEP))
+            self.message = ""
+            if self.paused:
+                self.status()
+        elif key in ("[", "]"):
+            t = self.next_marker(key == "]")
+            self.message = "no more markers" if t is None else self.label_at(t)
+            if t is not None:
+                self.seek(t)
+            if self.paused or t is None:
+                self.status()
+        elif key == "/":
+            paused, self.paused = self.paused, True
+            left = max(0.0, self.deadline - self.clock())
+            needle = self.read_line()
+            self.paused = paused
+            found = self.find(needle) if needle else None
+            if found is not None:
+                self.message = f"found {needle!r}"
+                self.seek(found)
+            else:
+                self.message = f"{needle!r} does not appear again" if needle else ""
+                self.seek(self.t, repaint=True)
+                self.deadline = self.clock() + left
+            if self.paused or found is None:
+                self.status()
+        return True
+
+    def wait(self, delay: float) -> bool | None:
+        """Wait ``delay`` recording seconds; True when the time came, False to quit, None after a seek."""
         now = self.clock()
         self.deadline = max(self.deadline, now - 0.25) + delay / self.speed  # never rush to catch up a stall
         if self.keys is None:
             if self.deadline > now:
                 self.sleep(self.deadline - now)
             return True
-        left = 0.0  # wall seconds left, kept while paused
         while True:
             keys = self.keys(3600.0 if self.paused else max(0.0, self.deadline - self.clock()))
             if keys is None:
                 if not self.paused:
                     return True  # the poll timed out: the deadline has come
                 continue
-            for key in keys:
-                if key in QUIT_KEYS:
+            before = (self.pos, self.t)
+            for key in _split_keys(keys):
+                if not self.handle(key):
                     return False
-                if key == " ":
-                    if self.paused:
-                        self.deadline = self.clock() + left
-                    else:
-                        left = max(0.0, self.deadline - self.clock())
-                    self.paused = not self.paused
-                elif key in ("+", "-"):
-                    factor = 2.0 if key == "+" else 0.5
-                    new = min(MAX_SPEED, max(MIN_SPEED, self.speed * factor))
-                    if self.paused:
-                        left *= self.speed / new
-                    else:
-                        self.deadline = self.clock() + max(0.0, self.deadline - self.clock()) * self.speed / new
-                    self.speed = new
+            if (self.pos, self.t) != before:
+                return None
             if not self.paused and self.deadline <= self.clock():
                 return True
+
+    def run(self, start: float | None, end: float | None) -> bool:
+        if start:
+            self.seek(start)
+        while True:
+            prev_t, restarted = self.t, False
+            for after, ev in self.src.events(self.pos):
+                if end is not None and ev.time > end:
+                    return True
+                if ev.code != self.stream:
+                    self.pos = after
+                    continue
+                delay = max(0.0, ev.time - prev_t)
+                if self.idle_limit is not None:
+                    delay = min(delay, self.idle_limit)
+                got = self.wait(delay)
+                if got is False:
+                    return False
+                if got is None:
+                    restarted = True
+                    break
+                self.write(ev.data)
+                self.pos, self.t, prev_t = after, max(self.t, ev.time), max(prev_t, ev.time)
+            if not restarted:
+                return True
+
+
+def _clock(t: float) -> str:
+    t = int(t)
+    return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}" if t >= 3600 else f"{t // 60:02d}:{t % 60:02d}"
 
 
 def play(cast: Cast | Path | str, out: BinaryIO | None = None, *, speed: float = 1.0,
          idle_limit: float | None = None, keys: KeyPoll | None = None, stream: str = "o",
+         start: float | None = None, end: float | None = None,
          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
     """Write the data of ``stream`` events to ``out`` with their recorded timing; True if played to the end.
 
-    Gaps are capped at ``idle_limit`` then divided by ``speed``. Without ``keys``, a terminal on stdin is put in
-    cbreak mode and read for keys while playing. Only recorded bytes are written, then ``ESC[0m``.
+    Gaps are capped at ``idle_limit`` then divided by ``speed``. ``start`` seeks there first (the screen as it was);
+    playing stops after ``end``. Without ``keys``, a terminal on stdin is put in cbreak mode and read for keys.
+    Only recorded bytes (and, on seeks, repaints) are written, then ``ESC[0m``.
     """
     if out is None:
         out = sys.stdout.buffer
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
-    events: Iterable[Event]
-    if isinstance(cast, Cast):
-        events = cast.events
-    else:
-        read_header(cast)  # a bad file fails here, before the terminal is touched
-        events = iter_events(cast)
+    src = _Source(cast if isinstance(cast, Cast) else Path(cast))
+    cols, rows = int(src.header.get("width") or 80), int(src.header.get("height") or 24)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        cols, rows = os.get_terminal_size(out.fileno())
     with contextlib.ExitStack() as stack:
         if keys is None and out is getattr(sys.stdout, "buffer", None):
             keys = stack.enter_context(_tty_keys())
-        timer = _Timer(speed, keys, clock, sleep)
-        prev = 0.0
+        player = _Player(src, out, speed=speed, idle_limit=idle_limit, keys=keys, stream=stream, clock=clock,
+                         sleep=sleep, rows=rows, cols=cols)
         try:
-            for ev in events:
-                if ev.code != stream:
-                    continue
-                delay = max(0.0, ev.time - prev)
-                prev = max(prev, ev.time)
-                if idle_limit is not None:
-                    delay = min(delay, idle_limit)
-                if not timer.wait(delay):
-                    return False
-                out.write(ev.data.encode("utf-8", "replace"))
-                out.flush()
-            return True
+            return player.run(start, end)
         finally:
             with contextlib.suppress(OSError, ValueError):
                 out.write(b"\x1b[0m")

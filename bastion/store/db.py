@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,15 +12,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from bastion.store.models import AuditEvent, Recording, Session, User
+from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, file_sha256, recording_link
+from bastion.store.models import AuditEvent, ChainHead, Recording, Session, User
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "Store", "new_session_id", "now"]
 
 
 def now() -> datetime:
@@ -80,10 +80,16 @@ class Store:
     # -- audit -------------------------------------------------------------------------------------------
     def audit(self, actor: str, action: str, outcome: str, *, resource: str | None = None,
               session_id: str | None = None, client_addr: str = "", **detail: Any) -> None:
-        """Append an audit event. ``detail`` must never carry secrets."""
+        """Append an audit event, chained to the previous one. ``detail`` must never carry secrets."""
         with self.tx() as s:
-            s.add(AuditEvent(ts=now(), actor=actor, action=action, outcome=outcome, resource=resource,
-                             session_id=session_id, client_addr=client_addr, detail=detail))
+            head = lock_head(s, AUDIT)
+            ev = AuditEvent(ts=now(), actor=actor, action=action, outcome=outcome, resource=resource,
+                            session_id=session_id, client_addr=client_addr, detail=detail, seq=head.seq,
+                            prev_hash=head.head)
+            ev.hash = audit_link(head.head, head.seq, ts=ev.ts, actor=actor, action=action, outcome=outcome,
+                                 resource=resource, session_id=session_id, client_addr=client_addr, detail=detail)
+            head.head = ev.hash
+            s.add(ev)
 
     def audit_events(self, limit: int = 1000) -> list[AuditEvent]:
         with self.tx() as s:
@@ -112,15 +118,13 @@ class Store:
             row.exit_status = exit_status
             row.message = message[:2000]
             rec = s.scalar(select(Recording).where(Recording.session_id == sid))
-            if rec is not None and sha256 is not None:
-                prev = s.scalar(select(Recording.chain).where(Recording.chain.is_not(None))
-                                .order_by(Recording.closed_at.desc(), Recording.id.desc()).limit(1))
-                rec.prev_chain = prev or GENESIS
+            if rec is not None and sha256 is not None and rec.chain is None:
+                head = lock_head(s, RECORDINGS)
+                rec.seq, rec.prev_chain = head.seq, head.head
                 rec.sha256 = sha256
                 rec.size = size
                 rec.closed_at = now()
-                rec.chain = hashlib.sha256(
-                    json.dumps([rec.prev_chain, sid, sha256], separators=(",", ":")).encode()).hexdigest()
+                rec.chain = head.head = recording_link(rec.prev_chain, sid, sha256)
 
     def mark_interrupted(self, node: str) -> int:
         """Sessions of ``node`` still ``active`` (the daemon died under them) become ``interrupted``."""
@@ -131,6 +135,15 @@ class Store:
                 row.ended_at = row.ended_at or now()
                 row.message = "the bastion stopped while this session was active"
                 n += 1
+                rec = s.scalar(select(Recording).where(Recording.session_id == row.id))
+                if rec is not None and rec.chain is None:  # the cast is valid up to the last flushed event
+                    try:
+                        sha, size = file_sha256(rec.path), os.path.getsize(rec.path)
+                    except OSError:
+                        continue
+                    head = lock_head(s, RECORDINGS)
+                    rec.seq, rec.prev_chain, rec.sha256, rec.size, rec.closed_at = head.seq, head.head, sha, size, now()
+                    rec.chain = head.head = recording_link(rec.prev_chain, row.id, sha)
         return n
 
     def sessions(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -146,6 +159,19 @@ class Store:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
                                                             isouter=True).where(Session.id == sid)).first()
             return _session_dict(*row) if row else None
+
+
+def lock_head(s: OrmSession, chain: str) -> ChainHead:
+    """Take the next position of ``chain``: the head row is updated first, which locks it until the transaction
+    ends (a row lock on PostgreSQL, the write lock on SQLite), so concurrent appends queue up. The returned row's
+    ``seq`` is the new position and ``head`` the previous link; the caller sets ``head`` to the new link."""
+    n = s.execute(update(ChainHead).where(ChainHead.name == chain).values(seq=ChainHead.seq + 1)).rowcount
+    if not n:  # a store created before the chains: start one
+        s.add(ChainHead(name=chain, seq=1, head=GENESIS))
+        s.flush()
+    row = s.get(ChainHead, chain, populate_existing=True)
+    assert row is not None
+    return row
 
 
 def _session_dict(sess: Session, rec: Recording | None) -> dict[str, Any]:

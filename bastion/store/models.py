@@ -75,6 +75,9 @@ class Recording(Base):
     prev_chain: Mapped[str | None] = mapped_column(String(64), nullable=True)
     chain: Mapped[str | None] = mapped_column(String(64), nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)  # position in the chain
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuditEvent(Base):
@@ -90,6 +93,32 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     client_addr: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)  # position in the chain
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ChainHead(Base):
+    """The newest link of a hash chain (``recordings``, ``audit``); updated first in the appending transaction, so
+    appends are serialised across processes and nodes."""
+
+    __tablename__ = "chain_heads"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    head: Mapped[str] = mapped_column(String(64))
+
+
+class ChainSignature(Base):
+    """An ed25519 signature of a chain head: evidence that the chain had reached ``seq`` with value ``head``."""
+
+    __tablename__ = "chain_signatures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain: Mapped[str] = mapped_column(String(32), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    head: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApprovalRequest(Base):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from recorder.asciicast import Cast, CastError, CastWriter, Event
-from recorder.player import play, render_screen
+from recorder.player import CLEAR, play, render_screen
 
 
 class FakeClock:
@@ -98,7 +98,9 @@ def test_pause_stops_time() -> None:
 
     assert play(CAST, out, keys=poll, clock=clock.now, sleep=clock.sleep)
     assert polls == [1.0, 3600.0, 0.5, 10.0, 1.0]  # paused: wait for a key; resumed: 0.5s of the first wait left
-    assert out.getvalue() == b"abc\x1b[0m"
+    # paused: a status line on the last row; resumed: the screen is repainted, then play goes on
+    assert b"\x1b[3;1H" in out.getvalue() and b"paused" in out.getvalue()
+    assert out.getvalue().endswith(CLEAR.encode() + b"abc\x1b[0m")
     assert clock.t == pytest.approx(112.0)
 
 

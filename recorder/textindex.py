@@ -1,0 +1,166 @@
+"""What a recording showed, as searchable text: the output stream turned into screen lines the way a terminal
+would show them (carriage returns overwrite, backspaces and erases take effect, escape sequences vanish), each with
+the time it started; plus the markers (policy decisions, approvals).
+
+A line-oriented terminal, not a full emulator: it is linear in the output size (pyte is ~1 MB/s and is kept for
+rendering screens), and full-screen programs come out as fragments that still contain their words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from recorder.asciicast import Event, iter_events
+
+__all__ = ["IndexRow", "ScreenLines", "index_rows"]
+
+MAX_LINE = 4000
+"""Longer lines are cut (a binary dump to the terminal must not become one giant row)."""
+
+_TOKEN = re.compile(
+    r"(?P<text>[^\x00-\x1f\x7f\x1b\x9b]+)"
+    r"|\x1b\[(?P<csi>[0-?]*)[ -/]*(?P<final>[@-~])"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC (title, hyperlinks): dropped
+    r"|\x1b[PX^_].*?\x1b\\"  # DCS, SOS, PM, APC strings: dropped
+    r"|\x1b[ -/]*[0-OQ-WYZ\\`-~]"  # other escapes (charsets, keypad modes, save/restore cursor)
+    r"|(?P<ctl>[\x00-\x1a\x1c-\x1f\x7f])",
+    re.DOTALL,
+)
+
+
+class IndexRow(NamedTuple):
+    """One searchable piece of a recording: seconds from its start, ``screen`` or ``marker``, and the text."""
+
+    t: float
+    kind: str
+    text: str
+
+
+class ScreenLines:
+    """Feed output text; completed screen lines come out with the time their first character appeared."""
+
+    def __init__(self) -> None:
+        self._line: list[str] = []
+        self._col = 0
+        self._t0: float | None = None
+        self._t1 = 0.0
+        self._pending = ""
+
+    def feed(self, t: float, data: str) -> list[tuple[float, str]]:
+        """Lines completed by ``data`` (output at time ``t``): (time of their first character, text)."""
+        return [(t0, text) for t0, _, text in self.feed_spans(t, data)]
+
+    def flush(self) -> list[tuple[float, str]]:
+        """The line in progress (at the end of the recording)."""
+        return [(t0, text) for t0, _, text in self.flush_spans()]
+
+    def feed_spans(self, t: float, data: str) -> list[tuple[float, float, str]]:
+        """Like ``feed``, with the time of the last change to each line too: (first, last, text)."""
+        out: list[tuple[float, float, str]] = []
+        data = self._pending + data
+        self._pending = ""
+        cut = data.rfind("\x1b", max(0, len(data) - 4096))
+        if cut >= 0 and _TOKEN.match(data, cut) is None:  # a sequence split across events: wait for the rest
+            self._pending, data = data[cut:], data[:cut]
+        for tok in _TOKEN.finditer(data):
+            text = tok.group("text")
+            if text is not None:
+                self._write(t, text)
+            elif tok.group("ctl") is not None:
+                self._control(t, tok.group("ctl"), out)
+            elif tok.group("final") is not None:
+                self._csi(t, tok.group("csi"), tok.group("final"), out)
+        return out
+
+    def flush_spans(self) -> list[tuple[float, float, str]]:
+        out: list[tuple[float, float, str]] = []
+        self._emit(out)
+        return out
+
+    # -- the terminal ------------------------------------------------------------------------------------------
+    def _write(self, t: float, text: str) -> None:
+        if self._t0 is None:
+            self._t0 = t
+        self._t1 = t
+        line, col = self._line, self._col
+        if col >= MAX_LINE:
+            return
+        text = text[:MAX_LINE - col]
+        if col > len(line):
+            line.extend(" " * (col - len(line)))
+        line[col:col + len(text)] = text
+        self._col = col + len(text)
+
+    def _emit(self, out: list[tuple[float, float, str]]) -> None:
+        text = "".join(self._line).rstrip()
+        if text.strip() and self._t0 is not None:
+            out.append((self._t0, self._t1, text))
+        self._line, self._col, self._t0 = [], 0, None
+
+    def _control(self, t: float, c: str, out: list[tuple[float, float, str]]) -> None:
+        if c in "\n\x0b\x0c":
+            self._emit(out)
+        elif c == "\r":
+            self._col = 0
+        elif c == "\b":
+            self._col = max(0, self._col - 1)
+        elif c == "\t":
+            self._col = min(MAX_LINE, (self._col // 8 + 1) * 8)
+
+    def _csi(self, t: float, params: str, final: str, out: list[tuple[float, float, str]]) -> None:
+        if params.startswith(("?", ">", "<", "=")):
+            return  # private modes
+        nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
+        n = max(1, nums[0]) if nums else 1
+        line = self._line
+        if final == "K":
+            mode = nums[0] if nums else 0
+            if mode == 0:
+                del line[self._col:]
+            elif mode == 1:
+                line[:min(self._col + 1, len(line))] = " " * min(self._col + 1, len(line))
+            else:
+                line.clear()
+        elif final == "C":
+            self._col = min(MAX_LINE, self._col + n)
+        elif final == "D":
+            self._col = max(0, self._col - n)
+        elif final == "G" or final == "`":
+            self._col = min(MAX_LINE, n - 1)
+        elif final == "P":
+            del line[self._col:self._col + n]
+        elif final == "@":
+            line[self._col:self._col] = " " * n
+        elif final == "X":
+            end = min(len(line), self._col + n)
+            line[self._col:end] = " " * max(0, end - self._col)
+        elif final in "ABEFHfdJ":
+            # another row: what was on this one is complete (full-screen programs come out as fragments)
+            self._emit(out)
+            if final in "Hf":
+                self._col = min(MAX_LINE, (nums[1] - 1) if len(nums) > 1 and nums[1] > 0 else 0)
+            elif final in "EF":
+                self._col = 0
+            else:
+                self._col = 0 if final == "J" else self._col
+
+
+def rows_from_events(events: Iterable[Event]) -> Iterator[IndexRow]:
+    """The index rows of a stream of events: screen lines of the output, and markers."""
+    lines = ScreenLines()
+    for ev in events:
+        if ev.code == "o":
+            for t, text in lines.feed(ev.time, ev.data):
+                yield IndexRow(t, "screen", text)
+        elif ev.code == "m":
+            yield IndexRow(ev.time, "marker", ev.data[:MAX_LINE])
+    for t, text in lines.flush():
+        yield IndexRow(t, "screen", text)
+
+
+def index_rows(path: Path | str, errors: list[str] | None = None) -> Iterator[IndexRow]:
+    """The index rows of a recording file; a damaged tail is skipped (and described in ``errors``)."""
+    return rows_from_events(iter_events(path, errors))
