@@ -1,4 +1,4 @@
-"""The ``bastion`` command: serve, demo, check-config, sessions, replay."""
+"""The ``bastion`` command: serve, demo, check-config, sessions, replay, audit, keys, policy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from bastion.auditcli import parse_offset
+from bastion.auditcli import register as register_audit
 from bastion.config import Config, ConfigError, load_config
 
 
@@ -169,7 +171,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     try:
-        play(path, speed=args.speed, idle_limit=args.idle_limit)
+        if args.to is not None and args.start is not None and args.to < args.start:
+            print("bastion replay: --to is before --from", file=sys.stderr)
+            return 2
+        play(path, speed=args.speed, idle_limit=args.idle_limit, stream=args.stream, start=args.start, end=args.to)
     except CastError as e:
         print(f"bastion replay: {e}", file=sys.stderr)
         return 1
@@ -277,7 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", dest="config_file")
     s.add_argument("--speed", type=float, default=1.0)
     s.add_argument("--idle-limit", type=float, default=None, help="cap pauses to this many seconds")
+    s.add_argument("--from", dest="start", type=parse_offset, metavar="T",
+                   help="start at T (seconds or [h:]m:ss): the screen as it was then")
+    s.add_argument("--to", type=parse_offset, metavar="T", help="stop after T")
+    s.add_argument("--stream", choices=("o", "i"), default="o", help="o: what the terminal showed (default); "
+                   "i: what was typed (echoed input only)")
     s.set_defaults(func=cmd_replay)
+    register_audit(sub)
     return p
 
 

@@ -47,6 +47,14 @@ class Limits(_Model):
     target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
 
 
+class RecordingsModel(_Model):
+    retention_days: Annotated[float, Field(gt=0, le=36500)] | None = None  # none: keep recordings forever
+
+
+class AuditModel(_Model):
+    signing_key_file: str | None = None  # ed25519 private key: the daemon signs the chain heads after each session
+
+
 class SandboxModel(_Model):
     mode: Literal["auto", "required", "off"] = "auto"  # auto: bubblewrap when installed
     user: Annotated[str, Field(min_length=1, max_length=32)] = "nobody"  # session processes run as this user
@@ -239,6 +247,8 @@ class _Schema(_Model):
     host_keys: list[str] = Field(min_length=1)
     database: str = "sqlite:///bastion.db"
     recordings_dir: str = "recordings"
+    recordings: RecordingsModel = RecordingsModel()
+    audit: AuditModel = AuditModel()
     log_dir: str | None = None
     limits: Limits = Limits()
     sandbox: SandboxModel = SandboxModel()
@@ -269,7 +279,14 @@ class Config:
     sandbox: SandboxModel = field(default_factory=SandboxModel)
     oidc: OidcModel | None = None
     kubectl: str | None = None
+    recordings: RecordingsModel = field(default_factory=RecordingsModel)
+    audit: AuditModel = field(default_factory=AuditModel)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
+
+    @property
+    def signing_key(self) -> Path | None:
+        """The ed25519 key that signs chain heads, if configured."""
+        return self.resolve(self.audit.signing_key_file) if self.audit.signing_key_file else None
 
     def resolve(self, p: str) -> Path:
         """Resolve a path from the config relative to the config file's directory."""
@@ -436,6 +453,13 @@ def _semantic_checks(cfg: Config) -> list[str]:
         if find_kubectl(cfg.kubectl) is None:
             where = ("kubectl",) if cfg.kubectl else ("resources",)
             bad(where, f"kubernetes resources need kubectl: {cfg.kubectl or 'none on PATH'} is not an executable")
+    if cfg.signing_key is not None:
+        from bastion.store.verify import load_private_key
+
+        try:
+            load_private_key(cfg.signing_key)
+        except (OSError, ValueError) as e:
+            bad(("audit", "signing_key_file"), str(e))
     try:
         make_sandbox(cfg.sandbox.mode, cfg.sandbox.user)
     except SandboxError as e:
@@ -527,6 +551,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         sandbox=schema.sandbox,
         kubectl=str(_resolve(path, schema.kubectl)) if schema.kubectl else None,
         oidc=schema.oidc,
+        recordings=schema.recordings,
+        audit=schema.audit,
         lines=lines,
     )
     if check_files:

@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 
 from bastion.approvals import ApprovalService
+from bastion.auditing import AuditWorker
 from bastion.config import Config
 from bastion.keyfiles import ensure_private_key
 from bastion.oidc.login import LoginService
@@ -244,6 +245,7 @@ class Daemon:
         self.node = f"{socket.gethostname()}:{config.listen.port}"
         self.server_name = "bastion" if config.listen.port == 22 else f"-p {config.listen.port} bastion"
         self._bg: set[asyncio.Future[Any]] = set()
+        self.auditing = AuditWorker(config, self.store)
         self._keys: dict[str, set[bytes]] = {}
         self._load_keys()
 
@@ -283,6 +285,7 @@ class Daemon:
             log.warning("marked %d session(s) of a previous run as interrupted", n)
         await self.approvals.cancel_node()
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        await self.auditing.start()
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
         self.server = await asyncssh.create_server(
             lambda: BastionServer(self), self.config.listen.host, self.config.listen.port,
@@ -296,6 +299,7 @@ class Daemon:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await self.auditing.stop()
 
 
 async def wait_for_stop_signal() -> None:

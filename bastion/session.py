@@ -587,6 +587,7 @@ class BastionSession(asyncssh.SSHServerSession):
                                     message=end.message, sha256=sha, size=writer.bytes_written)
             await asyncio.to_thread(store.audit, ctx.username, "session.end", outcome, resource=name,
                                     session_id=sid, client_addr=ctx.peer, exit_status=end.status)
+            await daemon.auditing.closed(sid)
             log.info("%s: session %s on %s ended: %s", ctx.who, sid, name, end.message)
             return Outcome(True, f"{name}: {end.message}", end.status, end.signal, sid, duration)
         finally:

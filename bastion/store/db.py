@@ -154,6 +154,13 @@ class Store:
                              .order_by(Session.started_at.desc()).limit(limit)).all()
             return [_session_dict(sess, rec) for sess, rec in rows]
 
+    def unindexed(self, limit: int = 1000) -> list[str]:
+        """Sessions whose closed recording has no search index yet (oldest first)."""
+        with self.tx() as s:
+            return list(s.scalars(select(Recording.session_id).where(
+                Recording.chain.is_not(None), Recording.indexed_at.is_(None), Recording.pruned_at.is_(None))
+                .order_by(Recording.seq).limit(limit)))
+
     def session(self, sid: str) -> dict[str, Any] | None:
         with self.tx() as s:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,

@@ -20,7 +20,7 @@ from recorder.textindex import index_rows
 __all__ = ["index_recording", "reindex", "search"]
 
 log = logging.getLogger(__name__)
-_WORD = re.compile(r"\w+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: how both indexes split text into words
 BATCH = 2000
 
 

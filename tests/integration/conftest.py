@@ -50,7 +50,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, target_key: Path,
                  extra_resources: str = "", limits: str = "", extra_policies: str = "",
-                 extra_top: str = "") -> Path:
+                 extra_top: str = "", extra_roles: str = "") -> Path:
     cfg = d / "bastion.yaml"
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
              "dave": "[reviewers]"}
@@ -93,7 +93,7 @@ resources:
   operators: {{groups: [ops], resources: ["web*"]}}
   admins: {{groups: [admins], resources: ["*"]}}
   reviewers: {{groups: [reviewers], review: true}}
-policies:
+{extra_roles}policies:
   guarded:
     default: allow
     rules:

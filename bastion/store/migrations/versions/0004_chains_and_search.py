@@ -75,7 +75,8 @@ def upgrade() -> None:
     else:
         op.execute("CREATE TABLE recording_text (id BIGSERIAL PRIMARY KEY, session_id VARCHAR(40) NOT NULL, "
                    "t DOUBLE PRECISION NOT NULL, kind VARCHAR(16) NOT NULL, text TEXT NOT NULL, "
-                   "tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED)")
+                   "tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', "
+                   "regexp_replace(text, '[^[:alnum:]]+', ' ', 'g'))) STORED)")  # words, as SQLite's unicode61
         op.execute("CREATE INDEX ix_recording_text_tsv ON recording_text USING GIN (tsv)")
         op.execute("CREATE INDEX ix_recording_text_session ON recording_text (session_id)")
 

@@ -1,0 +1,227 @@
+"""``bastion audit ...``: search recordings, verify and sign the hash chains, (re)build indexes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bastion.config import Config, ConfigError, load_config
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str) -> datetime:
+    """An ISO date/time (UTC unless it says otherwise) or an age: ``30m``, ``12h``, ``7d``, ``2w``."""
+    m = _REL.match(text.strip())
+    if m:
+        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a date (2026-11-01, 2026-11-01T12:00) or an age "
+                                         "(30m, 12h, 7d)") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def parse_offset(text: str) -> float:
+    """Seconds into a recording: ``90``, ``1:30``, ``1:02:03``."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)") from None
+    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)")
+    total = 0.0
+    for p in parts:
+        total = total * 60 + p
+    return total
+
+
+def _store(args: argparse.Namespace) -> tuple[Config, Any] | None:
+    from bastion.cli import _config_path
+    from bastion.store.db import Store
+
+    try:
+        cfg = load_config(_config_path(args), check_files=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return None
+    store = Store(cfg.database_url)
+    store.migrate()
+    return cfg, store
+
+
+def _offset(t: float) -> str:
+    t = int(t)
+    return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}" if t >= 3600 else f"{t // 60}:{t % 60:02d}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from bastion.store.search import search
+
+    got = _store(args)
+    if got is None:
+        return 1
+    _, store = got
+    try:
+        hits = search(store, args.text, user=args.user, resource=args.resource, since=args.since,
+                      kind={"screen": "screen", "commands": "marker"}.get(args.only or ""), limit=args.limit)
+    except ValueError as e:
+        print(f"bastion audit search: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(hits, sys.stdout, indent=2)
+        print()
+        return 0 if hits else 1
+    if not hits:
+        print("no matches", file=sys.stderr)
+        return 1
+    fmt = "{:<27} {:<12} {:<16} {:>8}  {:<7} {}"
+    print(fmt.format("SESSION", "USER", "RESOURCE", "AT", "WHERE", "TEXT"))
+    for h in hits:
+        where = "screen" if h["kind"] == "screen" else "judged"
+        print(fmt.format(h["session"], h["user"][:12], h["resource"][:16], _offset(h["t"]), where,
+                         h["text"].strip()[:200]))
+    print("\nreplay from a hit: bastion replay SESSION --from AT", file=sys.stderr)
+    return 0
+
+
+def index_session(store: Any, sid: str, *, keyframes: bool = True) -> int:
+    """Build the search index and the seek keyframes of one session's recording."""
+    from bastion.store.search import index_recording
+    from recorder.seekindex import build, save
+
+    row = store.session(sid)
+    if row is None or not row["recording"]:
+        raise LookupError(f"no recording for session {sid}")
+    n = index_recording(store, sid, row["recording"])
+    if keyframes:
+        save(build(row["recording"]), row["recording"])
+    return n
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    got = _store(args)
+    if got is None:
+        return 1
+    _, store = got
+    try:
+        n = index_session(store, args.session)
+    except (LookupError, OSError) as e:
+        print(f"bastion audit index: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"session {args.session}: {n} lines indexed, keyframes built")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from bastion.store.search import reindex
+    from recorder.seekindex import build, save
+
+    got = _store(args)
+    if got is None:
+        return 1
+    _, store = got
+    done = reindex(store, args.session)
+    for sid in done:
+        path = (store.session(sid) or {}).get("recording")
+        if path and Path(path).is_file():
+            save(build(path), path)
+    print(f"reindexed {len(done)} recording(s), {sum(done.values())} lines")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bastion.store.verify import load_public_key, verify
+
+    got = _store(args)
+    if got is None:
+        return 1
+    cfg, store = got
+    pub = None
+    key_file = args.public_key or (str(cfg.signing_key) if cfg.signing_key and args.use_config_key else None)
+    if key_file:
+        try:
+            pub = load_public_key(Path(key_file))
+        except (OSError, ValueError) as e:
+            print(f"bastion audit verify: {e}", file=sys.stderr)
+            return 2
+    rep = verify(store, public_key=pub, check_files=not args.no_files)
+    if args.json:
+        json.dump(rep.as_dict(), sys.stdout, indent=2)
+        print()
+        return 0 if rep.ok else 1
+    for p in rep.problems:
+        print(p)
+    for n in rep.notes:
+        print(f"note: {n}")
+    summary = ", ".join(f"{v} {k}" for k, v in rep.counts.items())
+    print(("OK: " if rep.ok else f"FAILED ({len(rep.problems)} problem(s)): ") + f"checked {summary}")
+    return 0 if rep.ok else 1
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from bastion.store.verify import load_private_key, sign_heads
+
+    got = _store(args)
+    if got is None:
+        return 1
+    cfg, store = got
+    key_file = args.key or (str(cfg.signing_key) if cfg.signing_key else None)
+    if not key_file:
+        print("bastion audit sign: no key (set audit.signing_key_file in the config or give --key)", file=sys.stderr)
+        return 2
+    try:
+        key = load_private_key(Path(key_file))
+    except (OSError, ValueError) as e:
+        print(f"bastion audit sign: {e}", file=sys.stderr)
+        return 2
+    for s in sign_heads(store, key):
+        print(f"signed {s['chain']} head #{s['seq']} {s['head'][:16]}... with {s['key_id']}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``audit`` command group to the top-level parser's subcommands."""
+    a = sub.add_parser("audit", help="search recordings, verify and sign the audit trail")
+    asub = a.add_subparsers(dest="audit_cmd", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = asub.add_parser(name, help=help_)
+        p.add_argument("--config", dest="config_file")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("search", cmd_search, "find text that recordings showed, or commands that were judged in them")
+    p.add_argument("text")
+    p.add_argument("--user")
+    p.add_argument("--resource")
+    p.add_argument("--since", type=parse_when, help="ISO date/time or an age (7d, 12h)")
+    p.add_argument("--only", choices=("screen", "commands"), help="only screen text, or only judged commands")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = add("verify", cmd_verify, "check the hash chains, the recording files and the signed heads")
+    p.add_argument("--public-key", help="ed25519 public key (OpenSSH .pub or PEM) the heads were signed with")
+    p.add_argument("--use-config-key", action="store_true",
+                   help="check signatures with the public half of audit.signing_key_file")
+    p.add_argument("--no-files", action="store_true", help="check the chains only, not the recording files")
+    p.add_argument("--json", action="store_true")
+
+    p = add("sign", cmd_sign, "sign the current chain heads (ed25519)")
+    p.add_argument("--key", help="private key file (default: audit.signing_key_file)")
+
+    p = add("index", cmd_index, "build the search index and seek keyframes of one recording")
+    p.add_argument("session")
+    p.add_argument("--quiet", action="store_true")
+
+    p = add("reindex", cmd_reindex, "rebuild the search index and keyframes (all recordings, or one)")
+    p.add_argument("--session")

@@ -1,0 +1,83 @@
+"""The daemon's side of the audit trail after a session: build the recording's search index and seek keyframes
+(in a niced child process, one at a time, so the daemon's event loop never waits for it), and sign the chain heads
+when a signing key is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from bastion.config import Config
+from bastion.store.db import Store
+
+log = logging.getLogger(__name__)
+INDEX_TIMEOUT = 3600.0
+
+
+class AuditWorker:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config, self.store = config, store
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._key: Any = None
+        self.indexed: asyncio.Event = asyncio.Event()  # set whenever the queue runs empty (tests wait on it)
+
+    async def start(self) -> None:
+        """Load the signing key, queue recordings left unindexed (a crash, an older version), start the worker."""
+        if self.config.signing_key is not None:
+            from bastion.store.verify import load_private_key
+
+            self._key = await asyncio.to_thread(load_private_key, self.config.signing_key)
+        for sid in await asyncio.to_thread(self.store.unindexed):
+            self._queue.put_nowait(sid)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def closed(self, sid: str) -> None:
+        """A session's recording was closed and chained: sign the heads, queue the indexing."""
+        if self._key is not None:
+            from bastion.store.verify import sign_heads
+
+            try:
+                await asyncio.to_thread(sign_heads, self.store, self._key)
+            except Exception:
+                log.exception("signing the chain heads failed")
+        self._queue.put_nowait(sid)
+
+    async def _run(self) -> None:
+        while True:
+            if self._queue.empty():
+                self.indexed.set()
+            sid = await self._queue.get()
+            self.indexed.clear()
+            await self._index(sid)
+
+    async def _index(self, sid: str) -> None:
+        cmd = ["nice", "-n", "10", sys.executable, "-m", "bastion.cli", "--config", str(self.config.path),
+               "audit", "index", sid, "--quiet"]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as e:
+            log.error("cannot start the indexer for session %s: %s", sid, e)
+            return
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), INDEX_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.error("indexing session %s took longer than %.0f s; stopped (bastion audit reindex retries)",
+                      sid, INDEX_TIMEOUT)
+            return
+        if proc.returncode != 0:
+            log.error("indexing session %s failed: %s", sid, err.decode(errors="replace").strip()[-500:])
