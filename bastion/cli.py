@@ -170,6 +170,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    if args.html:
+        return _export_html(path, Path(args.html), args)
     try:
         if args.to is not None and args.start is not None and args.to < args.start:
             print("bastion replay: --to is before --from", file=sys.stderr)
@@ -180,6 +182,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _export_html(path: Path, out: Path, args: argparse.Namespace) -> int:
+    """``replay --html``: the standalone page, with the session's facts when the recording is a known session's."""
+    from recorder.asciicast import CastError
+    from recorder.html import PlayerAssetsMissing, export_html
+
+    info: dict[str, str] = {"recording": str(path)}
+    title = None
+    if not Path(args.ref).exists():  # a session id: say whose session it was
+        from bastion.store.db import Store
+
+        cfg = load_config(_config_path(args), check_files=False)
+        row = Store(cfg.database_url).session(args.ref) or {}
+        title = f"Session {row.get('id')}: {row.get('user')} on {row.get('resource')}"
+        for key in ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
+                    "outcome", "exit_status", "sha256"):
+            if row.get(key) not in (None, ""):
+                info[key.replace("_", " ")] = str(row[key])
+    try:
+        export_html(path, out, title=title, info=info)
+    except (CastError, PlayerAssetsMissing, OSError) as e:
+        print(f"bastion replay --html: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (standalone: open it in any browser, no network needed)")
     return 0
 
 
@@ -285,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="start", type=parse_offset, metavar="T",
                    help="start at T (seconds or [h:]m:ss): the screen as it was then")
     s.add_argument("--to", type=parse_offset, metavar="T", help="stop after T")
+    s.add_argument("--html", metavar="FILE", help="write a standalone offline HTML player page instead of playing")
     s.add_argument("--stream", choices=("o", "i"), default="o", help="o: what the terminal showed (default); "
                    "i: what was typed (echoed input only)")
     s.set_defaults(func=cmd_replay)

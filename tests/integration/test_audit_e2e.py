@@ -15,6 +15,7 @@ import pytest
 
 from bastion.config import load_config
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.support.chromium import Chromium, find_chromium
 from tests.support.keys import free_port, make_keypair
 from tests.support.ssh_client import ssh_argv
 
@@ -108,6 +109,29 @@ def test_replay_from_a_search_hit(audit_env: BastionEnv) -> None:
     out = env.bastion("replay", sid, "--to", "1")
     assert "BEFORE-MARK" in out.stdout and "AFTER-MARK" not in out.stdout
     assert env.bastion("replay", sid, "--from", "x").returncode == 2
+
+
+def test_html_export_of_a_session_plays_offline(audit_env: BastionEnv) -> None:
+    env = audit_env
+    sid = exec_session(env, "echo HTML-$((3*3))-EXPORT")
+    out_file = env.dir / f"{sid}.html"
+    out = env.bastion("replay", sid, "--html", str(out_file))
+    assert out.returncode == 0, out.stderr
+    binary = find_chromium()
+    assert binary is not None, "chromium is needed (scripts/setup --test installs it)"
+    browser = Chromium(binary)
+    try:
+        browser.open(out_file.as_uri())
+        assert browser.wait_for('document.body && document.body.dataset.state === "loading" && '
+                                'document.querySelector("table.info").innerText')
+        info = browser.eval('document.querySelector("table.info").innerText')
+        assert sid in info and "alice" in info and "web" in info
+        browser.eval("window.bastionPlayer.play()")
+        text = 'document.querySelector(".ap-term-text") ? document.querySelector(".ap-term-text").innerText : ""'
+        assert "HTML-9-EXPORT" in browser.wait_for(f'({text}).includes("HTML-9-EXPORT") && {text}')
+        assert set(browser.requests) == {out_file.as_uri()}
+    finally:
+        browser.close()
 
 
 def test_verify_names_a_changed_byte(audit_env: BastionEnv) -> None:
