@@ -13,6 +13,11 @@ from typing import Any
 
 from bastion.config import Config, ConfigError, load_config
 
+
+class BadTime(argparse.ArgumentTypeError, ValueError):
+    """A date, age or offset that cannot be read."""
+
+
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -25,7 +30,7 @@ def parse_when(text: str) -> datetime:
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a date (2026-11-01, 2026-11-01T12:00) or an age "
+        raise BadTime(f"{text!r}: give a date (2026-11-01, 2026-11-01T12:00) or an age "
                                          "(30m, 12h, 7d)") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
@@ -35,9 +40,9 @@ def parse_offset(text: str) -> float:
     try:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)") from None
+        raise BadTime(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)") from None
     if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)")
+        raise BadTime(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)")
     total = 0.0
     for p in parts:
         total = total * 60 + p

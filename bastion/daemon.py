@@ -17,6 +17,7 @@ from bastion.approvals import ApprovalService
 from bastion.auditing import AuditWorker
 from bastion.config import Config
 from bastion.keyfiles import ensure_private_key
+from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
 from bastion.sandbox import make_sandbox
 from bastion.session import BastionSession
@@ -234,6 +235,7 @@ class Daemon:
         self.config = config
         self.store = Store(config.database_url)
         self.approvals = ApprovalService(self)
+        self.live = LiveRegistry()
         self.login: LoginService | None = LoginService(self) if config.oidc is not None else None
         self.sandbox = make_sandbox(config.sandbox.mode, config.sandbox.user)  # checked with the config
         if not self.sandbox.active:

@@ -54,6 +54,20 @@ class Tee:
         self.writer = writer
         self.guard = EchoGuard()
         self._hidden = 0
+        self.watchers: set[Callable[[bytes], None]] = set()  # live observers get the output as it is recorded
+
+    def _watch(self, data: bytes) -> None:
+        for w in list(self.watchers):
+            try:
+                w(data)
+            except Exception:  # an observer's failure is never the observed session's
+                log.exception("observer failed")
+                self.watchers.discard(w)
+
+    def said(self, data: bytes) -> None:
+        """The bastion's own words on the operator's terminal: recorded and observed like output."""
+        self.writer.output(data)
+        self._watch(data)
 
     def input(self, data: bytes, echo: bool | None) -> None:
         self.guard.set_echo_known(echo)
@@ -63,6 +77,8 @@ class Tee:
 
     def output(self, data: bytes) -> None:
         self.writer.output(data)
+        if self.watchers:
+            self._watch(data)
         for chunk in self.guard.feed_output(data, 0.0):
             self.writer.input(chunk)
         self._note_hidden()
@@ -199,7 +215,7 @@ class Relay:
     def say(self, data: bytes) -> None:
         """Bastion's own words to the operator, recorded like output."""
         if self.tee is not None:
-            self.tee.writer.output(data)
+            self.tee.said(data)
         self.chan.write(data)
 
     def pause_output(self) -> None:

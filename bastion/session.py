@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import shutil
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from bastion.auditcli import parse_when
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.cmdfilter import CommandFilter
 from bastion.config import KubeResource, PgResource, SshResource
+from bastion.live import LiveSession, Observer
 from bastion.oidc.login import LoginRefused
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
@@ -28,10 +31,10 @@ from bastion.store.db import new_session_id
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
-from policies.access import decide_open
+from policies.access import decide_open, may_watch
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line
-from recorder.asciicast import CastWriter
+from recorder.asciicast import CastError, CastWriter, iter_events
 
 if TYPE_CHECKING:
     from bastion.daemon import ConnectionContext
@@ -91,6 +94,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self._opening = False
         self._targets: set[SshEndpoint] = set()
         self._client_gone = False
+        self._observer: Observer | None = None
         self._withdraw = asyncio.Event()
         self._filter_withdraw = asyncio.Event()
         self._login_code: Any = None  # a device flow started by this session's TUI
@@ -163,6 +167,8 @@ class BastionSession(asyncssh.SSHServerSession):
             self._login_cancel.set()  # a sign-in of a vanished client never completes (nor binds its key)
         for ep in list(self._targets):
             ep.close()
+        if self._observer is not None:
+            self._observer.finish("the observer disconnected")
         if self.menu is not None:
             self.menu.close()
 
@@ -246,6 +252,12 @@ class BastionSession(asyncssh.SSHServerSession):
                 "queue.list": self._rpc_queue,
                 "requests.mine": self._rpc_mine,
                 "request.decide": self._rpc_decide,
+                "sessions.live": self._rpc_live,
+                "session.observe": self._rpc_observe,
+                "session.terminate": self._rpc_terminate,
+                "recordings.list": self._rpc_recordings,
+                "recording.detail": self._rpc_recording_detail,
+                "recording.play": self._rpc_recording_play,
                 "login.start": self._rpc_login_start,
                 "login.wait": self._rpc_login_wait,
                 "login.cancel": self._rpc_login_cancel,
@@ -345,6 +357,146 @@ class BastionSession(asyncssh.SSHServerSession):
                                                           params.get("reason", ""))
         except DecisionRefused as e:
             raise RefusedRequest("refused", str(e)) from None
+
+    # -- live sessions: list, observe, terminate ---------------------------------------------------------
+    def _watchable(self, sid: str) -> LiveSession:
+        """A live session on this node that this user may watch (the same answer for unknown and forbidden)."""
+        daemon = self.ctx.daemon
+        live = daemon.live.get(sid) if isinstance(sid, str) and len(sid) <= 64 else None
+        if live is None or not may_watch(self.ctx.grants, daemon.config.roles, live.resource):
+            raise RefusedRequest("not_found", f"no live session {str(sid)[:64]!r} that you may watch on this node")
+        return live
+
+    async def _rpc_live(self, params: dict[str, Any]) -> dict[str, Any]:
+        g, daemon = self.ctx.grants, self.ctx.daemon
+        if not (g.review or g.audit):
+            raise RefusedRequest("forbidden", "live sessions are for reviewers and auditors")
+        return {"sessions": [s.as_dict() for s in daemon.live.list()
+                             if may_watch(g, daemon.config.roles, s.resource)]}
+
+    async def _rpc_observe(self, params: dict[str, Any]) -> dict[str, Any]:
+        live = self._watchable(params.get("id", ""))
+        if self._opening or self.relay is None:
+            raise RefusedRequest("busy", "a session is already open on this connection")
+        ctx = self.ctx
+        self._opening = True
+        await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "session.observe", "ok",
+                                resource=live.resource, session_id=live.sid, client_addr=ctx.peer, user=live.user)
+        log.info("%s: observing session %s of %s", ctx.who, live.sid, live.user)
+        live.tee.writer.marker(f"observed by {ctx.username}")
+        self._observer = Observer(self.relay, live, ctx.username)
+        try:
+            reason = await self._observer.run()
+        finally:
+            self._observer = None
+            self._opening = False
+        return {"ok": True, "message": f"{live.user}@{live.resource}: {reason}", "session_id": live.sid}
+
+    async def _rpc_terminate(self, params: dict[str, Any]) -> dict[str, Any]:
+        live = self._watchable(params.get("id", ""))
+        reason = params.get("reason", "")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+            raise RefusedRequest("bad_request", "give a reason (the operator sees it), at most 500 characters")
+        reason = " ".join(reason.split())
+        ctx = self.ctx
+        await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "session.terminate", "ok",
+                                resource=live.resource, session_id=live.sid, client_addr=ctx.peer, user=live.user,
+                                reason=reason)
+        log.warning("%s: terminated session %s of %s: %s", ctx.who, live.sid, live.user, reason)
+        live.terminate(ctx.username, reason)
+        return {"ok": True, "message": f"terminated {live.user}@{live.resource} ({live.sid})"}
+
+    # -- recordings, for auditors -------------------------------------------------------------------------
+    def _auditor(self) -> None:
+        if not self.ctx.grants.audit:
+            raise RefusedRequest("forbidden", "recordings are for auditors")
+
+    async def _rpc_recordings(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._auditor()
+        since = None
+        if params.get("since"):
+            try:
+                since = parse_when(str(params["since"]))
+            except (ValueError, TypeError) as e:
+                raise RefusedRequest("bad_request", str(e)) from None
+        rows = await asyncio.to_thread(
+            self.ctx.daemon.store.sessions, 500, user=params.get("user") or None,
+            resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None)
+        keep = ("id", "user", "resource", "kind", "mode", "command", "started_at", "duration", "outcome",
+                "exit_status")
+        return {"sessions": [{k: r[k] for k in keep} | {"recorded": bool(r["recording"])} for r in rows]}
+
+    async def _recording_row(self, sid: Any) -> dict[str, Any]:
+        self._auditor()
+        row = await asyncio.to_thread(self.ctx.daemon.store.session, str(sid)[:64]) if isinstance(sid, str) else None
+        if row is None or not row["recording"]:
+            raise RefusedRequest("not_found", f"no recording of session {str(sid)[:64]!r}")
+        return row
+
+    async def _rpc_recording_detail(self, params: dict[str, Any]) -> dict[str, Any]:
+        row = await self._recording_row(params.get("id"))
+        store = self.ctx.daemon.store
+
+        def markers() -> list[list[Any]]:
+            out: list[list[Any]] = []
+            try:
+                for ev in iter_events(row["recording"]):
+                    if ev.code == "m" and len(out) < 2000:
+                        out.append([round(ev.time, 3), ev.data[:500]])
+            except CastError:
+                pass
+            return out
+
+        approvals = await asyncio.to_thread(self.ctx.daemon.approvals.db.recent, session_id=row["id"], limit=200)
+        events = await asyncio.to_thread(store.audit_events, 200, session_id=row["id"])
+        keep = ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
+                "duration", "outcome", "exit_status", "message", "sha256")
+        return {"session": {k: row[k] for k in keep}, "markers": await asyncio.to_thread(markers),
+                "approvals": [{"id": a["id"], "text": a["text"][:500], "rule": a["rule"], "status": a["status"],
+                               "status_reason": a["status_reason"][:300],
+                               "decisions": [{"reviewer": d["reviewer"], "approve": d["approve"],
+                                              "reason": d["reason"][:300]} for d in a["decisions"]]}
+                              for a in approvals],
+                "events": [{"ts": e.ts.isoformat(), "actor": e.actor, "action": e.action, "outcome": e.outcome}
+                           for e in reversed(events)]}
+
+    async def _rpc_recording_play(self, params: dict[str, Any]) -> dict[str, Any]:
+        row = await self._recording_row(params.get("id"))
+        if self._opening or self.relay is None or self.term_type is None:
+            raise RefusedRequest("busy", "a session is already open on this connection")
+        ctx = self.ctx
+        self._opening = True
+        await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "recording.replay", "ok",
+                                resource=row["resource"], session_id=row["id"], client_addr=ctx.peer)
+        try:
+            await self._play(row["recording"])
+        finally:
+            self._opening = False
+        return {"ok": True, "message": f"replay of {row['id']} closed",
+                "session_id": row["id"]}
+
+    async def _play(self, path: str) -> int | None:
+        """The player on a fresh pty, as the active endpoint of this connection's relay (not recorded)."""
+        assert self.relay is not None
+        env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+        proc = PtyProcess([sys.executable, "-I", "-m", "recorder.player", path], env=env, cols=self.cols,
+                          rows=self.rows, cwd="/")
+        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+        def on_exit(status: int | None) -> None:
+            if not exited.done():
+                exited.set_result(status)
+
+        ep = PtyEndpoint(proc, self.relay, on_exit)
+        self._targets.add(ep)  # type: ignore[arg-type]  # closed with the others on hang-up
+        self.relay.attach(ep, None)
+        self.relay.release()
+        try:
+            return await exited
+        finally:
+            self.relay.detach()
+            self._targets.discard(ep)  # type: ignore[arg-type]
+            ep.close()
 
     # -- brokering a target ------------------------------------------------------------------------------
     async def open_target(self, name: str, *, command: str | None) -> Outcome:
@@ -569,9 +721,22 @@ class BastionSession(asyncssh.SSHServerSession):
             self.relay.release()
             log.info("%s: session %s on %s started (%s)", ctx.who, sid, name, mode)
             started = time.monotonic()
+            relay = self.relay
+
+            def notify(text: str) -> None:
+                if pty:
+                    relay.say(f"\r\n\x1b[1;31mbastion: {text}\x1b[0m\r\n".encode())
+                else:
+                    self._stderr(f"bastion: {text}\n")
+
+            live = LiveSession(sid, ctx.username, name, res.kind, mode, command, ctx.peer, daemon.node,
+                               tee=self.relay.tee or Tee(writer), relay=relay, notify=notify, stop=ep.close)
+            daemon.live.add(live)
             try:
                 end = await ep.wait()
             finally:
+                daemon.live.remove(sid)
+                live.ended.set()
                 self.relay.detach()
                 self._filter_withdraw.set()
                 for rid in await asyncio.to_thread(daemon.approvals.db.cancel_pending, session_id=sid,
@@ -583,6 +748,9 @@ class BastionSession(asyncssh.SSHServerSession):
             outcome = "exited" if end.status is not None else ("killed" if end.signal else "lost")
             if self._client_gone:
                 outcome = "client_disconnected"
+            if live.terminated is not None:
+                outcome = "terminated"
+                end = dataclasses.replace(end, message=f"terminated by {live.terminated[0]}: {live.terminated[1]}")
             await asyncio.to_thread(store.end_session, sid, outcome=outcome, exit_status=end.status,
                                     message=end.message, sha256=sha, size=writer.bytes_written)
             await asyncio.to_thread(store.audit, ctx.username, "session.end", outcome, resource=name,

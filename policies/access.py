@@ -67,3 +67,9 @@ def decide_open(grants: Grants, resource: str, known: Iterable[str]) -> AccessDe
     if resource in set(known) and grants.may_open(resource):
         return AccessDecision(True, f"granted to role(s) {', '.join(grants.roles)}")
     return AccessDecision(False, f"no such resource or not permitted: {resource}")
+
+
+def may_watch(grants: Grants, roles: Mapping[str, RoleLike], resource: str) -> bool:
+    """Whether a user may see, observe and terminate live sessions on ``resource``: auditors everywhere, reviewers
+    where they review."""
+    return grants.audit or any(roles[r].reviews(resource) for r in grants.roles)

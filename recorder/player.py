@@ -386,3 +386,35 @@ def render_screen(path: Path | str, width: int | None = None, height: int | None
             if cols.isdigit() and rows.isdigit() and int(cols) > 0 and int(rows) > 0:
                 screen.resize(int(rows), int(cols))
     return "\n".join(line.rstrip() for line in screen.display)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recorder.player FILE``: play in this terminal (the bastion runs this for auditors in the TUI)."""
+    import argparse
+
+    from recorder.asciicast import CastError
+
+    p = argparse.ArgumentParser(prog="python -m recorder.player", description=HELP)
+    p.add_argument("file")
+    p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--idle-limit", type=float, default=2.0)
+    args = p.parse_args(argv)
+    try:
+        sys.stdout.buffer.write(b"\x1b[H\x1b[2J")
+        done = play(args.file, speed=args.speed, idle_limit=args.idle_limit)
+    except CastError as e:
+        print(f"cannot play: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if done:  # the end: wait for a key, so the last screen can be read
+        sys.stdout.buffer.write(b"\r\n\x1b[7m end of recording: press any key \x1b[0m")
+        sys.stdout.buffer.flush()
+        with _tty_keys() as keys:
+            if keys is not None:
+                keys(3600.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

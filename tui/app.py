@@ -12,7 +12,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
 from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged
+from tui.live import LiveScreen
 from tui.login import LoginScreen
+from tui.recordings import RecordingsScreen
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class MenuApp(App[int]):
         Binding("enter", "open", "Open", show=True),
         Binding("f2", "approvals", "Approvals"),
         Binding("f3", "my_requests", "My requests"),
+        Binding("f4", "live", "Live sessions"),
+        Binding("f5", "recordings", "Recordings"),
     ]
 
     def __init__(self, rpc: RpcClient):
@@ -57,6 +61,7 @@ class MenuApp(App[int]):
         self.filter = ""
         self.user = ""
         self.reviewer = False
+        self.auditor = False
         rpc.on_event = self._on_rpc_event
 
     def compose(self) -> ComposeResult:
@@ -83,7 +88,8 @@ class MenuApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Before sign-in only quitting makes sense (the daemon refuses the rest anyway)."""
         signing_in = isinstance(self.screen, LoginScreen)
-        return not (signing_in and action in ("open", "approvals", "my_requests", "clear_filter"))
+        return not (signing_in and action in ("open", "approvals", "my_requests", "clear_filter", "live",
+                                                "recordings"))
 
     def _signed_in(self, hello: dict[str, Any] | None) -> None:
         if hello is None:  # the user quit the sign-in
@@ -100,6 +106,7 @@ class MenuApp(App[int]):
             return
         self.user = hello["user"]
         self.reviewer = bool(hello["review"])
+        self.auditor = bool(hello.get("audit"))
         self._update_notice()
         self.sub_title = f"{hello['user']} · roles: {', '.join(hello['roles']) or 'none'}"
         self._refresh_table()
@@ -170,6 +177,20 @@ class MenuApp(App[int]):
             return
         if not isinstance(self.screen, ApprovalsScreen):
             self.push_screen(ApprovalsScreen(self.rpc))
+
+    def action_live(self) -> None:
+        if not (self.reviewer or self.auditor):
+            self._status("Live sessions are for reviewers and auditors.")
+            return
+        if not isinstance(self.screen, LiveScreen):
+            self.push_screen(LiveScreen(self.rpc))
+
+    def action_recordings(self) -> None:
+        if not self.auditor:
+            self._status("Recordings are for auditors.")
+            return
+        if not isinstance(self.screen, RecordingsScreen):
+            self.push_screen(RecordingsScreen(self.rpc))
 
     def action_my_requests(self) -> None:
         if not isinstance(self.screen, MyRequestsScreen):

@@ -106,11 +106,14 @@ class ApprovalStore:
                                   .order_by(ApprovalRequest.id)))
             return [_as_dict(r, self._decisions(s, r.id)) for r in rows]
 
-    def recent(self, *, requester: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, *, requester: str | None = None, session_id: str | None = None,
+               limit: int = 50) -> list[dict[str, Any]]:
         with self.store.tx() as s:
             q = select(ApprovalRequest).order_by(ApprovalRequest.id.desc()).limit(limit)
             if requester is not None:
                 q = q.where(ApprovalRequest.requester == requester)
+            if session_id is not None:
+                q = q.where(ApprovalRequest.session_id == session_id)
             return [_as_dict(r, self._decisions(s, r.id)) for r in s.scalars(q)]
 
     def cancel_pending(self, *, node: str | None = None, session_id: str | None = None, reason: str) -> list[int]:

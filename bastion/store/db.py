@@ -91,9 +91,13 @@ class Store:
             head.head = ev.hash
             s.add(ev)
 
-    def audit_events(self, limit: int = 1000) -> list[AuditEvent]:
+    def audit_events(self, limit: int = 1000, *, session_id: str | None = None) -> list[AuditEvent]:
+        """Newest first."""
+        q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if session_id is not None:
+            q = q.where(AuditEvent.session_id == session_id)
         with self.tx() as s:
-            return list(s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
+            return list(s.scalars(q))
 
     # -- sessions ----------------------------------------------------------------------------------------
     def start_session(self, sid: str, *, user: str, resource: str, kind: str, mode: str, command: str | None,
@@ -146,12 +150,23 @@ class Store:
                     rec.chain = head.head = recording_link(rec.prev_chain, row.id, sha)
         return n
 
-    def sessions(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Newest first, with their recording paths, as plain dicts."""
+    def sessions(self, limit: int = 200, *, user: str | None = None, resource: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 outcome: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, with their recording paths, as plain dicts; optionally filtered (``resource`` and
+        ``user`` accept ``*`` globs)."""
+        q = select(Session, Recording).join(Recording, Recording.session_id == Session.id, isouter=True)
+        for col, value in ((Session.user, user), (Session.resource, resource)):
+            if value:
+                q = q.where(col.like(_like(value), escape="\\") if "*" in value else col == value)
+        if since is not None:
+            q = q.where(Session.started_at >= since)
+        if until is not None:
+            q = q.where(Session.started_at < until)
+        if outcome:
+            q = q.where(Session.outcome == outcome)
         with self.tx() as s:
-            rows = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
-                                                             isouter=True)
-                             .order_by(Session.started_at.desc()).limit(limit)).all()
+            rows = s.execute(q.order_by(Session.started_at.desc()).limit(limit)).all()
             return [_session_dict(sess, rec) for sess, rec in rows]
 
     def unindexed(self, limit: int = 1000) -> list[str]:
@@ -166,6 +181,11 @@ class Store:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
                                                             isouter=True).where(Session.id == sid)).first()
             return _session_dict(*row) if row else None
+
+
+def _like(glob: str) -> str:
+    """A ``*`` glob as a LIKE pattern (``%`` and ``_`` taken literally)."""
+    return glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
 
 
 def lock_head(s: OrmSession, chain: str) -> ChainHead:

@@ -53,7 +53,7 @@ def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, 
                  extra_top: str = "", extra_roles: str = "") -> Path:
     cfg = d / "bastion.yaml"
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
-             "dave": "[reviewers]"}
+             "dave": "[reviewers]", "eve": "[auditors]"}
     cfg.write_text(f"""\
 listen: {{host: 127.0.0.1, port: {port}}}
 host_keys: [state/host_ed25519]
@@ -61,7 +61,8 @@ database: sqlite:///state/bastion.db
 recordings_dir: state/recordings
 log_dir: state/logs
 {limits}{extra_top}users:
-""" + "".join(f"  {u}:\n    groups: {g}\n    authorized_keys_file: {keys[u]}.pub\n" for u, g in users.items())
+""" + "".join(f"  {u}:\n    groups: {g}\n    authorized_keys_file: {keys[u]}.pub\n" for u, g in users.items()
+             if u in keys)
         + f"""\
 resources:
   web:
@@ -93,6 +94,7 @@ resources:
   operators: {{groups: [ops], resources: ["web*"]}}
   admins: {{groups: [admins], resources: ["*"]}}
   reviewers: {{groups: [reviewers], review: true}}
+  auditors: {{groups: [auditors], audit: true}}
 {extra_roles}policies:
   guarded:
     default: allow
@@ -134,7 +136,7 @@ def stop_bastion(proc: subprocess.Popen[bytes]) -> None:
 def bastion_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
     d = tmp_path_factory.mktemp("bastion")
     (d / "state").mkdir()
-    keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in ("alice", "bob", "mallory", "carol", "dave")}
+    keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in ("alice", "bob", "mallory", "carol", "dave", "eve")}
     target_key, target_pub = make_keypair(d / "target_credential", "bastion-credential")
     target = start_sshd(d / "sshd", authorized_keys=[target_pub])
     port = free_port()

@@ -16,7 +16,7 @@ import pyte
 KEYS: dict[str, str] = {
     "enter": "\r", "up": "\x1b[A", "down": "\x1b[B", "right": "\x1b[C", "left": "\x1b[D",
     "ctrl-c": "\x03", "ctrl-d": "\x04", "esc": "\x1b", "backspace": "\x7f", "tab": "\t",
-    "f2": "\x1bOQ", "f3": "\x1bOR",
+    "f2": "\x1bOQ", "f3": "\x1bOR", "f4": "\x1bOS", "f5": "\x1b[15~",
 }
 
 

@@ -1,0 +1,127 @@
+"""Live sessions, for reviewers and auditors: who is on what right now; observe one read-only; terminate it with a
+reason the operator sees."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textual.app import ComposeResult, SuspendNotSupported
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from bastion.rpcproto import RpcClient, RpcError
+from tui.approvals import ReasonModal, _short
+
+
+def _age(sec: float) -> str:
+    sec = int(sec)
+    if sec < 60:
+        return f"{sec}s"
+    if sec < 3600:
+        return f"{sec // 60}m{sec % 60:02d}s"
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+
+
+class LiveScreen(Screen[None]):
+    """Active brokered sessions on this node that this user may watch."""
+
+    BINDINGS = [
+        Binding("enter", "observe", "Observe"),
+        Binding("o", "observe", "Observe", show=False),
+        Binding("t", "terminate", "Terminate (reason)"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, rpc: RpcClient):
+        super().__init__()
+        self.rpc = rpc
+        self.sessions: list[dict[str, Any]] = []
+        self._sticky_until = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield Static("Live sessions", classes="section")
+        yield DataTable(id="live", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="live-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "live sessions"
+        self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Command", "Age",
+                                              "Observers")
+        self.reload()
+        self.set_interval(2, self.reload)
+        self.query_one(DataTable).focus()
+
+    def reload(self) -> None:
+        try:
+            self.sessions = self.rpc.call("sessions.live")["sessions"]
+        except RpcError as e:
+            self._status(f"cannot list live sessions: {e}")
+            return
+        table = self.query_one(DataTable)
+        row = table.cursor_row
+        table.clear()
+        for s in self.sessions:
+            table.add_row(s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
+                          _age(s["age"]), ", ".join(s["observers"]) or "-", key=s["id"])
+        if self.sessions:
+            table.move_cursor(row=min(row, len(self.sessions) - 1))
+        if time.monotonic() > self._sticky_until:  # an answer to the user stays a while
+            self._status("Enter: observe (read-only; q stops) · t: terminate with a reason" if self.sessions
+                         else "No live session you may watch.")
+
+    def _selected(self) -> dict[str, Any] | None:
+        table = self.query_one(DataTable)
+        if not self.sessions or not 0 <= table.cursor_row < len(self.sessions):
+            return None
+        return self.sessions[table.cursor_row]
+
+    def _status(self, text: str, *, sticky: bool = False) -> None:
+        if sticky:
+            self._sticky_until = time.monotonic() + 5
+        self.query_one("#live-status", Static).update(text)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_observe()
+
+    def action_observe(self) -> None:
+        s = self._selected()
+        if s is None:
+            return
+        try:
+            try:
+                with self.app.suspend():
+                    r = self.rpc.call("session.observe", id=s["id"])
+            except SuspendNotSupported:  # headless (tests)
+                r = self.rpc.call("session.observe", id=s["id"])
+        except RpcError as e:
+            self._status(f"{s['id']}: {e}", sticky=True)
+            return
+        self.app.refresh(layout=True)
+        self.reload()
+        self._status(str(r.get("message", "")), sticky=True)
+
+    def action_terminate(self) -> None:
+        s = self._selected()
+        if s is None:
+            return
+
+        def done(reason: str | None) -> None:
+            if reason is None:
+                return
+            try:
+                message = str(self.rpc.call("session.terminate", id=s["id"], reason=reason).get("message", ""))
+            except RpcError as e:
+                message = f"{s['id']}: {e}"
+            self.reload()
+            self._status(message, sticky=True)
+
+        self.app.push_screen(ReasonModal(f"Terminate {s['user']}@{s['resource']} ({s['id']}): the operator sees "
+                                         "this reason"), done)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

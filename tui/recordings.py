@@ -1,0 +1,178 @@
+"""Recordings, for auditors: sessions filtered by user, resource, time and outcome; one opened shows its facts, the
+policy decisions and approvals beside it, and replays inside this ssh session."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from textual.app import ComposeResult, SuspendNotSupported
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from bastion.rpcproto import RpcClient, RpcError
+from tui.approvals import _short
+
+FILTER_HELP = "filter: user=alice resource=web* since=7d outcome=terminated (Enter applies)"
+
+
+def parse_filter(text: str) -> dict[str, str]:
+    """``key=value`` words into RPC parameters; a bare word is a user name."""
+    out: dict[str, str] = {}
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    for w in words:
+        key, sep, value = w.partition("=")
+        if not sep:
+            key, value = "user", w
+        if key in ("user", "resource", "since", "outcome") and value:
+            out[key] = value
+    return out
+
+
+def _clock(t: float) -> str:
+    t = int(t)
+    return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}" if t >= 3600 else f"{t // 60}:{t % 60:02d}"
+
+
+class RecordingsScreen(Screen[None]):
+    BINDINGS = [Binding("enter", "open", "Open"), Binding("/", "focus_filter", "Filter"),
+                Binding("escape", "back", "Back")]
+
+    def __init__(self, rpc: RpcClient):
+        super().__init__()
+        self.rpc = rpc
+        self.rows: list[dict[str, Any]] = []
+        self.params: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield Input(placeholder=FILTER_HELP, id="rec-filter")
+        yield DataTable(id="recordings", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="rec-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "recordings"
+        self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Started (UTC)",
+                                              "Duration", "Outcome")
+        self.reload()
+        self.query_one(DataTable).focus()
+
+    def reload(self) -> None:
+        try:
+            self.rows = self.rpc.call("recordings.list", **self.params)["sessions"]
+        except RpcError as e:
+            self._status(str(e))
+            return
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in self.rows:
+            dur = f"{r['duration']:.0f}s" if r["duration"] is not None else "-"
+            table.add_row(r["id"], r["user"], r["resource"], r["kind"], r["mode"],
+                          (r["started_at"] or "")[:19].replace("T", " "), dur, r["outcome"], key=r["id"])
+        shown = " ".join(f"{k}={v}" for k, v in self.params.items())
+        self._status(f"{len(self.rows)} session(s)" + (f" · {shown}" if shown else "") +
+                     " · Enter opens · / filters")
+
+    def _status(self, text: str) -> None:
+        self.query_one("#rec-status", Static).update(text)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.params = parse_filter(event.value)
+        self.reload()
+        self.query_one(DataTable).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#rec-filter", Input).focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self.app.push_screen(RecordingScreen(self.rpc, str(event.row_key.value)))
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if self.rows and 0 <= table.cursor_row < len(self.rows):
+            self.app.push_screen(RecordingScreen(self.rpc, self.rows[table.cursor_row]["id"]))
+
+    def action_back(self) -> None:
+        if self.focused is self.query_one("#rec-filter", Input):
+            self.query_one(DataTable).focus()
+            return
+        self.app.pop_screen()
+
+
+class RecordingScreen(Screen[None]):
+    """One recording: what happened (facts, decisions, approvals, audit events); p replays it here."""
+
+    BINDINGS = [Binding("p", "play", "Replay"), Binding("escape", "back", "Back")]
+
+    def __init__(self, rpc: RpcClient, sid: str):
+        super().__init__()
+        self.rpc, self.sid = rpc, sid
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield Static("", id="rec-facts")
+        with Horizontal(id="rec-body"):
+            with Vertical():
+                yield Static("Policy decisions and markers", classes="section")
+                yield DataTable(id="rec-markers", cursor_type="row", zebra_stripes=True)
+            with Vertical():
+                yield Static("Approvals", classes="section")
+                yield DataTable(id="rec-approvals", cursor_type="row", zebra_stripes=True)
+                yield Static("Audit events", classes="section")
+                yield DataTable(id="rec-events", cursor_type="row", zebra_stripes=True)
+        yield Static("p: replay here (space pause, ←/→ 5 s, [ ] markers, /text find, q stop)", id="rec-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"recording {self.sid}"
+        self.query_one("#rec-markers", DataTable).add_columns("At", "Marker")
+        self.query_one("#rec-approvals", DataTable).add_columns("#", "Command", "Rule", "Status", "Decided by")
+        self.query_one("#rec-events", DataTable).add_columns("Time (UTC)", "Actor", "Action", "Outcome")
+        try:
+            d = self.rpc.call("recording.detail", id=self.sid)
+        except RpcError as e:
+            self.query_one("#rec-facts", Static).update(str(e))
+            return
+        s = d["session"]
+        facts = [f"{s['user']} on {s['resource']} ({s['kind']}, {s['mode']})",
+                 f"from {s['client_addr'] or '?'} · started {(s['started_at'] or '')[:19].replace('T', ' ')} UTC",
+                 f"ended: {s['outcome']}" + (f" · {s['message']}" if s["message"] else ""),
+                 f"sha256 {s['sha256'] or '(not closed)'}"]
+        if s["command"]:
+            facts.insert(1, f"command: {_short(s['command'], 100)}")
+        self.query_one("#rec-facts", Static).update("\n".join(facts))
+        markers = self.query_one("#rec-markers", DataTable)
+        for t, label in d["markers"]:
+            markers.add_row(_clock(t), _short(label, 90))
+        approvals = self.query_one("#rec-approvals", DataTable)
+        for a in d["approvals"]:
+            by = ", ".join(f"{x['reviewer']} ({'yes' if x['approve'] else 'no'})" for x in a["decisions"]) or "-"
+            approvals.add_row(f"#{a['id']}", _short(a["text"], 40), a["rule"], a["status"], by)
+        events = self.query_one("#rec-events", DataTable)
+        for e in d["events"]:
+            events.add_row(e["ts"][:19].replace("T", " "), e["actor"], e["action"], e["outcome"])
+        markers.focus()
+
+    def action_play(self) -> None:
+        try:
+            try:
+                with self.app.suspend():
+                    r = self.rpc.call("recording.play", id=self.sid)
+            except SuspendNotSupported:
+                r = self.rpc.call("recording.play", id=self.sid)
+        except RpcError as e:
+            self.query_one("#rec-status", Static).update(str(e))
+            return
+        self.query_one("#rec-status", Static).update(str(r.get("message", "")))
+        self.app.refresh(layout=True)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
