@@ -194,6 +194,48 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bastion.auditreport import build_report, report_csv
+
+    got = _store(args)
+    if got is None:
+        return 1
+    _, store = got
+    until = args.to or datetime.now(UTC)
+    since = args.start or until - timedelta(days=30)
+    if since >= until:
+        print("bastion audit report: --from must be before --to", file=sys.stderr)
+        return 2
+    rep = build_report(store, since, until)
+    text = report_csv(rep) if args.format == "csv" else json.dumps(rep, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        s = rep["summary"]
+        print(f"wrote {args.out}: {s['sessions']} sessions, {s['blocked']} blocked, {s['approvals']} approvals "
+              f"({s['approved']} approved), {s['terminations']} terminations", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from bastion.auditreport import prune
+
+    got = _store(args)
+    if got is None:
+        return 1
+    cfg, store = got
+    days = args.days or cfg.recordings.retention_days
+    if not days:
+        print("bastion audit prune: no retention (set recordings.retention_days or give --days)", file=sys.stderr)
+        return 2
+    done = prune(store, days, dry_run=args.dry_run)
+    for d in done:
+        print(f"{'would prune' if args.dry_run else 'pruned'} {d['session']} {d['path']}")
+    print(f"{len(done)} recording(s) {'would be ' if args.dry_run else ''}pruned (older than {days:g} days)")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the ``audit`` command group to the top-level parser's subcommands."""
     a = sub.add_parser("audit", help="search recordings, verify and sign the audit trail")
@@ -223,6 +265,16 @@ def register(sub: Any) -> None:
 
     p = add("sign", cmd_sign, "sign the current chain heads (ed25519)")
     p.add_argument("--key", help="private key file (default: audit.signing_key_file)")
+
+    p = add("report", cmd_report, "sessions, blocked commands, approvals and terminations of a period")
+    p.add_argument("--from", dest="start", type=parse_when, help="start (ISO date/time or an age; default: 30d)")
+    p.add_argument("--to", type=parse_when, help="end, exclusive (default: now)")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--out", help="write to this file instead of standard output")
+
+    p = add("prune", cmd_prune, "apply the retention: remove old recordings, keep them named in the chain")
+    p.add_argument("--days", type=float, help="override recordings.retention_days")
+    p.add_argument("--dry-run", action="store_true")
 
     p = add("index", cmd_index, "build the search index and seek keyframes of one recording")
     p.add_argument("session")

@@ -14,6 +14,7 @@ from bastion.store.db import Store
 
 log = logging.getLogger(__name__)
 INDEX_TIMEOUT = 3600.0
+PRUNE_EVERY = 3600.0
 
 
 class AuditWorker:
@@ -21,6 +22,7 @@ class AuditWorker:
         self.config, self.store = config, store
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._key: Any = None
         self.indexed: asyncio.Event = asyncio.Event()  # set whenever the queue runs empty (tests wait on it)
 
@@ -33,14 +35,30 @@ class AuditWorker:
         for sid in await asyncio.to_thread(self.store.unindexed):
             self._queue.put_nowait(sid)
         self._task = asyncio.create_task(self._run())
+        if self.config.recordings.retention_days:
+            self._pruner = asyncio.create_task(self._prune_loop(self.config.recordings.retention_days))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._pruner):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    async def _prune_loop(self, days: float) -> None:
+        """Apply the retention now and then every hour (every node may; each recording is pruned once)."""
+        from bastion.auditreport import prune
+
+        while True:
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                done = await asyncio.to_thread(prune, self.store, days)
+                if done:
+                    log.info("retention: pruned %d recording(s) older than %g days", len(done), days)
+            except Exception:
+                log.exception("retention: pruning failed")
+            await asyncio.sleep(PRUNE_EVERY)
 
     async def closed(self, sid: str) -> None:
         """A session's recording was closed and chained: sign the heads, queue the indexing."""

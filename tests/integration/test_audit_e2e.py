@@ -134,6 +134,26 @@ def test_html_export_of_a_session_plays_offline(audit_env: BastionEnv) -> None:
         browser.close()
 
 
+def test_report_as_json_and_csv(audit_env: BastionEnv) -> None:
+    env = audit_env
+    sid = exec_session(env, "echo for-the-report")
+    blocked = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "rm -f /tmp/nothing",
+                                      tty=False), capture_output=True, timeout=60)
+    assert blocked.returncode == 1
+    out = env.bastion("audit", "report", "--from", "1h")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert sid in [s["id"] for s in rep["sessions"]]
+    assert any(b["rule"] == "no-rm" and b["text"] == "rm -f /tmp/nothing" for b in rep["blocked"])
+    csv_file = env.dir / "report.csv"
+    out = env.bastion("audit", "report", "--from", "1h", "--format", "csv", "--out", str(csv_file))
+    assert out.returncode == 0 and "sessions" in out.stderr
+    text = csv_file.read_text()
+    assert text.startswith("record,time,user,resource,session,") and f"session,{rep['sessions'][0]['started_at']}" \
+        in text and "blocked," in text
+    assert env.bastion("audit", "report", "--from", "2026-01-02", "--to", "2026-01-01").returncode == 2
+
+
 def test_verify_names_a_changed_byte(audit_env: BastionEnv) -> None:
     env = audit_env
     sid = exec_session(env, "echo tamper-target-$((2+2))")

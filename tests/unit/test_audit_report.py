@@ -1,0 +1,94 @@
+"""`bastion audit report` data (sessions, blocked commands, approvals with requester and approvers, terminations)
+and retention: old recordings go, each one stays named in the chains."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from bastion.auditreport import CSV_COLUMNS, build_report, prune, report_csv
+from bastion.store.approvals import ApprovalStore
+from bastion.store.db import Store
+from bastion.store.search import index_recording, search
+from bastion.store.verify import verify
+from recorder.asciicast import CastWriter
+from recorder.seekindex import build, save, sidecar
+
+
+def make(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    s.migrate()
+    return s
+
+
+def session(store: Store, tmp_path: Path, sid: str, word: str, user: str = "alice") -> Path:
+    path = tmp_path / f"{sid}.cast"
+    w = CastWriter(path, 80, 24, title=sid)
+    w.output(f"{word}\r\n".encode())
+    store.start_session(sid, user=user, resource="web", kind="ssh", mode="exec", command=f"echo {word}",
+                        client_addr="127.0.0.1:1", node="n", recording_path=path)
+    sha = w.close()
+    store.end_session(sid, outcome="exited", exit_status=0, message="", sha256=sha, size=path.stat().st_size)
+    index_recording(store, sid, path)
+    save(build(path), path)
+    return path
+
+
+def test_report_sections_json_and_csv(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    session(store, tmp_path, "s1", "one")
+    store.audit("alice", "command.blocked", "blocked", resource="web", rule="no-rm", text="rm -rf /", mode="exec")
+    store.audit("alice", "sql.block", "block", resource="db", session_id="s1", rule="no-drop", text="DROP TABLE t")
+    store.audit("bob", "session.terminate", "ok", resource="web", session_id="s1", user="alice", reason="why not")
+    approvals = ApprovalStore(store)
+    a = approvals.create(requester="alice", resource="web", session_id="s1", text="chmod 600 f", rule="chmod",
+                         reason="", approvals_needed=2, approver_roles=["reviewers"], timeout=60, node="n")
+    approvals.decide(a["id"], "bob", True, "")
+    approvals.decide(a["id"], "carol", True, "ok by me")
+    d = approvals.create(requester="alice", resource="web", session_id="s1", text="chown x f", rule="chown",
+                         reason="", approvals_needed=1, approver_roles=[], timeout=60, node="n")
+    approvals.decide(d["id"], "dave", False, "not today")
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    rep = build_report(store, until - timedelta(days=1), until)
+    assert [s["id"] for s in rep["sessions"]] == ["s1"]
+    assert [(b["action"], b["rule"], b["text"]) for b in rep["blocked"]] == [
+        ("command.blocked", "no-rm", "rm -rf /"), ("sql.block", "no-drop", "DROP TABLE t")]
+    assert [(x["requester"], x["status"], x["approvers"], x["deniers"]) for x in rep["approvals"]] == [
+        ("alice", "approved", ["bob", "carol"], []), ("alice", "denied", [], ["dave"])]
+    assert rep["summary"] == {"sessions": 1, "blocked": 2, "approvals": 2, "approved": 1, "terminations": 1,
+                              "self_approved": 0}
+    assert rep["terminations"] == [{"time": rep["terminations"][0]["time"], "by": "bob", "user": "alice",
+                                    "resource": "web", "session": "s1", "reason": "why not"}]
+    rows = list(csv.DictReader(io.StringIO(report_csv(rep))))
+    assert list(rows[0]) == CSV_COLUMNS
+    assert [r["record"] for r in rows] == ["session", "blocked", "blocked", "approval", "approval", "termination"]
+    assert rows[3]["approvers"] == "bob carol" and "carol approved: ok by me" in rows[3]["detail"]
+    assert rows[4]["outcome"] == "denied" and "dave denied: not today" in rows[4]["detail"]
+    # a period before everything: empty, not an error
+    empty = build_report(store, until - timedelta(days=10), until - timedelta(days=9))
+    assert empty["summary"]["sessions"] == 0 and empty["approvals"] == []
+
+
+def test_retention_prunes_old_recordings_and_keeps_them_in_the_chain(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    old = session(store, tmp_path, "old", "ancientword")
+    new = session(store, tmp_path, "new", "freshword")
+    with store.engine.begin() as c:
+        c.execute(text("UPDATE sessions SET started_at = :t WHERE id = 'old'"),
+                  {"t": datetime.now(UTC) - timedelta(days=100)})
+    assert [d["session"] for d in prune(store, 90, dry_run=True)] == ["old"] and old.exists()
+    done = prune(store, 90)
+    assert [d["session"] for d in done] == ["old"]
+    assert not old.exists() and not sidecar(old).exists() and new.exists() and sidecar(new).exists()
+    assert search(store, "ancientword") == [] and search(store, "freshword")
+    assert prune(store, 90) == []  # once
+    rep = verify(store)
+    assert rep.ok and any("1 recording(s) pruned" in n for n in rep.notes)
+    pruned = [e for e in store.audit_events() if e.action == "recording.pruned"]
+    assert len(pruned) == 1 and pruned[0].session_id == "old" and pruned[0].detail["sha256"]
+    rows = build_report(store, datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1))
+    assert [p["session"] for p in rows["pruned"]] == ["old"]
