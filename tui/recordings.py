@@ -90,6 +90,10 @@ class RecordingsScreen(Screen[None]):
     def action_focus_filter(self) -> None:
         self.query_one("#rec-filter", Input).focus()
 
+    def on_descendant_focus(self, event: object) -> None:
+        if self.focused is self.query_one("#rec-filter", Input):
+            self._status("filter: type, Enter applies, Esc goes back to the list")
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         if event.row_key.value is not None:
