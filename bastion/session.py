@@ -27,7 +27,7 @@ from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.rpcproto import LOGIN_METHODS
 from bastion.store.approvals import DecisionRefused
-from bastion.store.db import new_session_id
+from bastion.store.db import POLICY_FILTERS, new_session_id
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
@@ -413,15 +413,21 @@ class BastionSession(asyncssh.SSHServerSession):
 
     async def _rpc_recordings(self, params: dict[str, Any]) -> dict[str, Any]:
         self._auditor()
+        if any(not isinstance(v, str) or len(v) > 255 for v in params.values()):
+            raise RefusedRequest("bad_request", "filters are strings of at most 255 characters")
         since = None
         if params.get("since"):
             try:
                 since = parse_when(str(params["since"]))
             except (ValueError, TypeError) as e:
                 raise RefusedRequest("bad_request", str(e)) from None
+        policy = params.get("policy") or None
+        if policy is not None and policy not in POLICY_FILTERS:
+            raise RefusedRequest("bad_request", f"policy= takes one of {', '.join(POLICY_FILTERS)}")
         rows = await asyncio.to_thread(
             self.ctx.daemon.store.sessions, 500, user=params.get("user") or None,
-            resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None)
+            resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None,
+            policy=policy)
         keep = ("id", "user", "resource", "kind", "mode", "command", "started_at", "duration", "outcome",
                 "exit_status")
         return {"sessions": [{k: r[k] for k in keep} | {"recorded": bool(r["recording"])} for r in rows]}

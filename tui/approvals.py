@@ -49,7 +49,7 @@ class ReasonModal(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="reason-box"):
             yield Label(self.title_text)
-            yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason")
+            yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason", select_on_focus=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value)

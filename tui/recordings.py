@@ -15,7 +15,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from bastion.rpcproto import RpcClient, RpcError
 from tui.approvals import _short
 
-FILTER_HELP = "filter: user=alice resource=web* since=7d outcome=terminated (Enter applies)"
+FILTER_HELP = ("filter: user=alice resource=web* since=7d outcome=terminated policy=blocked|warned|held|denied "
+               "(Enter applies)")
 
 
 def parse_filter(text: str) -> dict[str, str]:
@@ -29,7 +30,7 @@ def parse_filter(text: str) -> dict[str, str]:
         key, sep, value = w.partition("=")
         if not sep:
             key, value = "user", w
-        if key in ("user", "resource", "since", "outcome") and value:
+        if key in ("user", "resource", "since", "outcome", "policy") and value:
             out[key] = value
     return out
 
@@ -51,7 +52,8 @@ class RecordingsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
-        yield Input(placeholder=FILTER_HELP, id="rec-filter")
+        # no select-all on focus: it runs after a refresh and would eat what is typed right after "/"
+        yield Input(placeholder=FILTER_HELP, id="rec-filter", select_on_focus=False)
         yield DataTable(id="recordings", cursor_type="row", zebra_stripes=True)
         yield Static("", id="rec-status")
         yield Footer()

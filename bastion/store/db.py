@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, exists, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
@@ -152,9 +152,10 @@ class Store:
 
     def sessions(self, limit: int = 200, *, user: str | None = None, resource: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 outcome: str | None = None) -> list[dict[str, Any]]:
+                 outcome: str | None = None, policy: str | None = None) -> list[dict[str, Any]]:
         """Newest first, with their recording paths, as plain dicts; optionally filtered (``resource`` and
-        ``user`` accept ``*`` globs)."""
+        ``user`` accept ``*`` globs; ``policy``: sessions where something was ``blocked``, ``warned``, ``held``
+        for approval or ``denied``)."""
         q = select(Session, Recording).join(Recording, Recording.session_id == Session.id, isouter=True)
         for col, value in ((Session.user, user), (Session.resource, resource)):
             if value:
@@ -165,6 +166,8 @@ class Store:
             q = q.where(Session.started_at < until)
         if outcome:
             q = q.where(Session.outcome == outcome)
+        if policy:
+            q = q.where(_policy_filter(policy))
         with self.tx() as s:
             rows = s.execute(q.order_by(Session.started_at.desc()).limit(limit)).all()
             return [_session_dict(sess, rec) for sess, rec in rows]
@@ -181,6 +184,22 @@ class Store:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
                                                             isouter=True).where(Session.id == sid)).first()
             return _session_dict(*row) if row else None
+
+
+POLICY_FILTERS = ("blocked", "warned", "held", "denied")
+
+
+def _policy_filter(policy: str) -> Any:
+    """A condition on sessions: something in them was blocked, warned about, held, or denied by a reviewer."""
+    from bastion.store.models import ApprovalRequest
+
+    if policy in ("blocked", "warned"):
+        outcomes = ("block", "blocked") if policy == "blocked" else ("warn",)
+        return exists().where(AuditEvent.session_id == Session.id, AuditEvent.outcome.in_(outcomes))
+    if policy in ("held", "denied"):
+        cond = exists().where(ApprovalRequest.session_id == Session.id)
+        return cond.where(ApprovalRequest.status == "denied") if policy == "denied" else cond
+    raise ValueError(f"policy filter must be one of {', '.join(POLICY_FILTERS)}")
 
 
 def _like(glob: str) -> str:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from policies.access import decide_open, grants_for, may_review
+from policies.access import decide_open, grants_for, may_review, may_watch
 
 
 @dataclass
@@ -57,3 +57,12 @@ def test_review_rights_follow_role_scope_and_rule_roles() -> None:
     assert may_review(rev, roles, "web1", ("rev",)) and not may_review(rev, roles, "web1", ("dba-rev",))
     assert may_review(dba, roles, "db1", ()) and not may_review(dba, roles, "web1", ())
     assert not may_review(grants_for(["ops"], roles), roles, "web1", ())
+
+
+def test_who_may_watch_live_sessions() -> None:
+    roles = {**ROLES, "dba-rev": R(["dba"], review=["db*"])}
+    assert may_watch(grants_for(["auditors"], roles), roles, "anything")
+    assert may_watch(grants_for(["reviewers"], roles), roles, "web1")
+    dba = grants_for(["dba"], roles)
+    assert may_watch(dba, roles, "db1") and not may_watch(dba, roles, "web1")
+    assert not may_watch(grants_for(["ops"], roles), roles, "web1")  # operators: not even their own resources

@@ -8,6 +8,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from bastion.auditreport import CSV_COLUMNS, build_report, prune, report_csv
@@ -92,3 +93,34 @@ def test_retention_prunes_old_recordings_and_keeps_them_in_the_chain(tmp_path: P
     assert len(pruned) == 1 and pruned[0].session_id == "old" and pruned[0].detail["sha256"]
     rows = build_report(store, datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1))
     assert [p["session"] for p in rows["pruned"]] == ["old"]
+
+
+def test_session_filters(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    for sid, user in (("a1", "alice"), ("b1", "bob"), ("a2", "alice")):
+        session(store, tmp_path, sid, sid, user=user)
+    store.audit("alice", "command.block", "block", resource="web", session_id="a1", rule="r", text="rm x")
+    store.audit("alice", "command.warn", "warn", resource="web", session_id="a2", rule="r", text="ls")
+    approvals = ApprovalStore(store)
+    req = approvals.create(requester="bob", resource="web", session_id="b1", text="chmod", rule="c", reason="",
+                           approvals_needed=1, approver_roles=[], timeout=60, node="n")
+    approvals.decide(req["id"], "carol", False, "no")
+
+    def ids(**kw: object) -> set[str]:
+        return {r["id"] for r in store.sessions(**kw)}  # type: ignore[arg-type]
+
+    assert ids(user="alice") == {"a1", "a2"} and ids(user="al*") == {"a1", "a2"} and ids(user="a_ice") == set()
+    assert ids(policy="blocked") == {"a1"} and ids(policy="warned") == {"a2"}
+    assert ids(policy="held") == {"b1"} and ids(policy="denied") == {"b1"}
+    assert ids(user="alice", policy="held") == set()
+    assert ids(since=datetime.now(UTC) + timedelta(hours=1)) == set()
+    with pytest.raises(ValueError):
+        store.sessions(policy="nonsense")
+
+
+def test_tui_filter_words() -> None:
+    from tui.recordings import parse_filter
+
+    assert parse_filter("alice resource='web *' since=7d policy=blocked bogus=1") == {
+        "user": "alice", "resource": "web *", "since": "7d", "policy": "blocked"}
+    assert parse_filter('user="unterminated') == {"user": '"unterminated'}
