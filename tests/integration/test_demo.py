@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.keys import free_port
+from tests.support.keys import free_port_block
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -46,7 +46,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
 def test_demo_exec_sessions_list_and_second_run() -> None:
     # directly under /tmp: when the tests run as root, the demo's PostgreSQL runs as `postgres` and must be able
     # to reach the state dir (pytest's own tmp dirs are private to root)
-    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port()
+    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port_block(4)
     proc = start_demo(state, port)
     try:
         banner = proc.banner  # type: ignore[attr-defined]
@@ -158,7 +158,7 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
 def test_demo_k8s_done_when() -> None:
     """demo-k8s: get pods lists pods, delete waits for bob, get secret -o yaml is refused naming the rule, and the
     approved exec shell is in the recording."""
-    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port()
+    state, port = Path(tempfile.mkdtemp(prefix="bastion-demo-", dir="/tmp")), free_port_block(4)
     proc = start_demo(state, port)
     alice = state / "keys" / "alice"
 
