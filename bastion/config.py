@@ -343,7 +343,11 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
 
 
 def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # a control character: YAML refuses the whole stream
+        line = text[:max(0, e.position)].count("\n") + 1
+        raise ConfigError([f"{path}:{line}: invalid YAML: character {e.character:#04x} is not allowed"]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -358,6 +362,9 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         raise ConfigError([f"{path}:{line}: invalid YAML: {e.problem or e.context}"]) from None
+    except (yaml.YAMLError, RecursionError) as e:  # anything else the parser refuses (deep nesting, ...)
+        raise ConfigError([f"{path}:1: invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]) \
+            from None
     finally:
         loader.dispose()
 
