@@ -16,7 +16,7 @@ import asyncssh
 from bastion.approvals import ApprovalService
 from bastion.auditing import AuditWorker
 from bastion.config import Config
-from bastion.keyfiles import ensure_private_key
+from bastion.keyfiles import CIPHERS, ensure_private_key
 from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
 from bastion.sandbox import make_sandbox
@@ -293,7 +293,7 @@ class Daemon:
             lambda: BastionServer(self), self.config.listen.host, self.config.listen.port,
             server_host_keys=host_keys, login_timeout=self._login_timeout(), agent_forwarding=False,
             x11_forwarding=False, allow_pty=True, line_editor=False, encoding=None, keepalive_interval=60,
-            allow_scp=False, reuse_address=True, config=[])
+            allow_scp=False, reuse_address=True, config=[], encryption_algs=CIPHERS)
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))
 

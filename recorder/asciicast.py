@@ -155,6 +155,12 @@ def _incomplete_tail(data: bytes) -> int:
     return 0
 
 
+def _looks_like_prompt(line: str) -> bool:
+    """PROMPT_RE, after the cheap test it implies (the line ends with ``:`` or ``?``): runs on every output chunk."""
+    tail = line.rstrip()
+    return bool(tail) and tail[-1] in ":?" and PROMPT_RE.search(line) is not None
+
+
 def _printable(text: str) -> str:
     """Text with control characters removed, newlines kept."""
     return text.translate(_CONTROLS)
@@ -290,7 +296,7 @@ class EchoGuard:
             self._match(text[:k + 1], out)
             self._current, text = "", text[k + 1:]
         line = (self._current + text)[-512:]
-        if self._known is None and PROMPT_RE.search(line):
+        if self._known is None and _looks_like_prompt(line):
             self._prompt_shown(line)
         self._match(text, out)
         self._set_current(line)
@@ -298,7 +304,7 @@ class EchoGuard:
 
     def _set_current(self, line: str) -> None:
         self._current = line[-512:]
-        self._prompt = bool(PROMPT_RE.search(self._current))
+        self._prompt = _looks_like_prompt(self._current)
 
     def _prompt_shown(self, line: str) -> None:
         """A password prompt ends the output: typed bytes not echoed so far are an answer to it."""

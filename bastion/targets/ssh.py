@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config import SshResource
+from bastion.keyfiles import CIPHERS
 from bastion.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class SshEndpoint:
                 agent_path=None, agent_forwarding=False, x11_forwarding=False, config=[],
                 preferred_auth="publickey", keepalive_interval=30, ignore_encrypted=True,
                 password_auth=False, kbdint_auth=False, gss_auth=False, host_based_auth=False,
-                connect_timeout=timeout), timeout + 1)
+                connect_timeout=timeout, encryption_algs=CIPHERS), timeout + 1)
         except asyncssh.HostKeyNotVerifiable:
             log.error("host key of %s:%s does not match the pinned key", res.host, res.port)
             raise TargetError("the target's host key does not match the pinned key; refusing to connect") from None

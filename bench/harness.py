@@ -1,0 +1,128 @@
+"""What every benchmark needs: a real sshd target, a bastion daemon in front of it (recording on), the stock OpenSSH
+client pointed at either, and a table printer that states the machine. Uses the test suite's support code."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.conftest import start_bastion, stop_bastion, write_config  # noqa: E402
+from tests.support.keys import free_port, make_keypair  # noqa: E402
+from tests.support.ssh_client import ssh_argv  # noqa: E402
+from tests.support.sshd import SshdTarget, start_sshd  # noqa: E402
+
+PLAIN = """\
+  plain:
+    kind: ssh
+    description: no policy, recorded
+    host: 127.0.0.1
+    port: {port}
+    user: {user}
+    credential: {{private_key_file: {key}}}
+    host_key: "{host_key}"
+"""
+ROLE = "  benchers: {groups: [ops], resources: [plain]}\n"
+
+
+@dataclass
+class Env:
+    dir: Path
+    port: int
+    keys: dict[str, Path]
+    target: SshdTarget
+    target_key: Path
+    proc: subprocess.Popen[bytes]
+
+    def via_bastion(self, resource: str, *extra: str, tty: bool | None = None) -> list[str]:
+        """ssh to a resource through the bastion as alice."""
+        return ssh_argv(self.keys["alice"], self.port, "alice", resource, *extra, tty=tty)
+
+    def direct(self, *extra: str, tty: bool | None = None) -> list[str]:
+        """ssh straight to the same sshd with the credential the bastion uses."""
+        return ssh_argv(self.target_key, self.target.port, self.target.user, *extra, tty=tty)
+
+    def menu(self, user: str = "alice") -> list[str]:
+        return ssh_argv(self.keys[user], self.port, user, tty=True)
+
+    def bastion_pids(self) -> list[int]:
+        """The daemon and every process under it (session processes, indexers)."""
+        pids, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            todo += [int(k) for k in kids]
+        return pids
+
+
+@contextmanager
+def bastion_env(*, users: Sequence[str] = ("alice", "bob")) -> Iterator[Env]:
+    d = Path(tempfile.mkdtemp(prefix="bastion-bench-", dir="/tmp"))
+    try:
+        (d / "state").mkdir()
+        keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in users}
+        target_key, target_pub = make_keypair(d / "target", "bench")
+        target = start_sshd(d / "sshd", authorized_keys=[target_pub])
+        port = free_port()
+        extra = PLAIN.format(port=target.port, user=target.user, key=target_key, host_key=target.host_key_public)
+        cfg = write_config(d, port, keys, target, target_key, extra_resources=extra, extra_roles=ROLE,
+                           limits="limits: {max_connections: 2000, max_connections_per_source: 2000}\n")
+        proc = start_bastion(cfg, port, d / "bastion.out")
+        try:
+            yield Env(d, port, keys, target, target_key, proc)
+        finally:
+            stop_bastion(proc)
+            target.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+                 .split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cpu = ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cpu ({cpu}){mem}, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def pct(xs: Sequence[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in header]] + [[c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float)
+                                           else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [f"## {title}", "", "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells[1:]]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Env", "bastion_env", "machine", "pct", "statistics", "table"]
