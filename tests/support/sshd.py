@@ -74,6 +74,7 @@ PrintLastLog no
 UseDNS no
 Subsystem sftp internal-sftp
 LogLevel VERBOSE
+MaxStartups 1000:30:2000
 """
 
 

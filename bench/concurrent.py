@@ -1,0 +1,121 @@
+"""Many concurrent recorded sessions: memory per session across all bastion processes (PSS: shared pages counted
+once), and the daemon's CPU while they sit open; exec sessions (brokered straight to the target) and menu
+connections (each has its own TUI process) separately.
+
+    .venv/bin/python bench/concurrent.py [--sessions 50,200] [--menus 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Env, bastion_env, machine, table  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError):
+            pass
+    return total / TICK
+
+
+def settle(env: Env, want: int, timeout: float) -> None:
+    """Wait until ``want`` brokered sessions are live (the daemon's log says when each starts)."""
+    log = env.dir / "bastion.out"
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(" started (") < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {log.read_text().count(' started (')} of {want} sessions started")
+        time.sleep(0.2)
+
+
+def exec_sessions(env: Env, n: int, started: int) -> tuple[float, float, float]:
+    before_mem, pids0 = pss_kb(env.bastion_pids()), env.bastion_pids()
+    t0 = time.perf_counter()
+    clients = [subprocess.Popen(env.via_bastion("plain", "--", "sleep 120", tty=False), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        settle(env, started + n, 60 + n)
+        setup = time.perf_counter() - t0
+        time.sleep(2)
+        pids = env.bastion_pids()
+        mem = pss_kb(pids)
+        c0 = cpu_s(pids)
+        time.sleep(5)
+        idle_cpu = (cpu_s(pids) - c0) / 5 * 100
+        del pids0
+        return (mem - before_mem) / n / 1024, idle_cpu, setup
+    finally:
+        for c in clients:
+            c.kill()
+        for c in clients:
+            c.wait()
+        time.sleep(2)
+
+
+def menus(env: Env, n: int) -> float:
+    before = pss_kb(env.bastion_pids())
+    procs = []
+    for _ in range(n):
+        master, slave = os.openpty()
+        procs.append((subprocess.Popen(env.menu(), stdin=slave, stdout=slave, stderr=slave,
+                                       start_new_session=True), master))
+        os.close(slave)
+    try:
+        deadline = time.monotonic() + 60
+        while len(env.bastion_pids()) < 1 + n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # the TUIs have drawn
+        return (pss_kb(env.bastion_pids()) - before) / n / 1024
+    finally:
+        for p, m in procs:
+            p.kill()
+            p.wait()
+            os.close(m)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", default="50,200")
+    ap.add_argument("--menus", type=int, default=10)
+    args = ap.parse_args()
+    rows = []
+    with bastion_env() as env:
+        started = 0
+        for n in [int(x) for x in args.sessions.split(",")]:
+            per, cpu, setup = exec_sessions(env, n, started)
+            started += n
+            rows.append((f"{n} exec sessions (recorded)", f"{per:.2f}", f"{cpu:.1f}", f"{setup:.1f}"))
+        menu_mb = menus(env, args.menus)
+        rows.append((f"{args.menus} menu connections (TUI process each)", f"{menu_mb:.1f}", "-", "-"))
+    print(table(f"Concurrent sessions on {machine()}",
+                ["load", "MB per session (PSS)", "daemon CPU % while idle", "seconds to open all"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
