@@ -1,0 +1,149 @@
+"""A hostile session process: the TUI of alice's menu connection is taken over (stopped, its broker socket taken
+with pidfd_getfd, as an attacker who got code execution in it could), and speaks to the daemon directly. Forged
+and malformed requests are refused and logged, nothing is granted beyond alice's own rights, and the daemon goes
+on serving everyone else."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BastionEnv
+from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
+
+pytestmark = pytest.mark.slow
+SYS_PIDFD_GETFD = 438
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tui_pid(daemon: int, before: set[int]) -> int:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for pid in set(children(daemon)) - before:
+            try:
+                if b"-m\x00tui" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError("no session process appeared")
+
+
+def steal_fd(pid: int, fd: int) -> socket.socket:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+        return socket.socket(fileno=got)
+    finally:
+        os.close(pidfd)
+
+
+def rpc_fd(pid: int) -> int:
+    """The session process's broker socket: the fd number the daemon gave it (in its initial environment)."""
+    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    return int(env[b"BASTION_RPC_FD"])
+
+
+def ask(sock: socket.socket, raw: bytes) -> dict | None:
+    sock.sendall(struct.pack(">I", len(raw)) + raw)
+    sock.settimeout(10)
+    try:
+        (n,) = struct.unpack(">I", _exact(sock, 4))
+    except (TimeoutError, ConnectionError):
+        return None
+    return json.loads(_exact(sock, n))
+
+
+def _exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -> None:
+    env = bastion_env
+    held = subprocess.Popen(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "chmod 600 /nonexistent",
+                                     tty=False), stderr=subprocess.PIPE, text=True)  # alice's own pending request
+    try:
+        assert held.stderr is not None and "waiting for approval" in held.stderr.readline()
+        before = set(children(env.proc.pid))
+        with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=100, rows=30) as t:
+            t.wait_for(r"real sshd on loopback")
+            pid = tui_pid(env.proc.pid, before)
+            os.kill(pid, signal.SIGSTOP)  # its own reader thread must not take our replies
+            try:
+                sock = steal_fd(pid, rpc_fd(pid))
+                log_start = env.log.stat().st_size
+                hello = ask(sock, json.dumps({"id": 1, "method": "hello", "params": {}}).encode())
+                assert hello is not None and hello["result"]["user"] == "alice"  # it is alice's channel, no more
+                queue = ask(sock, b'{"id":2,"method":"queue.list","params":{}}')
+                assert queue is not None and queue["error"]["code"] == "forbidden"
+                mine = ask(sock, b'{"id":3,"method":"requests.mine","params":{}}')
+                assert mine is not None
+                rid = str(mine["result"]["requests"][0]["id"])
+                forged = [  # (request, the error it must get)
+                    ({"id": 4, "method": "request.decide", "params": {"id": rid, "decision": "approve",
+                                                                      "reason": ""}}, {"forbidden", "refused"}),
+                    ({"id": 5, "method": "request.decide", "params": {"id": rid, "decision": "approve"},
+                      "as": "bob"}, {"bad_request"}),
+                    ({"id": 6, "method": "hello", "params": {"user": "bob"}}, {"bad_request"}),
+                    ({"id": 7, "method": "admin.grant", "params": {}}, {"bad_request"}),
+                    ({"id": 8, "method": "sessions.live", "params": {}}, {"forbidden"}),
+                    ({"id": 9, "method": "session.terminate", "params": {"id": "x", "reason": "r"}}, {"not_found"}),
+                    ({"id": 10, "method": "recordings.list", "params": {}}, {"forbidden"}),
+                    ({"id": 11, "method": "recording.play", "params": {"id": "x"}}, {"forbidden"}),
+                    ({"id": 12, "method": "resource.open", "params": {"name": "secret-db"}}, None),
+                ]
+                for req, codes in forged:
+                    reply = ask(sock, json.dumps(req).encode())
+                    assert reply is not None, req
+                    if codes is None:  # open of a resource alice may not use: refused like an unknown one
+                        assert reply["result"]["ok"] is False and "not permitted" in reply["result"]["message"]
+                    else:
+                        assert reply.get("error", {}).get("code") in codes, (req, reply)
+                for garbage in (b"\xff\xfe{", b"[]", b'{"id":13}', b"{" * 5000):
+                    reply = ask(sock, garbage)
+                    assert reply is not None and reply["error"]["code"] == "bad_request"
+                sock.sendall(struct.pack(">I", 10 * 1024 * 1024) + b"x")  # oversized: refused, channel closed
+                (n,) = struct.unpack(">I", _exact(sock, 4))
+                assert json.loads(_exact(sock, n))["error"]["code"] == "too_large"
+                assert ask(sock, b'{"id":14,"method":"hello","params":{}}') is None
+                sock.close()
+            finally:
+                os.kill(pid, signal.SIGKILL)
+        log = env.log.read_bytes()[log_start:].decode(errors="replace")
+        assert "refused malformed request" in log and "refused oversized frame" in log
+        # alice's request is still pending, undecided; everyone else is served as before
+        still = subprocess.run(ssh_argv(env.keys["bob"], env.port, "bob", "web", "--", "echo fine", tty=False),
+                               capture_output=True, text=True, timeout=60)
+        assert held.poll() is None
+        assert still.stdout == "" and "no such resource or not permitted" in still.stderr  # bob may not open web
+        out = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "echo fine", tty=False),
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout == "fine\n"
+    finally:
+        held.kill()
+        held.wait()
