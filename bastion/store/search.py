@@ -25,18 +25,22 @@ BATCH = 2000
 
 
 def index_recording(store: Store, session_id: str, path: Path | str) -> int:
-    """(Re)build the index rows of one recording; returns how many rows. A damaged tail is indexed up to the damage."""
+    """(Re)build the index rows of one recording; returns how many rows. A damaged tail is indexed up to the damage.
+
+    Rows go in batches, each its own short transaction: a long recording must not hold the database's write lock
+    (on SQLite, the whole database) while the daemon needs it to close other sessions."""
     errors: list[str] = []
     n = 0
-    with store.tx() as s:
-        s.execute(text("DELETE FROM recording_text WHERE session_id = :sid"), {"sid": session_id})
-        batch: list[dict[str, Any]] = []
-        for row in index_rows(path, errors):
-            batch.append({"sid": session_id, "t": round(row.t, 3), "kind": row.kind, "text": row.text})
-            if len(batch) >= BATCH:
+    drop_index(store, session_id)
+    batch: list[dict[str, Any]] = []
+    for row in index_rows(path, errors):
+        batch.append({"sid": session_id, "t": round(row.t, 3), "kind": row.kind, "text": row.text})
+        if len(batch) >= BATCH:
+            with store.tx() as s:
                 _insert(s, batch)
-                n += len(batch)
-                batch = []
+            n += len(batch)
+            batch = []
+    with store.tx() as s:
         if batch:
             _insert(s, batch)
             n += len(batch)

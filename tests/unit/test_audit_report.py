@@ -124,3 +124,40 @@ def test_tui_filter_words() -> None:
     assert parse_filter("alice resource='web *' since=7d policy=blocked bogus=1") == {
         "user": "alice", "resource": "web *", "since": "7d", "policy": "blocked"}
     assert parse_filter('user="unterminated') == {"user": '"unterminated'}
+
+
+def test_indexing_a_long_recording_never_locks_out_the_daemon(tmp_path: Path) -> None:
+    """The index goes in in short transactions: meanwhile, other writers (the daemon closing sessions) get the
+    SQLite write lock within a short busy timeout, never 'database is locked'."""
+    import threading
+
+    from sqlalchemy import event
+
+    store = make(tmp_path)
+    path = tmp_path / "long.cast"
+    w = CastWriter(path, 80, 24, title="long")
+    for i in range(30):
+        w.output("".join(f"line {i}-{j} of a long recording\r\n" for j in range(2000)).encode())
+    w.close()
+    store.start_session("long", user="alice", resource="web", kind="ssh", mode="exec", command="cat", client_addr="",
+                        node="n", recording_path=path)
+    daemon = Store(store.url)
+    event.listen(daemon.engine, "connect", lambda c, _r: c.execute("PRAGMA busy_timeout=1000"))
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def index() -> None:
+        try:
+            index_recording(store, "long", path)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=index).start()
+    writes = 0
+    while not done.is_set():
+        daemon.audit("alice", "session.end", "exited", session_id=f"other-{writes}")  # raises if locked out
+        writes += 1
+    assert not errors and writes > 0
+    assert len(search(store, "line 29-1999 of a long recording")) == 1
