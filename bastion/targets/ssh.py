@@ -90,8 +90,10 @@ class SshEndpoint:
             raise TargetError("the target's host key does not match the pinned key; refusing to connect") from None
         except asyncssh.PermissionDenied:
             raise TargetError("the target refused the bastion's credential") from None
-        except (OSError, TimeoutError, asyncssh.Error) as e:
-            raise TargetError(f"cannot connect to the target: {e or type(e).__name__}") from None
+        except TimeoutError:
+            raise TargetError(f"cannot connect to the target: no answer within {timeout:g} s") from None
+        except (OSError, asyncssh.Error) as e:
+            raise TargetError(f"cannot connect to the target: {str(e) or type(e).__name__}") from None
         finally:
             del key
         try:
