@@ -58,8 +58,10 @@ def settle(env: Env, want: int, clients: list[subprocess.Popen[bytes]], timeout:
     return [(c.stderr.read() if c.stderr else b"").decode(errors="replace").strip()[-200:] for c in dead]
 
 
-def exec_sessions(env: Env, n: int, started: int) -> tuple[float, float, float, list[str]]:
-    before_mem = pss_kb(env.bastion_pids())
+def exec_sessions(env: Env, n: int, started: int, baseline: int) -> tuple[float, float, float, list[str]]:
+    """Open ``n`` sessions; memory per session is counted from the daemon's memory before any round (memory a
+    previous round freed is reused by this one, so a per-round baseline would undercount)."""
+    before_mem = baseline
     t0 = time.perf_counter()
     clients: list[subprocess.Popen[bytes]] = []
     try:
@@ -114,8 +116,10 @@ def main() -> int:
     with bastion_env() as env:
         started = 0
         notes = []
+        subprocess.run(env.via_bastion("plain", "--", "true", tty=False), capture_output=True, timeout=60)
+        baseline = pss_kb(env.bastion_pids())  # after one session: code paths loaded, nothing open
         for n in [int(x) for x in args.sessions.split(",")]:
-            per, cpu, setup, failed = exec_sessions(env, n, started)
+            per, cpu, setup, failed = exec_sessions(env, n, started + 1, baseline)
             started += n - len(failed)
             rows.append((f"{n} exec sessions (recorded)", f"{per:.2f}", f"{cpu:.1f}", f"{setup:.1f}",
                          str(len(failed))))

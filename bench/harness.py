@@ -3,9 +3,11 @@ client pointed at either, and a table printer that states the machine. Uses the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,16 +60,7 @@ class Env:
 
     def bastion_pids(self) -> list[int]:
         """The daemon and every process under it (session processes, indexers)."""
-        pids, todo = [], [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            todo += [int(k) for k in kids]
-        return pids
+        return _tree(self.proc.pid)
 
 
 @contextmanager
@@ -87,9 +80,24 @@ def bastion_env(*, users: Sequence[str] = ("alice", "bob")) -> Iterator[Env]:
             yield Env(d, port, keys, target, target_key, proc)
         finally:
             stop_bastion(proc)
+            for pid in reversed(_tree(target.proc.pid)[1:]):  # session processes outlive their connection
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             target.stop()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def machine() -> str:
