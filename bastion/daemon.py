@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import signal
@@ -15,16 +16,18 @@ import asyncssh
 
 from bastion.approvals import ApprovalService
 from bastion.auditing import AuditWorker
-from bastion.config import Config
+from bastion.config import Config, ConfigError, load_config
 from bastion.keyfiles import CIPHERS, ensure_private_key
 from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
 from bastion.sandbox import make_sandbox
+from bastion.sdnotify import monotonic_usec, notify
 from bastion.session import BastionSession
 from bastion.store.db import Store
 from policies.access import Grants, grants_for
 
 log = logging.getLogger(__name__)
+RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "log_dir", "sandbox", "oidc")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -297,6 +300,31 @@ class Daemon:
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))
 
+    def reload(self) -> bool:
+        """Re-read the config file (SIGHUP, ``systemctl reload``) without dropping anyone: new connections and new
+        sessions use the new users, keys, roles, resources and policies; open sessions keep the policy they opened
+        with; connections keep the roles they logged in with. A config with problems is refused as a whole and the
+        running one stays. Listening address, host keys, database, recordings directory, logs, sandbox and OIDC
+        change only with a restart."""
+        old = self.config
+        try:
+            new = load_config(old.path, check_files=True)
+        except ConfigError as e:
+            log.error("reload refused; the running config stays:\n%s", e)
+            self.spawn_bg(asyncio.to_thread(self.store.audit, "bastion", "config.reload", "refused",
+                                            problems=e.problems[:20]))
+            return False
+        fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+        if fixed:
+            log.warning("reload: %s change only with a restart; the running values stay", ", ".join(fixed))
+            new = dataclasses.replace(new, **{f: getattr(old, f) for f in fixed})
+        self.config = new
+        self._load_keys()
+        log.info("reloaded %s: %d resources, %d local users, %d roles", new.path, len(new.resources),
+                 len(new.users), len(new.roles))
+        self.spawn_bg(asyncio.to_thread(self.store.audit, "bastion", "config.reload", "ok", kept=fixed))
+        return True
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -314,11 +342,20 @@ async def wait_for_stop_signal() -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run the daemon until SIGINT/SIGTERM."""
+    """Run the daemon until SIGINT/SIGTERM; SIGHUP reloads the config. Tells systemd when it is ready."""
     daemon = Daemon(config)
     await daemon.start()
+
+    def reload() -> None:
+        notify("RELOADING=1", monotonic_usec(), "STATUS=reloading the config")
+        ok = daemon.reload()
+        notify("READY=1", f"STATUS={'serving' if ok else 'serving; the last reload was refused (see the log)'}")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    notify("READY=1", f"STATUS=serving on {config.listen.host}:{config.listen.port}")
     try:
         await wait_for_stop_signal()
     finally:
         log.info("shutting down")
+        notify("STOPPING=1", "STATUS=shutting down")
         await daemon.stop()
