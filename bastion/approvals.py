@@ -7,10 +7,12 @@ self-approval and a second decision by the same person inside the recording tran
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bastion.pglisten import CHANNEL
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
 from policies.access import may_review
 from policies.engine import Decision
@@ -32,7 +34,23 @@ class ApprovalService:
         self._waiters: dict[int, asyncio.Event] = {}
         self.listeners: set[Callable[[], None]] = set()
 
-    def _notify(self) -> None:
+    def _notify(self, rid: int | None = None) -> None:
+        """Tell this node's reviewer screens, and (PostgreSQL) every other node, that requests changed."""
+        if rid is not None:
+            payload = json.dumps({"kind": "approval", "id": rid, "node": self.daemon.node})
+            self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.notify, CHANNEL, payload))
+        self._changed()
+
+    def remote_event(self, event: dict[str, Any]) -> None:
+        """Another node created, decided or ended a request."""
+        if event.get("kind") != "approval" or event.get("node") == self.daemon.node:
+            return
+        rid = event.get("id")
+        if isinstance(rid, int):
+            self._wake(rid)
+        self._changed()
+
+    def _changed(self) -> None:
         for cb in list(self.listeners):
             try:
                 cb()
@@ -52,7 +70,7 @@ class ApprovalService:
             approver_roles=list(decision.approver_roles), timeout=decision.timeout or 600.0, node=self.daemon.node)
         await self._audit(ctx.username, "approval.request", "pending", req, text=decision.text)
         log.info("%s: approval request #%d on %s (rule %s)", ctx.who, req["id"], resource, req["rule"])
-        self._notify()
+        self._notify(req["id"])
         return req
 
     async def wait(self, rid: int, timeout: float, withdraw: asyncio.Event) -> dict[str, Any]:
@@ -88,7 +106,7 @@ class ApprovalService:
             if req is not None:
                 await self._audit(actor, f"approval.{status}", status, req)
             self._wake(rid)
-            self._notify()
+            self._notify(rid)
         return done
 
     async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> dict[str, Any]:
@@ -108,7 +126,7 @@ class ApprovalService:
                           status=req["status"])
         log.info("%s: %s request #%d -> %s", ctx.who, "approved" if approve else "denied", rid, req["status"])
         self._wake(rid)
-        self._notify()
+        self._notify(rid)
         return req
 
     def _wake(self, rid: int) -> None:

@@ -51,6 +51,12 @@ class RecordingsModel(_Model):
     retention_days: Annotated[float, Field(gt=0, le=36500)] | None = None  # none: keep recordings forever
 
 
+class ClusterModel(_Model):
+    node_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,255}$")] | None = None  # default: host:port
+    heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    node_expiry_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0  # silent this long: sessions interrupted
+
+
 class AuditModel(_Model):
     signing_key_file: str | None = None  # ed25519 private key: the daemon signs the chain heads after each session
 
@@ -249,6 +255,7 @@ class _Schema(_Model):
     recordings_dir: str = "recordings"
     recordings: RecordingsModel = RecordingsModel()
     audit: AuditModel = AuditModel()
+    cluster: ClusterModel = ClusterModel()
     log_dir: str | None = None
     limits: Limits = Limits()
     sandbox: SandboxModel = SandboxModel()
@@ -281,6 +288,7 @@ class Config:
     kubectl: str | None = None
     recordings: RecordingsModel = field(default_factory=RecordingsModel)
     audit: AuditModel = field(default_factory=AuditModel)
+    cluster: ClusterModel = field(default_factory=ClusterModel)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     @property
@@ -560,6 +568,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         oidc=schema.oidc,
         recordings=schema.recordings,
         audit=schema.audit,
+        cluster=schema.cluster,
         lines=lines,
     )
     if check_files:

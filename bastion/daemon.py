@@ -20,6 +20,7 @@ from bastion.config import Config, ConfigError, load_config
 from bastion.keyfiles import CIPHERS, ensure_private_key
 from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
+from bastion.pglisten import PgListener
 from bastion.sandbox import make_sandbox
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.session import BastionSession
@@ -27,7 +28,7 @@ from bastion.store.db import Store
 from policies.access import Grants, grants_for
 
 log = logging.getLogger(__name__)
-RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "log_dir", "sandbox", "oidc")
+RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "log_dir", "sandbox", "oidc", "cluster")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -247,10 +248,12 @@ class Daemon:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.server: asyncssh.SSHAcceptor | None = None
-        self.node = f"{socket.gethostname()}:{config.listen.port}"
+        self.node = config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
         self.server_name = "bastion" if config.listen.port == 22 else f"-p {config.listen.port} bastion"
         self._bg: set[asyncio.Future[Any]] = set()
         self.auditing = AuditWorker(config, self.store)
+        self._listener: PgListener | None = None
+        self._cluster: asyncio.Task[None] | None = None
         self._keys: dict[str, set[bytes]] = {}
         self._load_keys()
 
@@ -291,6 +294,11 @@ class Daemon:
         await self.approvals.cancel_node()
         self.config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         await self.auditing.start()
+        await asyncio.to_thread(self.store.heartbeat, self.node, starting=True)
+        if self.store.engine.dialect.name == "postgresql":  # several nodes may share it: hear what they do
+            self._listener = PgListener(self.store.url, self.approvals.remote_event)
+            self._listener.start()
+        self._cluster = asyncio.create_task(self._cluster_loop())
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
         self.server = await asyncssh.create_server(
             lambda: BastionServer(self), self.config.listen.host, self.config.listen.port,
@@ -325,10 +333,37 @@ class Daemon:
         self.spawn_bg(asyncio.to_thread(self.store.audit, "bastion", "config.reload", "ok", kept=fixed))
         return True
 
+    async def _cluster_loop(self) -> None:
+        """Beat; and take over the bookkeeping of nodes that stopped beating (crashed): their active sessions
+        become interrupted (recordings hashed and chained) and their pending requests cancelled."""
+        c = self.config.cluster
+        while True:
+            await asyncio.sleep(c.heartbeat_seconds)
+            try:
+                await asyncio.to_thread(self.store.heartbeat, self.node)
+                for node in await asyncio.to_thread(self.store.expired_nodes, c.node_expiry_seconds):
+                    n = await asyncio.to_thread(self.store.mark_interrupted, node)
+                    ids = await asyncio.to_thread(self.approvals.db.cancel_pending, node=node,
+                                                  reason=f"node {node} stopped answering")
+                    log.warning("node %s stopped answering: %d session(s) marked interrupted, %d request(s) "
+                                "cancelled", node, n, len(ids))
+                    await asyncio.to_thread(self.store.audit, "bastion", "node.expired", "interrupted", node=node,
+                                            sessions=n, requests=ids, by=self.node)
+            except Exception:
+                log.exception("cluster bookkeeping failed; retrying")
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self._cluster is not None:
+            self._cluster.cancel()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+        try:
+            await asyncio.to_thread(self.store.heartbeat, self.node, stopping=True)
+        except Exception:
+            log.exception("cannot record this node's stop")
         await self.auditing.stop()
 
 

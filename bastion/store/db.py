@@ -7,19 +7,19 @@ import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, exists, select, update
+from sqlalchemy import create_engine, event, exists, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, file_sha256, recording_link
-from bastion.store.models import AuditEvent, ChainHead, Recording, Session, User
+from bastion.store.models import AuditEvent, ChainHead, Node, Recording, Session, User
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 __all__ = ["GENESIS", "Store", "new_session_id", "now"]
@@ -180,6 +180,37 @@ class Store:
         with self.tx() as s:
             rows = s.execute(q.order_by(Session.started_at.desc()).limit(limit)).all()
             return [_session_dict(sess, rec) for sess, rec in rows]
+
+    # -- nodes ---------------------------------------------------------------------------------------------
+    def heartbeat(self, node: str, *, starting: bool = False, stopping: bool = False) -> None:
+        """This node is alive (or starting, or stopping cleanly)."""
+        with self.tx() as s:
+            row = s.get(Node, node)
+            t = now()
+            if row is None:
+                row = Node(name=node, started_at=t, heartbeat_at=t)
+                s.add(row)
+            if starting:
+                row.started_at, row.stopped_at = t, None
+            row.heartbeat_at = t
+            if stopping:
+                row.stopped_at = t
+
+    def expired_nodes(self, older_than: float) -> list[str]:
+        """Nodes that stopped beating ``older_than`` seconds ago without a clean stop, and still have active
+        sessions."""
+        cutoff = now() - timedelta(seconds=older_than)
+        with self.tx() as s:
+            return list(s.scalars(select(Node.name).where(
+                Node.heartbeat_at < cutoff, Node.stopped_at.is_(None),
+                exists().where(Session.node == Node.name, Session.outcome == "active"))))
+
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL NOTIFY (other nodes LISTEN); nothing on SQLite, where one daemon is all there is."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.tx() as s:
+            s.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload[:7900]})
 
     def unindexed(self, limit: int = 1000) -> list[str]:
         """Sessions whose closed recording has no search index yet (oldest first)."""

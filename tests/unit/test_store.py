@@ -45,3 +45,22 @@ def test_interrupted_sessions_only_for_own_node(tmp_path: Path) -> None:
     assert store.mark_interrupted("n1") == 1
     assert {r["id"]: r["outcome"] for r in store.sessions()} == {"s1": "interrupted", "s2": "active"}
     assert store.session("nope") is None and store.session("s2")["resource"] == "r"
+
+
+def test_node_heartbeats_and_expiry(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    store = make(tmp_path)
+    for node in ("a", "b", "c"):
+        store.heartbeat(node, starting=True)
+        store.start_session(f"s-{node}", user="alice", resource="web", kind="ssh", mode="exec", command="x",
+                            client_addr="", node=node, recording_path=tmp_path / f"{node}.cast")
+    store.heartbeat("c", stopping=True)  # a clean stop: its restart takes care of its sessions
+    with store.engine.begin() as c:
+        c.execute(text("UPDATE nodes SET heartbeat_at = '2000-01-01 00:00:00'"))
+    store.heartbeat("b")  # b is alive
+    assert store.expired_nodes(60) == ["a"]
+    store.mark_interrupted("a")
+    assert store.expired_nodes(60) == []  # nothing left to take over
+    store.heartbeat("c", starting=True)
+    assert store.session("s-c")["outcome"] == "active"  # type: ignore[index]

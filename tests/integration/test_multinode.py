@@ -1,0 +1,122 @@
+"""Several nodes on one PostgreSQL store: a reviewer on node B decides a request held on node A (B's queue hears of
+it through LISTEN/NOTIFY), sessions and search span the nodes, and when node A dies its sessions are marked
+interrupted by B once A's heartbeat is overdue."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bastion.store.db import Store
+from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.support.keys import free_port
+from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
+
+pytestmark = pytest.mark.slow
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    name = f"bastion_nodes_{secrets.token_hex(4)}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture()
+def nodes(bastion_env: BastionEnv, pg_url: str, tmp_path: Path) -> Iterator[dict[str, BastionEnv]]:
+    base = bastion_env
+    shared = tmp_path / "recordings"  # shared storage: one directory both nodes write
+    out: dict[str, BastionEnv] = {}
+    try:
+        for name in ("A", "B"):
+            d = tmp_path / name
+            (d / "state").mkdir(parents=True)
+            port = free_port()
+            cfg = write_config(d, port, base.keys, base.target, base.target_key,
+                               extra_top=f"cluster: {{node_name: node-{name}, heartbeat_seconds: 0.5, "
+                                         "node_expiry_seconds: 3}\n")
+            cfg.write_text(cfg.read_text().replace("database: sqlite:///state/bastion.db", f"database: {pg_url}")
+                           .replace("recordings_dir: state/recordings", f"recordings_dir: {shared}"))
+            log = d / "out.log"
+            out[name] = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key,
+                                   start_bastion(cfg, port, log), log)
+        yield out
+    finally:
+        for env in out.values():
+            stop_bastion(env.proc)
+
+
+def test_reviewer_on_b_decides_a_request_held_on_a(nodes: dict[str, BastionEnv], pg_url: str) -> None:
+    a, b = nodes["A"], nodes["B"]
+    with Terminal(ssh_argv(b.keys["bob"], b.port, "bob", tty=True), cols=120, rows=30) as bob:
+        bob.wait_for(r"roles: .*reviewers")
+        bob.send_key("f2")
+        bob.wait_for(r"Nothing waits for you")
+        held = subprocess.Popen(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--", "chmod 600 /nonexistent",
+                                         tty=False), stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.stderr is not None and "waiting for approval" in held.stderr.readline()
+            t0 = time.monotonic()
+            bob.wait_for(r"alice\s+web\s+chmod 600 /nonexistent", timeout=10)  # pushed from node A
+            pushed = time.monotonic() - t0
+            bob.send("a")
+            _, err = held.communicate(timeout=20)
+            assert "approved" in err  # released on node A by bob's decision on node B
+        finally:
+            held.kill()
+    assert pushed < 4.5, f"B's queue showed A's request after {pushed:.1f} s: not pushed (it polls every 5 s)"
+    # the sessions list, search and recordings span the nodes
+    out = subprocess.run(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--", "echo ON-NODE-$((2*21))",
+                                  tty=False), capture_output=True, text=True, timeout=60)
+    assert out.stdout == "ON-NODE-42\n"
+    rows = json.loads(b.bastion("sessions", "list", "--json").stdout)
+    assert any(r["command"] == "echo ON-NODE-$((2*21))" for r in rows)
+    deadline = time.monotonic() + 30
+    while not (hits := json.loads(b.bastion("audit", "search", "ON-NODE-42", "--json").stdout or "[]")):
+        assert time.monotonic() < deadline, "A's recording never became searchable from B"
+        time.sleep(0.3)
+    assert hits[0]["kind"] == "screen"
+    assert b.bastion("audit", "verify").returncode == 0
+
+
+def test_a_dead_node_s_sessions_are_interrupted_by_the_other(nodes: dict[str, BastionEnv], pg_url: str) -> None:
+    a, b = nodes["A"], nodes["B"]
+    client = subprocess.Popen(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--", "sleep 60", tty=False))
+    store = Store(pg_url)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(s["outcome"] == "active" for s in store.sessions()):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        deadline = time.monotonic() + 30
+        while (row := store.sessions()[0])["outcome"] == "active":
+            assert time.monotonic() < deadline, "node B never noticed node A's death"
+            time.sleep(0.3)
+        assert row["outcome"] == "interrupted" and row["sha256"]  # and its recording chained, from shared storage
+        while not (expired := [e for e in store.audit_events() if e.action == "node.expired"]):
+            assert time.monotonic() < deadline, "no node.expired event"
+            time.sleep(0.2)
+        assert expired and expired[0].detail["node"] == "node-A" and expired[0].detail["by"] == "node-B"
+        assert b.bastion("audit", "verify").returncode == 0
+    finally:
+        client.kill()
+        store.engine.dispose()
