@@ -1,0 +1,102 @@
+"""The Ansible role, applied to this machine (connection local) into a prefix, with the systemd steps off (no
+systemd as PID 1 here): it installs the built wheel into a virtualenv, writes the config (validated by
+`bastion check-config` before it lands), the secret files 0600 and the unit; a second run changes nothing; the
+deployed daemon serves a real `ssh` login. `ansible-lint` passes on the role and playbook."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion
+from tests.support.keys import free_port
+from tests.support.ssh_client import ssh_argv
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_ansible_lint_is_clean() -> None:
+    out = subprocess.run([str(BIN / "ansible-lint"), "--offline", "ansible/"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_role_deploys_a_working_bastion(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    env = bastion_env
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(dist.glob("bastion-*.whl"))
+    prefix = tmp_path / "root"
+    port = free_port()
+    secret = f"{prefix}/etc/bastion/secrets/web_ed25519"
+    variables = {
+        "bastion_prefix": str(prefix), "bastion_package": str(wheel), "bastion_manage_user": False,
+        "bastion_manage_systemd": False, "bastion_listen_host": "127.0.0.1", "bastion_listen_port": port,
+        "bastion_users": {"alice": {"groups": ["ops"],
+                                    "authorized_keys": [Path(f"{env.keys['alice']}.pub").read_text().strip()]}},
+        "bastion_resources": {"web": {"kind": "ssh", "host": "127.0.0.1", "port": env.target.port,
+                                      "user": env.target.user, "credential": {"private_key_file": secret},
+                                      "host_key": env.target.host_key_public, "policy": "guarded"}},
+        "bastion_roles": {"operators": {"groups": ["ops"], "resources": ["web"]}},
+        "bastion_policies": {"guarded": {"default": "allow", "rules": [
+            {"name": "no-rm", "programs": ["rm"], "action": "block"}]}},
+        "bastion_secret_files": [{"dest": "secrets/web_ed25519", "content": env.target_key.read_text()}],
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    (tmp_path / "inventory.yml").write_text(
+        "bastions:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n")
+    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"), str(ROOT / "ansible/site.yml"),
+            "-e", f"@{tmp_path / 'vars.json'}", "-e", "ansible_become=false"]
+    aenv = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
+    assert again.returncode == 0 and re.search(r"changed=0\s", again.stdout), again.stdout[-3000:]
+
+    etc, venv = prefix / "etc/bastion", prefix / "opt/bastion/venv"
+    assert stat.S_IMODE(Path(secret).stat().st_mode) == 0o600
+    assert stat.S_IMODE((etc / "bastion.yaml").stat().st_mode) == 0o640
+    assert env.target_key.read_text() not in first.stdout  # no_log: the secret is not in ansible's output
+    unit = (prefix / "etc/systemd/system/bastion.service").read_text()
+    assert f"ExecStart={venv}/bin/bastion serve --config {etc}/bastion.yaml" in unit
+    assert f"ReadWritePaths={prefix}/var/lib/bastion {prefix}/var/log/bastion" in unit
+    if shutil.which("systemd-analyze"):
+        unit_file = prefix / "etc/systemd/system/bastion.service"
+        out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit_file)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+    # the deployed daemon (started by hand: no systemd here) lets alice in
+    proc = start_bastion_from(venv, etc / "bastion.yaml", port, tmp_path / "deployed.log")
+    try:
+        out = subprocess.run(ssh_argv(env.keys["alice"], port, "alice", "web", "--", "echo deployed-$((6*7))",
+                                      tty=False), capture_output=True, text=True, timeout=60)
+        assert out.stdout == "deployed-42\n", out.stderr
+        blocked = subprocess.run(ssh_argv(env.keys["alice"], port, "alice", "web", "--", "rm -f /tmp/x",
+                                          tty=False), capture_output=True, text=True, timeout=60)
+        assert blocked.returncode == 1 and "no-rm" in blocked.stderr
+    finally:
+        stop_bastion(proc)
+
+
+def start_bastion_from(venv: Path, cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """start_bastion, but with the deployed virtualenv's interpreter."""
+    real = sys.executable
+    try:
+        sys.executable = str(venv / "bin/python")
+        return start_bastion(cfg, port, log)
+    finally:
+        sys.executable = real
