@@ -304,7 +304,8 @@ class Daemon:
             lambda: BastionServer(self), self.config.listen.host, self.config.listen.port,
             server_host_keys=host_keys, login_timeout=self._login_timeout(), agent_forwarding=False,
             x11_forwarding=False, allow_pty=True, line_editor=False, encoding=None, keepalive_interval=60,
-            allow_scp=False, reuse_address=True, config=[], encryption_algs=CIPHERS)
+            allow_scp=False, reuse_address=True, config=[], encryption_algs=CIPHERS,
+            send_server_host_keys=True)  # clients learn every listed key: host key rotation without a flag day
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))
 

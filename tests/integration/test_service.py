@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BastionEnv, stop_bastion, wait_port, write_config
+from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, wait_port, write_config
 from tests.support.keys import free_port
 from tests.support.ssh_client import ssh_argv
 
@@ -109,3 +109,31 @@ def test_ready_reload_and_stop(bastion_env: BastionEnv, tmp_path: Path) -> None:
     finally:
         stop_bastion(proc)
         notes.sock.close()
+
+
+def test_host_key_rotation_clients_learn_the_next_key(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    base = bastion_env
+    (tmp_path / "state").mkdir()
+    port = free_port()
+    cfg = write_config(tmp_path, port, base.keys, base.target, base.target_key)
+    cfg.write_text(cfg.read_text().replace("host_keys: [state/host_ed25519]",
+                                           "host_keys: [state/host_ed25519, state/host_ed25519.new]"))
+    proc = start_bastion(cfg, port, tmp_path / "out.log")
+    try:
+        def pub(name: str) -> str:
+            out = subprocess.run(["ssh-keygen", "-y", "-f", str(tmp_path / "state" / name)], capture_output=True,
+                                 text=True, check=True)
+            return out.stdout.split()[1]
+
+        old, new = pub("host_ed25519"), pub("host_ed25519.new")
+        kh = tmp_path / "known_hosts"
+        kh.write_text(f"[127.0.0.1]:{port} ssh-ed25519 {old}\n")  # the client knows only the key in use
+        argv = ["ssh", "-F", "/dev/null", "-i", str(base.keys["alice"]), "-p", str(port), "-o", "IdentitiesOnly=yes",
+                "-o", "IdentityAgent=none", "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "UpdateHostKeys=yes", "-o", "BatchMode=yes", "-T", "alice@127.0.0.1", "web", "--", "true"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        known = kh.read_text()
+        assert old in known and new in known  # learned the announced next key, no prompt, no flag day
+    finally:
+        stop_bastion(proc)
