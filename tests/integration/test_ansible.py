@@ -88,6 +88,13 @@ def test_role_deploys_a_working_bastion(bastion_env: BastionEnv, tmp_path: Path)
         blocked = subprocess.run(ssh_argv(env.keys["alice"], port, "alice", "web", "--", "rm -f /tmp/x",
                                           tty=False), capture_output=True, text=True, timeout=60)
         assert blocked.returncode == 1 and "no-rm" in blocked.stderr
+        # the wheel carries asciinema-player: the deployed command exports a playable page
+        cast = next((prefix / "var/lib/bastion/recordings").rglob("*.cast"))
+        page = tmp_path / "export.html"
+        out = subprocess.run([str(venv / "bin/bastion"), "replay", str(cast), "--html", str(page)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "AsciinemaPlayer" in page.read_text() and "deployed-" in page.read_text()
     finally:
         stop_bastion(proc)
 
