@@ -88,13 +88,13 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no sessions")
         return 0
-    fmt = "{:<27} {:<12} {:<16} {:<20} {:>9} {:<22} {}"
-    print(fmt.format("ID", "USER", "RESOURCE", "START (UTC)", "DURATION", "ENDED", "RECORDING"))
+    fmt = "{:<27} {:<12} {:<16} {:<20} {:>9} {:<22} {:<16} {}"
+    print(fmt.format("ID", "USER", "RESOURCE", "START (UTC)", "DURATION", "ENDED", "NODE", "RECORDING"))
     for r in rows:
         dur = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
         ended = r["outcome"] + (f" ({r['exit_status']})" if r["exit_status"] is not None else "")
         print(fmt.format(r["id"], r["user"][:12], r["resource"][:16], (r["started_at"] or "")[:19].replace("T", " "),
-                         dur, ended[:22], r["recording"] or "-"))
+                         dur, ended[:22], (r["node"] or "-")[:16], r["recording"] or "-"))
     return 0
 
 

@@ -270,6 +270,7 @@ def _session_dict(sess: Session, rec: Recording | None) -> dict[str, Any]:
         "mode": sess.mode,
         "command": sess.command,
         "client_addr": sess.client_addr,
+        "node": sess.node,
         "started_at": started.isoformat() if started else None,
         "ended_at": ended.isoformat() if ended else None,
         "duration": round((ended - started).total_seconds(), 3) if started and ended else None,

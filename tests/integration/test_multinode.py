@@ -87,7 +87,8 @@ def test_reviewer_on_b_decides_a_request_held_on_a(nodes: dict[str, BastionEnv],
                                   tty=False), capture_output=True, text=True, timeout=60)
     assert out.stdout == "ON-NODE-42\n"
     rows = json.loads(b.bastion("sessions", "list", "--json").stdout)
-    assert any(r["command"] == "echo ON-NODE-$((2*21))" for r in rows)
+    assert any(r["command"] == "echo ON-NODE-$((2*21))" and r["node"] == "node-A" for r in rows)
+    assert "node-A" in b.bastion("sessions", "list").stdout
     deadline = time.monotonic() + 30
     while not (hits := json.loads(b.bastion("audit", "search", "ON-NODE-42", "--json").stdout or "[]")):
         assert time.monotonic() < deadline, "A's recording never became searchable from B"
