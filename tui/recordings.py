@@ -90,7 +90,10 @@ class RecordingsScreen(Screen[None]):
         self.query_one(DataTable).focus()
 
     def action_focus_filter(self) -> None:
-        self.query_one("#rec-filter", Input).focus()
+        """A fresh filter each time, like a pager's search (the current one is in the status line)."""
+        box = self.query_one("#rec-filter", Input)
+        box.value = ""
+        box.focus()
 
     def on_descendant_focus(self, event: object) -> None:
         if self.focused is self.query_one("#rec-filter", Input):
