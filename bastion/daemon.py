@@ -296,7 +296,7 @@ class Daemon:
         await self.auditing.start()
         await asyncio.to_thread(self.store.heartbeat, self.node, starting=True)
         if self.store.engine.dialect.name == "postgresql":  # several nodes may share it: hear what they do
-            self._listener = PgListener(self.store.url, self.approvals.remote_event)
+            self._listener = PgListener(self.store.url, self._remote_event)
             self._listener.start()
         self._cluster = asyncio.create_task(self._cluster_loop())
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
@@ -333,6 +333,17 @@ class Daemon:
                  len(new.users), len(new.roles))
         self.spawn_bg(asyncio.to_thread(self.store.audit, "bastion", "config.reload", "ok", kept=fixed))
         return True
+
+    def _remote_event(self, event: dict[str, Any]) -> None:
+        """Something another node published (LISTEN): approvals changed, or one of our sessions is to end."""
+        if event.get("kind") == "terminate":
+            live = self.live.get(str(event.get("id", "")))
+            if live is not None and event.get("node") == self.node:
+                log.warning("terminating session %s of %s at the request of %s on another node", live.sid,
+                            live.user, event.get("by"))
+                live.terminate(str(event.get("by", "?"))[:255], str(event.get("reason", ""))[:500])
+            return
+        self.approvals.remote_event(event)
 
     async def _cluster_loop(self) -> None:
         """Beat; and take over the bookkeeping of nodes that stopped beating (crashed): their active sessions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -23,6 +25,7 @@ from bastion.cmdfilter import CommandFilter
 from bastion.config import KubeResource, PgResource, SshResource
 from bastion.live import LiveSession, Observer
 from bastion.oidc.login import LoginRefused
+from bastion.pglisten import CHANNEL
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.rpcproto import LOGIN_METHODS
@@ -367,15 +370,36 @@ class BastionSession(asyncssh.SSHServerSession):
             raise RefusedRequest("not_found", f"no live session {str(sid)[:64]!r} that you may watch on this node")
         return live
 
+    async def _remote_active(self, sid: str | None = None) -> list[dict[str, Any]]:
+        """Active sessions that other nodes carry (several nodes share a PostgreSQL store) and this user may
+        watch."""
+        daemon = self.ctx.daemon
+        if daemon.store.engine.dialect.name != "postgresql":
+            return []
+        rows = await asyncio.to_thread(daemon.store.sessions, 500, outcome="active")
+        return [r for r in rows if r["node"] != daemon.node and (sid is None or r["id"] == sid)
+                and may_watch(self.ctx.grants, daemon.config.roles, r["resource"])]
+
     async def _rpc_live(self, params: dict[str, Any]) -> dict[str, Any]:
         g, daemon = self.ctx.grants, self.ctx.daemon
         if not (g.review or g.audit):
             raise RefusedRequest("forbidden", "live sessions are for reviewers and auditors")
-        return {"sessions": [s.as_dict() for s in daemon.live.list()
-                             if may_watch(g, daemon.config.roles, s.resource)]}
+        here = [s.as_dict() for s in daemon.live.list() if may_watch(g, daemon.config.roles, s.resource)]
+        now = time.time()
+        there = [{"id": r["id"], "user": r["user"], "resource": r["resource"], "kind": r["kind"], "mode": r["mode"],
+                  "command": r["command"] or "", "client_addr": r["client_addr"], "node": r["node"],
+                  "started": 0, "age": round(now - datetime.fromisoformat(r["started_at"]).timestamp(), 1),
+                  "observers": [], "remote": True} for r in await self._remote_active()]
+        return {"sessions": here + there}
 
     async def _rpc_observe(self, params: dict[str, Any]) -> dict[str, Any]:
-        live = self._watchable(params.get("id", ""))
+        sid = params.get("id", "")
+        if isinstance(sid, str) and self.ctx.daemon.live.get(sid) is None:
+            remote = await self._remote_active(sid)
+            if remote:
+                raise RefusedRequest("elsewhere", f"node {remote[0]['node']} carries this session: connect to it "
+                                                  "to observe (terminating works from here)")
+        live = self._watchable(sid)
         if self._opening or self.relay is None:
             raise RefusedRequest("busy", "a session is already open on this connection")
         ctx = self.ctx
@@ -393,12 +417,25 @@ class BastionSession(asyncssh.SSHServerSession):
         return {"ok": True, "message": f"{live.user}@{live.resource}: {reason}", "session_id": live.sid}
 
     async def _rpc_terminate(self, params: dict[str, Any]) -> dict[str, Any]:
-        live = self._watchable(params.get("id", ""))
+        sid = params.get("id", "")
         reason = params.get("reason", "")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
             raise RefusedRequest("bad_request", "give a reason (the operator sees it), at most 500 characters")
         reason = " ".join(reason.split())
         ctx = self.ctx
+        if isinstance(sid, str) and ctx.daemon.live.get(sid) is None:
+            remote = await self._remote_active(sid)
+            if remote:  # the node that carries it ends it (it LISTENs); checked here, audited here
+                r = remote[0]
+                await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "session.terminate", "ok",
+                                        resource=r["resource"], session_id=sid, client_addr=ctx.peer,
+                                        user=r["user"], reason=reason, node=r["node"])
+                await asyncio.to_thread(ctx.daemon.store.notify, CHANNEL, json.dumps(
+                    {"kind": "terminate", "id": sid, "by": ctx.username, "reason": reason, "node": r["node"]}))
+                log.warning("%s: asked node %s to terminate session %s of %s: %s", ctx.who, r["node"], sid,
+                            r["user"], reason)
+                return {"ok": True, "message": f"terminating {r['user']}@{r['resource']} on node {r['node']}"}
+        live = self._watchable(sid)
         await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "session.terminate", "ok",
                                 resource=live.resource, session_id=live.sid, client_addr=ctx.peer, user=live.user,
                                 reason=reason)

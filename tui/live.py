@@ -28,8 +28,7 @@ class LiveScreen(Screen[None]):
     """Active brokered sessions on this node that this user may watch."""
 
     BINDINGS = [
-        Binding("enter", "observe", "Observe"),
-        Binding("o", "observe", "Observe", show=False),
+        Binding("o", "observe", "Observe (or Enter)"),
         Binding("t", "terminate", "Terminate (reason)"),
         Binding("escape", "back", "Back"),
     ]
@@ -50,7 +49,7 @@ class LiveScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "live sessions"
         self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Command", "Age",
-                                              "Observers")
+                                              "Observers", "Node")
         self.reload()
         self.set_interval(2, self.reload)
         self.query_one(DataTable).focus()
@@ -66,7 +65,7 @@ class LiveScreen(Screen[None]):
         table.clear()
         for s in self.sessions:
             table.add_row(s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
-                          _age(s["age"]), ", ".join(s["observers"]) or "-", key=s["id"])
+                          _age(s["age"]), ", ".join(s["observers"]) or "-", s.get("node", ""), key=s["id"])
         if self.sessions:
             table.move_cursor(row=min(row, len(self.sessions) - 1))
         if time.monotonic() > self._sticky_until:  # an answer to the user stays a while
@@ -91,6 +90,10 @@ class LiveScreen(Screen[None]):
     def action_observe(self) -> None:
         s = self._selected()
         if s is None:
+            return
+        if s.get("remote"):  # its bytes are on the other node
+            self._status(f"{s['user']}@{s['resource']} is on node {s['node']}: connect to that node to observe "
+                         "(t terminates from here)", sticky=True)
             return
         try:
             try:

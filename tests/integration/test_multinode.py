@@ -121,3 +121,24 @@ def test_a_dead_node_s_sessions_are_interrupted_by_the_other(nodes: dict[str, Ba
     finally:
         client.kill()
         store.engine.dispose()
+
+
+def test_reviewer_on_b_terminates_a_session_on_a(nodes: dict[str, BastionEnv]) -> None:
+    a, b = nodes["A"], nodes["B"]
+    client = subprocess.Popen(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--", "sleep 60", tty=False),
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        with Terminal(ssh_argv(b.keys["bob"], b.port, "bob", tty=True), cols=140, rows=30) as bob:
+            bob.wait_for(r"roles: .*reviewers")
+            bob.send_key("f4")
+            bob.wait_for(r"alice\s+web\s+ssh\s+exec\s+sleep 60.*node-A", timeout=20)
+            bob.send_key("enter")  # observing needs the node that carries the session
+            bob.wait_for(r"is on node node-A: connect to that node to observe")
+            bob.send("t")
+            bob.wait_for(r"Terminate alice@web")
+            bob.send("off-hours access\r")
+            bob.wait_for(r"terminating alice@web on node node-A")
+        _, err = client.communicate(timeout=20)
+        assert "terminated by bob: off-hours access" in err and client.returncode != 0
+    finally:
+        client.kill()
