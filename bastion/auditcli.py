@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bastion.config import Config, ConfigError, load_config
+from bastion.config import Config
 
 
 class BadTime(argparse.ArgumentTypeError, ValueError):
@@ -50,13 +50,12 @@ def parse_offset(text: str) -> float:
 
 
 def _store(args: argparse.Namespace) -> tuple[Config, Any] | None:
-    from bastion.cli import _config_path
+    """The config (its problems printed: None) and its migrated store."""
+    from bastion.cli import _load
     from bastion.store.db import Store
 
-    try:
-        cfg = load_config(_config_path(args), check_files=False)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = _load(args)
+    if cfg is None:
         return None
     store = Store(cfg.database_url)
     store.migrate()

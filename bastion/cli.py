@@ -145,11 +145,12 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0 if ids else 1
 
 
-def _find_recording(ref: str, args: argparse.Namespace) -> Path:
-    """A .cast path as given, or the recording of the session with that id in the configured store."""
+def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, dict | None]:
+    """A .cast path as given, or the recording of the session with that id in the configured store (with the
+    session's row)."""
     p = Path(ref)
     if p.exists():
-        return p
+        return p, None
     from bastion.store.db import Store
 
     cfg = load_config(_config_path(args), check_files=False)
@@ -157,7 +158,7 @@ def _find_recording(ref: str, args: argparse.Namespace) -> Path:
     store.migrate()
     row = store.session(ref)
     if row and row["recording"]:
-        return Path(row["recording"])
+        return Path(row["recording"]), row
     raise SystemExit(f"bastion replay: {ref}: no such file, nor a session id in {cfg.path}")
 
 
@@ -166,12 +167,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from recorder.player import play
 
     try:
-        path = _find_recording(args.ref, args)
+        path, row = _find_recording(args.ref, args)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
     if args.html:
-        return _export_html(path, Path(args.html), args)
+        return _export_html(path, row, Path(args.html))
     try:
         if args.to is not None and args.start is not None and args.to < args.start:
             print("bastion replay: --to is before --from", file=sys.stderr)
@@ -185,18 +186,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_html(path: Path, out: Path, args: argparse.Namespace) -> int:
+def _export_html(path: Path, row: dict | None, out: Path) -> int:
     """``replay --html``: the standalone page, with the session's facts when the recording is a known session's."""
     from recorder.asciicast import CastError
     from recorder.html import PlayerAssetsMissing, export_html
 
     info: dict[str, str] = {"recording": str(path)}
     title = None
-    if not Path(args.ref).exists():  # a session id: say whose session it was
-        from bastion.store.db import Store
-
-        cfg = load_config(_config_path(args), check_files=False)
-        row = Store(cfg.database_url).session(args.ref) or {}
+    if row is not None:  # a session id: say whose session it was
         title = f"Session {row.get('id')}: {row.get('user')} on {row.get('resource')}"
         for key in ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
                     "outcome", "exit_status", "sha256"):
