@@ -116,26 +116,25 @@ def verify(store: Store, *, public_key: Ed25519PublicKey | None = None, check_fi
     return rep
 
 
-def _gap(rep: Report, chain: str, expected: int, seq: int) -> None:
-    where = f"position {expected}" if seq == expected + 1 else f"positions {expected}..{seq - 1}"
-    rep.problems.append(Problem("missing", chain, where, "entries were deleted from the chain"))
+def _follows(rep: Report, chain: str, where: str, seq: int, expected: int, stored_prev: str | None, prev: str,
+             what: str) -> None:
+    """Check one link's position and its link to the previous entry (a gap, or a reorder/replacement)."""
+    if seq != expected:
+        span = f"position {expected}" if seq == expected + 1 else f"positions {expected}..{seq - 1}"
+        rep.problems.append(Problem("missing", chain, span, "entries were deleted from the chain"))
+    elif stored_prev != prev:
+        rep.problems.append(Problem("reordered", chain, where, f"does not follow the previous {what}: "
+                                                               f"{what}s were reordered or replaced"))
 
 
 def _verify_recordings(s: Any, rep: Report, head: ChainHead | None, check_files: bool) -> dict[int, str]:
     links: dict[int, str] = {}
     prev, expected = GENESIS, 1
     n = pruned = 0
-    rows = s.execute(select(Recording, Session.outcome).join(Session, Session.id == Recording.session_id,
-                                                             isouter=True)
-                     .where(Recording.seq.is_not(None)).order_by(Recording.seq)).all()
-    for rec, _outcome in rows:
+    for rec in s.scalars(select(Recording).where(Recording.seq.is_not(None)).order_by(Recording.seq)):
         n += 1
         where = f"session {rec.session_id} (#{rec.seq})"
-        if rec.seq != expected:
-            _gap(rep, RECORDINGS, expected, rec.seq)
-        elif rec.prev_chain != prev:
-            rep.problems.append(Problem("reordered", RECORDINGS, where,
-                                        "does not follow the previous entry: entries were reordered or replaced"))
+        _follows(rep, RECORDINGS, where, rec.seq, expected, rec.prev_chain, prev, "entry")
         if rec.chain != recording_link(rec.prev_chain or "", rec.session_id, rec.sha256 or ""):
             rep.problems.append(Problem("altered", RECORDINGS, where,
                                         "the stored hash or session id was changed after the recording closed"))
@@ -180,11 +179,7 @@ def _verify_audit(s: Any, rep: Report, head: ChainHead | None) -> dict[int, str]
     for ev in _batched(s, select(AuditEvent).where(AuditEvent.seq.is_not(None)).order_by(AuditEvent.seq)):
         n += 1
         where = f"event #{ev.seq} ({ev.action} by {ev.actor})"
-        if ev.seq != expected:
-            _gap(rep, AUDIT, expected, ev.seq)
-        elif ev.prev_hash != prev:
-            rep.problems.append(Problem("reordered", AUDIT, where,
-                                        "does not follow the previous event: events were reordered or replaced"))
+        _follows(rep, AUDIT, where, ev.seq, expected, ev.prev_hash, prev, "event")
         link = audit_link(ev.prev_hash or "", ev.seq, ts=ev.ts, actor=ev.actor, action=ev.action,
                           outcome=ev.outcome, resource=ev.resource, session_id=ev.session_id,
                           client_addr=ev.client_addr, detail=ev.detail)
