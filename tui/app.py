@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
-from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged
+from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged, fmt_duration
 from tui.live import LiveScreen
 from tui.login import LoginScreen
 from tui.recordings import RecordingsScreen
@@ -23,19 +23,10 @@ def describe_outcome(result: dict[str, Any]) -> str:
     """One line on how a brokered session ended."""
     msg = str(result.get("message", ""))
     if result.get("ok") and result.get("duration") is not None:
-        msg += f" after {_fmt_duration(float(result['duration']))}"
+        msg += f" after {fmt_duration(float(result['duration']))}"
     if result.get("session_id"):
         msg += f" · recorded as {result['session_id']}"
     return msg
-
-
-def _fmt_duration(sec: float) -> str:
-    sec = int(round(sec))
-    if sec < 60:
-        return f"{sec}s"
-    if sec < 3600:
-        return f"{sec // 60}m{sec % 60:02d}s"
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
 
 
 class MenuApp(App[int]):

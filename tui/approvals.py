@@ -32,6 +32,16 @@ def age(iso: str) -> str:
     return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
 
 
+def fmt_duration(sec: float) -> str:
+    """A length of time, compactly: 42s, 3m07s, 2h05m."""
+    sec = int(round(sec))
+    if sec < 60:
+        return f"{sec}s"
+    if sec < 3600:
+        return f"{sec // 60}m{sec % 60:02d}s"
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+
+
 def _short(text: str, n: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"

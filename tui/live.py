@@ -12,16 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
-from tui.approvals import ReasonModal, _short
-
-
-def _age(sec: float) -> str:
-    sec = int(sec)
-    if sec < 60:
-        return f"{sec}s"
-    if sec < 3600:
-        return f"{sec // 60}m{sec % 60:02d}s"
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+from tui.approvals import ReasonModal, _short, fmt_duration
 
 
 class LiveScreen(Screen[None]):
@@ -65,7 +56,7 @@ class LiveScreen(Screen[None]):
         table.clear()
         for s in self.sessions:
             table.add_row(s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
-                          _age(s["age"]), ", ".join(s["observers"]) or "-", s.get("node", ""), key=s["id"])
+                          fmt_duration(s["age"]), ", ".join(s["observers"]) or "-", s.get("node", ""), key=s["id"])
         if self.sessions:
             table.move_cursor(row=min(row, len(self.sessions) - 1))
         if time.monotonic() > self._sticky_until:  # an answer to the user stays a while
