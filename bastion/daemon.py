@@ -21,13 +21,14 @@ from bastion.keyfiles import CIPHERS, ensure_private_key
 from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
 from bastion.pglisten import PgListener
-from bastion.sandbox import make_sandbox
+from bastion.sandbox import make_sandbox, python_paths
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.session import BastionSession
 from bastion.store.db import Store
 from policies.access import Grants, grants_for
 
 log = logging.getLogger(__name__)
+MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpcproto)
 RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "log_dir", "sandbox", "oidc", "cluster")
 
 
@@ -245,6 +246,7 @@ class Daemon:
         if not self.sandbox.active:
             log.warning("session processes run without a sandbox (sandbox.mode %s%s)", config.sandbox.mode,
                         "" if config.sandbox.mode == "off" else ", bubblewrap not installed")
+        self.menu_paths = python_paths(MENU_PACKAGES)  # what the sandboxed menu may read of the installation
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.server: asyncssh.SSHAcceptor | None = None

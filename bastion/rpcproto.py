@@ -35,8 +35,10 @@ METHODS: dict[str, frozenset[str]] = {
     "login.start": frozenset(),
     "login.wait": frozenset(),
     "login.cancel": frozenset(),
+    "log": frozenset({"level", "message"}),
 }
-LOGIN_METHODS = frozenset({"hello", "login.start", "login.wait", "login.cancel"})  # all a pending login may call
+LOGIN_METHODS = frozenset({"hello", "login.start", "login.wait", "login.cancel", "log"})  # all a pending login may call
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # the ``level`` a ``log`` request may name
 
 
 class RpcError(Exception):
@@ -134,6 +136,18 @@ class RpcClient:
             err = msg["error"] or {}
             raise RpcError(str(err.get("code", "error")), str(err.get("message", "error")))
         return msg.get("result")
+
+    def send(self, method: str, **params: Any) -> None:
+        """Send a request without waiting for its reply (which the reader then drops); silent once closed."""
+        with self._lock:
+            if self._closed:
+                return
+            rid = self._next
+            self._next += 1
+            try:
+                self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._sock.close()

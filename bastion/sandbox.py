@@ -1,23 +1,29 @@
-"""Session processes (psql, later kubectl) run in a bubblewrap sandbox, as an unprivileged user.
+"""Session processes (the menu, psql, kubectl) run in a bubblewrap sandbox, as an unprivileged user.
 
 What a session process can reach is what a shell escape in it (``\\! sh`` in psql) could reach: so it sees a
 read-only ``/usr``, a few harmless files of ``/etc`` (passwd, group, the loader cache), an empty ``/tmp`` and its own
 private home; no network at all (unix sockets in its home, like the wire proxy's, still work), no other process, none
 of the daemon's config, keys, database or recordings. When the daemon runs as root the process also drops to
 ``sandbox.user`` (``nobody`` unless configured), so even a kernel bug in the namespace code leaves it unprivileged.
+The menu (a Python program) also sees its interpreter and its own packages, read-only, and nothing else of the
+installation.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
              "inputrc", "terminfo")
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin") or "/usr/bin/setpriv"  # must be visible in the sandbox
 
 
 class SandboxError(Exception):
@@ -41,12 +47,25 @@ class Sandbox:
         if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
 
-    def wrap(self, argv: list[str], *, home: Path, env: dict[str, str]) -> list[str]:
-        """The argv that runs ``argv`` in the sandbox with exactly ``env`` and ``home`` as its only writable place."""
+    def wrap(self, argv: list[str], *, home: Path, env: dict[str, str], ro_paths: Sequence[Path] = ()) -> list[str]:
+        """The argv that runs ``argv`` in the sandbox with exactly ``env`` and ``home`` as its only writable place.
+
+        ``ro_paths`` are further directories it may read (the interpreter and packages of a Python session process);
+        each appears at its own path, and nothing around it does.
+        """
         if self.bwrap is None:
             return list(argv)
-        out = [self.bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+        privileged = self.uid is not None and self.gid is not None
+        if privileged:
+            # bwrap runs as root, so it can bind paths the sandbox user could not reach (a Python under /root), then
+            # setpriv drops to that user for good; no user namespace: root in one would map to the real root.
+            out = [self.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                   "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                   "--cap-add", "CAP_SETPCAP"]
+        else:
+            out = [self.bwrap, "--unshare-all"]
+        out += ["--die-with-parent", "--ro-bind", "/usr", "/usr",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
         for name in TOP_LEVEL:
             p = Path("/") / name
             if p.is_symlink():
@@ -57,15 +76,47 @@ class Sandbox:
             p = Path("/etc") / name
             if p.exists():
                 out += ["--ro-bind", str(p), str(p)]
+        made = {Path("/"), Path("/tmp"), Path("/etc")}
+        for path in _outermost(ro_paths):
+            for parent in reversed(path.parents):  # bwrap would make them 0700: the sandbox user could not pass
+                if parent not in made:
+                    made.add(parent)
+                    out += ["--perms", "0755", "--dir", str(parent)]
+            out += ["--ro-bind", str(path), str(path)]
         out += ["--bind", str(home), str(home), "--chdir", str(home), "--clearenv"]
         for k, v in env.items():
             out += ["--setenv", k, v]
-        out += ["--", *argv]
-        if self.uid is not None and self.gid is not None:
-            setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-            out = [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
-                   "--", *out]
-        return out
+        out.append("--")
+        if privileged:
+            out += [SETPRIV, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
+                    "--bounding-set=-all", "--inh-caps=-all", "--"]
+        return [*out, *argv]
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """The directories of ``paths`` not already visible in the sandbox (under /usr) or inside another of them."""
+    real = sorted({Path(os.path.realpath(p)) for p in paths} | {Path(os.path.abspath(p)) for p in paths})
+    out: list[Path] = []
+    for p in real:
+        if p.is_relative_to("/usr") or any(p.is_relative_to(q) for q in out):
+            continue
+        out.append(p)
+    return out
+
+
+def python_paths(packages: Sequence[str]) -> list[Path]:
+    """What a Python session process needs to read: this interpreter, its virtualenv and the named packages.
+
+    Only those: an editable install's packages are bound one by one, so the project directory around them (and any
+    state kept beside it) stays out of sight.
+    """
+    paths = [Path(sys.base_prefix), Path(sys.prefix)]
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SandboxError(f"package {name!r} not found for the session process")
+        paths += [Path(p) for p in spec.submodule_search_locations]
+    return paths
 
 
 def make_sandbox(mode: str, user: str) -> Sandbox:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -28,7 +29,7 @@ from bastion.oidc.login import LoginRefused
 from bastion.pglisten import CHANNEL
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
-from bastion.rpcproto import LOGIN_METHODS
+from bastion.rpcproto import LOG_LEVELS, LOGIN_METHODS
 from bastion.store.approvals import DecisionRefused
 from bastion.store.db import POLICY_FILTERS, new_session_id
 from bastion.targets.kube import KubectlExec
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TERM_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+MENU_LOG_LINES = 200  # a session process's log lines the daemon writes; a hostile one cannot flood the log
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # escaped in its log lines (tabs and newlines kept)
 USAGE = """\
 bastion: ways to connect
   ssh -t {host} RESOURCE            open RESOURCE interactively (no menu)
@@ -93,6 +96,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self.command: str | None = None
         self.menu: PtyEndpoint | None = None
         self._menu_exit: asyncio.Future[int | None] | None = None
+        self._menu_log_lines = 0
         self._task: asyncio.Task[None] | None = None
         self._opening = False
         self._targets: set[SshEndpoint] = set()
@@ -230,12 +234,14 @@ class BastionSession(asyncssh.SSHServerSession):
         home = tempfile.mkdtemp(prefix="bastion-session-")
         try:
             env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "HOME": home,
-                   "PATH": "/usr/local/bin:/usr/bin:/bin", "BASTION_RPC_FD": str(theirs.fileno())}
-            if self.ctx.daemon.config.log_dir is not None:
-                env["BASTION_TUI_LOG"] = str(self.ctx.daemon.config.log_dir / "tui.log")
-            argv = [sys.executable, "-I", "-m", "tui"]
+                   "PATH": "/usr/bin:/bin", "BASTION_RPC_FD": str(theirs.fileno())}
+            sandbox = self.ctx.daemon.sandbox
+            sandbox.prepare(Path(home))
+            argv = sandbox.wrap([sys.executable, "-I", "-m", "tui"], home=Path(home), env=env,
+                                ro_paths=self.ctx.daemon.menu_paths)
             try:
-                proc = PtyProcess(argv, env=env, cols=self.cols, rows=self.rows, pass_fds=[theirs.fileno()], cwd=home)
+                proc = PtyProcess(argv, env={} if sandbox.active else env, cols=self.cols, rows=self.rows,
+                                  pass_fds=[theirs.fileno()], cwd=home, wrapper=sandbox.active)
             finally:
                 theirs.close()
             self._menu_exit = asyncio.get_running_loop().create_future()
@@ -264,6 +270,7 @@ class BastionSession(asyncssh.SSHServerSession):
                 "login.start": self._rpc_login_start,
                 "login.wait": self._rpc_login_wait,
                 "login.cancel": self._rpc_login_cancel,
+                "log": self._rpc_log,
             }.items()}, self.ctx.who)
             serve = asyncio.ensure_future(broker.serve())
             listeners = self.ctx.daemon.approvals.listeners
@@ -291,6 +298,20 @@ class BastionSession(asyncssh.SSHServerSession):
             return await handler(params)
 
         return gated
+
+    async def _rpc_log(self, params: dict[str, Any]) -> None:
+        """A log record of the session process, written to the daemon's log under the operator's name."""
+        level = params.get("level", "")
+        if level not in LOG_LEVELS:
+            raise RefusedRequest("bad_level", f"level must be one of {', '.join(LOG_LEVELS)}")
+        self._menu_log_lines += 1
+        if self._menu_log_lines > MENU_LOG_LINES:
+            if self._menu_log_lines == MENU_LOG_LINES + 1:
+                log.warning("tui[%s]: more than %d log lines; dropping the rest", self.ctx.who, MENU_LOG_LINES)
+            return
+        text = CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", params.get("message", ""))
+        text = text.replace("\n", "\n    | ")  # a traceback stays readable; no line can pass for the daemon's own
+        log.log(getattr(logging, level), "tui[%s]: %s", self.ctx.who, text)
 
     async def _rpc_hello(self, params: dict[str, Any]) -> dict[str, Any]:
         g = self.ctx.grants

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import tui.app
 from tests.integration.conftest import BastionEnv
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
@@ -32,15 +34,28 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def descendants(pid: int) -> list[int]:
+    out = []
+    for child in children(pid):
+        out += [child, *descendants(child)]
+    return out
+
+
+def initial_env(pid: int) -> dict[bytes, bytes]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+
+
 def tui_pid(daemon: int, before: set[int]) -> int:
+    """The menu's Python process (inside its sandbox wrapper, if any): the one given the broker socket."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        for pid in set(children(daemon)) - before:
-            try:
-                if b"-m\x00tui" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                pass
+        for pid in set(descendants(daemon)) - before:
+            if b"BASTION_RPC_FD" in initial_env(pid):
+                return pid
         time.sleep(0.1)
     raise AssertionError("no session process appeared")
 
@@ -59,8 +74,7 @@ def steal_fd(pid: int, fd: int) -> socket.socket:
 
 def rpc_fd(pid: int) -> int:
     """The session process's broker socket: the fd number the daemon gave it (in its initial environment)."""
-    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
-    return int(env[b"BASTION_RPC_FD"])
+    return int(initial_env(pid)[b"BASTION_RPC_FD"])
 
 
 def ask(sock: socket.socket, raw: bytes) -> dict | None:
@@ -89,7 +103,7 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
                                      tty=False), stderr=subprocess.PIPE, text=True)  # alice's own pending request
     try:
         assert held.stderr is not None and "waiting for approval" in held.stderr.readline()
-        before = set(children(env.proc.pid))
+        before = set(descendants(env.proc.pid))
         with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=100, rows=30) as t:
             t.wait_for(r"real sshd on loopback")
             pid = tui_pid(env.proc.pid, before)
@@ -124,6 +138,11 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
                         assert reply["result"]["ok"] is False and "not permitted" in reply["result"]["message"]
                     else:
                         assert reply.get("error", {}).get("code") in codes, (req, reply)
+                fake = "x\n2026-11-30 bastion.approvals INFO request 1 approved by bob\x1b[2J"
+                forged_log = {"id": 15, "method": "log", "params": {"level": "INFO", "message": fake}}
+                assert ask(sock, json.dumps(forged_log).encode()) == {"id": 15, "result": None}
+                bad_level = ask(sock, b'{"id":16,"method":"log","params":{"level":"AUDIT","message":"m"}}')
+                assert bad_level is not None and bad_level["error"]["code"] == "bad_level"
                 for garbage in (b"\xff\xfe{", b"[]", b'{"id":13}', b"{" * 5000):
                     reply = ask(sock, garbage)
                     assert reply is not None and reply["error"]["code"] == "bad_request"
@@ -136,6 +155,10 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
                 os.kill(pid, signal.SIGKILL)
         log = env.log.read_bytes()[log_start:].decode(errors="replace")
         assert "refused malformed request" in log and "refused oversized frame" in log
+        # its log line is written as alice's, marked, with no line of its own nor terminal escapes
+        assert re.search(r"tui\[alice@[0-9.:]+\]: x\n    \| 2026-11-30 bastion.approvals INFO request 1 approved by bob"
+                         r"\\x1b\[2J", log)
+        assert "\x1b" not in log
         # alice's request is still pending, undecided; everyone else is served as before
         still = subprocess.run(ssh_argv(env.keys["bob"], env.port, "bob", "web", "--", "echo fine", tty=False),
                                capture_output=True, text=True, timeout=60)
@@ -147,3 +170,42 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
     finally:
         held.kill()
         held.wait()
+
+
+def status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+def test_menu_process_sees_none_of_the_daemons_files(bastion_env: BastionEnv) -> None:
+    """What code execution in the menu would reach: no config, keys, credential, database or recordings; no
+    network, no privileges; only its interpreter and packages, read-only. Its log lines still reach the daemon."""
+    env = bastion_env
+    repo = Path(__file__).resolve().parents[2]
+    before = set(descendants(env.proc.pid))
+    with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=100, rows=30) as t:
+        t.wait_for(r"real sshd on loopback")
+        pid = tui_pid(env.proc.pid, before)
+        root = Path(f"/proc/{pid}/root")
+        secrets = [env.config, env.dir / "state" / "host_ed25519", env.dir / "state" / "bastion.db",
+                   env.dir / "state" / "recordings", env.dir / "target_credential", env.log, repo / ".git",
+                   repo / "tests", Path("/etc/ssh"), Path("/etc/shadow")]
+        assert [p for p in secrets if p.exists()] == secrets  # they are there, outside
+        assert [p for p in secrets if (root / p.relative_to("/")).exists()] == []  # and not in the menu's view
+        assert (root / Path(tui.app.__file__).resolve().relative_to("/")).exists()  # its own code it may read
+        if os.geteuid() == 0:
+            assert status_field(pid, "Uid").split() == ["65534"] * 4
+        assert status_field(pid, "CapEff") == "0" * 16 and status_field(pid, "CapBnd") == "0" * 16
+        assert status_field(pid, "NoNewPrivs") == "1"
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        log_start = env.log.stat().st_size
+        t.send_key("enter")
+        t.wait_for_raw(r"[#$] \Z")
+        t.send("exit\r")
+        t.wait_for(r"web: exited with status 0")
+        t.send("q")
+        assert t.wait_exit() == 0
+    log = env.log.read_text()[log_start:]
+    assert re.search(r"tui\[alice@[0-9.:]+\]: tui.app: opening web", log)
