@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.config import Config
+from recorder.storage import RecordingStorage, StorageError, is_remote
 
 
 class BadTime(argparse.ArgumentTypeError, ValueError):
@@ -97,17 +98,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def index_session(store: Any, sid: str, *, keyframes: bool = True) -> int:
-    """Build the search index and the seek keyframes of one session's recording."""
+def index_session(store: Any, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
+    """Build the search index and the seek keyframes of one session's recording; with a bucket configured, then
+    upload it there and remove the local copy."""
     from bastion.store.search import index_recording
     from recorder.seekindex import build, save
 
     row = store.session(sid)
     if row is None or not row["recording"]:
         raise LookupError(f"no recording for session {sid}")
-    n = index_recording(store, sid, row["recording"])
+    ref = row["recording"]
+    path = storage.local(ref, row["sha256"])
+    n = index_recording(store, sid, str(path))
+    if is_remote(ref):
+        return n
     if keyframes:
-        save(build(row["recording"]), row["recording"])
+        save(build(path), path)
+    if storage.remote and row["sha256"]:  # closed and chained: its content is final
+        store.set_recording_path(sid, storage.upload(path))
+        storage.discard_local(path)
     return n
 
 
@@ -115,10 +124,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     got = _store(args)
     if got is None:
         return 1
-    _, store = got
+    cfg, store = got
     try:
-        n = index_session(store, args.session)
-    except (LookupError, OSError) as e:
+        n = index_session(store, args.session, cfg.recording_storage())
+    except (LookupError, OSError, StorageError) as e:
         print(f"bastion audit index: {e}", file=sys.stderr)
         return 1
     if not args.quiet:
@@ -133,14 +142,17 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     got = _store(args)
     if got is None:
         return 1
-    _, store = got
-    done = reindex(store, args.session)
+    cfg, store = got
+    storage = cfg.recording_storage()
+    done, problems = reindex(store, storage, args.session)
     for sid in done:
-        path = (store.session(sid) or {}).get("recording")
-        if path and Path(path).is_file():
-            save(build(path), path)
+        ref = (store.session(sid) or {}).get("recording")
+        if ref and not is_remote(ref) and Path(ref).is_file():
+            save(build(ref), ref)
+    for p in problems:
+        print(f"bastion audit reindex: {p}", file=sys.stderr)
     print(f"reindexed {len(done)} recording(s), {sum(done.values())} lines")
-    return 0
+    return 0 if not problems else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -158,7 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"bastion audit verify: {e}", file=sys.stderr)
             return 2
-    rep = verify(store, public_key=pub, check_files=not args.no_files)
+    rep = verify(store, public_key=pub, check_files=not args.no_files, storage=cfg.recording_storage())
     if args.json:
         json.dump(rep.as_dict(), sys.stdout, indent=2)
         print()
@@ -228,7 +240,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not days:
         print("bastion audit prune: no retention (set recordings.retention_days or give --days)", file=sys.stderr)
         return 2
-    done = prune(store, days, dry_run=args.dry_run)
+    done = prune(store, days, cfg.recording_storage(), dry_run=args.dry_run)
     for d in done:
         print(f"{'would prune' if args.dry_run else 'pruned'} {d['session']} {d['path']}")
     print(f"{len(done)} recording(s) {'would be ' if args.dry_run else ''}pruned (older than {days:g} days)")

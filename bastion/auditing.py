@@ -1,16 +1,18 @@
-"""The daemon's side of the audit trail after a session: build the recording's search index and seek keyframes
-(in a niced child process, one at a time, so the daemon's event loop never waits for it), and sign the chain heads
-when a signing key is configured."""
+"""The daemon's side of the audit trail after a session: build the recording's search index and seek keyframes,
+then upload it when a bucket is configured (in a niced child process, one at a time, so the daemon's event loop
+never waits for it), and sign the chain heads when a signing key is configured."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from bastion.config import Config
 from bastion.store.db import Store
+from recorder.storage import RecordingStorage
 
 log = logging.getLogger(__name__)
 INDEX_TIMEOUT = 3600.0
@@ -18,8 +20,8 @@ PRUNE_EVERY = 3600.0
 
 
 class AuditWorker:
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config, self.store = config, store
+    def __init__(self, config: Config, store: Store, storage: RecordingStorage) -> None:
+        self.config, self.store, self.storage = config, store, storage
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -27,12 +29,17 @@ class AuditWorker:
         self.indexed: asyncio.Event = asyncio.Event()  # set whenever the queue runs empty (tests wait on it)
 
     async def start(self) -> None:
-        """Load the signing key, queue recordings left unindexed (a crash, an older version), start the worker."""
+        """Load the signing key, queue recordings left unindexed (a crash, an older version) or not uploaded, start
+        the worker."""
         if self.config.signing_key is not None:
             from bastion.store.verify import load_private_key
 
             self._key = await asyncio.to_thread(load_private_key, self.config.signing_key)
-        for sid in await asyncio.to_thread(self.store.unindexed):
+        todo = await asyncio.to_thread(self.store.unindexed)
+        if self.storage.remote:  # uploads owed for recordings made here (a crash, an outage)
+            owed = await asyncio.to_thread(self.store.local_recordings)
+            todo += [sid for sid, path in owed if sid not in todo and Path(path).is_file()]
+        for sid in todo:
             self._queue.put_nowait(sid)
         self._task = asyncio.create_task(self._run())
         if self.config.recordings.retention_days:
@@ -53,7 +60,7 @@ class AuditWorker:
 
         while True:
             try:
-                done = await asyncio.to_thread(prune, self.store, days)
+                done = await asyncio.to_thread(prune, self.store, days, self.storage)
                 if done:
                     log.info("retention: pruned %d recording(s) older than %g days", len(done), days)
             except Exception:

@@ -8,13 +8,13 @@ import csv
 import io
 import logging
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text, update
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest, AuditEvent, ChainHead, Recording, Session
+from recorder.storage import RecordingStorage
 
 __all__ = ["CSV_COLUMNS", "build_report", "prune", "report_csv"]
 
@@ -103,10 +103,11 @@ def report_csv(rep: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def prune(store: Store, days: float, *, dry_run: bool = False, at: datetime | None = None) -> list[dict[str, Any]]:
-    """Remove recordings of sessions that started more than ``days`` ago: the file, its seek index and its search
-    rows. The recording stays in the hash chain (``pruned_at`` set) and each removal is an audit event, itself
-    chained, naming the session and the file's SHA-256."""
+def prune(store: Store, days: float, storage: RecordingStorage, *, dry_run: bool = False,
+          at: datetime | None = None) -> list[dict[str, Any]]:
+    """Remove recordings of sessions that started more than ``days`` ago: the file (or object), its seek index and
+    its search rows. The recording stays in the hash chain (``pruned_at`` set) and each removal is an audit event,
+    itself chained, naming the session and the file's SHA-256."""
     cutoff = (at or datetime.now(UTC)) - timedelta(days=days)
     with store.tx() as s:
         rows = s.execute(select(Recording.session_id, Recording.path, Recording.sha256)
@@ -126,11 +127,8 @@ def prune(store: Store, days: float, *, dry_run: bool = False, at: datetime | No
         if not claimed:
             continue
         done.append(item)
-        for p in (Path(path), Path(path + ".idx")):
-            try:
-                p.unlink(missing_ok=True)
-            except OSError as e:
-                log.error("retention: cannot remove %s: %s", p, e)
+        for problem in storage.delete(path):
+            log.error("retention: %s", problem)
         store.audit("bastion", "recording.pruned", "ok", session_id=sid, sha256=sha, path=path, retention_days=days)
     return done
 

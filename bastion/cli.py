@@ -152,13 +152,17 @@ def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, dict | No
     if p.exists():
         return p, None
     from bastion.store.db import Store
+    from recorder.storage import StorageError
 
     cfg = load_config(_config_path(args), check_files=False)
     store = Store(cfg.database_url)
     store.migrate()
     row = store.session(ref)
     if row and row["recording"]:
-        return Path(row["recording"]), row
+        try:
+            return cfg.recording_storage().local(row["recording"], row["sha256"]), row
+        except (OSError, StorageError) as e:
+            raise SystemExit(f"bastion replay: session {ref}: {e}") from None
     raise SystemExit(f"bastion replay: {ref}: no such file, nor a session id in {cfg.path}")
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.engine import Action, PolicySet, Rule
+from recorder.storage import RecordingStorage, S3Settings
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 GROUP_RE = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
@@ -47,8 +48,18 @@ class Limits(_Model):
     target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
 
 
+class S3Model(_Model):
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: Annotated[str, Field(pattern=r"^([A-Za-z0-9._=-]+/)*$")] = ""  # e.g. "prod/": keys are PREFIX/aa/bb/...
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # an S3-compatible server
+    region: str | None = None
+    access_key_id: str | None = None  # with secret_access_key_file; neither: boto3's chain (env, instance role)
+    secret_access_key_file: str | None = None
+
+
 class RecordingsModel(_Model):
     retention_days: Annotated[float, Field(gt=0, le=36500)] | None = None  # none: keep recordings forever
+    s3: S3Model | None = None  # closed recordings are uploaded here (default: they stay in recordings_dir)
 
 
 class ClusterModel(_Model):
@@ -296,6 +307,17 @@ class Config:
         """The ed25519 key that signs chain heads, if configured."""
         return self.resolve(self.audit.signing_key_file) if self.audit.signing_key_file else None
 
+    def recording_storage(self) -> RecordingStorage:
+        """Where closed recordings are kept: ``recordings_dir``, or the ``recordings.s3`` bucket."""
+        s3 = self.recordings.s3
+        if s3 is None:
+            return RecordingStorage(self.recordings_dir)
+        secret = None
+        if s3.secret_access_key_file:
+            secret = self.resolve(s3.secret_access_key_file).read_text().strip()
+        return RecordingStorage(self.recordings_dir, S3Settings(
+            s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.access_key_id, secret))
+
     def resolve(self, p: str) -> Path:
         """Resolve a path from the config relative to the config file's directory."""
         return _resolve(self.path, p)
@@ -459,6 +481,22 @@ def _semantic_checks(cfg: Config) -> list[str]:
                 bad(("oidc", "client_secret_file"), f"{sp} is empty")
         except (OSError, UnicodeDecodeError) as e:
             bad(("oidc", "client_secret_file"), f"cannot read {sp}: {e}")
+    s3 = cfg.recordings.s3
+    if s3 is not None:
+        if bool(s3.access_key_id) != bool(s3.secret_access_key_file):
+            bad(("recordings", "s3"), "give access_key_id and secret_access_key_file together (or neither, for "
+                "boto3's own credentials: environment, instance role)")
+        if s3.secret_access_key_file:
+            sp = cfg.resolve(s3.secret_access_key_file)
+            try:
+                if not sp.read_text().strip():
+                    bad(("recordings", "s3", "secret_access_key_file"), f"{sp} is empty")
+            except (OSError, UnicodeDecodeError) as e:
+                bad(("recordings", "s3", "secret_access_key_file"), f"cannot read {sp}: {e}")
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            bad(("recordings", "s3"), "S3 storage needs boto3: pip install 'bastion[s3]'")
     if cfg.oidc is not None and "openid" not in cfg.oidc.scopes:
         bad(("oidc", "scopes"), "must include openid")
 

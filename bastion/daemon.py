@@ -29,7 +29,8 @@ from policies.access import Grants, grants_for
 
 log = logging.getLogger(__name__)
 MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpcproto)
-RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "log_dir", "sandbox", "oidc", "cluster")
+RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "recordings", "log_dir", "sandbox", "oidc",
+                "cluster")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -246,6 +247,7 @@ class Daemon:
         if not self.sandbox.active:
             log.warning("session processes run without a sandbox (sandbox.mode %s%s)", config.sandbox.mode,
                         "" if config.sandbox.mode == "off" else ", bubblewrap not installed")
+        self.storage = config.recording_storage()  # where closed recordings are kept (and read back from)
         self.menu_paths = python_paths(MENU_PACKAGES)  # what the sandboxed menu may read of the installation
         self.total = 0
         self.per_ip: Counter[str] = Counter()
@@ -253,7 +255,7 @@ class Daemon:
         self.node = config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
         self.server_name = "bastion" if config.listen.port == 22 else f"-p {config.listen.port} bastion"
         self._bg: set[asyncio.Future[Any]] = set()
-        self.auditing = AuditWorker(config, self.store)
+        self.auditing = AuditWorker(config, self.store, self.storage)
         self._listener: PgListener | None = None
         self._cluster: asyncio.Task[None] | None = None
         self._keys: dict[str, set[bytes]] = {}

@@ -39,6 +39,7 @@ from policies.access import decide_open, may_watch
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line
 from recorder.asciicast import CastError, CastWriter, iter_events
+from recorder.storage import StorageError
 
 if TYPE_CHECKING:
     from bastion.daemon import ConnectionContext
@@ -491,11 +492,19 @@ class BastionSession(asyncssh.SSHServerSession):
         return {"sessions": [{k: r[k] for k in keep} | {"recorded": bool(r["recording"])} for r in rows]}
 
     async def _recording_row(self, sid: Any) -> dict[str, Any]:
+        """The session's row, its ``recording`` made a local file (a bucket's object is fetched and checked)."""
         self._auditor()
         row = await asyncio.to_thread(self.ctx.daemon.store.session, str(sid)[:64]) if isinstance(sid, str) else None
         if row is None or not row["recording"]:
             raise RefusedRequest("not_found", f"no recording of session {str(sid)[:64]!r}")
-        return row
+        if row["outcome"] == "active":
+            return row  # being written here (a live session's file is local)
+        try:
+            path = await asyncio.to_thread(self.ctx.daemon.storage.local, row["recording"], row["sha256"])
+        except (OSError, StorageError) as e:
+            log.warning("recording of session %s unavailable: %s", row["id"], e)
+            raise RefusedRequest("unavailable", f"the recording of {row['id']} cannot be read: {e}") from None
+        return row | {"recording": str(path)}
 
     async def _rpc_recording_detail(self, params: dict[str, Any]) -> dict[str, Any]:
         row = await self._recording_row(params.get("id"))

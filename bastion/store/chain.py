@@ -12,6 +12,8 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from recorder.storage import file_chunks, sha256_of
+
 GENESIS = "0" * 64
 """The ``prev`` of the first link of every chain."""
 
@@ -46,11 +48,8 @@ def audit_link(prev: str, seq: int, *, ts: datetime | None, actor: str, action: 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(file_chunks(f))
 
 
 def head_message(chain: str, seq: int, head: str) -> bytes:

@@ -219,6 +219,20 @@ class Store:
                 Recording.chain.is_not(None), Recording.indexed_at.is_(None), Recording.pruned_at.is_(None))
                 .order_by(Recording.seq).limit(limit)))
 
+    def local_recordings(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """Closed, chained recordings still named by a local path: (session id, path), oldest first (with a bucket
+        configured, the ones whose upload is owed)."""
+        with self.tx() as s:
+            return [(sid, path) for sid, path in s.execute(
+                select(Recording.session_id, Recording.path).where(
+                    Recording.chain.is_not(None), Recording.pruned_at.is_(None),
+                    Recording.path.not_like("s3://%")).order_by(Recording.seq).limit(limit))]
+
+    def set_recording_path(self, sid: str, ref: str) -> None:
+        """Record a recording's new location (its content, hash and chain link are unchanged)."""
+        with self.tx() as s:
+            s.execute(update(Recording).where(Recording.session_id == sid).values(path=ref))
+
     def session(self, sid: str) -> dict[str, Any] | None:
         with self.tx() as s:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,

@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import Recording, Session
+from recorder.storage import RecordingStorage, StorageError
 from recorder.textindex import index_rows
 
 __all__ = ["index_recording", "reindex", "search"]
@@ -61,20 +62,28 @@ def drop_index(store: Store, session_id: str) -> None:
         s.execute(text("DELETE FROM recording_text WHERE session_id = :sid"), {"sid": session_id})
 
 
-def reindex(store: Store, session_id: str | None = None) -> dict[str, int]:
-    """Rebuild the index of one session's recording, or of every recording still on disk."""
+def reindex(store: Store, storage: RecordingStorage,
+            session_id: str | None = None) -> tuple[dict[str, int], list[str]]:
+    """Rebuild the index of one session's recording, or of every recording still kept: the lines indexed per
+    session, and what could not be read (a recording that is gone loses its index)."""
     with store.tx() as s:
-        q = select(Recording.session_id, Recording.path).where(Recording.pruned_at.is_(None))
+        q = select(Recording.session_id, Recording.path, Recording.sha256).where(Recording.pruned_at.is_(None))
         if session_id is not None:
             q = q.where(Recording.session_id == session_id)
         todo = s.execute(q.order_by(Recording.id)).all()
     done: dict[str, int] = {}
-    for sid, path in todo:
-        if Path(path).is_file():
-            done[sid] = index_recording(store, sid, path)
-        else:
+    problems: list[str] = []
+    for sid, ref, sha in todo:
+        try:
+            path = storage.local(ref, sha)
+        except FileNotFoundError:
             drop_index(store, sid)
-    return done
+            continue
+        except (OSError, StorageError) as e:
+            problems.append(f"session {sid}: {e}")
+            continue
+        done[sid] = index_recording(store, sid, str(path))
+    return done, problems
 
 
 def _normalise(s: str) -> str:

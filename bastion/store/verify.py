@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select
 
-from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, file_sha256, head_message, recording_link
+from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, head_message, recording_link
 from bastion.store.db import Store, now
 from bastion.store.models import AuditEvent, ChainHead, ChainSignature, Recording, Session
+from recorder.storage import RecordingStorage, StorageError
 
 __all__ = ["Problem", "Report", "load_private_key", "load_public_key", "sign_heads", "verify"]
 
@@ -104,12 +105,15 @@ def sign_heads(store: Store, key: Ed25519PrivateKey) -> list[dict[str, Any]]:
 
 
 # -- verification ----------------------------------------------------------------------------------------------
-def verify(store: Store, *, public_key: Ed25519PublicKey | None = None, check_files: bool = True) -> Report:
-    """Walk both chains, hash every recording file, and check the newest signature of each chain."""
+def verify(store: Store, *, public_key: Ed25519PublicKey | None = None, check_files: bool = True,
+           storage: RecordingStorage | None = None) -> Report:
+    """Walk both chains, hash every recording (as ``storage`` keeps it now; default: local files), and check the
+    newest signature of each chain."""
     rep = Report()
+    storage = storage or RecordingStorage(Path("/"))
     with store.tx() as s:
         heads = {h.name: h for h in s.scalars(select(ChainHead))}
-        rec_links = _verify_recordings(s, rep, heads.get(RECORDINGS), check_files)
+        rec_links = _verify_recordings(s, rep, heads.get(RECORDINGS), check_files, storage)
         audit_links = _verify_audit(s, rep, heads.get(AUDIT))
         for name, links in ((RECORDINGS, rec_links), (AUDIT, audit_links)):
             _verify_signature(s, rep, name, links, public_key)
@@ -127,7 +131,8 @@ def _follows(rep: Report, chain: str, where: str, seq: int, expected: int, store
                                                                f"{what}s were reordered or replaced"))
 
 
-def _verify_recordings(s: Any, rep: Report, head: ChainHead | None, check_files: bool) -> dict[int, str]:
+def _verify_recordings(s: Any, rep: Report, head: ChainHead | None, check_files: bool,
+                       storage: RecordingStorage) -> dict[int, str]:
     links: dict[int, str] = {}
     prev, expected = GENESIS, 1
     n = pruned = 0
@@ -145,14 +150,17 @@ def _verify_recordings(s: Any, rep: Report, head: ChainHead | None, check_files:
             continue
         if not check_files:
             continue
-        path = Path(rec.path)
-        if not path.is_file():
-            rep.problems.append(Problem("missing", RECORDINGS, where, f"the recording file {path} is gone"))
-            continue
+        path = rec.path
         try:
-            digest = file_sha256(path)
+            digest = storage.sha256(path)
+        except FileNotFoundError:
+            rep.problems.append(Problem("missing", RECORDINGS, where, f"the recording {path} is gone"))
+            continue
         except OSError as e:
-            rep.problems.append(Problem("missing", RECORDINGS, where, f"cannot read {path}: {e.strerror}"))
+            rep.problems.append(Problem("missing", RECORDINGS, where, f"cannot read {path}: {e.strerror or e}"))
+            continue
+        except StorageError as e:
+            rep.problems.append(Problem("unreadable", RECORDINGS, where, str(e)))
             continue
         if digest != rec.sha256:
             rep.problems.append(Problem("modified", RECORDINGS, where,

@@ -18,6 +18,7 @@ from bastion.store.search import index_recording, search
 from bastion.store.verify import verify
 from recorder.asciicast import CastWriter
 from recorder.seekindex import build, save, sidecar
+from recorder.storage import RecordingStorage
 
 
 def make(tmp_path: Path) -> Store:
@@ -81,12 +82,13 @@ def test_retention_prunes_old_recordings_and_keeps_them_in_the_chain(tmp_path: P
     with store.engine.begin() as c:
         c.execute(text("UPDATE sessions SET started_at = :t WHERE id = 'old'"),
                   {"t": datetime.now(UTC) - timedelta(days=100)})
-    assert [d["session"] for d in prune(store, 90, dry_run=True)] == ["old"] and old.exists()
-    done = prune(store, 90)
+    storage = RecordingStorage(tmp_path)
+    assert [d["session"] for d in prune(store, 90, storage, dry_run=True)] == ["old"] and old.exists()
+    done = prune(store, 90, storage)
     assert [d["session"] for d in done] == ["old"]
     assert not old.exists() and not sidecar(old).exists() and new.exists() and sidecar(new).exists()
     assert search(store, "ancientword") == [] and search(store, "freshword")
-    assert prune(store, 90) == []  # once
+    assert prune(store, 90, storage) == []  # once
     rep = verify(store)
     assert rep.ok and any("1 recording(s) pruned" in n for n in rep.notes)
     pruned = [e for e in store.audit_events() if e.action == "recording.pruned"]
