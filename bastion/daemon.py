@@ -339,13 +339,20 @@ class Daemon:
         return True
 
     def _remote_event(self, event: dict[str, Any]) -> None:
-        """Something another node published (LISTEN): approvals changed, or one of our sessions is to end."""
+        """Something another node published (LISTEN): approvals changed, or one of our sessions is to end or is
+        being observed from there."""
         if event.get("kind") == "terminate":
             live = self.live.get(str(event.get("id", "")))
             if live is not None and event.get("node") == self.node:
                 log.warning("terminating session %s of %s at the request of %s on another node", live.sid,
                             live.user, event.get("by"))
                 live.terminate(str(event.get("by", "?"))[:255], str(event.get("reason", ""))[:500])
+            return
+        if event.get("kind") == "observe":
+            live = self.live.get(str(event.get("id", "")))
+            if live is not None and event.get("node") == self.node:
+                live.tee.writer.marker(f"observed by {str(event.get('by', '?'))[:255]} "
+                                       f"(from node {str(event.get('from', '?'))[:255]})")
             return
         self.approvals.remote_event(event)
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.relay import Relay, Tee
-from recorder.seekindex import events_from, paint
+from recorder.asciicast import CastError, read_header
+from recorder.seekindex import complete_events, events_from, paint
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +105,75 @@ def snapshot(path: Path, upto: int, cols: int, rows: int) -> str:
     return paint(screen)
 
 
-class Observer:
-    """The observer's side: an endpoint of the observer's relay that shows another session and takes no input but
-    the keys that stop it."""
+class ReadOnlyView:
+    """An endpoint of the observer's relay that shows another session and takes no input but the keys that stop
+    it. While the observer's channel is full, output is dropped for it and the screen is rebuilt when it can take
+    more (``_repaint``)."""
 
-    def __init__(self, relay: Relay, live: LiveSession, who: str) -> None:
-        self.relay, self.live, self.who = relay, live, who
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
         self.done = asyncio.Event()
         self.reason = ""
-        self._buffer: list[bytes] | None = []  # live output that arrives while the first screen is built
         self._paused = False
         self._dropped = False
+
+    async def _repaint(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, reason: str) -> None:
+        if not self.done.is_set():
+            self.reason = reason
+            self.done.set()
+
+    def _show(self, data: bytes) -> None:
+        if self._paused:
+            self._dropped = True
+        else:
+            self.relay.output(self, data)
+
+    # -- Endpoint protocol (the observer's keys) -------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if any(k in data for k in STOP_KEYS):
+            self.finish("stopped observing")
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def signal(self, name: str) -> None:
+        if name == "INT":
+            self.finish("stopped observing")
+
+    def send_break(self, msec: int) -> None:
+        pass
+
+    def eof(self) -> None:
+        self.finish("the observer's input ended")
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._dropped:
+            self._dropped = False
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().create_task(self._repaint())
+
+    def pending(self) -> int:
+        return 0
+
+    def echo_known(self) -> bool | None:
+        return None
+
+
+class Observer(ReadOnlyView):
+    """Observe a session this node carries: fed by its recording tee as the output is recorded."""
+
+    def __init__(self, relay: Relay, live: LiveSession, who: str) -> None:
+        super().__init__(relay)
+        self.live, self.who = live, who
+        self._buffer: list[bytes] | None = []  # live output that arrives while the first screen is built
+        self._painting = False
 
     async def run(self) -> str:
         """Observe until a stop key, the end of the observed session, or the observer's disconnection."""
@@ -141,6 +201,15 @@ class Observer:
 
     async def _repaint(self) -> None:
         """The observed screen as it is now, then whatever was said while it was being built."""
+        if self._painting:
+            return
+        self._painting = True
+        try:
+            await self._paint()
+        finally:
+            self._painting = False
+
+    async def _paint(self) -> None:
         self._buffer = []
         writer = self.live.tee.writer
         upto = writer.bytes_written  # taken in the same loop step as the watcher: nothing is lost or doubled
@@ -156,46 +225,85 @@ class Observer:
     def _on_output(self, data: bytes) -> None:
         if self._buffer is not None:
             self._buffer.append(data)
-        elif self._paused:
-            self._dropped = True
         else:
-            self.relay.output(self, data)
+            self._show(data)
 
-    def finish(self, reason: str) -> None:
-        if not self.done.is_set():
-            self.reason = reason
-            self.done.set()
 
-    # -- Endpoint protocol (the observer's keys) -------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if any(k in data for k in STOP_KEYS):
-            self.finish("stopped observing")
+class RemoteObserver(ReadOnlyView):
+    """Observe a session another node carries, by following its recording as that node writes it (flushed per
+    event) in the shared recordings directory. ``still_active`` asks the store whether the session goes on."""
 
-    def resize(self, cols: int, rows: int) -> None:
-        pass
+    POLL = 0.1
+    CHECK_ACTIVE = 1.0
 
-    def signal(self, name: str) -> None:
-        if name == "INT":
-            self.finish("stopped observing")
+    def __init__(self, relay: Relay, path: Path, title: str, still_active: Callable[[], Awaitable[bool]]) -> None:
+        super().__init__(relay)
+        self.path, self.title, self.still_active = path, title, still_active
+        self._pos = 0
+        self._size = (80, 24)
+        self._lock = asyncio.Lock()
 
-    def send_break(self, msec: int) -> None:
-        pass
+    async def run(self) -> str:
+        """Observe until a stop key, the end of the observed session, or the observer's disconnection."""
+        self.relay.attach(self, None)
+        self.relay.release()
+        try:
+            self.relay.output(self, f"\x1b]2;observing {self.title} (read-only, q stops)\x07".encode())
+            try:
+                header = await asyncio.to_thread(read_header, self.path)
+                self._size = (int(header.get("width", 80)), int(header.get("height", 24)))
+            except (OSError, CastError, ValueError, TypeError) as e:
+                return f"cannot follow its recording: {e}"
+            await self._repaint()
+            checked = time.monotonic()
+            while not self.done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.done.wait(), self.POLL)
+                await self._follow()
+                if time.monotonic() - checked >= self.CHECK_ACTIVE and not self.done.is_set():
+                    checked = time.monotonic()
+                    if not await self.still_active():
+                        await self._follow()  # its last words
+                        self.finish("the observed session ended")
+        finally:
+            self.relay.detach()
+        return self.reason
 
-    def eof(self) -> None:
-        self.finish("the observer's input ended")
+    async def _follow(self) -> None:
+        async with self._lock:
+            try:
+                pos, events = await asyncio.to_thread(complete_events, self.path, self._pos)
+            except OSError as e:  # moved to a bucket once it closed, or the shared mount failed
+                self.finish(f"its recording can no longer be read ({e.strerror})")
+                return
+            self._pos = pos
+            for ev in events:
+                if ev.code == "o":
+                    self._show(ev.data.encode())
+                elif ev.code == "r":
+                    with contextlib.suppress(ValueError):
+                        cols, rows = ev.data.split("x")
+                        self._size = (int(cols), int(rows))
 
-    def pause_reading(self) -> None:
-        self._paused = True
+    async def _repaint(self) -> None:
+        """The screen as the recording shows it up to its last complete line; following goes on from there."""
+        def build() -> tuple[int, str]:
+            upto = complete_end(self.path)
+            return upto, snapshot(self.path, upto, *self._size)
 
-    def resume_reading(self) -> None:
-        self._paused = False
-        if self._dropped and self._buffer is None:
-            self._dropped = False
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(self._repaint())
+        async with self._lock:
+            try:
+                self._pos, screen = await asyncio.to_thread(build)
+            except OSError as e:
+                screen = f"\x1b[0m\x1b[H\x1b[2J(cannot show the screen so far: {e.strerror})\r\n"
+            self.relay.output(self, screen.encode())
 
-    def pending(self) -> int:
-        return 0
 
-    def echo_known(self) -> bool | None:
-        return None
+def complete_end(path: Path) -> int:
+    """The offset just after the last complete line of a file still being written."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - SNAPSHOT_TAIL)
+        f.seek(start)
+        tail = f.read(size - start)
+    return start + tail.rfind(b"\n") + 1

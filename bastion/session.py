@@ -24,7 +24,7 @@ from bastion.auditcli import parse_when
 from bastion.broker import BrokerServer, RefusedRequest
 from bastion.cmdfilter import CommandFilter
 from bastion.config import KubeResource, PgResource, SshResource
-from bastion.live import LiveSession, Observer
+from bastion.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
 from bastion.oidc.login import LoginRefused
 from bastion.pglisten import CHANNEL
 from bastion.ptyproc import PtyProcess
@@ -102,7 +102,7 @@ class BastionSession(asyncssh.SSHServerSession):
         self._opening = False
         self._targets: set[SshEndpoint] = set()
         self._client_gone = False
-        self._observer: Observer | None = None
+        self._observer: ReadOnlyView | None = None
         self._withdraw = asyncio.Event()
         self._filter_withdraw = asyncio.Event()
         self._login_code: Any = None  # a device flow started by this session's TUI
@@ -419,8 +419,7 @@ class BastionSession(asyncssh.SSHServerSession):
         if isinstance(sid, str) and self.ctx.daemon.live.get(sid) is None:
             remote = await self._remote_active(sid)
             if remote:
-                raise RefusedRequest("elsewhere", f"node {remote[0]['node']} carries this session: connect to it "
-                                                  "to observe (terminating works from here)")
+                return await self._observe_remote(remote[0])
         live = self._watchable(sid)
         if self._opening or self.relay is None:
             raise RefusedRequest("busy", "a session is already open on this connection")
@@ -437,6 +436,39 @@ class BastionSession(asyncssh.SSHServerSession):
             self._observer = None
             self._opening = False
         return {"ok": True, "message": f"{live.user}@{live.resource}: {reason}", "session_id": live.sid}
+
+    async def _observe_remote(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Observe a session another node carries, from its recording in the shared recordings directory."""
+        ctx, daemon = self.ctx, self.ctx.daemon
+        path = Path(r["recording"]) if r["recording"] else None
+        if path is None or not await asyncio.to_thread(path.is_file):
+            raise RefusedRequest("elsewhere", f"node {r['node']} carries this session and its recording is not on "
+                                              "storage this node shares: connect to that node to observe "
+                                              "(terminating works from here)")
+        if self._opening or self.relay is None:
+            raise RefusedRequest("busy", "a session is already open on this connection")
+        self._opening = True
+        sid = r["id"]
+        try:
+            await asyncio.to_thread(daemon.store.audit, ctx.username, "session.observe", "ok",
+                                    resource=r["resource"], session_id=sid, client_addr=ctx.peer, user=r["user"],
+                                    node=r["node"])
+            await asyncio.to_thread(daemon.store.notify, CHANNEL, json.dumps(
+                {"kind": "observe", "id": sid, "by": ctx.username, "node": r["node"], "from": daemon.node}))
+            log.info("%s: observing session %s of %s on node %s", ctx.who, sid, r["user"], r["node"])
+
+            async def still_active() -> bool:
+                row = await asyncio.to_thread(daemon.store.session, sid)
+                return row is not None and row["outcome"] == "active"
+
+            self._observer = RemoteObserver(self.relay, path, f"{r['user']}@{r['resource']} on node {r['node']}",
+                                            still_active)
+            reason = await self._observer.run()
+        finally:
+            self._observer = None
+            self._opening = False
+        return {"ok": True, "message": f"{r['user']}@{r['resource']} (node {r['node']}): {reason}",
+                "session_id": sid}
 
     async def _rpc_terminate(self, params: dict[str, Any]) -> dict[str, Any]:
         sid = params.get("id", "")

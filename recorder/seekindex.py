@@ -70,6 +70,27 @@ def events_from(path: Path | str, offset: int) -> Iterator[tuple[int, Event]]:
             yield pos, ev
 
 
+def complete_events(path: Path | str, offset: int, max_bytes: int = 1 << 20) -> tuple[int, list[Event]]:
+    """For a recording still being written: the events of the complete lines from ``offset`` on (at most about
+    ``max_bytes``; a partial last line waits for its newline), and the offset just after them."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(max_bytes)
+        while b"\n" not in data and len(data) >= max_bytes:  # one event longer than the window
+            more = f.read(max_bytes)
+            if not more:
+                break
+            data += more
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        try:
+            events.append(_parse_event(raw.decode("utf-8", "replace")))
+        except ValueError:
+            continue
+    return offset + end, events
+
+
 # -- screens as ANSI -------------------------------------------------------------------------------------------
 def _color_codes() -> tuple[dict[str, int], dict[str, int]]:
     from pyte import graphics as g

@@ -82,10 +82,6 @@ class LiveScreen(Screen[None]):
         s = self._selected()
         if s is None:
             return
-        if s.get("remote"):  # its bytes are on the other node
-            self._status(f"{s['user']}@{s['resource']} is on node {s['node']}: connect to that node to observe "
-                         "(t terminates from here)", sticky=True)
-            return
         try:
             try:
                 with self.app.suspend():

@@ -1,10 +1,11 @@
 """Several nodes on one PostgreSQL store: a reviewer on node B decides a request held on node A (B's queue hears of
-it through LISTEN/NOTIFY), sessions and search span the nodes, and when node A dies its sessions are marked
-interrupted by B once A's heartbeat is overdue."""
+it through LISTEN/NOTIFY), sessions and search span the nodes, a reviewer on B observes and terminates a session
+on A, and when node A dies its sessions are marked interrupted by B once A's heartbeat is overdue."""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -123,22 +124,41 @@ def test_a_dead_node_s_sessions_are_interrupted_by_the_other(nodes: dict[str, Ba
         store.engine.dispose()
 
 
-def test_reviewer_on_b_terminates_a_session_on_a(nodes: dict[str, BastionEnv]) -> None:
+def test_reviewer_on_b_observes_and_terminates_a_session_on_a(nodes: dict[str, BastionEnv], pg_url: str) -> None:
     a, b = nodes["A"], nodes["B"]
-    client = subprocess.Popen(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--", "sleep 60", tty=False),
-                              stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(ssh_argv(a.keys["alice"], a.port, "alice", "web", "--",
+                                       "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do "
+                                       "echo TICK-$i; sleep 1; done; sleep 60", tty=False),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    store = Store(pg_url)
     try:
         with Terminal(ssh_argv(b.keys["bob"], b.port, "bob", tty=True), cols=140, rows=30) as bob:
             bob.wait_for(r"roles: .*reviewers")
             bob.send_key("f4")
-            bob.wait_for(r"alice\s+web\s+ssh\s+exec\s+sleep 60.*node-A", timeout=20)
-            bob.send_key("enter")  # observing needs the node that carries the session
-            bob.wait_for(r"is on node node-A: connect to that node to observe")
+            bob.wait_for(r"alice\s+web\s+ssh\s+exec\s+for i in.*node-A", timeout=20)
+            time.sleep(2)
+            bob.send_key("enter")  # observed from node A's recording in the shared directory
+            first = bob.wait_for(r"TICK-\d+")
+            seen = max(int(n) for n in re.findall(r"TICK-(\d+)", first))
+            bob.wait_for(rf"TICK-{seen + 2}\b", timeout=10)  # and it goes on as node A records it
+            bob.send("q")
+            bob.wait_for(r"alice@web \(node node-A\): stopped observing")
             bob.send("t")
             bob.wait_for(r"Terminate alice@web")
             bob.send("off-hours access\r")
             bob.wait_for(r"terminating alice@web on node node-A")
         _, err = client.communicate(timeout=20)
         assert "terminated by bob: off-hours access" in err and client.returncode != 0
+        row = next(s for s in store.sessions() if s["user"] == "alice" and "TICK" in (s["command"] or ""))
+        deadline = time.monotonic() + 20
+        while row["outcome"] == "active":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            row = store.session(row["id"])
+        cast = Path(row["recording"]).read_text()
+        assert "observed by bob (from node node-B)" in cast  # node A marked its own recording
+        observed = [e for e in store.audit_events() if e.action == "session.observe"]
+        assert [(e.actor, e.session_id, e.detail["node"]) for e in observed] == [("bob", row["id"], "node-A")]
     finally:
         client.kill()
+        store.engine.dispose()

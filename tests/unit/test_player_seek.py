@@ -14,7 +14,7 @@ import pytest
 
 from recorder.asciicast import CastWriter, read_cast
 from recorder.player import play
-from recorder.seekindex import build, load, load_or_build, save, sidecar
+from recorder.seekindex import build, complete_events, load, load_or_build, save, sidecar
 
 
 class Clock:
@@ -176,3 +176,19 @@ def test_sidecar_is_rebuilt_when_stale(tmp_path: Path) -> None:
     assert load_or_build(p).duration == 11.0 and load(p) is not None
     sidecar(p).write_text("{not json")
     assert load(p) is None and load_or_build(p).duration == 11.0
+
+
+def test_following_a_recording_being_written_waits_for_whole_lines(tmp_path: Path) -> None:
+    cast = tmp_path / "live.cast"
+    header = json.dumps({"version": 2, "width": 80, "height": 24}) + "\n"
+    first = json.dumps([0.5, "o", "one\r\n"]) + "\n"
+    cast.write_text(header + first + '[0.7, "o", "tw')  # the writer is in the middle of its next line
+    pos, events = complete_events(cast, len(header))
+    assert pos == len(header) + len(first) and [e.data for e in events] == ["one\r\n"]
+    with open(cast, "a") as f:
+        f.write('o\\r\\n"]\n' + json.dumps([0.9, "o", "x" * 5000]) + "\n")
+    pos2, events = complete_events(cast, pos, max_bytes=100)
+    assert [e.data for e in events] == ["two\r\n"]
+    pos3, events = complete_events(cast, pos2, max_bytes=100)  # a line longer than the window still comes whole
+    assert [e.data for e in events] == ["x" * 5000] and pos3 == cast.stat().st_size
+    assert complete_events(cast, pos3) == (pos3, [])
