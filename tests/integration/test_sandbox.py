@@ -83,3 +83,33 @@ def test_an_unknown_or_root_sandbox_user_is_an_error_for_a_root_daemon() -> None
         make_sandbox("required", "no-such-user")
     with pytest.raises(SandboxError, match="is root"):
         make_sandbox("auto", "root")
+
+
+def test_an_unprivileged_daemon_shows_the_menu_only_its_packages(tmp_path: Path, home: Path) -> None:
+    """The path a daemon under the systemd unit takes (no root: bubblewrap in a user namespace): bound package
+    directories are readable, with the project around them hidden. Run as nobody with the system Python, which
+    nobody can reach (a pyenv Python under /root it could not)."""
+    repo = Path(__file__).resolve().parents[2]
+    assert all(p.stat().st_mode & 0o005 == 0o005 for p in (repo, repo / "bastion", repo / "tui")), \
+        "this test runs the checkout as nobody: make it world-readable (umask 022)"
+    os.chmod(home, 0o777)
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(repo)!r})\n"
+        "from pathlib import Path\n"
+        "from bastion.sandbox import make_sandbox\n"
+        "box = make_sandbox('required', 'nobody')\n"
+        "assert box.uid is None, box\n"
+        f"argv = box.wrap(['/bin/sh', '-c', 'id -u; ls {repo}; ls {repo}/tui | grep -c py; cat {repo}/pyproject.toml"
+        f" || echo HIDDEN'], home=Path({str(home)!r}), env={{'PATH': '/usr/bin:/bin'}},"
+        f" ro_paths=[Path({str(repo / 'tui')!r}), Path({str(repo / 'bastion')!r})])\n"
+        "os.execv(argv[0], argv)\n")
+    cmd = ["/usr/bin/python3", "-S", "-c", script]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd="/")
+    lines = out.stdout.split()
+    assert out.returncode == 0, out.stderr
+    assert lines[0] == ("65534" if os.geteuid() == 0 else str(os.getuid()))
+    assert lines[1:3] == ["bastion", "tui"] and int(lines[3]) > 3  # only the bound packages, readable
+    assert "HIDDEN" in out.stdout and "[project]" not in out.stdout  # nothing else of the project
