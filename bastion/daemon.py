@@ -249,6 +249,7 @@ class Daemon:
                         "" if config.sandbox.mode == "off" else ", bubblewrap not installed")
         self.storage = config.recording_storage()  # where closed recordings are kept (and read back from)
         self.menu_paths = python_paths(MENU_PACKAGES)  # what the sandboxed menu may read of the installation
+        self.player_paths = python_paths(("recorder",))  # and the sandboxed player (F5, p)
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.server: asyncssh.SSHAcceptor | None = None

@@ -548,7 +548,7 @@ class BastionSession(asyncssh.SSHServerSession):
                 for ev in iter_events(row["recording"]):
                     if ev.code == "m" and len(out) < 2000:
                         out.append([round(ev.time, 3), ev.data[:500]])
-            except CastError:
+            except (CastError, OSError):  # an active session on a node whose disk is not shared
                 pass
             return out
 
@@ -575,6 +575,8 @@ class BastionSession(asyncssh.SSHServerSession):
                                 resource=row["resource"], session_id=row["id"], client_addr=ctx.peer)
         try:
             await self._play(row["recording"])
+        except OSError as e:  # an active session on a node whose disk is not shared, or a vanished file
+            raise RefusedRequest("unavailable", f"the recording of {row['id']} cannot be read: {e.strerror}") from None
         finally:
             self._opening = False
         return {"ok": True, "message": f"replay of {row['id']} closed",
@@ -583,9 +585,34 @@ class BastionSession(asyncssh.SSHServerSession):
     async def _play(self, path: str) -> int | None:
         """The player on a fresh pty, as the active endpoint of this connection's relay (not recorded)."""
         assert self.relay is not None
-        env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
-        proc = PtyProcess([sys.executable, "-I", "-m", "recorder.player", path], env=env, cols=self.cols,
-                          rows=self.rows, cwd="/")
+        home = Path(tempfile.mkdtemp(prefix="bastion-replay-"))
+        try:
+            return await self._run_player(path, home)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    async def _run_player(self, path: str, home: Path) -> int | None:
+        """The player reads a recording (output of targets, so input an attacker shaped) and the auditor's keys:
+        it runs in the session sandbox, seeing the recording and its keyframes read-only and nothing else."""
+        assert self.relay is not None
+        daemon = self.ctx.daemon
+        sandbox = daemon.sandbox
+        env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin",
+               "HOME": str(home)}
+        files = [Path(path), *[p for p in (Path(f"{path}.idx"),) if p.is_file()]]
+        if sandbox.uid is not None:  # a root daemon's recordings (0640) are not the sandbox user's to read: a copy
+            copy = home / Path(path).name
+            await asyncio.to_thread(shutil.copyfile, path, copy)
+            if len(files) > 1:
+                await asyncio.to_thread(shutil.copyfile, files[1], f"{copy}.idx")
+            for p in home.iterdir():
+                sandbox.prepare(p)
+            path, files = str(copy), []
+        sandbox.prepare(home)
+        argv = sandbox.wrap([sys.executable, "-I", "-m", "recorder.player", path], home=home, env=env,
+                            ro_paths=[*daemon.player_paths, *files])
+        proc = PtyProcess(argv, env={} if sandbox.active else env, cols=self.cols, rows=self.rows, cwd=str(home),
+                          wrapper=sandbox.active)
         exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
         def on_exit(status: int | None) -> None:

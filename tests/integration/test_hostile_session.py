@@ -13,13 +13,13 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import tui.app
 from tests.integration.conftest import BastionEnv
+from tests.support.procs import descendants, initial_env, status_field, wait_descendant
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -27,37 +27,9 @@ pytestmark = pytest.mark.slow
 SYS_PIDFD_GETFD = 438
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    for child in children(pid):
-        out += [child, *descendants(child)]
-    return out
-
-
-def initial_env(pid: int) -> dict[bytes, bytes]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
-
-
 def tui_pid(daemon: int, before: set[int]) -> int:
     """The menu's Python process (inside its sandbox wrapper, if any): the one given the broker socket."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        for pid in set(descendants(daemon)) - before:
-            if b"BASTION_RPC_FD" in initial_env(pid):
-                return pid
-        time.sleep(0.1)
-    raise AssertionError("no session process appeared")
+    return wait_descendant(daemon, lambda pid: b"BASTION_RPC_FD" in initial_env(pid), before)
 
 
 def steal_fd(pid: int, fd: int) -> socket.socket:
@@ -170,13 +142,6 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
     finally:
         held.kill()
         held.wait()
-
-
-def status_field(pid: int, name: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
 def test_menu_process_sees_none_of_the_daemons_files(bastion_env: BastionEnv) -> None:

@@ -14,6 +14,7 @@ import pytest
 from bastion.config import load_config
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv
+from tests.support.procs import cmdline, status_field, wait_descendant
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -130,6 +131,12 @@ def test_auditor_browses_and_replays_recordings(bastion_env: BastionEnv) -> None
         eve.send("p")
         eve.wait_for(r"AUDIT-ME-25")  # played inside this ssh session
         eve.wait_for(r"end of recording")
+        # the player (recorded output is input an attacker shaped) runs sandboxed: none of the daemon's files
+        player = wait_descendant(env.proc.pid, lambda pid: b"recorder.player" in cmdline(pid)
+                                 and not cmdline(pid)[0].endswith(b"bwrap") and b"setpriv" not in cmdline(pid)[0])
+        state = env.dir / "state"
+        assert (state / "bastion.db").exists() and not Path(f"/proc/{player}/root{state}").exists()
+        assert status_field(player, "CapEff") == "0" * 16 and status_field(player, "NoNewPrivs") == "1"
         eve.send("x")
         eve.wait_for(rf"replay of {sid} closed")
     events = [e for e in Store(load_config(env.config).database_url).audit_events() if e.session_id == sid]

@@ -1,0 +1,55 @@
+"""Looking at the daemon's children from outside: process trees, initial environments, /proc status fields."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    out = []
+    for child in children(pid):
+        out += [child, *descendants(child)]
+    return out
+
+
+def initial_env(pid: int) -> dict[bytes, bytes]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+
+
+def cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+def wait_descendant(root: int, match: Callable[[int], bool], before: set[int] | frozenset[int] = frozenset(),
+                    timeout: float = 15) -> int:
+    """The first new process under ``root`` that ``match`` accepts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in set(descendants(root)) - before:
+            if match(pid):
+                return pid
+        time.sleep(0.1)
+    raise AssertionError("no such process appeared")
