@@ -55,6 +55,7 @@ class S3Model(_Model):
     region: str | None = None
     access_key_id: str | None = None  # with secret_access_key_file; neither: boto3's chain (env, instance role)
     secret_access_key_file: str | None = None
+    cache_max_mb: Annotated[int, Field(ge=0)] = 2048  # downloaded copies kept for replays (least recently used go)
 
 
 class RecordingsModel(_Model):
@@ -316,7 +317,7 @@ class Config:
         if s3.secret_access_key_file:
             secret = self.resolve(s3.secret_access_key_file).read_text().strip()
         return RecordingStorage(self.recordings_dir, S3Settings(
-            s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.access_key_id, secret))
+            s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.access_key_id, secret, s3.cache_max_mb << 20))
 
     def resolve(self, p: str) -> Path:
         """Resolve a path from the config relative to the config file's directory."""

@@ -51,6 +51,7 @@ class S3Settings:
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None  # None: boto3's own chain (environment, instance role)
+    cache_max_bytes: int = 2 << 30  # downloaded copies kept under recordings_dir/.s3-cache, least recently used go
 
 
 def is_remote(ref: str) -> bool:
@@ -153,6 +154,7 @@ class RecordingStorage:
             return path
         dest = self._cache_path(ref)
         if dest.is_file():
+            os.utime(dest)  # recently used: trimmed last
             return dest
         bucket, key = split_ref(ref)
         dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -171,7 +173,33 @@ class RecordingStorage:
         except StorageError:
             pass
         os.replace(got, dest)
+        self.trim_cache(keep=dest)
         return dest
+
+    def trim_cache(self, keep: Path | None = None) -> list[Path]:
+        """Remove the least recently used downloaded copies until the cache is within its size; the removed."""
+        limit = self.s3.cache_max_bytes if self.s3 is not None else 0
+        casts = []
+        for p in (self.root / CACHE_DIR).rglob("*.cast"):
+            try:
+                st = p.stat()
+                idx = Path(f"{p}{INDEX_SUFFIX}")
+                size = st.st_size + (idx.stat().st_size if idx.is_file() else 0)
+            except OSError:
+                continue
+            casts.append((st.st_mtime, size, p))
+        total = sum(size for _, size, _ in casts)
+        removed = []
+        for _, size, p in sorted(casts):
+            if total <= limit:
+                break
+            if keep is not None and p == keep:
+                continue
+            for f in (p, Path(f"{p}{INDEX_SUFFIX}")):
+                f.unlink(missing_ok=True)
+            total -= size
+            removed.append(p)
+        return removed
 
     def _download(self, bucket: str, key: str, into: Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=into, prefix=".part-")
