@@ -168,3 +168,30 @@ def test_kubernetes_needs_kubectl(tmp_path: Path, keys: dict[str, str]) -> None:
     (tmp_path / "token").write_text("t0k\n")
     with pytest.raises(ConfigError, match="need kubectl"):
         load_config(write(tmp_path, kube_config(keys) + "kubectl: /nonexistent/kubectl\n"))
+
+
+def test_recordings_in_a_bucket(tmp_path: Path, keys: dict[str, str]) -> None:
+    base = good(keys)
+    (tmp_path / "s3-secret").write_text("s3cr3t\n")
+    ok = base + ("recordings:\n  s3:\n    bucket: bastion-recs\n    prefix: prod/\n    access_key_id: AKIAEXAMPLE\n"
+                 "    secret_access_key_file: s3-secret\n    cache_max_mb: 10\n")
+    cfg = load_config(write(tmp_path, ok))
+    storage = cfg.recording_storage()
+    assert storage.remote and storage.s3 is not None
+    assert (storage.s3.bucket, storage.s3.prefix, storage.s3.secret_access_key) == ("bastion-recs", "prod/", "s3cr3t")
+    assert storage.s3.cache_max_bytes == 10 << 20 and storage.root == tmp_path / "rec"
+    assert "s3cr3t" not in repr(cfg)  # the secret is read when the storage is made, never kept in the config
+    for bad, key, msg in (
+            ("    bucket: Bastion_Recs\n", "recordings.s3.bucket", "should match pattern"),
+            ("    prefix: /abs\n", "recordings.s3.prefix", "should match pattern"),
+            ("    secret_access_key_file: nowhere\n", "recordings.s3.secret_access_key_file", "cannot read")):
+        field = bad.split(":")[0]
+        text = "\n".join(bad.rstrip("\n") if line.startswith(field + ":") else line for line in ok.split("\n"))
+        p = write(tmp_path, text)
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert any(f": {key}: " in prob and msg in prob and prob.startswith(f"{p}:") for prob in e.value.problems), \
+            e.value.problems
+    half = ok.replace("    access_key_id: AKIAEXAMPLE\n", "")
+    with pytest.raises(ConfigError, match="access_key_id and secret_access_key_file together"):
+        load_config(write(tmp_path, half))
