@@ -12,7 +12,7 @@ from typing import Any
 
 from bastion.config import Config
 from bastion.store.db import Store
-from recorder.storage import RecordingStorage
+from recorder.storage import RecordingStorage, is_remote
 
 log = logging.getLogger(__name__)
 INDEX_TIMEOUT = 3600.0
@@ -35,7 +35,9 @@ class AuditWorker:
             from bastion.store.verify import load_private_key
 
             self._key = await asyncio.to_thread(load_private_key, self.config.signing_key)
-        todo = await asyncio.to_thread(self.store.unindexed)
+        # a local path that is not a file here is another node's (no shared directory): that node indexes it
+        todo = [sid for sid, path in await asyncio.to_thread(self.store.unindexed)
+                if is_remote(path) or Path(path).is_file()]
         if self.storage.remote:  # uploads owed for recordings made here (a crash, an outage)
             owed = await asyncio.to_thread(self.store.local_recordings)
             todo += [sid for sid, path in owed if sid not in todo and Path(path).is_file()]

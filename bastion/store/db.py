@@ -212,12 +212,12 @@ class Store:
         with self.tx() as s:
             s.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload[:7900]})
 
-    def unindexed(self, limit: int = 1000) -> list[str]:
-        """Sessions whose closed recording has no search index yet (oldest first)."""
+    def unindexed(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """Sessions whose closed recording has no search index yet, with its location (oldest first)."""
         with self.tx() as s:
-            return list(s.scalars(select(Recording.session_id).where(
+            return [(sid, path) for sid, path in s.execute(select(Recording.session_id, Recording.path).where(
                 Recording.chain.is_not(None), Recording.indexed_at.is_(None), Recording.pruned_at.is_(None))
-                .order_by(Recording.seq).limit(limit)))
+                .order_by(Recording.seq).limit(limit))]
 
     def local_recordings(self, limit: int = 1000) -> list[tuple[str, str]]:
         """Closed, chained recordings still named by a local path: (session id, path), oldest first (with a bucket
