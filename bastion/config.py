@@ -46,6 +46,10 @@ class Limits(_Model):
     max_connections_per_source: Annotated[int, Field(ge=1, le=100000)] = 50
     max_sessions_per_connection: Annotated[int, Field(ge=1, le=100)] = 4
     target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # no input on a connection with a terminal (the menu, an interactive session) for this long closes it
+    idle_timeout: Annotated[float, Field(ge=5, le=7 * 86400)] | None = None
+    # a brokered session (any form) is closed when it has lasted this long
+    max_session_duration: Annotated[float, Field(ge=5, le=30 * 86400)] | None = None
 
 
 class S3Model(_Model):

@@ -45,6 +45,7 @@ class LiveSession:
     stop: Callable[[], None]  # ends the target session
     started: float = field(default_factory=time.time)
     terminated: tuple[str, str] | None = None  # (by, reason)
+    end_outcome: str = "terminated"  # the session's outcome when it was ended from here ("idle", "expired")
     observers: set[str] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -61,6 +62,17 @@ class LiveSession:
         self.terminated = (by, reason)
         self.tee.writer.marker(f"session terminated by {by}: {reason}")
         self.notify(f"this session was terminated by {by}: {reason}")
+        self.stop()
+
+    def expire(self, outcome: str, reason: str) -> None:
+        """The bastion ends the session by its own rule (idle, too long): the operator is told why, and the
+        recording and the session's outcome say so."""
+        if self.terminated is not None:
+            return
+        self.terminated = ("bastion", reason)
+        self.end_outcome = outcome
+        self.tee.writer.marker(f"session closed by the bastion: {reason}")
+        self.notify(f"this session was closed: {reason}")
         self.stop()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -105,6 +106,7 @@ class Relay:
         self._held: bytearray | None = bytearray()
         self._held_eof = False
         self.on_interrupt: Callable[[], None] | None = None  # Ctrl-C while input is held (withdraw)
+        self.last_input = time.monotonic()  # when the client last typed (the idle timeout counts from it)
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_base(self, ep: Endpoint | None) -> None:
@@ -145,6 +147,7 @@ class Relay:
 
     # -- client -> endpoint -----------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
+        self.last_input = time.monotonic()
         if self._held is not None:
             if b"\x03" in data and self.on_interrupt is not None:
                 self.on_interrupt()

@@ -35,6 +35,7 @@ from bastion.store.db import POLICY_FILTERS, new_session_id
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
+from bastion.timeouts import IdleWatch, fmt_seconds, warning_lead
 from policies.access import decide_open, may_watch
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line
@@ -106,6 +107,10 @@ class BastionSession(asyncssh.SSHServerSession):
         self._withdraw = asyncio.Event()
         self._filter_withdraw = asyncio.Event()
         self._login_code: Any = None  # a device flow started by this session's TUI
+        self._live: LiveSession | None = None  # the brokered session this channel carries now
+        self._menu_broker: BrokerServer | None = None
+        self._idle: asyncio.Task[None] | None = None
+        self._closed_reason: str | None = None  # the bastion closed this connection (idle): why
         self._login_cancel: asyncio.Event | None = None
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
@@ -133,6 +138,10 @@ class BastionSession(asyncssh.SSHServerSession):
         self.relay = Relay(self.chan, self.cols, self.rows)
         self.relay.on_interrupt = self._withdraw.set
         self._task = asyncio.get_running_loop().create_task(self._run_guarded())
+        timeout = self.ctx.daemon.config.limits.idle_timeout
+        if timeout and self.term_type is not None:  # without a terminal (scripts, agents) input may never come
+            watch = IdleWatch(self.relay, timeout, self._idle_warn, self._idle_close)
+            self._idle = asyncio.get_running_loop().create_task(watch.run())
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self.relay is not None:
@@ -169,6 +178,8 @@ class BastionSession(asyncssh.SSHServerSession):
         # No cancellation: closing the endpoints makes _run finish normally, so every session is closed in the
         # store and its recording hashed even when the client vanishes.
         self._client_gone = True
+        if self._idle is not None:
+            self._idle.cancel()
         self._withdraw.set()
         self._filter_withdraw.set()
         if self._login_cancel is not None:
@@ -190,8 +201,41 @@ class BastionSession(asyncssh.SSHServerSession):
         except Exception:
             log.exception("%s: session failed", self.ctx.who)
             self._stderr("bastion: internal error; the session was closed (see the daemon log)\n")
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._closed_reason is not None:
+            self._stderr(f"\nbastion: {self._closed_reason}: connection closed\n")
         if self.chan is not None and not self._client_gone:
             self.chan.exit(status)
+
+    # -- time limits --------------------------------------------------------------------------------------
+    def _idle_warn(self, left: float) -> None:
+        text = f"no input for a while: this connection closes in {fmt_seconds(left)} unless you type something"
+        if self._live is not None:
+            self._live.notify(text)
+        elif self._menu_broker is not None:
+            self._menu_broker.notify("notice", {"text": text})
+
+    def _idle_close(self) -> None:
+        timeout = self.ctx.daemon.config.limits.idle_timeout or 0
+        self._closed_reason = f"no input for {fmt_seconds(timeout)}"
+        log.info("%s: closing the connection: %s", self.ctx.who, self._closed_reason)
+        self.ctx.daemon.spawn_bg(self._close_idle(self._closed_reason))
+
+    async def _close_idle(self, reason: str) -> None:
+        """End what this connection carries (a brokered session first, recorded as idle), then its menu."""
+        ctx = self.ctx
+        await asyncio.to_thread(ctx.daemon.store.audit, ctx.username, "connection.idle", "closed",
+                                client_addr=ctx.peer, reason=reason)
+        if self._live is not None:
+            self._live.expire("idle", reason)
+            deadline = time.monotonic() + 30
+            while self._live is not None and time.monotonic() < deadline:  # until it is closed in the store
+                await asyncio.sleep(0.05)
+        if self._observer is not None:
+            self._observer.finish(reason)
+        if self.menu is not None:
+            self.menu.close()
 
     async def _run(self) -> int:
         pty = self.term_type is not None
@@ -273,6 +317,7 @@ class BastionSession(asyncssh.SSHServerSession):
                 "login.cancel": self._rpc_login_cancel,
                 "log": self._rpc_log,
             }.items()}, self.ctx.who)
+            self._menu_broker = broker
             serve = asyncio.ensure_future(broker.serve())
             listeners = self.ctx.daemon.approvals.listeners
 
@@ -864,9 +909,13 @@ class BastionSession(asyncssh.SSHServerSession):
             live = LiveSession(sid, ctx.username, name, res.kind, mode, command, ctx.peer, daemon.node,
                                tee=self.relay.tee or Tee(writer), relay=relay, notify=notify, stop=ep.close)
             daemon.live.add(live)
+            self._live = live
+            timers = self._duration_limit(live)
             try:
                 end = await ep.wait()
             finally:
+                for timer in timers:
+                    timer.cancel()
                 daemon.live.remove(sid)
                 live.ended.set()
                 self.relay.detach()
@@ -881,8 +930,10 @@ class BastionSession(asyncssh.SSHServerSession):
             if self._client_gone:
                 outcome = "client_disconnected"
             if live.terminated is not None:
-                outcome = "terminated"
-                end = dataclasses.replace(end, message=f"terminated by {live.terminated[0]}: {live.terminated[1]}")
+                outcome = live.end_outcome
+                by, why = live.terminated
+                end = dataclasses.replace(end, message=f"terminated by {by}: {why}" if outcome == "terminated"
+                                          else f"closed by the bastion: {why}")
             await asyncio.to_thread(store.end_session, sid, outcome=outcome, exit_status=end.status,
                                     message=end.message, sha256=sha, size=writer.bytes_written)
             await asyncio.to_thread(store.audit, ctx.username, "session.end", outcome, resource=name,
@@ -893,6 +944,19 @@ class BastionSession(asyncssh.SSHServerSession):
         finally:
             ep.close()
             self._targets.discard(ep)
+            self._live = None
+
+    def _duration_limit(self, live: LiveSession) -> list[asyncio.TimerHandle]:
+        """Timers that warn the operator, then end the session, at ``limits.max_session_duration``."""
+        limit = self.ctx.daemon.config.limits.max_session_duration
+        if not limit:
+            return []
+        loop = asyncio.get_running_loop()
+        lead = warning_lead(limit)
+        return [loop.call_later(limit - lead, live.notify, f"this session closes in {fmt_seconds(lead)}: it "
+                                f"reaches the maximum session duration ({fmt_seconds(limit)})"),
+                loop.call_later(limit, live.expire, "expired",
+                                f"it reached the maximum session duration ({fmt_seconds(limit)})")]
 
 
 def _sane_size(cols: int, rows: int) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from typing import Any
 from textual import events
 from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
@@ -17,6 +18,14 @@ from tui.login import LoginScreen
 from tui.recordings import RecordingsScreen
 
 log = logging.getLogger(__name__)
+
+
+class Notice(Message):
+    """The daemon has something to tell the operator (posted from the RPC reader thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 def describe_outcome(result: dict[str, Any]) -> str:
@@ -146,6 +155,15 @@ class MenuApp(App[int]):
         """Called on the RPC reader thread: hand over to the app's loop (post_message is thread-safe)."""
         if msg.get("event") == "queue.changed":
             self.post_message(QueueChanged())
+        elif msg.get("event") == "notice":
+            data = msg.get("data")
+            text = data.get("text") if isinstance(data, dict) else None
+            if isinstance(text, str) and text:
+                self.post_message(Notice(text[:300]))
+
+    def on_notice(self, message: Notice) -> None:
+        """The bastion's word to the operator (a coming idle timeout): shown over whatever screen is up."""
+        self.notify(message.text, title="bastion", severity="warning", timeout=120)
 
     def on_queue_changed(self, message: QueueChanged) -> None:
         self._update_notice()

@@ -9,3 +9,4 @@ def test_forms() -> None:
     assert parse_command("web1 uptime") == ("web1", "uptime")
     assert parse_command("web1 --version") == ("web1", "--version")
     assert parse_command("") == ("", None)
+

@@ -1,0 +1,51 @@
+"""Session time limits: ``limits.idle_timeout`` (no input on a connection with a terminal) and
+``limits.max_session_duration`` (a brokered session's length). Each warns before it acts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from bastion.relay import Relay
+
+
+def fmt_seconds(sec: float) -> str:
+    """A length of time in words an operator reads at a glance: 45 s, 15 min, 2 h 30 min."""
+    sec = int(round(sec))
+    if sec < 120:
+        return f"{sec} s"
+    if sec < 7200:
+        return f"{round(sec / 60)} min"
+    h, m = divmod(round(sec / 60), 60)
+    return f"{h} h" + (f" {m} min" if m else "")
+
+
+def warning_lead(limit: float) -> float:
+    """How long before a limit the operator is warned: a minute (five for long limits), at most a quarter of it."""
+    return min(300.0 if limit >= 3600 else 60.0, limit / 4)
+
+
+class IdleWatch:
+    """Watches a relay's input: ``warn(left)`` once when the connection has been idle for ``timeout`` minus the
+    warning lead (again after new input), then ``close()`` when it has been idle for ``timeout``."""
+
+    def __init__(self, relay: Relay, timeout: float, warn: Callable[[float], None], close: Callable[[], None]):
+        self.relay, self.timeout, self.warn, self.close = relay, timeout, warn, close
+
+    async def run(self) -> None:
+        lead = warning_lead(self.timeout)
+        warned_at: float | None = None
+        while True:
+            last = self.relay.last_input
+            idle = time.monotonic() - last
+            if idle >= self.timeout:
+                self.close()
+                return
+            if idle >= self.timeout - lead:
+                if warned_at != last:
+                    warned_at = last
+                    self.warn(self.timeout - idle)
+                await asyncio.sleep(min(self.timeout - idle, 1.0) + 0.01)
+            else:
+                await asyncio.sleep(min(self.timeout - lead - idle, 5.0) + 0.01)
