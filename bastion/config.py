@@ -255,6 +255,9 @@ class Role(_Model):
     resources: list[str] = []
     review: bool | list[str] = False  # true = requests on every resource; or globs of resources
     audit: bool = False
+    request: list[str] = []  # resources (names or globs) its members may ask for: a reviewer of one grants it
+    request_ttl: Annotated[float, Field(ge=60, le=30 * 86400)] = 3600.0  # how long granted access lasts
+    request_approvals: Annotated[int, Field(ge=1, le=10)] = 1  # distinct reviewers needed to grant it
 
     def reviews(self, resource: str) -> bool:
         """Whether this role decides approval requests on ``resource``."""
@@ -539,6 +542,12 @@ def _semantic_checks(cfg: Config) -> list[str]:
         for i, pat in enumerate(role.resources):
             if not any(fnmatch.fnmatchcase(r, pat) for r in cfg.resources):
                 bad(("roles", rname, "resources", i), f"{pat!r} matches no resource")
+        for i, pat in enumerate(role.request):
+            if not any(fnmatch.fnmatchcase(r, pat) for r in cfg.resources):
+                bad(("roles", rname, "request", i), f"{pat!r} matches no resource")
+            elif not any(other.reviews(r) for other in cfg.roles.values() for r in cfg.resources
+                         if fnmatch.fnmatchcase(r, pat)):
+                bad(("roles", rname, "request", i), f"no role reviews what {pat!r} matches: nobody could grant it")
     for i, hk in enumerate(cfg.host_keys):
         if hk.exists():
             try:

@@ -22,7 +22,7 @@ HEADER = struct.Struct(">I")
 METHODS: dict[str, frozenset[str]] = {
     "hello": frozenset(),
     "resources.list": frozenset(),
-    "resource.open": frozenset({"name"}),
+    "resource.open": frozenset({"name", "reason"}),
     "queue.list": frozenset(),
     "requests.mine": frozenset(),
     "request.decide": frozenset({"id", "decision", "reason"}),

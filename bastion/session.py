@@ -30,13 +30,13 @@ from bastion.pglisten import CHANNEL
 from bastion.ptyproc import PtyProcess
 from bastion.relay import PtyEndpoint, Relay, Tee
 from bastion.rpcproto import LOG_LEVELS, LOGIN_METHODS
-from bastion.store.approvals import DecisionRefused
+from bastion.store.approvals import ACCESS_RULE, DecisionRefused
 from bastion.store.db import POLICY_FILTERS, new_session_id
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
 from bastion.timeouts import IdleWatch, fmt_seconds, warning_lead
-from policies.access import decide_open, may_watch
+from policies.access import RequestTerms, decide_open, may_watch
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line
 from recorder.asciicast import CastError, CastWriter, iter_events
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TERM_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+ACCESS_WAIT = 900.0  # seconds an access request waits for reviewers before it expires
 MENU_LOG_LINES = 200  # a session process's log lines the daemon writes; a hostile one cannot flood the log
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # escaped in its log lines (tabs and newlines kept)
 USAGE = """\
@@ -399,15 +400,26 @@ class BastionSession(asyncssh.SSHServerSession):
         return {}
 
     async def _rpc_resources(self, params: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.ctx.daemon.config
-        return {"resources": [{"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description}
-                              for n in self.ctx.grants.permitted(cfg.resources)]}
+        cfg, ctx = self.ctx.daemon.config, self.ctx
+        out = [{"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description,
+                "access": "open"} for n in ctx.grants.permitted(cfg.resources)]
+        for n in ctx.grants.requestable_only(cfg.resources):
+            terms = ctx.grants.request_terms(n)
+            assert terms is not None
+            grant = await asyncio.to_thread(ctx.daemon.approvals.db.access_granted, ctx.username, n, terms.ttl)
+            until = None
+            if grant is not None:
+                until = datetime.fromisoformat(grant["decided_at"]).timestamp() + terms.ttl
+            out.append({"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description,
+                        "access": "granted" if grant else "request", "until": until,
+                        "ttl": terms.ttl})
+        return {"resources": sorted(out, key=lambda r: r["name"])}
 
     async def _rpc_open(self, params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name", "")
         if self._opening:
             raise RefusedRequest("busy", "a session is already open on this connection")
-        out = await self.open_target(name, command=None)
+        out = await self.open_target(name, command=None, reason=params.get("reason", ""))
         return out.as_dict()
 
     async def _rpc_queue(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -676,14 +688,15 @@ class BastionSession(asyncssh.SSHServerSession):
             ep.close()
 
     # -- brokering a target ------------------------------------------------------------------------------
-    async def open_target(self, name: str, *, command: str | None) -> Outcome:
-        """Check access, connect to the target, attach it to the relay with recording, wait for its end."""
+    async def open_target(self, name: str, *, command: str | None, reason: str = "") -> Outcome:
+        """Check access (asking reviewers first where access is granted on request), connect to the target,
+        attach it to the relay with recording, wait for its end."""
         assert self.relay is not None
         ctx, daemon = self.ctx, self.ctx.daemon
         store = daemon.store
         mode = "exec" if command is not None else "interactive"
         decision = decide_open(ctx.grants, name, daemon.config.resources)
-        if not decision.allowed:
+        if not decision.allowed and decision.request is None:
             await asyncio.to_thread(store.audit, ctx.username, "session.open", "denied", resource=name[:255],
                                     client_addr=ctx.peer, mode=mode, reason=decision.reason)
             log.info("%s: open %r denied: %s", ctx.who, name[:64], decision.reason)
@@ -695,16 +708,44 @@ class BastionSession(asyncssh.SSHServerSession):
         self.relay.hold()
         sid = new_session_id()
         try:
+            access = None
+            if decision.request is not None:
+                access = await self._access(name, sid, decision.request, reason, command)
+                if isinstance(access, Outcome):
+                    return access
             verdict: Decision | None = None
             if command is not None:
                 verdict = self._judge(name, command)
                 refusal = await self._enforce_exec(name, sid, verdict)
                 if refusal is not None:
                     return refusal
-            return await self._broker(name, command, mode, sid, verdict)
+            return await self._broker(name, command, mode, sid, verdict, access)
         finally:
             self._opening = False
             self.relay.detach()
+
+    async def _access(self, name: str, sid: str, terms: RequestTerms, reason: str,
+                      command: str | None) -> str | Outcome:
+        """Access on request: an unexpired grant, or a new request that reviewers of ``name`` decide while the
+        operator waits (Ctrl-C withdraws). The grant's description for the recording, or the refusal."""
+        ctx, approvals = self.ctx, self.ctx.daemon.approvals
+        grant = await asyncio.to_thread(approvals.db.access_granted, ctx.username, name, terms.ttl)
+        if grant is None:
+            reason = " ".join(reason.split())[:500]
+            text = f"open {name}" + (f" -- {command}" if command is not None else "") + \
+                (f" (reason: {reason})" if reason else " (no reason given)")
+            d = Decision(Action.REQUIRE_APPROVAL, ACCESS_RULE, f"access to {name} for {fmt_seconds(terms.ttl)}",
+                         text, approvals=terms.approvals, timeout=ACCESS_WAIT)
+            refused = await self._hold(name, sid, d, what=f"access to {name} needs a reviewer's approval")
+            if refused is not None:
+                return refused
+            grant = await asyncio.to_thread(approvals.db.access_granted, ctx.username, name, terms.ttl)
+            if grant is None:
+                return Outcome(False, f"access to {name} was granted but has already expired")
+        decided = datetime.fromisoformat(grant["decided_at"]).timestamp()
+        until = time.strftime("%H:%M UTC", time.gmtime(decided + terms.ttl))
+        by = ", ".join(d["reviewer"] for d in grant["decisions"] if d["approve"])
+        return f"access to {name} granted by {by} (request #{grant['id']}) until {until}"
 
     def _judge(self, name: str, command: str) -> Decision | None:
         """The policy decision for ``command`` on resource ``name`` (None: the resource has no policy)."""
@@ -728,12 +769,16 @@ class BastionSession(asyncssh.SSHServerSession):
         if d.action == Action.WARN:
             self._stderr(f"bastion: warning (rule {d.rule!r}): {d.reason}\n")
             return None
-        approvals = ctx.daemon.approvals
+        return await self._hold(name, sid, d)
+
+    async def _hold(self, name: str, sid: str, d: Decision, what: str = "") -> Outcome | None:
+        """Ask reviewers about ``d`` before the session opens, telling the operator on stderr; None if approved."""
+        ctx, approvals = self.ctx, self.ctx.daemon.approvals
         if not self._client_gone:
             self._withdraw.clear()
         req = await approvals.request(ctx, name, sid, d)
-        self._stderr(f"bastion: waiting for approval (request #{req['id']}, rule {req['rule']}) "
-                     "\u2014 Ctrl-C to withdraw\n")
+        self._stderr(f"bastion: {what + ': ' if what else ''}waiting for approval (request #{req['id']}, rule "
+                     f"{req['rule']}) \u2014 Ctrl-C to withdraw\n")
         final = await approvals.wait(req["id"], d.timeout or 600.0, self._withdraw)
         if final["status"] == "approved":
             self._stderr(f"bastion: request #{req['id']} {final['status_reason']}\n")
@@ -830,7 +875,7 @@ class BastionSession(asyncssh.SSHServerSession):
             withdraw=withdraw.set)
 
     async def _broker(self, name: str, command: str | None, mode: str, sid: str,
-                      verdict: Decision | None) -> Outcome:
+                      verdict: Decision | None, access: str | None = None) -> Outcome:
         assert self.relay is not None
         ctx, daemon = self.ctx, self.ctx.daemon
         store, cfg = daemon.store, daemon.config
@@ -853,6 +898,8 @@ class BastionSession(asyncssh.SSHServerSession):
                 log.error("%s: cannot create recording %s: %s", ctx.who, path, e)
                 return Outcome(False, f"{name}: the session cannot be recorded; refusing to open it")
             writer.marker(f"session {sid}: {ctx.username} opened {name}" + (f": {command}" if command else ""))
+            if access is not None:
+                writer.marker(access)
             if verdict is not None:
                 writer.marker(f"policy: {verdict.summary()}")
             # attached before the target speaks, so its first bytes (banner, prompt) are recorded too

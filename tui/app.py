@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding
@@ -12,7 +14,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpcproto import RpcClient, RpcError
-from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged, fmt_duration
+from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged, ReasonModal, fmt_duration
 from tui.live import LiveScreen
 from tui.login import LoginScreen
 from tui.recordings import RecordingsScreen
@@ -26,6 +28,15 @@ class Notice(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+def access_note(r: dict[str, Any]) -> str:
+    """What the menu says of a resource granted on request: ask for it, or until when it is granted."""
+    if r.get("access") == "request":
+        return "[on request] "
+    if r.get("access") == "granted" and r.get("until"):
+        return f"[granted until {time.strftime('%H:%M', time.gmtime(float(r['until'])))} UTC] "
+    return ""
 
 
 def describe_outcome(result: dict[str, Any]) -> str:
@@ -127,7 +138,7 @@ class MenuApp(App[int]):
         table = self.query_one(DataTable)
         table.clear()
         for r in self.visible():
-            table.add_row(r["name"], r["kind"], r["description"], key=r["name"])
+            table.add_row(r["name"], r["kind"], Text(access_note(r) + r["description"]), key=r["name"])  # no markup
         self.query_one("#filter", Static).update(f"Filter: {self.filter}▏" if self.filter else "")
 
     def on_key(self, event: events.Key) -> None:
@@ -221,16 +232,37 @@ class MenuApp(App[int]):
             self.open_resource(rows[table.cursor_row]["name"])
 
     def open_resource(self, name: str) -> None:
-        """Hand the terminal to the brokered session; the daemon relays it and replies when it ends."""
+        """Hand the terminal to the brokered session; the daemon relays it and replies when it ends. A resource
+        granted on request first asks why (the reviewers see it); the daemon then waits for them."""
+        r = next((x for x in self.resources if x["name"] == name), None)
+        if r is not None and r.get("access") == "request":
+            def asked(reason: str | None) -> None:
+                if reason is not None and reason.strip():
+                    self._open(name, reason.strip())
+                elif reason is not None:
+                    self._status(f"{name}: give a reason: the reviewers decide on it")
+
+            self.push_screen(ReasonModal(f"Access to {name} needs a reviewer's approval (it lasts "
+                                         f"{fmt_duration(float(r.get('ttl') or 0))}). Why do you need it?"), asked)
+            return
+        self._open(name, "")
+
+    def _open(self, name: str, reason: str) -> None:
         log.info("opening %s", name)
+        params = {"name": name, **({"reason": reason} if reason else {})}
         try:
             try:
                 with self.suspend():
-                    result = self.rpc.call("resource.open", name=name)
+                    result = self.rpc.call("resource.open", **params)
             except SuspendNotSupported:  # headless (tests): no terminal to hand over
-                result = self.rpc.call("resource.open", name=name)
+                result = self.rpc.call("resource.open", **params)
         except RpcError as e:
             self._status(f"{name}: {e}")
             return
         self._status(describe_outcome(result))
         self.refresh(layout=True)
+        try:  # a grant may have come or gone
+            self.resources = self.rpc.call("resources.list")["resources"]
+            self._refresh_table()
+        except RpcError:
+            pass

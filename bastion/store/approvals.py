@@ -13,6 +13,7 @@ from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest
 
 FINAL = {"approved", "denied", "withdrawn", "expired", "cancelled"}
+ACCESS_RULE = "access-request"  # the rule of a request for access to a resource (not for one command)
 
 
 class DecisionRefused(Exception):
@@ -99,6 +100,16 @@ class ApprovalStore:
                 return False
             r.status, r.status_reason, r.decided_at = status, reason, now()
             return True
+
+    def access_granted(self, requester: str, resource: str, ttl: float) -> dict[str, Any] | None:
+        """The newest access request of ``requester`` for ``resource`` approved within the last ``ttl`` seconds."""
+        with self.store.tx() as s:
+            r = s.scalars(select(ApprovalRequest).where(
+                ApprovalRequest.requester == requester, ApprovalRequest.resource == resource,
+                ApprovalRequest.rule == ACCESS_RULE, ApprovalRequest.status == "approved",
+                ApprovalRequest.decided_at >= now() - timedelta(seconds=ttl))
+                .order_by(ApprovalRequest.decided_at.desc()).limit(1)).first()
+            return _as_dict(r, self._decisions(s, r.id)) if r is not None else None
 
     def pending(self) -> list[dict[str, Any]]:
         with self.store.tx() as s:

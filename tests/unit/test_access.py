@@ -66,3 +66,26 @@ def test_who_may_watch_live_sessions() -> None:
     dba = grants_for(["dba"], roles)
     assert may_watch(dba, roles, "db1") and not may_watch(dba, roles, "web1")
     assert not may_watch(grants_for(["ops"], roles), roles, "web1")  # operators: not even their own resources
+
+
+@dataclass
+class Q(R):
+    request: list[str] = field(default_factory=list)
+    request_ttl: float = 3600.0
+    request_approvals: int = 1
+
+
+def test_access_on_request() -> None:
+    roles = {**ROLES, "ops": Q(["ops"], ["web*"]), "oncall": Q(["ops"], request=["db*"], request_ttl=900),
+             "sre": Q(["sre"], request=["db2"], request_ttl=7200, request_approvals=2)}
+    g = grants_for(["ops"], roles)
+    assert g.permitted(KNOWN) == ["web1", "web2"] and g.requestable_only(KNOWN) == ["db1", "db2"]
+    d = decide_open(g, "db1", KNOWN)
+    assert not d.allowed and d.request is not None and (d.request.ttl, d.request.approvals) == (900, 1)
+    assert "needs a reviewer's approval" in d.reason
+    assert decide_open(g, "web1", KNOWN).request is None  # open as such: nothing to ask
+    assert decide_open(g, "db9", KNOWN).request is None  # unknown: the usual answer, nothing to ask for
+    both = grants_for(["ops", "sre"], roles)
+    terms = both.request_terms("db2")  # the longest access any of the user's roles offers
+    assert terms is not None and (terms.ttl, terms.approvals) == (7200, 2)
+    assert grants_for(["auditors"], roles).requestable_only(KNOWN) == []

@@ -195,3 +195,16 @@ def test_recordings_in_a_bucket(tmp_path: Path, keys: dict[str, str]) -> None:
     half = ok.replace("    access_key_id: AKIAEXAMPLE\n", "")
     with pytest.raises(ConfigError, match="access_key_id and secret_access_key_file together"):
         load_config(write(tmp_path, half))
+
+
+def test_access_on_request_needs_someone_to_grant_it(tmp_path: Path, keys: dict[str, str]) -> None:
+    asking = good(keys) + "  oncall:\n    groups: [ops]\n    request: [\"web*\"]\n    request_ttl: 1800\n"
+    p = write(tmp_path, asking)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert any(prob.startswith(f"{p}:28: roles.oncall.request[0]: ") and "nobody could grant it" in prob
+               for prob in e.value.problems), e.value.problems
+    cfg = load_config(write(tmp_path, asking + "  reviewers:\n    groups: [leads]\n    review: [\"web*\"]\n"))
+    assert cfg.roles["oncall"].request == ["web*"] and cfg.roles["oncall"].request_ttl == 1800
+    with pytest.raises(ConfigError, match="roles.oncall.request_ttl"):
+        load_config(write(tmp_path, asking.replace("request_ttl: 1800", "request_ttl: 5")))
