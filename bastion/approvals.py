@@ -129,6 +129,23 @@ class ApprovalService:
         self._notify(rid)
         return req
 
+    async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> dict[str, Any]:
+        """A reviewer of the resource ends granted access early (its live sessions go on: F4 terminates them).
+        Raises DecisionRefused."""
+        req = await asyncio.to_thread(self.db.get, rid)
+        if req is None or not self.visible_to(ctx, req):
+            raise DecisionRefused(f"you may not revoke request #{rid}")
+        try:
+            req = await asyncio.to_thread(self.db.revoke, rid, ctx.username, reason)
+        except DecisionRefused as e:
+            await self._audit(ctx.username, "access.revoke", "refused", req, why=str(e))
+            raise
+        await self._audit(ctx.username, "access.revoke", "revoked", req, reason=reason)
+        log.warning("%s: revoked access request #%d of %s to %s: %s", ctx.who, rid, req["requester"],
+                    req["resource"], reason)
+        self._notify(rid)
+        return req
+
     def _wake(self, rid: int) -> None:
         ev = self._waiters.get(rid)
         if ev is not None:

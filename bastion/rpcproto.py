@@ -26,6 +26,7 @@ METHODS: dict[str, frozenset[str]] = {
     "queue.list": frozenset(),
     "requests.mine": frozenset(),
     "request.decide": frozenset({"id", "decision", "reason"}),
+    "request.revoke": frozenset({"id", "reason"}),
     "sessions.live": frozenset(),
     "session.observe": frozenset({"id"}),
     "session.terminate": frozenset({"id", "reason"}),

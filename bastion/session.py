@@ -307,6 +307,7 @@ class BastionSession(asyncssh.SSHServerSession):
                 "queue.list": self._rpc_queue,
                 "requests.mine": self._rpc_mine,
                 "request.decide": self._rpc_decide,
+                "request.revoke": self._rpc_revoke,
                 "sessions.live": self._rpc_live,
                 "session.observe": self._rpc_observe,
                 "session.terminate": self._rpc_terminate,
@@ -429,6 +430,17 @@ class BastionSession(asyncssh.SSHServerSession):
 
     async def _rpc_mine(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.ctx.daemon.approvals.mine(self.ctx)
+
+    async def _rpc_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
+        rid = params.get("id", "")
+        if not self.ctx.grants.review:
+            raise RefusedRequest("forbidden", "you have no reviewer role")
+        if not rid.isdigit() or len(rid) > 12:
+            raise RefusedRequest("bad_request", "id must be a request number")
+        try:
+            return await self.ctx.daemon.approvals.revoke(self.ctx, int(rid), params.get("reason", ""))
+        except DecisionRefused as e:
+            raise RefusedRequest("refused", str(e)) from None
 
     async def _rpc_decide(self, params: dict[str, Any]) -> dict[str, Any]:
         rid, decision = params.get("id", ""), params.get("decision", "")

@@ -74,6 +74,7 @@ class ApprovalsScreen(Screen[None]):
     BINDINGS = [
         Binding("a", "approve", "Approve"),
         Binding("d", "deny", "Deny (reason)"),
+        Binding("r", "revoke", "Revoke access (reason)"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -81,6 +82,7 @@ class ApprovalsScreen(Screen[None]):
         super().__init__()
         self.rpc = rpc
         self.pending: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
@@ -118,7 +120,8 @@ class ApprovalsScreen(Screen[None]):
             table.move_cursor(row=min(row, len(self.pending) - 1))
         hist = self.query_one("#history", DataTable)
         hist.clear()
-        for r in q["history"]:
+        self.history = q["history"]
+        for r in self.history:
             by = ", ".join(d["reviewer"] for d in r["decisions"]) or "-"
             hist.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"], 40), r["status"], by)
         if not self.pending:
@@ -162,6 +165,31 @@ class ApprovalsScreen(Screen[None]):
                 self._decide(req, "deny", reason)
 
         self.app.push_screen(ReasonModal(f"Deny request #{req['id']} ({_short(req['text'], 40)}): why?"), done)
+
+    def action_revoke(self) -> None:
+        """End access granted on request early: the selected decided row, when it is granted access."""
+        hist = self.query_one("#history", DataTable)
+        if not hist.has_focus or not 0 <= hist.cursor_row < len(self.history):
+            self._status("r revokes granted access: choose it in the Decided list (Tab) first")
+            return
+        req = self.history[hist.cursor_row]
+        if req["rule"] != "access-request" or req["status"] != "approved":
+            self._status(f"request #{req['id']} is not granted access")
+            return
+
+        def done(reason: str | None) -> None:
+            if reason is None:
+                return
+            try:
+                r = self.rpc.call("request.revoke", id=str(req["id"]), reason=reason)
+                said = f"request #{req['id']}: {r['status_reason']}"
+            except RpcError as e:
+                said = f"request #{req['id']}: {e}"
+            self.reload()
+            self._status(said)
+
+        self.app.push_screen(ReasonModal(f"Revoke {req['requester']}'s access to {req['resource']} "
+                                         f"(request #{req['id']}): why?"), done)
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest
 
-FINAL = {"approved", "denied", "withdrawn", "expired", "cancelled"}
+FINAL = {"approved", "denied", "withdrawn", "expired", "cancelled", "revoked"}
 ACCESS_RULE = "access-request"  # the rule of a request for access to a resource (not for one command)
 
 
@@ -100,6 +100,20 @@ class ApprovalStore:
                 return False
             r.status, r.status_reason, r.decided_at = status, reason, now()
             return True
+
+    def revoke(self, rid: int, by: str, reason: str) -> dict[str, Any]:
+        """End granted access early: an approved access request becomes ``revoked``. Raises DecisionRefused."""
+        if not reason.strip():
+            raise DecisionRefused("a revocation needs a reason")
+        with self.store.tx() as s:
+            r = s.get(ApprovalRequest, rid, with_for_update=True)
+            if r is None or r.rule != ACCESS_RULE:
+                raise DecisionRefused(f"request #{rid} is not a request for access")
+            if r.status != "approved":
+                raise DecisionRefused(f"request #{rid} is {r.status}, not granted access")
+            r.status, r.status_reason = "revoked", f"revoked by {by}: {' '.join(reason.split())[:500]}"
+            s.flush()
+            return _as_dict(r, self._decisions(s, rid))
 
     def access_granted(self, requester: str, resource: str, ttl: float) -> dict[str, Any] | None:
         """The newest access request of ``requester`` for ``resource`` approved within the last ``ttl`` seconds."""

@@ -72,10 +72,35 @@ def test_access_is_asked_for_granted_by_a_reviewer_and_lasts(access_env: Bastion
     sessions = json.loads(env.bastion("sessions", "list", "--json").stdout)
     s = next(x for x in sessions if x["command"] == "echo AGAIN")
     assert f"access to secret-db granted by bob (request #{reqs[0]['id']}) until" in Path(s["recording"]).read_text()
+    with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=130, rows=30) as t:
+        t.wait_for(r"secret-db\s+ssh\s+\[granted until \d\d:\d\d UTC\] only for admins")
     # nobody without the role may even ask: the same answer as for an unknown resource
     out = subprocess.run(ssh_argv(env.keys["mallory"], env.port, "mallory", "secret-db", "--", "id", tty=False),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no such resource or not permitted: secret-db" in out.stderr
+
+
+def test_a_reviewer_revokes_granted_access(access_env: BastionEnv) -> None:
+    env = access_env
+    granted = [r for r in requests(env) if r["requester"] == "alice" and r["status"] == "approved"]
+    assert len(granted) == 1
+    with reviewer_queue(env, "bob") as bob:
+        bob.wait_for(rf"#{granted[0]['id']}\s+alice\s+secret-db\s+open secret-db.*approved")
+        bob.send("r")  # the queue has focus: revoking is for the Decided list
+        bob.wait_for(r"r revokes granted access: choose it in the Decided list")
+        bob.send_key("tab")
+        bob.send("r")
+        bob.wait_for(rf"Revoke alice's access to secret-db \(request #{granted[0]['id']}\): why\?")
+        bob.send("incident closed\r")
+        bob.wait_for(rf"request #{granted[0]['id']}: revoked by bob: incident closed")
+    proc = run_bg(env, "alice", "echo AFTER-REVOKE")  # asks again
+    try:
+        wait_stderr_line(proc, "waiting for approval")
+    finally:
+        proc.kill()
+        proc.wait()
+    events = [e for e in Store(load_config(env.config).database_url).audit_events() if e.action == "access.revoke"]
+    assert [(e.actor, e.outcome, e.detail["reason"]) for e in events] == [("bob", "revoked", "incident closed")]
 
 
 def test_the_requester_cannot_grant_it_and_a_denial_refuses(access_env: BastionEnv) -> None:
@@ -113,5 +138,3 @@ def test_the_menu_marks_it_and_asks_why(access_env: BastionEnv) -> None:
         assert mine[0]["text"] == "open secret-db (reason: incident 4242 on the ledger)"
         t.send("\x03")  # Ctrl-C withdraws
         t.wait_for(r"withdrawn")
-    with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=130, rows=30) as t:
-        t.wait_for(r"secret-db\s+ssh\s+\[granted until \d\d:\d\d UTC\] only for admins")  # the earlier grant

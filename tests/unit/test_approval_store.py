@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.store.approvals import ApprovalStore, DecisionRefused
+from bastion.store.approvals import ACCESS_RULE, ApprovalStore, DecisionRefused
 from bastion.store.db import Store
 
 
@@ -67,3 +67,24 @@ def test_cancel_by_session_and_node(db: ApprovalStore) -> None:
     assert db.cancel_pending(session_id="s2", reason="session ended") == [b]
     assert db.cancel_pending(node="n1", reason="restart") == [a]
     assert [db.get(i)["status"] for i in (a, b, c)] == ["cancelled", "cancelled", "withdrawn"]
+
+
+def test_access_grants_last_their_ttl_and_can_be_revoked(db: ApprovalStore) -> None:
+    command = req(db)
+    access = db.create(requester="alice", resource="prod", session_id="s2", text="open prod (reason: x)",
+                       rule=ACCESS_RULE, reason="", approvals_needed=1, approver_roles=[], timeout=60,
+                       node="n1")["id"]
+    assert db.access_granted("alice", "prod", 600) is None  # pending is not granted
+    db.decide(access, "bob", True, "")
+    db.decide(command, "bob", True, "")
+    assert db.access_granted("alice", "prod", 600)["id"] == access
+    assert db.access_granted("alice", "prod", 0.000001) is None  # past its ttl
+    assert db.access_granted("carol", "prod", 600) is None and db.access_granted("alice", "web", 600) is None
+    with pytest.raises(DecisionRefused, match="not a request for access"):
+        db.revoke(command, "bob", "no")  # an approved command is not a grant
+    with pytest.raises(DecisionRefused, match="needs a reason"):
+        db.revoke(access, "bob", "  ")
+    assert db.revoke(access, "bob", "done")["status_reason"] == "revoked by bob: done"
+    assert db.access_granted("alice", "prod", 600) is None
+    with pytest.raises(DecisionRefused, match="is revoked, not granted access"):
+        db.revoke(access, "bob", "again")
