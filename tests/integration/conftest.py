@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,21 @@ def stop_bastion(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def own_bastion(base: BastionEnv, d: Path, **config: str) -> Iterator[BastionEnv]:
+    """A daemon of its own in ``d`` (users, keys and target of ``base``), its config written with ``config``
+    (write_config's keyword arguments), stopped afterwards."""
+    (d / "state").mkdir(exist_ok=True)
+    port = free_port()
+    cfg = write_config(d, port, base.keys, base.target, base.target_key, **config)
+    log = d / "bastion.out"
+    env = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key, start_bastion(cfg, port, log), log)
+    try:
+        yield env
+    finally:
+        stop_bastion(env.proc)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import pytest
 from bastion.config import load_config
 from bastion.store.approvals import ACCESS_RULE, ApprovalStore
 from bastion.store.db import Store
-from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.integration.conftest import BastionEnv, own_bastion
 from tests.integration.test_approvals_e2e import reviewer_queue, wait_stderr_line
-from tests.support.keys import free_port
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -28,18 +27,8 @@ ROLE = "  breakglass: {groups: [ops], request: [secret-db], request_ttl: 600}\n"
 
 @pytest.fixture(scope="module")
 def access_env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
-    base = bastion_env
-    d = tmp_path_factory.mktemp("access")
-    (d / "state").mkdir()
-    port = free_port()
-    cfg = write_config(d, port, base.keys, base.target, base.target_key, extra_roles=ROLE)
-    log = d / "bastion.out"
-    proc = start_bastion(cfg, port, log)
-    env = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key, proc, log)
-    try:
+    with own_bastion(bastion_env, tmp_path_factory.mktemp("access"), extra_roles=ROLE) as env:
         yield env
-    finally:
-        stop_bastion(proc)
 
 
 def run_bg(env: BastionEnv, user: str, command: str) -> subprocess.Popen[str]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bastion.config import load_config
-from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.integration.conftest import BastionEnv, own_bastion
 from tests.support.chromium import Chromium, find_chromium
-from tests.support.keys import free_port, make_keypair
+from tests.support.keys import make_keypair
 from tests.support.ssh_client import ssh_argv
 
 pytestmark = pytest.mark.slow
@@ -25,20 +25,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def audit_env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
     """A daemon of its own (its store gets tampered with), signing chain heads with an ed25519 key."""
-    base = bastion_env
     d = tmp_path_factory.mktemp("audit")
-    (d / "state").mkdir()
     signing, _ = make_keypair(d / "audit-signing", "audit")
-    port = free_port()
-    cfg = write_config(d, port, base.keys, base.target, base.target_key,
-                       extra_top=f"audit: {{signing_key_file: {signing}}}\n")
-    log = d / "bastion.out"
-    proc = start_bastion(cfg, port, log)
-    env = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key, proc, log)
-    try:
+    with own_bastion(bastion_env, d, extra_top=f"audit: {{signing_key_file: {signing}}}\n") as env:
         yield env
-    finally:
-        stop_bastion(proc)
 
 
 def db(env: BastionEnv) -> sqlite3.Connection:

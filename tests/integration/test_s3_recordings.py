@@ -6,7 +6,6 @@ objects; and a recording whose upload failed stays on disk and is uploaded when 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
+from tests.integration.conftest import BastionEnv, own_bastion, start_bastion, stop_bastion, write_config
+from tests.integration.test_audit_e2e import exec_session
 from tests.support.keys import free_port
 from tests.support.s3 import KEY_ID, SECRET, S3Server
-from tests.support.ssh_client import ssh_argv
 
 pytestmark = pytest.mark.slow
 BUCKET = "bastion-recordings"
@@ -43,28 +42,9 @@ def s3() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="module")
 def s3_env(bastion_env: BastionEnv, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
-    base = bastion_env
     d = tmp_path_factory.mktemp("s3node")
-    (d / "state").mkdir()
-    port = free_port()
-    cfg = write_config(d, port, base.keys, base.target, base.target_key, extra_top=s3_config(d, s3))
-    log = d / "bastion.out"
-    proc = start_bastion(cfg, port, log)
-    env = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key, proc, log)
-    try:
+    with own_bastion(bastion_env, d, extra_top=s3_config(d, s3)) as env:
         yield env
-    finally:
-        stop_bastion(proc)
-
-
-def exec_session(env: BastionEnv, command: str) -> str:
-    before = {s["id"] for s in json.loads(env.bastion("sessions", "list", "--json").stdout)}
-    out = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", command, tty=False),
-                         capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    new = [s for s in json.loads(env.bastion("sessions", "list", "--json").stdout) if s["id"] not in before]
-    assert len(new) == 1
-    return new[0]["id"]
 
 
 def session(env: BastionEnv, sid: str) -> dict:

@@ -14,8 +14,7 @@ import pytest
 
 from bastion.config import load_config
 from bastion.store.db import Store
-from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
-from tests.support.keys import free_port
+from tests.integration.conftest import BastionEnv, own_bastion
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -25,19 +24,9 @@ IDLE, MAX = 6, 8  # seconds: the warnings come 1.5 s and 2 s before (a quarter o
 
 @pytest.fixture(scope="module")
 def limits_env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
-    base = bastion_env
-    d = tmp_path_factory.mktemp("limits")
-    (d / "state").mkdir()
-    port = free_port()
-    cfg = write_config(d, port, base.keys, base.target, base.target_key,
-                       limits=f"limits: {{idle_timeout: {IDLE}, max_session_duration: {MAX}}}\n")
-    log = d / "bastion.out"
-    proc = start_bastion(cfg, port, log)
-    env = BastionEnv(d, cfg, port, base.keys, base.target, base.target_key, proc, log)
-    try:
+    with own_bastion(bastion_env, tmp_path_factory.mktemp("limits"),
+                     limits=f"limits: {{idle_timeout: {IDLE}, max_session_duration: {MAX}}}\n") as env:
         yield env
-    finally:
-        stop_bastion(proc)
 
 
 def store(env: BastionEnv) -> Store:
