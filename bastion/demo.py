@@ -107,6 +107,8 @@ roles:
   auditors:
     groups: [auditors]
     audit: true
+    request: [demo-shell]       # access on request: carol asks in her menu, bob grants it (F2) for 15 min
+    request_ttl: 900
 policies:
   demo-shell:
     default: allow
@@ -201,6 +203,7 @@ bastion demo is running (state in {state})
   database:  {ssh} alice@127.0.0.1 demo-db -- {query}
   cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
+  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, bob approves (F2)
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
 

@@ -74,7 +74,7 @@ def main() -> int:
                     assert line, "the held command ended without an approval"
                 released.append(time.perf_counter() - t1)
                 held.wait(30)
-                bob.wait_for(r"Nothing waits for you", timeout=20)
+                bob.wait_for(r"request #\d+: approved", timeout=20)
     finally:
         for p in procs:
             stop_bastion(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,9 @@ def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+SAID_FOR = 10.0  # seconds an action's outcome stays in the status line
+
+
 class ReasonModal(ModalScreen[str | None]):
     """Ask for a reason (required to deny)."""
 
@@ -83,6 +87,7 @@ class ApprovalsScreen(Screen[None]):
         self.rpc = rpc
         self.pending: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
+        self._said_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
@@ -124,6 +129,8 @@ class ApprovalsScreen(Screen[None]):
         for r in self.history:
             by = ", ".join(d["reviewer"] for d in r["decisions"]) or "-"
             hist.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"], 40), r["status"], by)
+        if time.monotonic() - self._said_at < SAID_FOR:
+            return  # the outcome of the reviewer's last action stays in sight a while
         if not self.pending:
             self._status("Nothing waits for you.")
         elif str(self.query_one("#approvals-status", Static).render()) == "Nothing waits for you.":
@@ -141,13 +148,19 @@ class ApprovalsScreen(Screen[None]):
     def _status(self, text: str) -> None:
         self.query_one("#approvals-status", Static).update(text)
 
+    def _say(self, text: str) -> None:
+        """The outcome of an action: kept over the queue's own hints for a while (pushes reload the queue)."""
+        self._said_at = time.monotonic()
+        self._status(text)
+
     def _decide(self, req: dict[str, Any], decision: str, reason: str) -> None:
         try:
             r = self.rpc.call("request.decide", id=str(req["id"]), decision=decision, reason=reason)
-            self._status(f"request #{req['id']}: {r['status']}" + (f" ({r['status_reason']})"
-                                                                    if r["status"] != "pending" else ""))
+            said = f"request #{req['id']}: {r['status']}" + (f" ({r['status_reason']})"
+                                                               if r["status"] != "pending" else "")
         except RpcError as e:
-            self._status(f"request #{req['id']}: {e}")
+            said = f"request #{req['id']}: {e}"
+        self._say(said)
         self.reload()
 
     def action_approve(self) -> None:
@@ -185,8 +198,8 @@ class ApprovalsScreen(Screen[None]):
                 said = f"request #{req['id']}: {r['status_reason']}"
             except RpcError as e:
                 said = f"request #{req['id']}: {e}"
+            self._say(said)
             self.reload()
-            self._status(said)
 
         self.app.push_screen(ReasonModal(f"Revoke {req['requester']}'s access to {req['resource']} "
                                          f"(request #{req['id']}): why?"), done)

@@ -58,6 +58,15 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
                                       tty=False), capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout == "hi\n"
+        # carol may only ask for demo-shell: the request waits for a reviewer (she gives up at once)
+        ask = subprocess.Popen(ssh_argv(state / "keys" / "carol", port, "carol", "demo-shell", "--", "echo", "hi",
+                                        tty=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert ask.stderr is not None
+            assert "access to demo-shell needs a reviewer's approval: waiting for approval" in ask.stderr.readline()
+        finally:
+            ask.kill()
+            ask.wait()
         listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
                                  "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
         rows = json.loads(listed.stdout)
