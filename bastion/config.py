@@ -168,7 +168,14 @@ class PolicyModel(_Model):
     rules: list[RuleModel] = []
 
 
-class SshResource(_Model):
+class _ResourceLimits(_Model):
+    """Time limits of one resource, stricter or looser than ``limits`` (which apply where these are not set)."""
+
+    idle_timeout: Annotated[float, Field(ge=5, le=7 * 86400)] | None = None
+    max_session_duration: Annotated[float, Field(ge=5, le=30 * 86400)] | None = None
+
+
+class SshResource(_ResourceLimits):
     kind: Literal["ssh"]
     description: str = ""
     policy: str | None = None
@@ -202,7 +209,7 @@ class MaskModel(_Model):
     keep: Annotated[int, Field(ge=0, le=64)] = 4
 
 
-class PgResource(_Model):
+class PgResource(_ResourceLimits):
     kind: Literal["postgres"]
     description: str = ""
     policy: str | None = None
@@ -233,7 +240,7 @@ class KubeCredential(_Model):
         return self
 
 
-class KubeResource(_Model):
+class KubeResource(_ResourceLimits):
     kind: Literal["kubernetes"]
     description: str = ""
     policy: str | None = None

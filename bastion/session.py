@@ -139,9 +139,8 @@ class BastionSession(asyncssh.SSHServerSession):
         self.relay = Relay(self.chan, self.cols, self.rows)
         self.relay.on_interrupt = self._withdraw.set
         self._task = asyncio.get_running_loop().create_task(self._run_guarded())
-        timeout = self.ctx.daemon.config.limits.idle_timeout
-        if timeout and self.term_type is not None:  # without a terminal (scripts, agents) input may never come
-            watch = IdleWatch(self.relay, timeout, self._idle_warn, self._idle_close)
+        if self.term_type is not None:  # without a terminal (scripts, agents) input may never come
+            watch = IdleWatch(self.relay, self._idle_timeout, self._idle_warn, self._idle_close)
             self._idle = asyncio.get_running_loop().create_task(watch.run())
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
@@ -210,6 +209,12 @@ class BastionSession(asyncssh.SSHServerSession):
             self.chan.exit(status)
 
     # -- time limits --------------------------------------------------------------------------------------
+    def _idle_timeout(self) -> float | None:
+        """The idle timeout now: the open resource's own, else the daemon's."""
+        cfg = self.ctx.daemon.config
+        res = cfg.resources.get(self._live.resource) if self._live is not None else None
+        return (res.idle_timeout if res is not None and res.idle_timeout else None) or cfg.limits.idle_timeout
+
     def _idle_warn(self, left: float) -> None:
         text = f"no input for a while: this connection closes in {fmt_seconds(left)} unless you type something"
         if self._live is not None:
@@ -218,7 +223,7 @@ class BastionSession(asyncssh.SSHServerSession):
             self._menu_broker.notify("notice", {"text": text})
 
     def _idle_close(self) -> None:
-        timeout = self.ctx.daemon.config.limits.idle_timeout or 0
+        timeout = self._idle_timeout() or 0
         self._closed_reason = f"no input for {fmt_seconds(timeout)}"
         log.info("%s: closing the connection: %s", self.ctx.who, self._closed_reason)
         self.ctx.daemon.spawn_bg(self._close_idle(self._closed_reason))
@@ -1007,7 +1012,9 @@ class BastionSession(asyncssh.SSHServerSession):
 
     def _duration_limit(self, live: LiveSession) -> list[asyncio.TimerHandle]:
         """Timers that warn the operator, then end the session, at ``limits.max_session_duration``."""
-        limit = self.ctx.daemon.config.limits.max_session_duration
+        cfg = self.ctx.daemon.config
+        res = cfg.resources.get(live.resource)
+        limit = (res.max_session_duration if res is not None else None) or cfg.limits.max_session_duration
         if not limit:
             return []
         loop = asyncio.get_running_loop()

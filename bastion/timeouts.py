@@ -27,25 +27,33 @@ def warning_lead(limit: float) -> float:
 
 
 class IdleWatch:
-    """Watches a relay's input: ``warn(left)`` once when the connection has been idle for ``timeout`` minus the
-    warning lead (again after new input), then ``close()`` when it has been idle for ``timeout``."""
+    """Watches a relay's input against ``timeout()`` (read anew each round: a brokered session's resource may set
+    its own; None: no limit now): ``warn(left)`` once when the connection has been idle for the timeout minus the
+    warning lead (again after new input), then ``close()`` when it has been idle for the timeout."""
 
-    def __init__(self, relay: Relay, timeout: float, warn: Callable[[float], None], close: Callable[[], None]):
+    IDLE_CHECK = 5.0  # seconds between looks while no limit applies
+
+    def __init__(self, relay: Relay, timeout: Callable[[], float | None], warn: Callable[[float], None],
+                 close: Callable[[], None]):
         self.relay, self.timeout, self.warn, self.close = relay, timeout, warn, close
 
     async def run(self) -> None:
-        lead = warning_lead(self.timeout)
         warned_at: float | None = None
         while True:
+            timeout = self.timeout()
+            if not timeout:
+                await asyncio.sleep(self.IDLE_CHECK)
+                continue
+            lead = warning_lead(timeout)
             last = self.relay.last_input
             idle = time.monotonic() - last
-            if idle >= self.timeout:
+            if idle >= timeout:
                 self.close()
                 return
-            if idle >= self.timeout - lead:
+            if idle >= timeout - lead:
                 if warned_at != last:
                     warned_at = last
-                    self.warn(self.timeout - idle)
-                await asyncio.sleep(min(self.timeout - idle, 1.0) + 0.01)
+                    self.warn(timeout - idle)
+                await asyncio.sleep(min(timeout - idle, 1.0) + 0.01)
             else:
-                await asyncio.sleep(min(self.timeout - lead - idle, 5.0) + 0.01)
+                await asyncio.sleep(min(timeout - lead - idle, self.IDLE_CHECK) + 0.01)

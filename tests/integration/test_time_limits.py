@@ -24,7 +24,11 @@ IDLE, MAX = 6, 8  # seconds: the warnings come 1.5 s and 2 s before (a quarter o
 
 @pytest.fixture(scope="module")
 def limits_env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
-    with own_bastion(bastion_env, tmp_path_factory.mktemp("limits"),
+    t = bastion_env.target
+    long = (f"  web-long:\n    kind: ssh\n    description: looser limits\n    host: 127.0.0.1\n    port: {t.port}\n"
+            f"    user: {t.user}\n    credential: {{private_key_file: {bastion_env.target_key}}}\n"
+            f"    host_key: \"{t.host_key_public}\"\n    idle_timeout: 60\n    max_session_duration: 60\n")
+    with own_bastion(bastion_env, tmp_path_factory.mktemp("limits"), extra_resources=long,
                      limits=f"limits: {{idle_timeout: {IDLE}, max_session_duration: {MAX}}}\n") as env:
         yield env
 
@@ -81,3 +85,19 @@ def test_an_exec_session_is_not_idle_closed_but_ends_at_the_maximum_duration(lim
     s = next(r for r in rows if r["command"] == "echo STARTED; sleep 60; echo NEVER")
     assert s["outcome"] == "expired"
     assert s["message"] == "closed by the bastion: it reached the maximum session duration (8 s)"
+
+
+def test_a_resource_sets_its_own_limits(limits_env: BastionEnv) -> None:
+    env = limits_env
+    out = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web-long", "--",
+                                  f"sleep {MAX + 2}; echo OUTLIVED-THE-DEFAULT", tty=False),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "OUTLIVED-THE-DEFAULT\n", out.stderr
+    with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", "web-long", tty=True), cols=100, rows=30) as t:
+        t.wait_for_raw(r"[#$] \Z")
+        time.sleep(IDLE + 2)  # idle past the daemon's limit: this resource allows a minute
+        t.send("echo STILL-OPEN\r")
+        t.wait_for(r"^STILL-OPEN")
+        t.send("exit\r")
+        t.wait_exit()
+    assert "no input" not in t.raw_text()

@@ -24,7 +24,7 @@ class FakeRelay:
 async def test_warns_once_per_quiet_spell_then_closes() -> None:
     relay = FakeRelay()
     events: list[tuple[str, Any]] = []
-    watch = IdleWatch(relay, 0.8, lambda left: events.append(("warn", round(left, 1))),  # type: ignore[arg-type]
+    watch = IdleWatch(relay, lambda: 0.8, lambda left: events.append(("warn", round(left, 1))),  # type: ignore[arg-type]
                       lambda: events.append(("close", time.monotonic() - relay.last_input)))
     task = asyncio.ensure_future(watch.run())
     await asyncio.sleep(0.7)  # warned (0.2 s before), not closed
@@ -34,3 +34,18 @@ async def test_warns_once_per_quiet_spell_then_closes() -> None:
     assert [e[0] for e in events] == ["warn"]
     await asyncio.wait_for(task, 2)
     assert [e[0] for e in events] == ["warn", "warn", "close"] and events[-1][1] >= 0.8
+
+
+async def test_no_limit_now_means_no_close() -> None:
+    relay = FakeRelay()
+    relay.last_input -= 3600
+    limit: list[float | None] = [None]
+    closed: list[bool] = []
+    watch = IdleWatch(relay, lambda: limit[0], lambda left: None, lambda: closed.append(True))  # type: ignore[arg-type]
+    watch.IDLE_CHECK = 0.05
+    task = asyncio.ensure_future(watch.run())
+    await asyncio.sleep(0.3)
+    assert not closed and not task.done()  # idle for an hour, but no limit applies
+    limit[0] = 60.0  # a session on a resource with a limit starts: it applies at the next look
+    await asyncio.wait_for(task, 2)
+    assert closed == [True]
