@@ -40,16 +40,22 @@ class Listen(_Model):
     port: Annotated[int, Field(ge=1, le=65535)] = 2222
 
 
-class Limits(_Model):
+class _TimeLimits(_Model):
+    """Session time limits: the daemon's (``limits``), or a resource's own, which win while a session on it is open.
+    """
+
+    # no input on a connection with a terminal (the menu, an interactive session) for this long closes it
+    idle_timeout: Annotated[float, Field(ge=5, le=7 * 86400)] | None = None
+    # a brokered session (any form) is closed when it has lasted this long
+    max_session_duration: Annotated[float, Field(ge=5, le=30 * 86400)] | None = None
+
+
+class Limits(_TimeLimits):
     login_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     max_connections: Annotated[int, Field(ge=1, le=100000)] = 500
     max_connections_per_source: Annotated[int, Field(ge=1, le=100000)] = 50
     max_sessions_per_connection: Annotated[int, Field(ge=1, le=100)] = 4
     target_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
-    # no input on a connection with a terminal (the menu, an interactive session) for this long closes it
-    idle_timeout: Annotated[float, Field(ge=5, le=7 * 86400)] | None = None
-    # a brokered session (any form) is closed when it has lasted this long
-    max_session_duration: Annotated[float, Field(ge=5, le=30 * 86400)] | None = None
 
 
 class S3Model(_Model):
@@ -168,14 +174,7 @@ class PolicyModel(_Model):
     rules: list[RuleModel] = []
 
 
-class _ResourceLimits(_Model):
-    """Time limits of one resource, stricter or looser than ``limits`` (which apply where these are not set)."""
-
-    idle_timeout: Annotated[float, Field(ge=5, le=7 * 86400)] | None = None
-    max_session_duration: Annotated[float, Field(ge=5, le=30 * 86400)] | None = None
-
-
-class SshResource(_ResourceLimits):
+class SshResource(_TimeLimits):
     kind: Literal["ssh"]
     description: str = ""
     policy: str | None = None
@@ -209,7 +208,7 @@ class MaskModel(_Model):
     keep: Annotated[int, Field(ge=0, le=64)] = 4
 
 
-class PgResource(_ResourceLimits):
+class PgResource(_TimeLimits):
     kind: Literal["postgres"]
     description: str = ""
     policy: str | None = None
@@ -240,7 +239,7 @@ class KubeCredential(_Model):
         return self
 
 
-class KubeResource(_ResourceLimits):
+class KubeResource(_TimeLimits):
     kind: Literal["kubernetes"]
     description: str = ""
     policy: str | None = None
@@ -489,25 +488,23 @@ def _semantic_checks(cfg: Config) -> list[str]:
             bad(("resources", name, "host_key"), f"not a valid public host key ({e})")
     from bastion.sandbox import SandboxError, make_sandbox
 
-    if cfg.oidc is not None and cfg.oidc.client_secret_file:
-        sp = cfg.resolve(cfg.oidc.client_secret_file)
+    def secret_file(loc: tuple[Any, ...], name: str) -> None:
+        sp = cfg.resolve(name)
         try:
             if not sp.read_text().strip():
-                bad(("oidc", "client_secret_file"), f"{sp} is empty")
+                bad(loc, f"{sp} is empty")
         except (OSError, UnicodeDecodeError) as e:
-            bad(("oidc", "client_secret_file"), f"cannot read {sp}: {e}")
+            bad(loc, f"cannot read {sp}: {e}")
+
+    if cfg.oidc is not None and cfg.oidc.client_secret_file:
+        secret_file(("oidc", "client_secret_file"), cfg.oidc.client_secret_file)
     s3 = cfg.recordings.s3
     if s3 is not None:
         if bool(s3.access_key_id) != bool(s3.secret_access_key_file):
             bad(("recordings", "s3"), "give access_key_id and secret_access_key_file together (or neither, for "
                 "boto3's own credentials: environment, instance role)")
         if s3.secret_access_key_file:
-            sp = cfg.resolve(s3.secret_access_key_file)
-            try:
-                if not sp.read_text().strip():
-                    bad(("recordings", "s3", "secret_access_key_file"), f"{sp} is empty")
-            except (OSError, UnicodeDecodeError) as e:
-                bad(("recordings", "s3", "secret_access_key_file"), f"cannot read {sp}: {e}")
+            secret_file(("recordings", "s3", "secret_access_key_file"), s3.secret_access_key_file)
         try:
             import boto3  # noqa: F401
         except ImportError:

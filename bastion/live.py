@@ -184,8 +184,7 @@ class Observer(ReadOnlyView):
     def __init__(self, relay: Relay, live: LiveSession, who: str) -> None:
         super().__init__(relay)
         self.live, self.who = live, who
-        self._buffer: list[bytes] | None = []  # live output that arrives while the first screen is built
-        self._painting = False
+        self._buffer: list[bytes] | None = None  # while a screen is being built: the live output meanwhile
 
     async def run(self) -> str:
         """Observe until a stop key, the end of the observed session, or the observer's disconnection."""
@@ -213,15 +212,8 @@ class Observer(ReadOnlyView):
 
     async def _repaint(self) -> None:
         """The observed screen as it is now, then whatever was said while it was being built."""
-        if self._painting:
-            return
-        self._painting = True
-        try:
-            await self._paint()
-        finally:
-            self._painting = False
-
-    async def _paint(self) -> None:
+        if self._buffer is not None:
+            return  # one is being built
         self._buffer = []
         writer = self.live.tee.writer
         upto = writer.bytes_written  # taken in the same loop step as the watcher: nothing is lost or doubled

@@ -7,6 +7,7 @@ Frames are a 4-byte big-endian length followed by a UTF-8 JSON object. Requests 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -116,20 +117,26 @@ class RpcClient:
             for q in waiting.values():
                 q.put(None)
 
-    def call(self, method: str, **params: Any) -> Any:
-        """Send a request and wait for its reply."""
-        q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+    def _request(self, method: str, params: dict[str, Any],
+                 reply_to: queue.Queue[dict[str, Any] | None] | None) -> None:
+        """Number and send one request; its reply goes to ``reply_to`` (None: the reader drops it)."""
         with self._lock:
             if self._closed:
                 raise RpcError("closed", "the bastion closed the broker channel")
             rid = self._next
             self._next += 1
-            self._waiting[rid] = q
+            if reply_to is not None:
+                self._waiting[rid] = reply_to
             try:
                 self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
             except OSError as e:
                 self._waiting.pop(rid, None)
                 raise RpcError("closed", f"the bastion closed the broker channel ({e})") from None
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Send a request and wait for its reply."""
+        q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        self._request(method, params, q)
         msg = q.get()
         if msg is None:
             raise RpcError("closed", "the bastion closed the broker channel")
@@ -140,15 +147,8 @@ class RpcClient:
 
     def send(self, method: str, **params: Any) -> None:
         """Send a request without waiting for its reply (which the reader then drops); silent once closed."""
-        with self._lock:
-            if self._closed:
-                return
-            rid = self._next
-            self._next += 1
-            try:
-                self._sock.sendall(encode({"id": rid, "method": method, "params": params}))
-            except OSError:
-                pass
+        with contextlib.suppress(RpcError):
+            self._request(method, params, None)
 
     def close(self) -> None:
         self._sock.close()

@@ -209,11 +209,15 @@ class BastionSession(asyncssh.SSHServerSession):
             self.chan.exit(status)
 
     # -- time limits --------------------------------------------------------------------------------------
-    def _idle_timeout(self) -> float | None:
-        """The idle timeout now: the open resource's own, else the daemon's."""
+    def _time_limit(self, resource: str | None, name: str) -> float | None:
+        """A time limit (``idle_timeout``, ``max_session_duration``): the resource's own, else the daemon's."""
         cfg = self.ctx.daemon.config
-        res = cfg.resources.get(self._live.resource) if self._live is not None else None
-        return (res.idle_timeout if res is not None and res.idle_timeout else None) or cfg.limits.idle_timeout
+        res = cfg.resources.get(resource) if resource is not None else None
+        return getattr(res, name, None) or getattr(cfg.limits, name)
+
+    def _idle_timeout(self) -> float | None:
+        """The idle timeout now: that of the open session's resource, else the daemon's."""
+        return self._time_limit(self._live.resource if self._live is not None else None, "idle_timeout")
 
     def _idle_warn(self, left: float) -> None:
         text = f"no input for a while: this connection closes in {fmt_seconds(left)} unless you type something"
@@ -413,11 +417,8 @@ class BastionSession(asyncssh.SSHServerSession):
             terms = ctx.grants.request_terms(n)
             assert terms is not None
             grant = await asyncio.to_thread(ctx.daemon.approvals.db.access_granted, ctx.username, n, terms.ttl)
-            until = None
-            if grant is not None:
-                until = datetime.fromisoformat(grant["decided_at"]).timestamp() + terms.ttl
             out.append({"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description,
-                        "access": "granted" if grant else "request", "until": until,
+                        "access": "granted" if grant else "request", "until": grant and grant["until"],
                         "ttl": terms.ttl})
         return {"resources": sorted(out, key=lambda r: r["name"])}
 
@@ -436,23 +437,28 @@ class BastionSession(asyncssh.SSHServerSession):
     async def _rpc_mine(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.ctx.daemon.approvals.mine(self.ctx)
 
-    async def _rpc_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _request_id(params: dict[str, Any]) -> int:
         rid = params.get("id", "")
-        if not self.ctx.grants.review:
-            raise RefusedRequest("forbidden", "you have no reviewer role")
         if not rid.isdigit() or len(rid) > 12:
             raise RefusedRequest("bad_request", "id must be a request number")
+        return int(rid)
+
+    async def _rpc_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.ctx.grants.review:
+            raise RefusedRequest("forbidden", "you have no reviewer role")
+        rid = self._request_id(params)
         try:
-            return await self.ctx.daemon.approvals.revoke(self.ctx, int(rid), params.get("reason", ""))
+            return await self.ctx.daemon.approvals.revoke(self.ctx, rid, params.get("reason", ""))
         except DecisionRefused as e:
             raise RefusedRequest("refused", str(e)) from None
 
     async def _rpc_decide(self, params: dict[str, Any]) -> dict[str, Any]:
-        rid, decision = params.get("id", ""), params.get("decision", "")
-        if not rid.isdigit() or len(rid) > 12 or decision not in ("approve", "deny"):
-            raise RefusedRequest("bad_request", "id must be a request number and decision approve or deny")
+        rid, decision = self._request_id(params), params.get("decision", "")
+        if decision not in ("approve", "deny"):
+            raise RefusedRequest("bad_request", "decision must be approve or deny")
         try:
-            return await self.ctx.daemon.approvals.decide(self.ctx, int(rid), decision == "approve",
+            return await self.ctx.daemon.approvals.decide(self.ctx, rid, decision == "approve",
                                                           params.get("reason", ""))
         except DecisionRefused as e:
             raise RefusedRequest("refused", str(e)) from None
@@ -673,15 +679,12 @@ class BastionSession(asyncssh.SSHServerSession):
         sandbox = daemon.sandbox
         env = {"TERM": self.term_type or "xterm-256color", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin",
                "HOME": str(home)}
-        files = [Path(path), *[p for p in (Path(f"{path}.idx"),) if p.is_file()]]
+        files = [p for p in (Path(path), Path(f"{path}.idx")) if p.is_file()]  # the cast and its keyframes
         if sandbox.uid is not None:  # a root daemon's recordings (0640) are not the sandbox user's to read: a copy
-            copy = home / Path(path).name
-            await asyncio.to_thread(shutil.copyfile, path, copy)
-            if len(files) > 1:
-                await asyncio.to_thread(shutil.copyfile, files[1], f"{copy}.idx")
-            for p in home.iterdir():
-                sandbox.prepare(p)
-            path, files = str(copy), []
+            for f in files:
+                await asyncio.to_thread(shutil.copyfile, f, home / f.name)
+                sandbox.prepare(home / f.name)
+            path, files = str(home / Path(path).name), []
         sandbox.prepare(home)
         argv = sandbox.wrap([sys.executable, "-I", "-m", "recorder.player", path], home=home, env=env,
                             ro_paths=[*daemon.player_paths, *files])
@@ -759,8 +762,7 @@ class BastionSession(asyncssh.SSHServerSession):
             grant = await asyncio.to_thread(approvals.db.access_granted, ctx.username, name, terms.ttl)
             if grant is None:
                 return Outcome(False, f"access to {name} was granted but has already expired")
-        decided = datetime.fromisoformat(grant["decided_at"]).timestamp()
-        until = time.strftime("%H:%M UTC", time.gmtime(decided + terms.ttl))
+        until = time.strftime("%H:%M UTC", time.gmtime(grant["until"]))
         by = ", ".join(d["reviewer"] for d in grant["decisions"] if d["approve"])
         return f"access to {name} granted by {by} (request #{grant['id']}) until {until}"
 
@@ -1012,9 +1014,7 @@ class BastionSession(asyncssh.SSHServerSession):
 
     def _duration_limit(self, live: LiveSession) -> list[asyncio.TimerHandle]:
         """Timers that warn the operator, then end the session, at ``limits.max_session_duration``."""
-        cfg = self.ctx.daemon.config
-        res = cfg.resources.get(live.resource)
-        limit = (res.max_session_duration if res is not None else None) or cfg.limits.max_session_duration
+        limit = self._time_limit(live.resource, "max_session_duration")
         if not limit:
             return []
         loop = asyncio.get_running_loop()

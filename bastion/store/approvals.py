@@ -116,14 +116,17 @@ class ApprovalStore:
             return _as_dict(r, self._decisions(s, rid))
 
     def access_granted(self, requester: str, resource: str, ttl: float) -> dict[str, Any] | None:
-        """The newest access request of ``requester`` for ``resource`` approved within the last ``ttl`` seconds."""
+        """The newest access request of ``requester`` for ``resource`` approved within the last ``ttl`` seconds, with
+        ``until``: when the access it grants ends (a POSIX time)."""
         with self.store.tx() as s:
             r = s.scalars(select(ApprovalRequest).where(
                 ApprovalRequest.requester == requester, ApprovalRequest.resource == resource,
                 ApprovalRequest.rule == ACCESS_RULE, ApprovalRequest.status == "approved",
                 ApprovalRequest.decided_at >= now() - timedelta(seconds=ttl))
                 .order_by(ApprovalRequest.decided_at.desc()).limit(1)).first()
-            return _as_dict(r, self._decisions(s, r.id)) if r is not None else None
+            if r is None or r.decided_at is None:
+                return None
+            return _as_dict(r, self._decisions(s, r.id)) | {"until": _aware(r.decided_at).timestamp() + ttl}
 
     def pending(self) -> list[dict[str, Any]]:
         with self.store.tx() as s:
