@@ -47,11 +47,15 @@ class Sandbox:
         if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
 
-    def wrap(self, argv: list[str], *, home: Path, env: dict[str, str], ro_paths: Sequence[Path] = ()) -> list[str]:
+    def wrap(self, argv: list[str], *, home: Path, env: dict[str, str], ro_paths: Sequence[Path] = (),
+             home_at: Path | None = None, tmp: Path | None = None) -> list[str]:
         """The argv that runs ``argv`` in the sandbox with exactly ``env`` and ``home`` as its only writable place.
 
         ``ro_paths`` are further directories it may read (the interpreter and packages of a Python session process);
-        each appears at its own path, and nothing around it does.
+        each appears at its own path, and nothing around it does. ``home_at``: where ``home`` appears inside (default:
+        at its own path; elsewhere, the host path it comes from is not visible at all), which is also the working
+        directory. ``tmp``: a host directory that is ``/tmp`` inside (default: an empty tmpfs, gone at exit), for
+        a sandbox whose /tmp must outlive it.
         """
         if self.bwrap is None:
             return list(argv)
@@ -64,8 +68,9 @@ class Sandbox:
                    "--cap-add", "CAP_SETPCAP"]
         else:
             out = [self.bwrap, "--unshare-all"]
-        out += ["--die-with-parent", "--ro-bind", "/usr", "/usr",
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+        out += ["--die-with-parent", "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+        out += ["--tmpfs", "/tmp"] if tmp is None else ["--bind", str(tmp), "/tmp"]
+        out += ["--dir", "/etc"]
         for name in TOP_LEVEL:
             p = Path("/") / name
             if p.is_symlink():
@@ -77,13 +82,20 @@ class Sandbox:
             if p.exists():
                 out += ["--ro-bind", str(p), str(p)]
         made = {Path("/"), Path("/tmp"), Path("/etc")}
-        for path in _outermost(ro_paths):
+
+        def parents(path: Path) -> None:
             for parent in reversed(path.parents):  # bwrap would make them 0700: the sandbox user could not pass
                 if parent not in made:
                     made.add(parent)
-                    out += ["--perms", "0755", "--dir", str(parent)]
+                    out.extend(["--perms", "0755", "--dir", str(parent)])
+
+        for path in _outermost(ro_paths):
+            parents(path)
             out += ["--ro-bind", str(path), str(path)]
-        out += ["--bind", str(home), str(home), "--chdir", str(home), "--clearenv"]
+        inside = home if home_at is None else home_at
+        if home_at is not None:
+            parents(home_at)
+        out += ["--bind", str(home), str(inside), "--chdir", str(inside), "--clearenv"]
         for k, v in env.items():
             out += ["--setenv", k, v]
         out.append("--")

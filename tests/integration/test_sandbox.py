@@ -50,6 +50,29 @@ def test_only_its_own_home_and_usr_are_visible(sandbox: Sandbox, tmp_path: Path,
     assert f"HOME={home}" in out.stdout
 
 
+def test_a_home_elsewhere_and_a_tmp_that_outlive_the_sandbox(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The demo's shell: a home bound at a fixed path and a host directory as /tmp, both kept between runs; the
+    host directories they come from (inside a state dir with secrets) are not visible at all."""
+    state = tmp_path / "state"
+    home, tmp = state / "target" / "home", state / "target" / "tmp"
+    for d in (home, tmp):
+        d.mkdir(parents=True)
+        sandbox.prepare(d)
+    (state / "secret.pw").write_text("hunter2")
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        argv = sandbox.wrap(["/bin/sh", "-c", script], home=home, home_at=Path("/home/demo"), tmp=tmp,
+                            env={"PATH": "/usr/bin:/bin", "HOME": "/home/demo"})
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+
+    out = run(f"pwd; echo one > mine; echo two > /tmp/t; cat {state}/secret.pw; ls {home}; ls -d /home/*")
+    assert out.stdout.split() == ["/home/demo", "/home/demo"], out.stderr
+    assert out.stderr.count("No such file or directory") == 2 and "hunter2" not in out.stderr
+    out = run("cat mine /tmp/t")
+    assert out.stdout == "one\ntwo\n", out.stderr
+    assert (home / "mine").read_text() == "one\n" and (tmp / "t").read_text() == "two\n"
+
+
 def test_runs_as_the_sandbox_user_when_the_daemon_is_root(sandbox: Sandbox, tmp_path: Path, home: Path) -> None:
     out = run_in(sandbox, home, "id -u; grep NoNewPrivs /proc/self/status")
     if os.geteuid() == 0:
