@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +59,80 @@ DEMO_DB_POLICY = """\
 """
 
 
-def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None,
-            ) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
-    """Create (or reuse) keys and write ``state/bastion.yaml`` (with demo-db on ``db_port`` and demo-k8s on
-    ``kube`` = (simulated API server's port, kubectl) when given); return config path, target keys and port."""
+DEMO_SHELL = """\
+  demo-shell:
+    kind: ssh
+    description: "Demo host: a shell in a sandbox on this machine (deny-list policy), via an embedded SSH server"
+    host: 127.0.0.1
+    port: {port}
+    user: demo
+    policy: demo-shell
+    credential:
+      private_key_file: keys/demo-target-credential
+    host_key: {host_key}
+  demo-shell-strict:
+    kind: ssh
+    description: "The same sandboxed shell with an allow-list policy: anything not listed waits for a reviewer"
+    host: 127.0.0.1
+    port: {port}
+    user: demo
+    policy: demo-shell-strict
+    credential:
+      private_key_file: keys/demo-target-credential
+    host_key: {host_key}
+"""
+NO_DELETION = """\
+      - name: no-rm
+        programs: [rm, unlink, shred, rmdir]
+        action: block
+        reason: deleting files is not allowed on {name}
+      - name: no-find-delete
+        programs: [find]
+        args: [-delete]
+        action: block
+        reason: deleting files is not allowed on {name}
+"""
+# The allow-list: everyday programs that read, or make a file or a directory, and run nothing they are given
+# (pagers, editors, env, xargs, interpreters are left out; what find -exec runs is judged on its own); every other
+# program waits for a reviewer.
+STRICT_ALLOWED = ("ls", "cat", "head", "tail", "grep", "wc", "sort", "uniq", "cut", "tr", "find", "echo", "printf",
+                  "pwd", "cd", "id", "whoami", "date", "uname", "df", "du", "stat", "file", "diff", "basename",
+                  "dirname", "realpath", "readlink", "true", "false", "test", "touch", "mkdir")
+DEMO_SHELL_POLICIES = """\
+  demo-shell:
+    default: allow
+    rules:
+{no_deletion_shell}\
+      - name: chmod-needs-approval
+        programs: [chmod, chown, chgrp]
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 1}}
+        timeout: 900
+        reason: permission changes need a reviewer's approval
+  demo-shell-strict:
+    default: require_approval   # what is not listed below waits for one reviewer
+    rules:
+{no_deletion_strict}\
+      - name: sort-runs-programs
+        programs: [sort]
+        args: ["--co*"]         # --compress-program=PROG (and its abbreviations) runs PROG
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 1}}
+        reason: sort --compress-program runs a program
+      - name: read-only-tools
+        programs: [{allowed}]
+        action: allow
+""".format(no_deletion_shell=NO_DELETION.format(name="demo-shell"),
+           no_deletion_strict=NO_DELETION.format(name="demo-shell-strict"),
+           allowed=",\n                   ".join(", ".join(_yaml_str(p) for p in STRICT_ALLOWED[i:i + 12])
+                                                   for i in range(0, len(STRICT_ALLOWED), 12)))
+
+
+def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None, *,
+            shell: bool = True) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
+    """Create (or reuse) keys and write ``state/bastion.yaml`` (with demo-shell and demo-shell-strict when
+    ``shell``, demo-db on ``db_port`` and demo-k8s on ``kube`` = (simulated API server's port, kubectl) when given);
+    return config path, target keys and port."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = state / "keys"
     for name in DEMO_USERS:
@@ -76,6 +144,22 @@ def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int,
         f"  {name}:\n    groups: [{', '.join(groups)}]\n    authorized_keys_file: keys/{name}.pub\n"
         for name, groups in DEMO_USERS.items())
     host_key_line = target_host.export_public_key().decode().split()
+    resources, policies, operated = "", "", []
+    if shell:
+        resources += DEMO_SHELL.format(port=target_port, host_key=_yaml_str(host_key_line[0] + " " + host_key_line[1]))
+        policies += DEMO_SHELL_POLICIES
+        operated += ["demo-shell", "demo-shell-strict"]
+    if db_port is not None:
+        resources += DEMO_DB.format(port=db_port)
+        policies += DEMO_DB_POLICY
+        operated.append("demo-db")
+    if kube is not None:
+        resources += DEMO_K8S.format(port=kube[0])
+        policies += DEMO_K8S_POLICY
+        operated.append("demo-k8s")
+    kubectl = f"kubectl: {_yaml_str(kube[1])}\n" if kube is not None else ""
+    # access on request: carol asks in her menu, bob grants it (F2) for 15 min
+    request = "    request: [demo-shell]\n    request_ttl: 900\n" if shell else ""
     cfg = f"""\
 # Written by `bastion demo` on every start; edit a copy for real use.
 listen:
@@ -85,59 +169,20 @@ host_keys: [keys/host_ed25519]
 database: sqlite:///bastion.db
 recordings_dir: recordings
 log_dir: logs
-users:
-{users}resources:
-  demo-shell:
-    kind: ssh
-    description: "Demo host: a real shell on this machine, via an embedded SSH server"
-    host: 127.0.0.1
-    port: {target_port}
-    user: {_yaml_str(getpass.getuser())}
-    policy: demo-shell
-    credential:
-      private_key_file: keys/demo-target-credential
-    host_key: {_yaml_str(host_key_line[0] + " " + host_key_line[1])}
-roles:
+{kubectl}users:
+{users}resources:{"" if resources else " {}"}
+{resources}roles:
   operators:
     groups: [ops]
-    resources: [demo-shell]
+    resources: [{", ".join(operated)}]
   reviewers:
     groups: [reviewers]
     review: true
   auditors:
     groups: [auditors]
     audit: true
-    request: [demo-shell]       # access on request: carol asks in her menu, bob grants it (F2) for 15 min
-    request_ttl: 900
-policies:
-  demo-shell:
-    default: allow
-    rules:
-      - name: no-rm
-        programs: [rm, unlink, shred, rmdir]
-        action: block
-        reason: deleting files is not allowed on demo-shell
-      - name: no-find-delete
-        programs: [find]
-        args: [-delete]
-        action: block
-        reason: deleting files is not allowed on demo-shell
-      - name: chmod-needs-approval
-        programs: [chmod, chown, chgrp]
-        action: require_approval
-        approvers: {{roles: [reviewers], count: 1}}
-        timeout: 900
-        reason: permission changes need a reviewer's approval
-"""
-    if db_port is not None:
-        cfg = cfg.replace("roles:\n", DEMO_DB.format(port=db_port) + "roles:\n", 1)
-        cfg = cfg.replace("    resources: [demo-shell]", "    resources: [demo-shell, demo-db]")
-        cfg += DEMO_DB_POLICY
-    if kube is not None:
-        cfg = cfg.replace("roles:\n", DEMO_K8S.format(port=kube[0]) + "roles:\n", 1)
-        cfg = re.sub(r"(?m)^(    resources: \[demo-shell[^]]*)\]", r"\1, demo-k8s]", cfg, count=1)
-        cfg = cfg.replace("users:\n", f"kubectl: {_yaml_str(kube[1])}\nusers:\n", 1)
-        cfg += DEMO_K8S_POLICY
+{request}policies:{"" if policies else " {}"}
+{policies}"""
     path = state / "bastion.yaml"
     path.write_text(cfg)
     return path, target_host, target_client, target_port
@@ -148,10 +193,16 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
     from bastion.cli import _setup_logging
     from bastion.daemon import Daemon, wait_for_stop_signal
     from bastion.demo_pg import DemoPostgres
-    from bastion.demo_target import start_demo_target
+    from bastion.demo_target import DemoShell, demo_shell, start_demo_target
+    from bastion.sandbox import SandboxError
 
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shell: DemoShell | None = None
+    try:  # fail closed: no sandbox, no demo-shell (a shell as this user would read every secret in the state dir)
+        shell = demo_shell(state / "target")
+    except (SandboxError, OSError) as e:
+        print(f"demo-shell is not available: {e}")
     pg: DemoPostgres | None = None
     if DemoPostgres.available():
         pg = DemoPostgres(state, port + 2)
@@ -176,7 +227,8 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
             print(f"demo-k8s is not available: {e}")
             kube = None
     cfg_path, host_key, client_key, target_port = prepare(state, port, pg.port if pg else None,
-                                                          (kube.port, kubectl) if kube and kubectl else None)
+                                                          (kube.port, kubectl) if kube and kubectl else None,
+                                                          shell=shell is not None)
     try:
         cfg = load_config(cfg_path)
     except ConfigError as e:
@@ -187,23 +239,31 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
     _setup_logging(verbose, cfg.log_dir)
 
     async def main() -> None:
-        target = await start_demo_target("127.0.0.1", target_port, host_key, client_key)
+        target = None
+        if shell is not None:
+            target = await start_demo_target("127.0.0.1", target_port, host_key, client_key, shell)
         daemon = Daemon(cfg)
         await daemon.start()
         k = state / "keys"
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
         ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
         query = '"SELECT * FROM customers"'
+        shell_lines = f"""\
+  direct:    {ssh} -t alice@127.0.0.1 demo-shell     (sandboxed: sees nothing of {state})
+  exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
+  allow-list: {ssh} alice@127.0.0.1 demo-shell-strict -- ls -la     (unlisted programs wait for a reviewer)
+""" if shell is not None else ""
+        request_line = ("  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, "
+                        "bob approves (F2)\n") if shell is not None else ""
         print(f"""
 bastion demo is running (state in {state})
 
   operator:  {ssh} alice@127.0.0.1
-  direct:    {ssh} -t alice@127.0.0.1 demo-shell
-  exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
+{shell_lines}\
   database:  {ssh} alice@127.0.0.1 demo-db -- {query}
   cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
-  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, bob approves (F2)
+{request_line}\
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
 
@@ -213,7 +273,8 @@ Ctrl-C stops the demo.
             await wait_for_stop_signal()
         finally:
             await daemon.stop()
-            target.close()
+            if target is not None:
+                target.close()
 
     try:
         asyncio.run(main())

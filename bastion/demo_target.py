@@ -1,7 +1,12 @@
-"""An embedded SSH server with a real shell: the ``demo-shell`` target of ``bastion demo``.
+"""An embedded SSH server with a sandboxed shell: the ``demo-shell`` target of ``bastion demo``.
 
 It is a plain SSH target for the demo (the bastion reaches it like any other host, with a pinned host key and a
-key only the daemon holds). It runs the local user's shell on a pty, or a command via ``/bin/sh -c``.
+key only the daemon holds). Every session (an interactive shell on a pty, or a command via ``/bin/sh -c``, with or
+without a pty) runs in a bubblewrap sandbox (``bastion.sandbox``) as an unprivileged user when the demo runs as root:
+it sees a read-only ``/usr``, a few harmless files of ``/etc``, its own ``/proc`` and ``/dev``, no network, and
+two directories of its own that outlive the session: a home at ``/home/demo`` and ``/tmp``. It sees nothing of the
+demo's state directory (config, keys, secrets, database, recordings) nor of the project: an operator on demo-shell
+holds no credential, which is what the demo is there to show. Without a working sandbox there is no demo-shell.
 """
 
 from __future__ import annotations
@@ -9,18 +14,84 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from bastion.ptyproc import PtyProcess, set_winsize
+from bastion.sandbox import Sandbox, SandboxError, make_sandbox
 
 log = logging.getLogger(__name__)
 
+SHELL_USERS = ("bastion-demo", "nobody")  # a root demo's shell runs as the first of these that exists
+HOME = Path("/home/demo")  # the shell's home, inside the sandbox
+PS1 = r"demo-shell:\w\$ "
+
+
+class DemoShell:
+    """Where demo-shell sessions run: ``sandbox``, with ``root/home`` as their home and ``root/tmp`` as /tmp."""
+
+    def __init__(self, sandbox: Sandbox, root: Path):
+        if not sandbox.active:
+            raise SandboxError("demo-shell only runs in its sandbox")
+        self.sandbox, self.root = sandbox, root
+        self.home, self.tmp = root / "home", root / "tmp"
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (self.home, self.tmp):  # the sandbox user's own (the directory around them is not)
+            d.mkdir(exist_ok=True, mode=0o700)
+            sandbox.prepare(d)
+        try:
+            self.user = pwd.getpwuid(sandbox.uid if sandbox.uid is not None else os.getuid()).pw_name
+        except KeyError:
+            self.user = "demo"
+
+    def env(self, term: str | None) -> dict[str, str]:
+        return {"TERM": term or "dumb", "HOME": str(HOME), "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8", "USER": self.user, "LOGNAME": self.user, "SHELL": "/bin/bash", "PS1": PS1}
+
+    def wrap(self, argv: list[str], term: str | None) -> list[str]:
+        return self.sandbox.wrap(argv, home=self.home, home_at=HOME, tmp=self.tmp, env=self.env(term))
+
+    def check(self) -> None:
+        """Run one command in the sandbox: SandboxError (with bwrap's complaint) when it cannot start here."""
+        try:
+            out = subprocess.run(self.wrap(["/bin/sh", "-c", "id -u"], None), capture_output=True, text=True,
+                                 timeout=30, env={}, cwd="/")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SandboxError(f"the sandbox does not start: {e}") from None
+        if out.returncode != 0:
+            why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            raise SandboxError(f"the sandbox does not start: {why}")
+        if os.geteuid() == 0 and out.stdout.strip() in ("", "0"):
+            raise SandboxError("the sandboxed shell would run as root")
+
+
+def demo_shell(root: Path) -> DemoShell:
+    """The sandbox of demo-shell sessions, checked; SandboxError (the reason) when there can be none."""
+    if shutil.which("bwrap") is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed, and the shell runs only in its sandbox "
+                           "(apt-get install bubblewrap)")
+    user = "nobody"
+    for name in SHELL_USERS:
+        try:
+            if pwd.getpwnam(name).pw_uid != 0:
+                user = name
+                break
+        except KeyError:
+            continue
+    shell = DemoShell(make_sandbox("required", user), root)
+    shell.check()
+    return shell
+
 
 class _TargetSession(asyncssh.SSHServerSession):
-    def __init__(self) -> None:
+    def __init__(self, shell: DemoShell) -> None:
+        self.shell = shell
         self.chan: asyncssh.SSHServerChannel | None = None
         self.term: str | None = None
         self.size = (80, 24)
@@ -45,12 +116,6 @@ class _TargetSession(asyncssh.SSHServerSession):
     def session_started(self) -> None:
         asyncio.get_running_loop().create_task(self._run())
 
-    def _env(self) -> dict[str, str]:
-        home = os.path.expanduser("~")
-        return {"TERM": self.term or "dumb", "HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "LANG": "C.UTF-8", "USER": os.environ.get("USER", "demo"), "SHELL": "/bin/bash",
-                "PS1": r"demo-shell:\w\$ "}
-
     async def _run(self) -> None:
         assert self.chan is not None
         try:
@@ -62,8 +127,9 @@ class _TargetSession(asyncssh.SSHServerSession):
 
     async def _run_pty(self) -> int:
         argv = ["/bin/sh", "-c", self.command] if self.command else ["/bin/bash", "--norc", "-i"]
-        self.pty = PtyProcess(argv, env=self._env(), cols=self.size[0], rows=self.size[1],
-                              cwd=os.path.expanduser("~"))
+        # bwrap leads the pty's session; the shell inside resets no ignored signal, so none is ignored here
+        self.pty = PtyProcess(self.shell.wrap(argv, self.term), env={}, cols=self.size[0], rows=self.size[1],
+                              cwd="/")
         loop, done = asyncio.get_running_loop(), asyncio.Event()
         master = self.pty.master
 
@@ -90,8 +156,8 @@ class _TargetSession(asyncssh.SSHServerSession):
     async def _run_pipes(self) -> int:
         assert self.command is not None and self.chan is not None
         self.proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self._env(), cwd=os.path.expanduser("~"), start_new_session=True)
+            *self.shell.wrap(["/bin/sh", "-c", self.command], None), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={}, cwd="/", start_new_session=True)
 
         async def pump(stream: asyncio.StreamReader, datatype: int | None) -> None:
             while chunk := await stream.read(65536):
@@ -140,8 +206,8 @@ class _TargetSession(asyncssh.SSHServerSession):
 
 
 class _TargetServer(asyncssh.SSHServer):
-    def __init__(self, client_key: asyncssh.SSHKey):
-        self.client_key = client_key
+    def __init__(self, client_key: asyncssh.SSHKey, shell: DemoShell):
+        self.client_key, self.shell = client_key, shell
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -153,13 +219,14 @@ class _TargetServer(asyncssh.SSHServer):
         return key.public_data == self.client_key.public_data
 
     def session_requested(self) -> _TargetSession:
-        return _TargetSession()
+        return _TargetSession(self.shell)
 
 
-async def start_demo_target(host: str, port: int, host_key: asyncssh.SSHKey,
-                            client_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
-    """Listen on ``host:port``; only ``client_key`` (the bastion's credential) may log in."""
+async def start_demo_target(host: str, port: int, host_key: asyncssh.SSHKey, client_key: asyncssh.SSHKey,
+                            shell: DemoShell) -> asyncssh.SSHAcceptor:
+    """Listen on ``host:port``; only ``client_key`` (the bastion's credential) may log in; sessions run in
+    ``shell`` (see :func:`demo_shell`)."""
     return await asyncssh.create_server(
-        lambda: _TargetServer(client_key), host, port, server_host_keys=[host_key], encoding=None,
+        lambda: _TargetServer(client_key, shell), host, port, server_host_keys=[host_key], encoding=None,
         line_editor=False, agent_forwarding=False, x11_forwarding=False, allow_scp=False, config=[],
         reuse_address=True)

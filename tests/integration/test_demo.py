@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from bastion.config import load_config
+from bastion.demo import prepare
+from bastion.demo_target import DemoShell, demo_shell
+from bastion.sandbox import Sandbox, SandboxError
 from tests.support.keys import free_port_block
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def start_demo(state: Path, port: int) -> subprocess.Popen[str]:
@@ -74,16 +80,47 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
         assert rows[0]["exit_status"] == 0
         events = [json.loads(line) for line in Path(rows[0]["recording"]).read_text().splitlines()[1:]]
         assert "hi\n" in "".join(e[2] for e in events if e[1] == "o")
-        # the demo policy: rm is blocked in every spelling, the file stays
-        victim = state / "victim"
-        victim.write_text("x")
+
+        def shell(command: str, resource: str = "demo-shell") -> subprocess.CompletedProcess[str]:
+            return subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", resource, "--", command,
+                                           tty=False), capture_output=True, text=True, timeout=60)
+
+        # demo-shell is sandboxed: not root, its own home, none of the state dir (no credential), not the project
+        secrets = [(state / f).read_text().strip() for f in ("secrets/demo-db.pw", "keys/demo-target-credential")]
+        out = shell(f"id -u; echo $HOME; cat {state}/bastion.yaml {state}/secrets/demo-db.pw "
+                    f"{state}/keys/demo-target-credential {state}/bastion.db; ls {state}; ls /; ls {REPO}")
+        uid, home, *top = out.stdout.split()
+        assert uid != "0" if os.geteuid() == 0 else uid == str(os.getuid())
+        assert home == "/home/demo"
+        assert out.stderr.count("No such file or directory") == 6, out.stderr
+        assert not any(s in out.stdout + out.stderr for s in secrets) and "listen:" not in out.stdout
+        assert REPO.parts[1] in ("home", "tmp") or REPO.parts[1] not in top, top
+        # its home and /tmp outlive a session
+        assert shell("touch /tmp/kept && mkdir -p notes && echo x > notes/n").returncode == 0
+        assert shell("ls /tmp/kept notes/n").stdout == "/tmp/kept\nnotes/n\n"
+        # demo-shell-strict: the allow-list runs freely, deleting is blocked, anything else waits for a reviewer
+        out = shell("ls -a notes", "demo-shell-strict")
+        assert out.returncode == 0 and out.stdout.split() == [".", "..", "n"], out.stderr
+        out = shell("rm notes/n", "demo-shell-strict")
+        assert out.returncode != 0 and "blocked by rule 'no-rm'" in out.stderr, out.stderr
+        ask = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell-strict", "--",
+                                        "cp notes/n notes/m", tty=False),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert ask.stderr is not None and "waiting for approval" in ask.stderr.readline()
+        finally:
+            ask.kill()
+            ask.wait()
+        assert shell("ls notes").stdout == "n\n"
+        # the demo policy: rm is blocked in every spelling, the file (made in the shell's own home) stays
+        victim = "/home/demo/victim"
+        assert shell("touch victim").returncode == 0
         for spelling in ("rm -f {f}", "/bin/rm -f {f}", "\\rm -f {f}", "command rm -f {f}", "sudo rm -f {f}",
                          "$(echo rm) -f {f}", "r''m -f {f}"):
-            out = subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--",
-                                          spelling.format(f=victim), tty=False),
-                                 capture_output=True, text=True, timeout=60)
+            out = shell(spelling.format(f=victim))
             assert out.returncode != 0 and "rule 'no-rm'" in out.stderr, (spelling, out.stderr)
-            assert victim.exists()
+            assert (state / "target" / "home" / "victim").exists()  # the sandbox's home, kept on the host
+        assert shell("test -e victim").returncode == 0
         # chmod waits until bob approves in his TUI, then runs
         chmod = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--",
                                           f"chmod 600 {victim} && echo DONE", tty=False),
@@ -96,7 +133,7 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             bob.send("a")
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
-        assert oct(victim.stat().st_mode & 0o777) == "0o600"
+        assert shell("stat -c %a victim").stdout == "600\n"
         # demo-db: a local PostgreSQL behind the wire proxy; ssn masked, unbounded DELETE refused
         def db(text: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--", text,
@@ -158,6 +195,9 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
         listed = subprocess.run([sys.executable, "-m", "bastion.cli", "--config", str(state / "bastion.yaml"),
                                  "sessions", "list", "--json"], capture_output=True, text=True, timeout=60)
         assert json.loads(listed.stdout)[0]["command"] == "echo again"
+        out = subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-shell", "--",
+                                      "ls /tmp/kept victim", tty=False), capture_output=True, text=True, timeout=60)
+        assert out.stdout == "/tmp/kept\nvictim\n", out.stderr  # the shell's home and /tmp outlive the demo too
     finally:
         stop(proc)
     assert proc.returncode == 0
@@ -224,3 +264,20 @@ def test_demo_k8s_done_when() -> None:
         rest = stop(proc)
         shutil.rmtree(state, ignore_errors=True)
     assert proc.returncode == 0, rest
+
+
+def test_no_sandbox_no_demo_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: without bubblewrap, or with a sandbox that does not start, there is no demo-shell at all
+    (never a shell with the demo's own rights), and the config the demo writes then names neither shell."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    with pytest.raises(SandboxError, match="bubblewrap"):
+        demo_shell(tmp_path / "target")
+    with pytest.raises(SandboxError, match="the sandbox does not start"):
+        DemoShell(Sandbox("/bin/false"), tmp_path / "target").check()
+    with pytest.raises(SandboxError):
+        DemoShell(Sandbox(None), tmp_path / "target")
+    cfg = load_config(prepare(tmp_path / "state", 2222, shell=False)[0])
+    assert not cfg.resources and not cfg.roles["auditors"].request
+    cfg = load_config(prepare(tmp_path / "state", 2222)[0])
+    assert sorted(cfg.resources) == ["demo-shell", "demo-shell-strict"]
+    assert cfg.policies["demo-shell-strict"].default.label == "require_approval"
