@@ -126,9 +126,13 @@ class Rule:
         return not self.resources or any(fnmatch.fnmatchcase(resource, p) for p in self.resources)
 
     def matches(self, cmd: SimpleCommand) -> bool:
+        """Every named field must match. When the command's real arguments are not all visible (``args_open``:
+        xargs or find add some, a variable or glob expands), an ``args`` pattern is taken to match, and a
+        ``command`` pattern is tried on the program name alone as well: a rule that could apply does apply."""
         if self.programs and not any(fnmatch.fnmatchcase(cmd.program, p) for p in self.programs):
             return False
-        if self.args and not any(fnmatch.fnmatchcase(a, p) for a in cmd.args for p in self.args):
+        if self.args and not cmd.args_open and not any(fnmatch.fnmatchcase(a, p) for a in cmd.args
+                                                       for p in self.args):
             return False
         return self.command is None or bool(self.command.search(" ".join((cmd.program, *cmd.args))))
 
@@ -180,18 +184,23 @@ def _decide(action: Action, rule: Rule | None, reason: str, text: str, why: Sequ
 
 
 def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: str,
-             parsed: ParsedLine | None = None) -> Decision:
-    """Decide a shell command line for a user (``groups``) on ``resource``."""
+             parsed: ParsedLine | None = None, interactive: bool = False, terminal: bool = True) -> Decision:
+    """Decide a shell command line for a user (``groups``) on ``resource``.
+
+    ``interactive``: the line was typed at an interactive shell's prompt (bash history expansion may rewrite it);
+    ``terminal``: the command runs with a terminal attached (pagers and editors then read keys from the operator).
+    The exec form passes ``interactive=False`` and whether a pty was requested.
+    """
     gs = frozenset(groups)
     applicable = [r for r in policy.rules if r.for_shell and r.applies_to(gs, resource)]
     try:
-        line = parsed if parsed is not None else parse_line(text)
+        line = parsed if parsed is not None else parse_line(text, interactive=interactive, terminal=terminal)
     except ShellParseError as e:
         strict, rule = policy.strictest(gs, resource)
         action = max(strict, Action.BLOCK)
         return _decide(action, None, f"the command cannot be parsed ({e}); refused", text,
                        [f"parse error: {e}"], ())
-    why: list[str] = []
+    why: list[str] = list(dict.fromkeys(line.steps))
     best: tuple[Action, Rule | None, str] = (Action.ALLOW, None, "")
     programs = [c.program for c in line.commands]
     if not line.commands and not line.opaque:

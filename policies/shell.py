@@ -13,55 +13,31 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from policies.capabilities import INTERPRETERS, base_name, env_problem, inspect, path_problem
+from policies.wrappers import TIME_KEYWORD, WRAPPERS, unwrap
+
+try:
+    from policies.history import history_expansions
+except ImportError:  # pragma: no cover - until policies/history.py lands: any '!' or leading '^' counts
+    def history_expansions(text: str) -> list[str]:
+        return re.findall(r"![^\s=(]", text) + (["^"] if text.lstrip().startswith("^") else [])
+
 OPERATORS = ("&&", "||", ";;", "|&", ">>", "<<<", "<<", "<>", ">|", "&>>", "&>", "<&", ">&", "|", "&", ";",
              "(", ")", "<", ">", "\n")
 SEPARATORS = {"&&", "||", "|", "|&", "&", ";", "\n", "(", ")", ";;"}
 REDIRECTS = {">>", "<<<", "<<", "<>", ">|", "&>>", "&>", "<&", ">&", "<", ">"}
-RESERVED_PREFIX = {"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time"}
+RESERVED_PREFIX = {"if", "then", "else", "elif", "do", "while", "until", "!", "{"}
 RESERVED_END = {"fi", "done", "}", "esac"}
-SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "ash", "busybox", "rbash"}
-INTERPRETERS = SHELLS | {"python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh",
-                         "expect", "awk", "gawk", "mawk", "nawk", "osascript", "pwsh", "R", "Rscript", "jshell",
-                         "irb", "ipython", "psql", "mysql", "sqlite3", "bc", "gdb"}
-OPAQUE_PROGRAMS = {"eval": "eval", "source": "source runs a file", ".": "source runs a file",
+OPAQUE_PROGRAMS = {"eval": "eval runs a string", "source": "source runs a file", ".": "source runs a file",
                    "alias": "alias definition", "function": "function definition", "trap": "trap runs code later",
-                   "case": "case statement", "coproc": "coproc", "select": "select loop", "fc": "fc re-runs history",
-                   "watch": "watch runs a string", "su": "su runs a shell", "script": "script runs a shell",
-                   "builtin": "builtin"}
-
-# wrapper -> (options that take an argument, number of leading positional args to skip before the command)
-WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
-    "sudo": (frozenset({"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-T", "-U", "--user", "--group",
-                        "--host", "--prompt", "--close-from", "--chdir", "--role", "--type", "--other-user"}), 0),
-    "doas": (frozenset({"-u", "-C"}), 0),
-    "env": (frozenset({"-u", "--unset", "-C", "--chdir"}), 0),
-    "command": (frozenset(), 0),
-    "exec": (frozenset({"-a"}), 0),
-    "nohup": (frozenset(), 0),
-    "time": (frozenset({"-f", "--format", "-o", "--output"}), 0),
-    "nice": (frozenset({"-n", "--adjustment"}), 0),
-    "ionice": (frozenset({"-c", "--class", "-n", "--classdata", "-p", "--pid", "-P", "--pgid", "-u", "--uid"}), 0),
-    "stdbuf": (frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}), 0),
-    "timeout": (frozenset({"-s", "--signal", "-k", "--kill-after"}), 1),
-    "setsid": (frozenset(), 0),
-    "chroot": (frozenset({"--userspec", "--groups"}), 1),
-    "xargs": (frozenset({"-a", "--arg-file", "-d", "--delimiter", "-E", "-e", "-I", "-i", "-L", "-l", "-n",
-                         "--max-args", "-P", "--max-procs", "-s", "--max-chars"}), 0),
-    "flock": (frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}), 1),
-    "taskset": (frozenset(), 1),
-    "chrt": (frozenset(), 1),
-    "strace": (frozenset({"-e", "-o", "-p", "-s", "-u", "-E"}), 0),
-    "ltrace": (frozenset({"-e", "-o", "-p", "-s", "-u"}), 0),
-    "unbuffer": (frozenset(), 0),
-    "runuser": (frozenset({"-u", "--user", "-g", "--group", "-G"}), 0),
-    "busybox": (frozenset(), 0),
-    "then": (frozenset(), 0),
-}
-# options after which a wrapper runs no command at all (``command -v rm`` only prints a path)
-NON_EXECUTING = {"command": {"-v", "-V"}, "sudo": {"-l", "-v", "-k", "-K", "-V", "-e", "--edit"},
-                 "env": {"--help", "--version"}}
-SHELL_C = {"-c", "--command", "-e", "-E", "-r", "--eval", "--exec", "-m"}
-
+                   "case": "case statement", "coproc": "coproc", "select": "select loop",
+                   "fc": "fc re-runs history", "enable": "enable loads builtins",
+                   "hash": "hash can map a name to another program", "complete": "complete -C runs a command",
+                   "compgen": "compgen -C runs a command", "bind": "bind -x runs a command",
+                   "mapfile": "mapfile -C runs a callback", "readarray": "readarray -C runs a callback"}
+# builtins that assign variables: naming PATH, LD_PRELOAD... changes what later commands run
+ASSIGNING = {"export", "declare", "typeset", "local", "readonly", "read", "printf", "getopts", "let"}
+MAX_DEPTH = 8
 
 class ShellParseError(ValueError):
     """The text is not a complete, well-formed command line (unbalanced quotes, dangling operator...)."""
@@ -81,13 +57,20 @@ class Word:
 
 @dataclass(frozen=True)
 class SimpleCommand:
-    """One simple command: its effective program (basename, wrappers stripped) and arguments."""
+    """One simple command: its effective program (basename, wrappers stripped) and arguments.
+
+    ``args_open``: the arguments the program really gets may differ from ``args`` (xargs and find add some from
+    their input; a variable or a glob expands to words the engine cannot see): rules that look at arguments then
+    match conservatively. ``steps`` says how the line was unwrapped (for ``policy test --explain``).
+    """
 
     program: str
     args: tuple[str, ...]
     argv: tuple[str, ...]
     wrappers: tuple[str, ...] = ()
     opaque: tuple[str, ...] = ()
+    args_open: bool = False
+    steps: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -100,6 +83,14 @@ class ParsedLine:
 
     commands: list[SimpleCommand] = field(default_factory=list)
     opaque: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    interactive: bool
+    terminal: bool
+    depth: int = 0
 
 
 def _read_until_close(s: str, i: int, open_: str, close: str) -> int:
@@ -280,51 +271,48 @@ def tokenize(s: str) -> list[Word | str]:
     return tokens
 
 
-def _wrapper_skip(prog: str, words: list[Word]) -> tuple[int, bool]:
-    """Index of the wrapped command in ``words`` (after the wrapper's options), and whether it runs one."""
-    takes_arg, positional = WRAPPERS[prog]
-    i = 1
-    while i < len(words):
-        w = words[i].text
-        if w == "--":
-            i += 1
-            break
-        if prog == "env" and re.match(r"^[A-Za-z_][A-Za-z_0-9]*=", w):
-            i += 1
-            continue
-        if w.startswith("-") and w != "-":
-            if w in NON_EXECUTING.get(prog, ()):
-                return len(words), False
-            if prog == "env" and (w in ("-S", "--split-string") or w.startswith("--split-string=")):
-                return -1, True
-            if w in takes_arg:
-                i += 2
-            elif "=" in w and w.split("=", 1)[0] in takes_arg:
-                i += 1
-            elif len(w) > 2 and not w.startswith("--") and w[:2] in takes_arg:
-                i += 1  # -uroot
-            else:
-                i += 1
-            continue
-        break
-    i += positional
-    return i, True
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*(\[[^]]*\])?\+?=")
 
 
-def _simple(words: list[Word], line: ParsedLine, piped_in: bool) -> None:
+def _name(w: Word) -> str:
+    t = w.text
+    return os.path.basename(t) if "/" in t and not t.endswith("/") else t
+
+
+def _nested(text: str, line: ParsedLine, ctx: _Ctx, what: str) -> None:
+    """Judge a command line that a program runs through a shell (``su -c``, ``flock -c``, ``watch``...)."""
+    if ctx.depth >= MAX_DEPTH:
+        line.opaque.append(f"{what}: commands nested too deep")
+        return
+    try:
+        sub = _parse(text, _Ctx(False, ctx.terminal, ctx.depth + 1))
+    except ShellParseError as e:
+        line.opaque.append(f"{what}: the command it runs cannot be parsed ({e})")
+        return
+    line.commands += sub.commands
+    line.opaque += sub.opaque
+    line.steps += sub.steps
+
+
+def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inherited_open: bool = False,
+            replace: str | None = None) -> None:
     """Classify one simple command's words (already split on operators and redirections removed)."""
     opaque: list[str] = []
-    # leading assignments
-    while words and re.match(r"^[A-Za-z_][A-Za-z_0-9]*(\[[^]]*\])?\+?=", words[0].raw):
+    steps: list[str] = []
+    while words and ASSIGNMENT.match(words[0].raw):
         if words[0].substitution:
             opaque.append("command substitution in an assignment")
+        why = env_problem(re.split(r"[+\[=]", words[0].raw, maxsplit=1)[0])
+        if why:
+            opaque.append(why)
         words = words[1:]
+    if any(w.substitution for w in words):
+        opaque.append("command substitution")
     wrappers: list[str] = []
-    for w in words:
-        if w.substitution:
-            opaque.append("command substitution")
-            break
-    while words:
+    args_open = inherited_open
+    rounds = 0
+    while words and rounds < 32:
+        rounds += 1
         head = words[0]
         if head.substitution:
             opaque.append("command substitution in command position")
@@ -334,61 +322,122 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool) -> None:
             break
         if head.quoted:
             opaque.append("quotes or backslash in command position")
-        if head.glob:
+        if head.glob and head.raw != "[":  # ``[ -f x ]`` is the test command, not a glob
             opaque.append("glob in command position")
-        name = os.path.basename(head.text) if "/" in head.text and not head.text.endswith("/") else head.text
-        if name in RESERVED_PREFIX and not head.quoted:
+        if replace and replace in head.text:
+            opaque.append(f"the program comes from the input ({replace} in command position)")
+        name = _name(head)
+        if not head.quoted and head.text in RESERVED_PREFIX | RESERVED_END:
             words = words[1:]
             continue
-        if name in RESERVED_END and not head.quoted:
+        keyword_time = head.text == "time" and not head.quoted
+        why = path_problem(head.text)
+        if why:
+            opaque.append(why)
+        spec = TIME_KEYWORD if keyword_time else WRAPPERS.get(name)
+        if name in ("busybox", "toybox") and len(words) > 1 and not words[1].text.startswith("-"):
+            wrappers.append(name)
+            steps.append(f"{name}: applet {words[1].text}")
             words = words[1:]
             continue
-        if name in WRAPPERS:
-            idx, runs = _wrapper_skip(name, words)
-            if idx < 0:
-                opaque.append(f"{name} -S splits a string into a command")
-                break
-            if runs and idx < len(words):
+        if spec is None:
+            break
+        texts = [w.text for w in words]
+        u = unwrap(name, texts[1:], spec)
+        cut = (u.command + 1) if u.command is not None else len(words)
+        if any(w.expansion or w.glob or w.substitution for w in words[1:cut]):
+            opaque.append(f"{name}: a variable or glob among its options (the bastion cannot tell what it runs)")
+        if u.step:
+            steps.append(u.step)
+        opaque += u.opaque
+        if u.resplit is not None:
+            split_words: list[Word] = [head]
+            for chunk in u.resplit:
+                try:
+                    toks = tokenize(chunk)
+                except ShellParseError as e:
+                    opaque.append(f"{name} -S: {e}")
+                    toks = []
+                if any(not isinstance(t, Word) or t.expansion or t.substitution for t in toks):
+                    opaque.append(f"{name} -S: a string with shell syntax or variables")
+                split_words += [t for t in toks if isinstance(t, Word)]
+            words = split_words + (words[1 + u.command:] if u.command is not None else [])
+            continue
+        for text in u.lines:
+            steps.append(f"{name} runs the command line {text!r}")
+            _nested(text, line, ctx, name)
+        if u.opaque or u.command is None:
+            if u.default_program and not u.opaque:
                 wrappers.append(name)
-                words = words[idx:]
-                continue
-        break
+                words = [Word(u.default_program, u.default_program)]
+                args_open = True
+                break
+            line.commands.append(SimpleCommand(name, tuple(texts[1:]), tuple(texts), tuple(wrappers),
+                                               tuple(opaque), args_open, tuple(steps)))
+            line.opaque += opaque
+            line.steps += steps
+            return
+        wrappers.append(name)
+        args_open = args_open or u.args_open
+        replace = u.replace or replace
+        words = words[1 + u.command:]
     if not words:
         if wrappers:
-            line.commands.append(SimpleCommand(wrappers[-1], (), (), tuple(wrappers[:-1]), tuple(opaque)))
+            line.commands.append(SimpleCommand(wrappers[-1], (), (), tuple(wrappers[:-1]), tuple(opaque),
+                                               args_open, tuple(steps)))
         line.opaque += opaque
+        line.steps += steps
         return
     head = words[0]
-    prog = os.path.basename(head.text) if "/" in head.text and not head.text.endswith("/") else head.text
+    prog = _name(head)
     args = tuple(w.text for w in words[1:])
-    if prog in OPAQUE_PROGRAMS:
+    argv = tuple(w.text for w in words)
+    if prog in OPAQUE_PROGRAMS and not head.quoted:
         opaque.append(OPAQUE_PROGRAMS[prog])
-    base = re.sub(r"[0-9.]+$", "", prog) if re.match(r"^(python|perl|ruby|php|lua|node)[0-9.]*$", prog) else prog
-    if base in INTERPRETERS:
-        if piped_in:
-            opaque.append(f"pipe into interpreter {prog}")
-        if any(a in SHELL_C or (base in SHELLS and re.fullmatch(r"-[a-zA-Z]*c[a-zA-Z]*", a)) for a in args):
-            opaque.append(f"{prog} runs code given as a string")
-        if base in SHELLS and prog != "busybox" and not args:
-            opaque.append(f"{prog} starts a shell")
-        if prog == "busybox" and args:
-            line.commands.append(SimpleCommand(prog, args, tuple(w.text for w in words), tuple(wrappers),
-                                               tuple(opaque)))
-            _simple(words[1:], line, piped_in)
-            return
-    # find -exec / -execdir / -ok / -okdir runs a program too
-    if prog == "find":
-        for k, a in enumerate(args):
-            if a in ("-exec", "-execdir", "-ok", "-okdir") and k + 1 < len(args):
-                rest = [w for w in words[k + 2:] if w.text not in (";", "+", "{}")]
-                end = next((m for m, w in enumerate(rest) if w.text in (";", "+")), len(rest))
-                _simple(rest[:end], line, False)
-    line.commands.append(SimpleCommand(prog, args, tuple(w.text for w in words), tuple(wrappers), tuple(opaque)))
+    if prog in ASSIGNING:
+        for a in args:
+            why = env_problem(re.split(r"[+\[=]", a, maxsplit=1)[0])
+            if why:
+                opaque.append(f"{prog}: {why}")
+                break
+    eff = inspect(prog, args, terminal=ctx.terminal, interactive=ctx.interactive)
+    opaque += eff.opaque
+    steps += eff.steps
+    if piped_in and base_name(prog) in INTERPRETERS and not eff.opaque:
+        opaque.append(f"pipe into interpreter {prog}")
+    for i, j in eff.argvs:
+        if ctx.depth >= MAX_DEPTH:
+            opaque.append(f"{prog}: commands nested too deep")
+            continue
+        _simple(list(words[1 + i:1 + j]), line, False, _Ctx(False, ctx.terminal, ctx.depth + 1), True,
+                eff.replace)
+    for text in eff.lines:
+        _nested(text, line, ctx, prog)
+    args_open = args_open or any(w.expansion or w.glob or w.substitution for w in words[1:])
+    for alias in eff.also:
+        line.commands.append(SimpleCommand(alias, args, argv, (*wrappers, prog), (), args_open,
+                                           (*steps, f"{prog} {' '.join(args)[:60]} acts as {alias}")))
+    line.commands.append(SimpleCommand(prog, args, argv, tuple(wrappers), tuple(opaque), args_open, tuple(steps)))
     line.opaque += opaque
+    line.steps += steps
 
 
-def parse_line(text: str) -> ParsedLine:
-    """Parse ``text`` into the simple commands it would run; raises :class:`ShellParseError` on bad syntax."""
+def parse_line(text: str, *, interactive: bool = False, terminal: bool = True) -> ParsedLine:
+    """Parse ``text`` into the simple commands it would run; raises :class:`ShellParseError` on bad syntax.
+
+    ``interactive``: typed at an interactive shell's prompt, where bash's history expansion rewrites the line
+    before it runs (any designator makes it opaque); ``terminal``: a terminal is attached (pagers read keys).
+    """
+    ctx = _Ctx(interactive, terminal)
+    line = _parse(text, ctx)
+    if interactive:
+        hits = history_expansions(text)
+        if hits:
+            line.opaque.append(f"history expansion {hits[0]!r} (bash rewrites the line before it runs)")
+    return line
+
+
+def _parse(text: str, ctx: _Ctx) -> ParsedLine:
     if "\x00" in text:
         raise ShellParseError("NUL byte in command")
     tokens = tokenize(text)
@@ -455,7 +504,7 @@ def parse_line(text: str) -> ParsedLine:
             if depth < 0:
                 raise ShellParseError("unbalanced )")
         if words:
-            _simple(words, line, piped_in)
+            _simple(words, line, piped_in, ctx)
             words = []
         elif op in ("|", "|&", "&&", "||") and (prev_op in ("|", "|&", "&&", "||", None) and not line.commands):
             raise ShellParseError(f"syntax error near {op!r}")
@@ -464,7 +513,7 @@ def parse_line(text: str) -> ParsedLine:
         prev_op = op
         i += 1
     if words:
-        _simple(words, line, piped_in)
+        _simple(words, line, piped_in, ctx)
     elif expect_word:
         raise ShellParseError(f"line ends with {prev_op!r}")
     if depth != 0:

@@ -42,7 +42,7 @@ def test_rm_blocked_in_every_spelling(cmd: str) -> None:
 
 
 @pytest.mark.parametrize("cmd", [
-    "ls -la", "echo rm", "echo 'rm -rf /'", "grep rm file", "cat rm.txt", "man rm", "command -v rm",
+    "ls -la", "echo rm", "echo 'rm -rf /'", "grep rm file", "cat rm.txt", "whatis rm", "command -v rm",
     "ls > rm", "echo x # rm comment", "printf '%s' \"$(", "",
 ])
 def test_harmless_or_fail_closed(cmd: str) -> None:
@@ -51,6 +51,14 @@ def test_harmless_or_fail_closed(cmd: str) -> None:
         assert action == "block"  # unparsable: refused
     else:
         assert action == "allow", cmd
+
+
+def test_pagers_are_opaque_only_with_a_terminal() -> None:
+    # ``man`` pages through less, whose ``!cmd`` runs a command: only when a terminal is attached
+    assert evaluate(DEMO, "man rm", groups=["ops"], resource="r", terminal=False).action == Action.ALLOW
+    assert evaluate(DEMO, "man rm", groups=["ops"], resource="r", terminal=True).action == Action.BLOCK
+    # typed at an interactive prompt, the line filter is a guard: a pager is what the operator asked for
+    assert evaluate(DEMO, "man rm", groups=["ops"], resource="r", interactive=True).action == Action.ALLOW
 
 
 def test_first_match_wins_group_scoped_rules_and_strictest_overall() -> None:
