@@ -280,7 +280,10 @@ class BastionSession(asyncssh.SSHServerSession):
             data = text.encode()
             if self.term_type is not None:
                 data = data.replace(b"\n", b"\r\n")
-            self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR)
+            try:
+                self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR)
+            except (OSError, asyncssh.Error):  # the client hung up while we were telling it something
+                self._client_gone = True
 
     async def _run_menu(self) -> int:
         """Spawn the session process (Textual menu) on a fresh pty and serve its broker RPC."""
@@ -773,7 +776,9 @@ class BastionSession(asyncssh.SSHServerSession):
         if res.policy is None or res.kind in ("postgres", "kubernetes"):  # judged at the wire / API proxy
             return None
         policy = res.policy
-        return evaluate(cfg.policies[policy], command, groups=self.ctx.groups, resource=name)
+        # with a pty (ssh -t) pagers and editors read the operator's keys: judged as such
+        return evaluate(cfg.policies[policy], command, groups=self.ctx.groups, resource=name,
+                        terminal=self.term_type is not None)
 
     async def _enforce_exec(self, name: str, sid: str, d: Decision | None) -> Outcome | None:
         """Block, warn or hold an exec-form command; None means go ahead."""
