@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from policies.getopt import NONE, OPTIONAL, REQUIRED, Grammar, scan
+from policies.wrappers import RUNNERS
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "oksh", "yash", "fish", "csh",
                     "tcsh", "ash", "rbash", "posh", "rc", "es", "elvish", "nu", "xonsh", "ion", "oil", "osh",
@@ -61,6 +62,11 @@ class Effects:
     steps: list[str] = field(default_factory=list)
 
 
+# the listing forms of runners: they only print what is scheduled or running
+RUNNER_LISTS = {"crontab": (("-l",),), "screen": (("-ls",), ("-list",)), "tmux": (("ls",), ("list-sessions",)),
+                "at": (("-l",),)}
+
+
 def base_name(prog: str) -> str:
     """``python3.11`` -> ``python3``-like family name for the tables (``python``); other names unchanged."""
     m = VERSIONED.match(prog)
@@ -96,8 +102,14 @@ DANGEROUS_ENV = re.compile(
     r"[A-Z_]*_FLAGS)$")
 
 
-def env_problem(name: str) -> str | None:
-    """Why setting the environment variable ``name`` for a command makes the line opaque (None: harmless)."""
+SYSTEM_BIN_DIRS = frozenset({"/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"})
+
+
+def env_problem(name: str, value: str | None = None) -> str | None:
+    """Why setting the environment variable ``name`` (to ``value`` when known) for a command makes the line
+    opaque (None: harmless). A PATH of system directories only is harmless."""
+    if name == "PATH" and value is not None and value and all(p in SYSTEM_BIN_DIRS for p in value.split(":")):
+        return None
     if DANGEROUS_ENV.match(name):
         return f"setting {name} changes which program runs or makes it run code"
     return None
@@ -395,7 +407,7 @@ GIT_RUNS = {"bisect": ("run",), "submodule": ("foreach",), "rebase": ("-x", "--e
             "log": ("--ext-diff",), "show": ("--ext-diff",), "diff": ("--ext-diff", "--textconv")}
 # subcommands that page their output when a terminal is attached (the pager reads keys: ``!cmd``)
 GIT_PAGES = frozenset({"log", "show", "diff", "blame", "grep", "shortlog", "reflog", "whatchanged", "annotate",
-                       "branch", "tag", "help", "config", "cherry", "range-diff", "stash", "describe", "status"})
+                       "branch", "tag", "help", "config", "cherry", "range-diff", "stash"})
 GIT_DELETES = frozenset({"rm", "clean"})
 
 
@@ -722,6 +734,20 @@ def inspect_other(prog: str, args: Sequence[str]) -> Effects:
     return eff
 
 
+INSPECTED = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk", "sed", "gsed", "git", "tar", "gtar", "bsdtar",
+                       "rsync", "ssh", "scp", "sftp", "slogin", "zip", "zipnote", "zipsplit", "find", "sort", "split",
+                       "tcpdump", "diff", "sdiff", "dpkg", "apt", "apt-get", "man", "less", "more", "gpg", "wget",
+                       "nmap", "ssh-keygen", "cpio", "nc", "ncat", "netcat", "socat", "install", "mkdir"})
+
+
+def runs_commands(prog: str) -> bool:
+    """Whether some arguments of ``prog`` make it run a command or code: then arguments it gets from its input
+    (``xargs prog``) could be exactly those."""
+    fam = base_name(prog)
+    return fam in INTERPRETERS or prog in INTERPRETERS or prog in INSPECTED or prog in RUNNERS or \
+        prog in EDITORS or prog in PAGERS
+
+
 def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool) -> Effects:
     """What ``prog args...`` runs besides itself (``prog`` is the base name, wrappers already removed)."""
     fam = base_name(prog)
@@ -741,6 +767,9 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
         return eff
     if fam in ("awk", "gawk", "mawk", "nawk", "busybox-awk"):
         return inspect_awk(args)
+    if prog in RUNNERS and not (args and all(a in INFO_ONLY for a in args)) and \
+            tuple(args) not in RUNNER_LISTS.get(prog, ()):
+        return Effects(opaque=[RUNNERS[prog]])
     if prog in ("sed", "gsed"):
         return inspect_sed(args)
     if prog == "git":
@@ -766,7 +795,8 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
         eff = Effects()
         eff.opaque.append(f"{prog} runs commands given on its command line")
         return eff
-    if terminal and not interactive and (prog in PAGERS or prog == "git-pager"):
+    if terminal and not interactive and prog in PAGERS and not (
+            prog in ("systemctl", "journalctl") and "--no-pager" in args):
         eff = Effects()
         eff.opaque.append(f"{prog} with a terminal reads keys from the operator (`!cmd` runs a command)")
         return eff

@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 
 from policies.kube import KubeRequest, guardrail, resource_matches
 from policies.shell import ParsedLine, ShellParseError, SimpleCommand, parse_line
@@ -125,12 +126,24 @@ class Rule:
             return False
         return not self.resources or any(fnmatch.fnmatchcase(resource, p) for p in self.resources)
 
+    @cached_property
+    def _program_names(self) -> frozenset[str] | None:
+        """The programs as a set when none is a glob (the common case: a set lookup, not fnmatch per name)."""
+        if any(ch in p for p in self.programs for ch in "*?["):
+            return None
+        return frozenset(self.programs)
+
     def matches(self, cmd: SimpleCommand) -> bool:
         """Every named field must match. When the command's real arguments are not all visible (``args_open``:
         xargs or find add some, a variable or glob expands), an ``args`` pattern is taken to match, and a
         ``command`` pattern is tried on the program name alone as well: a rule that could apply does apply."""
-        if self.programs and not any(fnmatch.fnmatchcase(cmd.program, p) for p in self.programs):
-            return False
+        if self.programs:
+            names = self._program_names
+            if names is not None:
+                if cmd.program not in names:
+                    return False
+            elif not any(fnmatch.fnmatchcase(cmd.program, p) for p in self.programs):
+                return False
         if self.args and not cmd.args_open and not any(fnmatch.fnmatchcase(a, p) for a in cmd.args
                                                        for p in self.args):
             return False
@@ -142,6 +155,18 @@ class PolicySet:
     name: str
     default: Action = Action.ALLOW
     rules: tuple[Rule, ...] = ()
+
+    def applicable(self, kind: str, groups: frozenset[str], resource: str) -> list[Rule]:
+        """The rules of ``kind`` (shell, sql, kube) that apply to these groups on this resource, in order; kept per
+        (kind, groups, resource) because every command line of a session asks the same question."""
+        cache: dict[tuple[str, frozenset[str], str], list[Rule]] = self.__dict__.setdefault("_applicable", {})
+        key = (kind, groups, resource)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) > 512:
+                cache.clear()
+            hit = cache[key] = [r for r in self.rules if getattr(r, f"for_{kind}") and r.applies_to(groups, resource)]
+        return hit
 
     def strictest(self, groups: frozenset[str], resource: str) -> tuple[Action, Rule | None]:
         """The strictest outcome this set can give this user here: what an opaque command gets."""
@@ -192,7 +217,7 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
     The exec form passes ``interactive=False`` and whether a pty was requested.
     """
     gs = frozenset(groups)
-    applicable = [r for r in policy.rules if r.for_shell and r.applies_to(gs, resource)]
+    applicable = policy.applicable("shell", gs, resource)
     try:
         line = parsed if parsed is not None else parse_line(text, interactive=interactive, terminal=terminal)
     except ShellParseError as e:
@@ -234,7 +259,7 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
     (``DO``, ``EXECUTE``, functions that run a query string) needs at least an approval; a parse failure is refused.
     """
     gs = frozenset(groups)
-    applicable = [r for r in policy.rules if r.for_sql and r.applies_to(gs, resource)]
+    applicable = policy.applicable("sql", gs, resource)
     try:
         stmts = classify_sql(text)
     except SqlParseError as e:
@@ -277,7 +302,7 @@ def evaluate_kube(policy: PolicySet, req: KubeRequest, *, groups: Iterable[str],
     """
     gs = frozenset(groups)
     text = req.describe()
-    applicable = [r for r in policy.rules if r.for_kube and r.applies_to(gs, resource)]
+    applicable = policy.applicable("kube", gs, resource)
     rule = next((r for r in applicable if r.matches_kube(req)), None)
     why: list[str] = [f"{req.method} {req.path} -> {text}"]
     if rule is not None:

@@ -93,8 +93,12 @@ def scan(grammar: Grammar, args: Sequence[str], start: int = 0) -> Scan:
     while i < n:
         a = args[i]
         if a == "--":
-            out.operands.extend(range(i + 1, n))
-            out.stop = i + 1
+            first = i + 1
+            if grammar.dash_is_option and first < n and args[first] == "-":  # env/su read it after getopt
+                out.options.append(("-", None))
+                first += 1
+            out.operands.extend(range(first, n))
+            out.stop = first
             return out
         if a == "-" and grammar.dash_is_option:
             out.options.append(("-", None))

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from policies.capabilities import INTERPRETERS, base_name, env_problem, inspect, path_problem
+from policies.capabilities import INTERPRETERS, base_name, env_problem, inspect, path_problem, runs_commands
 from policies.wrappers import TIME_KEYWORD, WRAPPERS, unwrap
 
 try:
@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover - until policies/history.py lands: any '
 
 OPERATORS = ("&&", "||", ";;", "|&", ">>", "<<<", "<<", "<>", ">|", "&>>", "&>", "<&", ">&", "|", "&", ";",
              "(", ")", "<", ">", "\n")
+OPERATOR_RE = re.compile("|".join(re.escape(o) for o in OPERATORS))
+OPERATOR_START = frozenset(o[0] for o in OPERATORS)
+PLAIN_RE = re.compile(r"[^\s;&|()<>\\'\"`$*?\[{]+")
 SEPARATORS = {"&&", "||", "|", "|&", "&", ";", "\n", "(", ")", ";;"}
 REDIRECTS = {">>", "<<<", "<<", "<>", ">|", "&>>", "&>", "<&", ">&", "<", ">"}
 RESERVED_PREFIX = {"if", "then", "else", "elif", "do", "while", "until", "!", "{"}
@@ -195,7 +198,8 @@ def tokenize(s: str) -> list[Word | str]:
             j = s.find("\n", i)
             i = n if j < 0 else j
             continue
-        op = next((o for o in OPERATORS if s.startswith(o, i)), None)
+        m_op = OPERATOR_RE.match(s, i) if c in OPERATOR_START else None
+        op = m_op.group(0) if m_op else None
         if op is not None and not (op in ("<", ">") and s.startswith("(", i + 1)):
             tokens.append(op)
             i += len(op)
@@ -205,6 +209,11 @@ def tokenize(s: str) -> list[Word | str]:
         start = i
         quoted = exp = sub = glob = False
         while i < n:
+            plain = PLAIN_RE.match(s, i)
+            if plain:  # a run of ordinary characters: no quoting, expansion, glob or operator
+                out.append(plain.group(0))
+                i = plain.end()
+                continue
             c = s[i]
             if c in " \t\n;&|()" or (c in "<>" and not s.startswith("(", i + 1)):
                 break
@@ -302,7 +311,8 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
     while words and ASSIGNMENT.match(words[0].raw):
         if words[0].substitution:
             opaque.append("command substitution in an assignment")
-        why = env_problem(re.split(r"[+\[=]", words[0].raw, maxsplit=1)[0])
+        name_, _, value_ = words[0].text.partition("=")
+        why = env_problem(re.split(r"[+\[]", name_, maxsplit=1)[0], None if words[0].expansion else value_)
         if why:
             opaque.append(why)
         words = words[1:]
@@ -310,6 +320,7 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
         opaque.append("command substitution")
     wrappers: list[str] = []
     args_open = inherited_open
+    input_args = False  # xargs/parallel add arguments read from the input: they can be anything
     rounds = 0
     while words and rounds < 32:
         rounds += 1
@@ -350,6 +361,10 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
         if u.step:
             steps.append(u.step)
         opaque += u.opaque
+        for assignment in u.assignments:
+            why = env_problem(*assignment.split("=", 1))
+            if why:
+                opaque.append(f"{name}: {why}")
         if u.resplit is not None:
             split_words: list[Word] = [head]
             for chunk in u.resplit:
@@ -366,6 +381,8 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
         for text in u.lines:
             steps.append(f"{name} runs the command line {text!r}")
             _nested(text, line, ctx, name)
+        if u.command is None and input_args and not u.lines and not u.opaque:
+            opaque.append(f"{name} gets its command from the input ({wrappers[-1]} adds arguments)")
         if u.opaque or u.command is None:
             if u.default_program and not u.opaque:
                 wrappers.append(name)
@@ -379,6 +396,7 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
             return
         wrappers.append(name)
         args_open = args_open or u.args_open
+        input_args = input_args or u.args_open
         replace = u.replace or replace
         words = words[1 + u.command:]
     if not words:
@@ -402,6 +420,9 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
                 break
     eff = inspect(prog, args, terminal=ctx.terminal, interactive=ctx.interactive)
     opaque += eff.opaque
+    if input_args and runs_commands(prog) and not eff.opaque:
+        opaque.append(f"{prog} gets arguments from the input ({wrappers[-1]}), and some of its arguments run "
+                      f"commands")
     steps += eff.steps
     if piped_in and base_name(prog) in INTERPRETERS and not eff.opaque:
         opaque.append(f"pipe into interpreter {prog}")
@@ -437,6 +458,14 @@ def parse_line(text: str, *, interactive: bool = False, terminal: bool = True) -
     return line
 
 
+def _stdout_ctx(ctx: _Ctx, op: str | None, redirected: bool) -> _Ctx:
+    """The context of one simple command: its output reaches the terminal only if it is not piped or redirected
+    (``git log | wc -l`` does not start a pager)."""
+    if ctx.terminal and (redirected or op in ("|", "|&")):
+        return _Ctx(ctx.interactive, False, ctx.depth)
+    return ctx
+
+
 def _parse(text: str, ctx: _Ctx) -> ParsedLine:
     if "\x00" in text:
         raise ShellParseError("NUL byte in command")
@@ -448,6 +477,7 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
     expect_word = False
     i = 0
     prev_op: str | None = None
+    out_redirected = False
     while i < len(tokens):
         t = tokens[i]
         if isinstance(t, Word):
@@ -489,8 +519,12 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             if target.substitution:
                 line.opaque.append("command substitution")
             # a numeric word just before a redirection is the fd, not an argument
+            fd = None
             if words and re.fullmatch(r"\d+", words[-1].raw) and not words[-1].quoted:
-                words.pop()
+                fd = words.pop().raw
+            if op in (">", ">>", ">|", "&>", "&>>") and fd in (None, "1") and \
+                    target.text not in ("/dev/tty", "/dev/stdout", "/dev/stderr"):
+                out_redirected = True  # its output goes to a file: a pager in it does not page
             i += 2
             continue
         # separators
@@ -504,16 +538,17 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             if depth < 0:
                 raise ShellParseError("unbalanced )")
         if words:
-            _simple(words, line, piped_in, ctx)
+            _simple(words, line, piped_in, _stdout_ctx(ctx, op, out_redirected))
             words = []
         elif op in ("|", "|&", "&&", "||") and (prev_op in ("|", "|&", "&&", "||", None) and not line.commands):
             raise ShellParseError(f"syntax error near {op!r}")
         piped_in = op in ("|", "|&")
+        out_redirected = False
         expect_word = op in ("|", "|&", "&&", "||")
         prev_op = op
         i += 1
     if words:
-        _simple(words, line, piped_in, ctx)
+        _simple(words, line, piped_in, _stdout_ctx(ctx, None, out_redirected))
     elif expect_word:
         raise ShellParseError(f"line ends with {prev_op!r}")
     if depth != 0:

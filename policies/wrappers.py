@@ -216,6 +216,7 @@ class Unwrapped:
     step: str = ""
     resplit: list[str] | None = None    # env -S: the wrapper's arguments after splitting (parse again)
     default_program: str | None = None  # xargs with no command runs echo
+    assignments: list[str] = field(default_factory=list)  # NAME=VALUE operands (env, sudo)
 
 
 def _describe(name: str, s: Scan, args: Sequence[str], upto: int) -> str:
@@ -246,14 +247,15 @@ def unwrap(name: str, args: Sequence[str], spec: Wrapper | None = None) -> Unwra
         return out
     splits = s.values(*w.split_opts) if w.split_opts else []
     if splits:
-        out.resplit = [*splits, *[args[i] for i in s.operands]]
+        out.resplit = splits
+        out.command = s.operands[0] if s.operands else None  # where the words after the -S string start
         out.step = f"{name}: -S splits {splits[0]!r} into arguments"
         return out
     commands = s.values(*w.command_opts) if w.command_opts else []
     operands = list(s.operands)
     if w.assignments:
         while operands and _assignment(args[operands[0]]):
-            operands.pop(0)
+            out.assignments.append(args[operands.pop(0)])
     if w.late_command_opts and len(operands) >= 2 and args[operands[1]] in w.command_opts:
         if len(operands) < 3:
             out.opaque.append(f"{name} {args[operands[1]]} without a command")
