@@ -232,8 +232,11 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     if res.policy is None:
         print(f"{args.resource}: no policy attached; every command is allowed", file=sys.stderr)
         return 0
-    judge = evaluate_sql if args.sql else evaluate
-    d = judge(cfg.policies[res.policy], command, groups=groups, resource=args.resource)
+    if args.sql:
+        d = evaluate_sql(cfg.policies[res.policy], command, groups=groups, resource=args.resource)
+    else:
+        d = evaluate(cfg.policies[res.policy], command, groups=groups, resource=args.resource,
+                     interactive=args.interactive, terminal=args.terminal)
     if args.json:
         print(json.dumps({"resource": args.resource, "user": args.user, "policy": res.policy, **d.as_dict()},
                          indent=2))
@@ -243,7 +246,34 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
             print(f"  - {line}")
         if d.action.label == "require_approval":
             print(f"  approvals needed: {d.approvals} from {', '.join(d.approver_roles) or 'any reviewer'}")
+        if args.explain and not args.sql:
+            _explain_shell(command, interactive=args.interactive, terminal=args.terminal)
     return 0
+
+
+def _explain_shell(command: str, *, interactive: bool, terminal: bool) -> None:
+    """How the engine read a shell line: each program it runs, the wrappers and options consumed on the way,
+    and what it could not see through."""
+    from policies.shell import ShellParseError, parse_line
+
+    try:
+        line = parse_line(command, interactive=interactive, terminal=terminal)
+    except ShellParseError as e:
+        print(f"unwrapped: cannot be parsed: {e}")
+        return
+    print(f"unwrapped ({'typed at a prompt' if interactive else 'exec form'}, "
+          f"{'with' if terminal else 'without'} a terminal):")
+    for c in line.commands:
+        via = f" via {' > '.join(c.wrappers)}" if c.wrappers else ""
+        print(f"  program {c.program}{via}: args {list(c.args)}"
+              + (" (+ arguments the bastion cannot see)" if c.args_open else ""))
+        for step in c.steps:
+            print(f"    - {step}")
+        for why in c.opaque:
+            print(f"    ! opaque: {why}")
+    for why in dict.fromkeys(line.opaque):
+        if not any(why in c.opaque for c in line.commands):
+            print(f"  ! opaque: {why}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -303,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--group", action="append", help="groups of a user not in the config (repeatable)")
     pt.add_argument("--json", action="store_true")
     pt.add_argument("--sql", action="store_true", help="judge the text as SQL (as a postgres resource would)")
+    pt.add_argument("--explain", action="store_true",
+                    help="show how the line was unwrapped: each program, the wrappers and options consumed, and "
+                         "what could not be seen through")
+    pt.add_argument("--terminal", action="store_true",
+                    help="judge as the exec form with a terminal (ssh -t): pagers and editors read keys")
+    pt.add_argument("--interactive", action="store_true",
+                    help="judge as a line typed at an interactive shell prompt (history expansion applies)")
     pt.add_argument("command", nargs=argparse.REMAINDER)
     pt.set_defaults(func=cmd_policy_test)
 
