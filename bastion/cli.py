@@ -245,7 +245,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
         for line in d.explanation:
             print(f"  - {line}")
         if d.action.label == "require_approval":
-            print(f"  approvals needed: {d.approvals} from {', '.join(d.approver_roles) or 'any reviewer'}")
+            print(f"  approvals needed: {max(1, d.approvals)} from {', '.join(d.approver_roles) or 'any reviewer'}")
         if args.explain and not args.sql:
             _explain_shell(command, interactive=args.interactive, terminal=args.terminal)
     return 0

@@ -319,7 +319,7 @@ def evaluate_kube(policy: PolicySet, req: KubeRequest, *, groups: Iterable[str],
         why.append(f"no rule -> default {policy.default.label}")
     best = (action, rule, reason)
     if req.subresource == "exec" and req.command and not req.interactive and action < Action.BLOCK:
-        inner = evaluate(policy, shlex.join(req.command), groups=gs, resource=resource)
+        inner = evaluate(policy, shlex.join(req.command), groups=gs, resource=resource, terminal=False)
         why.append(f"exec argv: {inner.summary()}")
         if inner.action > action:
             inner_rule = next((r for r in policy.rules if r.name == inner.rule), None)
