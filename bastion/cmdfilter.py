@@ -3,10 +3,31 @@
 It reconstructs the line the target will run twice: from the *output* (pyte fed only with the bytes since the last
 newline, prompt stripped: sees Tab completion and history recall) and from the *input* (a small line editor: sees
 what was typed even before it is echoed, and every line of a paste). Both are judged; the stricter decision wins.
-Skipped while the alternate screen is active (editors, pagers) or echo is off (passwords).
+The engine is told the line was typed at an interactive prompt (``interactive=True``): a bash history designator
+(``!!``, ``!chmod:s/600/777/``, ``^old^new``) makes the line opaque, since bash would run another line than the one
+judged. Skipped while the alternate screen is active (editors, pagers).
 
-This is a guard for fast feedback, not the boundary: aliases, functions, scripts, `stty -echo`, programs that read
-commands themselves (a REPL, `vi`'s `:!`) and anything else a shell can do after Enter are invisible to a keystroke
+**Lines typed without echo.** A line whose typed text the target never showed (``stty -echo``, a password prompt)
+is judged from the input side like any other. What happens to its *text* depends on where it was typed:
+
+- at a *secret prompt*: the last command line released ran ``read -s`` (one line per ``read -s``), or the output
+  line looks like a secret prompt (password, passphrase, PIN, token, OTP, verification code ...), it is not the
+  prompt the shell showed for that command line, and that line ran a program known to ask for secrets (``sudo``,
+  ``su``, ``ssh``, ``passwd``, ``mysql``, ``psql``, ``gpg``, ``git``, an interpreter or a script by path, see
+  ``SECRET_PROGRAMS``; before the first command line, login scripts count as one), at most ``SECRET_LINES`` such
+  lines after that command line (retries). The text never reaches markers, audit events, reviewers or the
+  recording (the marker says a secret was withheld); a line there that needs approval is refused (it cannot be
+  shown to anyone), a blocked one is refused without the reason (it may quote the text);
+- anywhere else it is a command typed with echo off: judged, noted with its text and the mark ``(typed without
+  echo)`` (a recording marker, which ``bastion audit search`` finds, and an audit event), and held for reviewers
+  like a visible line when its rule asks for approval (the text is recorded anyway; reviewers see the mark).
+
+An operator hiding commands behind ``PS1='Password: '`` and ``stty -echo`` therefore gets them recorded unless the
+line before named a secret-asking program and the prompt changed since, and then for ``SECRET_LINES`` lines at
+most, still judged, each leaving a "withheld" marker, each batch after a new recorded command line.
+
+This is a guard for fast feedback, not the boundary: aliases, functions, scripts, programs that read commands
+themselves (a REPL, ``vi``'s ``:!``) and anything else a shell can do after Enter are invisible to a keystroke
 filter. The exec form is judged strictly before anything runs; the protocol proxies are authoritative.
 """
 
@@ -15,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -30,6 +52,33 @@ PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 ECHO_WAIT = 1.0  # seconds to wait for the target to echo a typed line before judging what we have
 MAX_LINE = 16384
 INTERRUPT = b"\x03"
+
+UNECHOED = "(typed without echo)"
+WITHHELD = "(typed without echo at a secret prompt: not recorded)"
+SECRET_LINES = 3  # hidden lines taken as secrets after one command line (a password and two retries; passwd's three)
+SECRET_PROMPT = re.compile(
+    r"\bpass(?:word|phrase|code|wd)?s?\b|\bpass ?phrase|\bpin\b|secret|\btokens?\b|\botp\b|one[- ]time|"
+    r"verification code|security code|\b2fa\b|\bmfa\b|authenticat\w* code|\bapi[ _-]?key\b|"
+    r"passwort|kennwort|mot de passe|contrase|senha|wachtwoord|l\u00f6senord|salasana|"
+    r"\u043f\u0430\u0440\u043e\u043b\u044c|\u5bc6\u7801|\u30d1\u30b9\u30ef\u30fc\u30c9",
+    re.IGNORECASE)
+SECRET_PROGRAMS = frozenset((
+    "sudo", "sudoedit", "su", "doas", "pkexec", "runuser", "ksu", "login", "newgrp", "sg", "passwd", "gpasswd",
+    "chsh", "chfn", "htpasswd", "vlock", "ssh", "scp", "sftp", "ssh-add", "ssh-keygen", "ssh-copy-id", "sshfs",
+    "sshpass", "rsync", "git", "svn", "hg", "ftp", "lftp", "smbclient", "rpcclient", "net", "curl", "wget", "gpg",
+    "gpg2", "age", "openssl", "keytool", "certutil", "pk12util", "cryptsetup", "veracrypt", "encfs", "gocryptfs",
+    "zip", "unzip", "7z", "7za", "rar", "unrar", "mysql", "mariadb", "mysqldump", "mysqladmin", "psql", "pg_dump",
+    "pg_dumpall", "pg_restore", "createdb", "createuser", "dropdb", "dropuser", "sqlplus", "mongo", "mongosh",
+    "redis-cli", "cqlsh", "influx", "clickhouse-client", "kinit", "kpasswd", "ldapsearch", "ldapadd", "ldapmodify",
+    "ldapdelete", "ldappasswd", "ldapwhoami", "ipa", "realm", "adcli", "vault", "op", "pass", "bw", "lpass",
+    "keepassxc-cli", "rclone", "restic", "borg", "duplicity", "kopia", "systemd-ask-password", "docker", "podman",
+    "skopeo", "buildah", "oc", "helm", "gh", "glab", "az", "gcloud", "aws", "npm", "yarn", "pip", "pip3", "twine",
+    "gem", "cargo", "ansible", "ansible-playbook", "ansible-vault", "terraform", "make", "expect", "mount", "nmcli",
+    "openvpn", "wpa_passphrase", "python", "python2", "python3", "perl", "ruby", "node", "php", "java", "bash", "sh",
+    "zsh", "dash", "ksh",
+))
+_READ_ARG_OPTIONS = frozenset("adinNptu")  # bash's read options that take an argument
+_SCRIPTS = (".sh", ".bash", ".py", ".pl", ".rb", ".js", ".php")
 
 
 @dataclass
@@ -157,15 +206,23 @@ def strip_prompt(line: str, prompt: str | None) -> str:
 
 
 class CommandFilter:
-    """Sits between the relay and the active endpoint of a brokered interactive session."""
+    """Sits between the relay and the active endpoint of a brokered interactive session.
+
+    ``judge`` decides a line; ``forward`` writes to the target; ``to_client`` writes to the operator (recorded);
+    ``approve`` holds a decision for reviewers; ``note(text, decision, unechoed)`` records a decision (``unechoed``:
+    the line was typed without echo, ``text`` then carries the ``UNECHOED`` mark or is ``WITHHELD``);
+    ``asks_secret(line)``: whether a released line may ask for secrets, and how many ``read -s`` it holds
+    (``secret_asks`` for a shell).
+    """
 
     def __init__(self, *, cols: int, judge: Callable[[str], Decision], forward: Callable[[bytes], None],
                  to_client: Callable[[bytes], None], approve: Callable[[Decision], Awaitable[dict]],
-                 note: Callable[[str, Decision], None], echo_known: Callable[[], bool | None] = lambda: None,
-                 withdraw: Callable[[], None] = lambda: None, echo_wait: float = ECHO_WAIT):
+                 note: Callable[[str, Decision, bool], None], withdraw: Callable[[], None] = lambda: None,
+                 echo_wait: float = ECHO_WAIT, asks_secret: Callable[[str], tuple[bool, int]] | None = None):
         self.cols = cols
         self.judge, self.forward, self.to_client = judge, forward, to_client
-        self.approve, self.note, self.echo_known, self.withdraw = approve, note, echo_known, withdraw
+        self.approve, self.note, self.withdraw = approve, note, withdraw
+        self.asks_secret = asks_secret or secret_asks
         self.echo_wait = echo_wait
         self.alt = False
         self.line = bytearray()  # output since the last newline
@@ -178,6 +235,12 @@ class CommandFilter:
         self.waiting_echo: asyncio.TimerHandle | None = None
         self.output_since_input = True
         self.verdicts: list[Verdict] = []
+        # the last command line released: the prompt it was typed at, and how many hidden lines after it may be
+        # secrets (answers to a program's prompt, or to ``read -s``)
+        self.shell_prompt: str | None = None
+        self.secret_lines = SECRET_LINES
+        self.secret_program = True  # before the first command line: login scripts may ask (ssh-add in .bashrc)
+        self.read_secrets = 0
 
     # -- output -----------------------------------------------------------------------------------------
     def output(self, data: bytes) -> None:
@@ -209,7 +272,7 @@ class CommandFilter:
 
     def _pump(self) -> None:
         while self.queue and not self.busy:
-            if self.alt or self.echo_known() is False:
+            if self.alt:
                 self.forward(bytes(self.queue))
                 self.queue.clear()
                 self.editor.reset()
@@ -270,48 +333,98 @@ class CommandFilter:
         self._decide_enter()
 
     # -- the decision at Enter --------------------------------------------------------------------------
-    def _texts(self) -> list[str]:
+    def _lines(self) -> list[str]:
+        """This physical line as the output shows it (prompt stripped) and, when the editor could follow, as typed.
+        A line the target did not echo is judged as typed (its output side is empty, or ``pwfeedback`` stars)."""
         shown = strip_prompt(render_line(bytes(self.line), self.cols), self.prompt)
-        texts = [shown]
-        typed = self.editor.text
-        if self.editor.reliable and typed.strip() and typed.strip() != shown:
-            texts.append(typed.strip())
-        return [self.continuation + t for t in texts]
+        typed = self.editor.text.strip() if self.editor.reliable else ""
+        if not typed or typed == shown:
+            return [shown]
+        if self._unechoed() and not shown.strip("*\u2022\u25cf "):
+            return [typed]
+        return [shown, typed]
+
+    def _texts(self) -> list[str]:
+        return [self.continuation + t for t in self._lines()]
+
+    def _unechoed(self) -> bool:
+        """Was the line typed without the target showing it (echo off, a password prompt, ``pwfeedback`` stars)?"""
+        typed = re.sub(r"\s+", "", self.editor.text) if self.editor.reliable else ""
+        shown = re.sub(r"\s+", "", strip_prompt(render_line(bytes(self.line), self.cols), self.prompt))
+        return bool(typed) and typed not in shown
+
+    def _at_secret_prompt(self) -> bool:
+        """Is this unechoed line the answer to a secret prompt? (see the module docstring); uses up one of the
+        lines the last command line allows."""
+        if self.read_secrets > 0:
+            self.read_secrets -= 1
+            return True
+        if self.secret_lines <= 0 or not self.secret_program:
+            return False
+        here = render_line(bytes(self.line), self.cols).strip()
+        shell = (self.shell_prompt or "").strip()
+        if any(p and p != shell and SECRET_PROMPT.search(p) for p in {(self.prompt or "").strip(), here}):
+            self.secret_lines -= 1
+            return True
+        return False
+
+    def _ran(self, texts: list[str], prompt: str) -> None:
+        """A command line is released: hidden lines after it are secrets only if it may ask for one."""
+        self.shell_prompt = prompt
+        self.secret_lines = SECRET_LINES
+        self.secret_program, self.read_secrets = self.asks_secret("\n".join(texts))
 
     def _decide_enter(self) -> None:
         enter = bytes(self.queue[:1])
         del self.queue[:1]
-        texts = self._texts()
+        lines = self._lines()
+        texts = [self.continuation + t for t in lines]
         if not any(t.strip() for t in texts):
             if self.editor.typed_any and not self.editor.reliable:  # keys went in, but we cannot see the line
                 self._block_unknown()
                 return
             self._release(enter)  # an empty line
             return
-        if all(t.rstrip().endswith("\\") and not t.rstrip().endswith("\\\\") for t in texts):
+        prompt = (self.prompt if self.prompt is not None else render_line(bytes(self.line), self.cols)).strip()
+        hidden = self._unechoed()
+        secret = hidden and self._at_secret_prompt()
+        if all(t.rstrip().endswith("\\") and not t.rstrip().endswith("\\\\") for t in lines):
             partial = [t.rstrip()[:-1] for t in texts]
             d = max((self.judge(t) for t in partial), key=lambda x: x.action)
             if d.action == Action.BLOCK:
-                self._block(d)
+                self._block(_redacted(d) if secret else d)
                 return
-            self.continuation = partial[0]
+            self.continuation = partial[0] + "\\\n"  # bash reads (and history-expands) the next line on its own
             self._release(enter, keep_continuation=True)
             return
         d = max((self.judge(t) for t in texts), key=lambda x: x.action)
-        visible = d.text == texts[0] or bool(texts[0].strip()) and d.text.strip() in texts[0]
-        self.verdicts.append(Verdict(d.text, d))
-        # text the target never echoed (a password) must not reach markers, audit events or reviewers
-        hidden = "(typed without echo: not recorded)"
-        self.note(d.text, d) if visible else self.note(hidden, replace(d, text=hidden, reason=hidden, explanation=()))
-        if not visible and d.action == Action.REQUIRE_APPROVAL:
-            self._block_unknown()
+        if secret:  # its text must not reach markers, audit events, reviewers or the recording
+            quiet = _redacted(d)
+            self.verdicts.append(Verdict(WITHHELD, quiet))
+            self.note(WITHHELD, quiet, True)
+            if d.action == Action.REQUIRE_APPROVAL:
+                self._say(f"this line was typed at a secret prompt and needs approval (rule {d.rule!r}); it cannot "
+                          "be shown to reviewers, so it was not sent", "1;31")
+                self.forward(INTERRUPT)
+                self._new_line()
+            elif d.action == Action.BLOCK:
+                self._block(quiet)
+            else:
+                self._release(enter)  # an answer to a program, not a command line: the secret budget stays
             return
+        self.verdicts.append(Verdict(d.text, d))
+        if hidden:  # a command typed blind: recorded with its text, and reviewers are told how it was typed
+            d = replace(d, reason=f"{d.reason} {UNECHOED}")
+            self.note(f"{texts[-1]} {UNECHOED}", d, True)
+        else:
+            self.note(d.text, d, False)
         if d.action in (Action.ALLOW, Action.WARN):
+            self._ran(texts, prompt)
             self._release(enter)
         elif d.action == Action.BLOCK:
             self._block(d)
         else:
-            asyncio.get_running_loop().create_task(self._hold(d, enter))
+            asyncio.get_running_loop().create_task(self._hold(d, enter, texts, prompt))
 
     def _release(self, enter: bytes, keep_continuation: bool = False) -> None:
         self.forward(enter)
@@ -338,7 +451,7 @@ class CommandFilter:
         self.forward(INTERRUPT)
         self._new_line()
 
-    async def _hold(self, d: Decision, enter: bytes) -> None:
+    async def _hold(self, d: Decision, enter: bytes, texts: list[str], prompt: str) -> None:
         try:
             result = await self.approve(d)
         except Exception as e:  # RPC/store failure = deny
@@ -352,9 +465,50 @@ class CommandFilter:
                 self._new_line()
                 return
             self.to_client(f"\x1b[32mbastion: {result.get('status_reason', 'approved')}\x1b[0m\r\n".encode())
+            self._ran(texts, prompt)
             self._release(enter)
             return
         self.to_client(f"\x1b[1;31mbastion: request {result.get('status', 'failed')}: "
                        f"{result.get('status_reason', '')}\x1b[0m\r\n".encode())
         self.forward(INTERRUPT)
         self._new_line()
+
+
+def _redacted(d: Decision) -> Decision:
+    """``d`` without anything that may quote the line (the reason and explanation name its words)."""
+    return replace(d, text=WITHHELD, reason=WITHHELD, explanation=(), programs=())
+
+
+def secret_asks(line: str) -> tuple[bool, int]:
+    """Whether ``line`` runs a program that may ask for a secret (a word naming one of ``SECRET_PROGRAMS`` anywhere,
+    so wrappers need no parsing; a script run by path or by a ``.sh``/``.py``/... name), and how many ``read -s`` it
+    holds. Erring towards "yes" only keeps a few hidden lines out of the recording, and those are still judged."""
+    try:
+        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lex.whitespace_split = True
+        words = list(lex)
+    except ValueError:  # an unclosed quote
+        words = re.findall(r"[^\s;&|()<>]+|[;&|()<>]+", line)
+    asks, reads = False, 0
+    for n, word in enumerate(words):
+        name = word.rsplit("/", 1)[-1]
+        first = n == 0 or words[n - 1][-1] in ";&|()<>" or words[n - 1] in SECRET_PROGRAMS
+        if name in SECRET_PROGRAMS or (first and name and ("/" in word or name.endswith(_SCRIPTS))):
+            asks = True
+        if name == "read":
+            reads += _read_silent(words[n + 1:])
+    return asks, reads
+
+
+def _read_silent(args: list[str]) -> int:
+    """1 if these arguments of ``read`` include ``-s`` (getopt-style: ``-rsp PROMPT``, ``-p PROMPT -s``)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--"):
+        for k, ch in enumerate(args[i][1:]):
+            if ch == "s":
+                return 1
+            if ch in _READ_ARG_OPTIONS:
+                i += k == len(args[i]) - 2  # the argument is the next word
+                break
+        i += 1
+    return 0

@@ -22,7 +22,7 @@ import asyncssh
 
 from bastion.auditcli import parse_when
 from bastion.broker import BrokerServer, RefusedRequest
-from bastion.cmdfilter import CommandFilter
+from bastion.cmdfilter import CommandFilter, secret_asks
 from bastion.config import KubeResource, PgResource, SshResource
 from bastion.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
 from bastion.oidc.login import LoginRefused
@@ -869,20 +869,23 @@ class BastionSession(asyncssh.SSHServerSession):
         else:
             policy = daemon.config.policies[daemon.config.resources[name].policy or ""]
 
-            def judge(text: str) -> Decision:
-                return evaluate(policy, text, groups=ctx.groups, resource=name)
+            def judge(text: str) -> Decision:  # typed at a prompt: bash history expansion may rewrite it
+                return evaluate(policy, text, groups=ctx.groups, resource=name, interactive=True)
         withdraw = self._filter_withdraw
         assert self.relay is not None
         relay = self.relay
 
-        def note(text: str, d: Decision) -> None:
-            if psql and d.action == Action.ALLOW:
+        def note(text: str, d: Decision, unechoed: bool) -> None:
+            """A marker for each decision; an audit event for each one that is not a plain allow, and for every
+            line typed without echo (a command typed blind, or the withheld answer to a secret prompt)."""
+            if psql and d.action == Action.ALLOW and not unechoed:
                 return  # each statement gets its own marker from the wire proxy
             writer.marker(f"policy: {d.summary()}: {text}")
-            if d.action != Action.ALLOW:
+            if d.action != Action.ALLOW or unechoed:
                 daemon.spawn_bg(asyncio.to_thread(
                     daemon.store.audit, ctx.username, f"command.{d.action.label}", d.action.label, resource=name,
-                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=text, mode="interactive"))
+                    session_id=sid, client_addr=ctx.peer, rule=d.rule, text=text, mode="interactive",
+                    **({"echo": "off"} if unechoed else {})))
 
         async def approve(d: Decision) -> dict[str, Any]:
             def say(text: str) -> None:
@@ -894,9 +897,8 @@ class BastionSession(asyncssh.SSHServerSession):
 
         return CommandFilter(
             cols=self.cols, judge=judge,
-            forward=ep.write, to_client=relay.say, approve=approve, note=note,
-            echo_known=(lambda: None) if psql else ep.echo_known,  # readline turns the pty's ECHO off
-            withdraw=withdraw.set)
+            forward=ep.write, to_client=relay.say, approve=approve, note=note, withdraw=withdraw.set,
+            asks_secret=(lambda line: (True, 0)) if psql else secret_asks)  # psql's own prompts: \password
 
     async def _broker(self, name: str, command: str | None, mode: str, sid: str,
                       verdict: Decision | None, access: str | None = None) -> Outcome:

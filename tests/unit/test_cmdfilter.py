@@ -8,7 +8,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.cmdfilter import CommandFilter, LineEditor, render_line, strip_prompt
+from bastion.cmdfilter import (
+    SECRET_LINES,
+    UNECHOED,
+    WITHHELD,
+    CommandFilter,
+    LineEditor,
+    render_line,
+    secret_asks,
+    strip_prompt,
+)
 from policies.engine import Action, PolicySet, Rule, evaluate
 
 POLICY = PolicySet("p", Action.ALLOW, (
@@ -48,28 +57,43 @@ def test_render_and_strip_prompt() -> None:
 
 
 class Harness:
-    """A CommandFilter wired to fakes that behave like a target with echo on."""
+    """A CommandFilter wired to fakes that behave like a target with echo on (``echo``: it shows what it gets).
 
-    def __init__(self, *, echo: bool = True, approval: str = "approved"):
+    ``prompt`` is what the fake shell prints after each line it runs (after a ^C too)."""
+
+    def __init__(self, *, echo: bool = True, approval: str = "approved", prompt: bytes = b"$ "):
         self.sent = bytearray()
         self.client = bytearray()
-        self.notes: list[tuple[str, Any]] = []
+        self.notes: list[tuple[str, Any, bool]] = []
+        self.asked: list[Any] = []
         self.approval = approval
         self.echo = echo
-        self.f = CommandFilter(cols=80, judge=lambda t: evaluate(POLICY, t, groups=[], resource="r"),
+        self.prompt = prompt
+        self.f = CommandFilter(cols=80, judge=lambda t: evaluate(POLICY, t, groups=[], resource="r",
+                                                                 interactive=True),
                                forward=self.forward, to_client=self.client.extend, approve=self.approve,
-                               note=lambda text, d: self.notes.append((text, d.action)), echo_wait=0.05)
-        self.f.output(b"$ ")
+                               note=lambda text, d, unechoed: self.notes.append((text, d.action, unechoed)),
+                               echo_wait=0.05)
+        self.f.output(prompt)
 
     def forward(self, data: bytes) -> None:
         self.sent += data
-        if self.echo:
-            echo = data.replace(b"\r", b"\r\n").replace(b"\x03", b"^C\r\n$ ")
-            self.f.output(echo if b"\r" not in data else echo + b"$ ")
+        if b"\x03" in data:
+            self.f.output(b"^C\r\n" + self.prompt)
+        elif self.echo:
+            echo = data.replace(b"\r", b"\r\n")
+            self.f.output(echo if b"\r" not in data else echo + self.prompt)
+        elif b"\r" in data:
+            self.f.output(b"\r\n" + self.prompt)
 
     async def approve(self, d: Any) -> dict[str, Any]:
+        self.asked.append(d)
         await asyncio.sleep(0)
         return {"status": self.approval, "status_reason": f"{self.approval} by bob"}
+
+    def recorded(self) -> str:
+        """Everything that leaves the filter for markers, audit events, reviewers and the operator's terminal."""
+        return repr(self.notes) + repr(self.asked) + self.client.decode() + repr(self.f.verdicts)
 
 
 async def settle() -> None:
@@ -92,7 +116,7 @@ async def test_filter_allows_blocks_and_holds() -> None:
     h2.f.input(b"chmod 600 f\r")
     await settle()
     assert h2.sent.endswith(b"chmod 600 f\x03") and b"request denied" in h2.client
-    assert [a for _, a in h.notes] == [Action.ALLOW, Action.BLOCK, Action.REQUIRE_APPROVAL]
+    assert [a for _, a, _ in h.notes] == [Action.ALLOW, Action.BLOCK, Action.REQUIRE_APPROVAL]
 
 
 async def test_each_line_of_a_paste_is_judged() -> None:
@@ -103,12 +127,164 @@ async def test_each_line_of_a_paste_is_judged() -> None:
     assert b"rm x\x03" in h.sent and b"echo four\r" in h.sent
 
 
-async def test_unechoed_input_is_judged_but_not_recorded() -> None:
+async def test_a_command_typed_without_echo_is_judged_and_noted_with_its_text() -> None:
+    h = Harness(echo=False)  # stty -echo at the shell prompt: the target shows nothing of what is typed
+    h.f.input(b"touch marker\r")
+    await settle()
+    assert h.sent == b"touch marker\r"
+    assert h.notes == [(f"touch marker {UNECHOED}", Action.ALLOW, True)]
+    h.f.input(b"rm -rf /\r")
+    await settle()
+    assert h.sent.endswith(b"rm -rf /\x03") and b"blocked by rule 'no-rm'" in h.client
+    assert h.notes[-1] == (f"rm -rf / {UNECHOED}", Action.BLOCK, True)
+
+
+async def test_a_command_typed_without_echo_may_be_held_for_approval() -> None:
+    """Its text is recorded anyway, so reviewers may see it (they are told it was typed without echo)."""
     h = Harness(echo=False)
-    h.f.input(b"rm -rf /\r")  # no echo (e.g. a password prompt): the typed text is still judged
+    h.f.input(b"chmod 600 f\r")
+    await settle()
+    assert h.sent.endswith(b"chmod 600 f\r") and b"approved by bob" in h.client
+    assert [d.text for d in h.asked] == ["chmod 600 f"] and UNECHOED in h.asked[0].reason
+    h2 = Harness(echo=False, approval="denied")
+    h2.f.input(b"chmod 600 f\r")
+    await settle()
+    assert h2.sent.endswith(b"\x03") and not h2.sent.endswith(b"\r")
+
+
+async def answer_sudo(h: Harness, password: bytes) -> None:
+    """The target asks for a password on a fresh line, with echo off; the operator types ``password``."""
+    h.f.output(b"[sudo] password for alice: ")
+    h.echo = False
+    h.f.input(password + b"\r")
+    await settle()
+
+
+async def test_a_password_after_sudo_is_judged_but_never_recorded() -> None:
+    h = Harness(prompt=b"alice@web:~$ ")
+    h.prompt = b""  # sudo runs: no shell prompt after its line, nor after the password
+    h.f.input(b"sudo true\r")
+    await settle()
+    await answer_sudo(h, b"hunter2-Sup3r")
+    assert h.sent.endswith(b"hunter2-Sup3r\r")
+    assert h.notes[-1] == (WITHHELD, Action.ALLOW, True)
+    assert "hunter2" not in h.recorded()
+
+
+async def test_a_secret_is_refused_without_its_text_when_it_needs_approval_or_is_blocked() -> None:
+    h = Harness()
+    h.prompt = b""
+    h.f.input(b"sudo -v\r")
+    await settle()
+    await answer_sudo(h, b"chmod 777 pw")  # a password that parses as a held command: it cannot go to reviewers
+    assert h.sent.endswith(b"\x03") and not h.asked and b"cannot be shown to reviewers" in h.client
+    await answer_sudo(h, b"rm pw-rm-secret")  # blocked: the rule is named, the reason (which quotes words) is not
+    assert h.sent.endswith(b"\x03") and b"blocked by rule 'no-rm'" in h.client
+    assert "pw-rm-secret" not in h.recorded() and "777 pw" not in h.recorded()
+    assert [n for n in h.notes if n[2]] == [(WITHHELD, Action.REQUIRE_APPROVAL, True), (WITHHELD, Action.BLOCK, True)]
+
+
+async def test_only_a_few_hidden_lines_after_a_secret_asking_program_are_secrets() -> None:
+    h = Harness()
+    h.prompt = b""
+    h.f.input(b"sudo true\r")
+    await settle()
+    for n in range(SECRET_LINES):
+        await answer_sudo(h, f"wrong-{n}".encode())
+    await answer_sudo(h, b"touch hidden-marker")  # a fourth line at the same prompt: a command, recorded
+    assert [t for t, _, _ in h.notes[1:]] == [WITHHELD] * SECRET_LINES + [f"touch hidden-marker {UNECHOED}"]
+    assert "wrong-" not in h.recorded()
+
+
+async def test_a_fake_password_prompt_does_not_hide_commands() -> None:
+    """PS1='Password: ' and stty -echo: without a secret-asking program before, every hidden line is a command."""
+    h = Harness()
+    h.f.input(b"PS1='Password: '; stty -echo\r")
+    await settle()
+    h.prompt, h.echo = b"Password: ", False
+    h.f.output(b"\r\nPassword: ")
+    for n in range(5):
+        h.f.input(f"touch m{n}\r".encode())
+        await settle()
+    assert [t for t, _, _ in h.notes[1:]] == [f"touch m{n} {UNECHOED}" for n in range(5)]
+
+
+async def test_a_fake_password_prompt_that_is_the_shell_prompt_does_not_hide_commands() -> None:
+    """A secret-asking program typed at the shell's own 'Password: ' prompt: hidden lines at that same prompt are
+    commands (the shell is back at its prompt, not the program)."""
+    h = Harness(prompt=b"Password: ")
+    h.f.input(b"sudo -n true\r")
+    await settle()
+    h.echo = False
+    h.f.input(b"touch m1\r")
+    await settle()
+    assert h.notes[-1] == (f"touch m1 {UNECHOED}", Action.ALLOW, True)
+
+
+async def test_read_s_takes_one_hidden_line_whatever_its_prompt() -> None:
+    h = Harness()
+    h.f.input(b"read -rs PW; echo ${#PW}\r")
+    await settle()
+    h.echo = False
+    h.f.output(b"\r\n")  # read -s without a prompt: an empty line
+    h.f.input(b"s3cr3t-value\r")
+    await settle()
+    h.f.input(b"touch after\r")
+    await settle()
+    assert [t for t, _, _ in h.notes[1:]] == [WITHHELD, f"touch after {UNECHOED}"]
+    assert "s3cr3t" not in h.recorded()
+
+
+async def test_pwfeedback_stars_are_not_judged_as_a_command() -> None:
+    h = Harness()
+    h.prompt = b""
+    h.f.input(b"sudo true\r")
+    await settle()
+    h.echo = False
+    h.f.output(b"[sudo] password for alice: ")
+    h.f.input(b"pw")
+    h.f.output(b"**")
+    h.f.input(b"\r")
+    await settle()
+    assert h.notes[-1] == (WITHHELD, Action.ALLOW, True) and h.sent.endswith(b"pw\r")
+
+
+def test_secret_asks() -> None:
+    cases = {
+        "sudo true": (True, 0), "ls -la": (False, 0), "./deploy.sh prod": (True, 0), "mysql -p db": (True, 0),
+        "cd /tmp && /usr/bin/ssh host": (True, 0), "read -rsp 'Password: ' PW": (False, 1),
+        "read -p 'a -s b' -s v": (False, 1), "read -p -s v": (False, 0), "read -t 5 x": (False, 0),
+        "read -s a; read -s b": (False, 2), "echo 'unclosed sudo": (True, 0),
+        "PS1='Password: '; stty -echo": (False, 0), "cat /etc/hosts": (False, 0), "ls; ./x": (True, 0),
+        "deploy.sh": (True, 0), "echo deploy.sh": (False, 0),
+    }
+    for line, want in cases.items():
+        assert secret_asks(line) == want, line
+
+
+async def test_history_designators_are_not_released() -> None:
+    """The line bash would run is not the line typed: the engine makes it opaque (strictest action: block here)."""
+    for line in (b"!!", b"!chm:s/600/777/", b"^600^777", b"echo \"!!\""):
+        h = Harness()
+        h.f.input(b"echo X\r")
+        await settle()
+        h.f.input(line + b"\r")
+        await settle()
+        assert h.sent.endswith(b"\x03"), line
+    h = Harness()
+    h.f.input(b"[ ! -f x ] && echo 'hi!'\r")  # not a designator
+    await settle()
+    assert h.sent.endswith(b"'hi!'\r")
+
+
+async def test_a_designator_on_a_continuation_line_is_seen() -> None:
+    h = Harness()
+    h.f.input(b"echo \\\r")
+    await settle()
+    h.f.output(b"> ")
+    h.f.input(b"^a^b\r")  # bash history-expands each physical line: this one is a quick substitution
     await settle()
     assert h.sent.endswith(b"\x03")
-    assert h.notes and h.notes[0][0] == "(typed without echo: not recorded)"
 
 
 async def test_backslash_continuation_is_judged_as_a_whole() -> None:
