@@ -115,6 +115,38 @@ def env_problem(name: str, value: str | None = None) -> str | None:
     return None
 
 
+# package managers and build tools run scripts from packages (setup.py, npm lifecycle scripts): only their
+# read-only subcommands are seen as harmless
+PACKAGE_TOOLS: dict[str, frozenset[str]] = {
+    "pip": frozenset({"list", "show", "freeze", "help", "check", "search", "index", "inspect", "debug"}),
+    "pip3": frozenset({"list", "show", "freeze", "help", "check", "search", "index", "inspect", "debug"}),
+    "npm": frozenset({"ls", "list", "view", "info", "show", "help", "outdated", "search", "config", "root", "bin",
+                      "prefix", "whoami", "ping", "audit", "doctor"}),
+    "yarn": frozenset({"list", "info", "why", "help", "outdated", "config"}),
+    "pnpm": frozenset({"list", "ls", "outdated", "why", "help"}),
+    "gem": frozenset({"list", "search", "info", "help", "env", "query", "specification", "contents"}),
+    "cpan": frozenset(), "cpanm": frozenset(), "composer": frozenset({"show", "info", "outdated", "licenses"}),
+    "bundle": frozenset({"list", "info", "outdated", "show"}), "poetry": frozenset({"show", "env", "check"}),
+    "uv": frozenset({"--version", "version", "pip", "tree"}), "pipenv": frozenset({"graph", "--venv"}),
+    "conda": frozenset({"list", "info", "search", "env"}), "mamba": frozenset({"list", "info", "search"}),
+    "apt": frozenset({"list", "show", "search", "policy", "depends", "rdepends", "changelog"}),
+    "apt-cache": frozenset({"show", "search", "policy", "depends", "rdepends", "showpkg", "madison", "pkgnames",
+                            "stats", "showsrc"}),
+}
+COPIERS = frozenset({"cp", "ln", "install", "rsync", "mv", "dd", "cat", "tee", "link"})
+SYSTEM_PROGRAM = re.compile(r"^(/usr)?(/local)?/s?bin/[^/]+$")
+# files that other programs read as configuration or run: writing one plants code for later
+SENSITIVE_FILE = re.compile(r"(^|/)\.git/|(^|/)hooks/|(^|/)\.(bashrc|bash_profile|bash_login|bash_logout|profile|"
+                            r"zshrc|zshenv|zprofile|zlogin|kshrc|cshrc|tcshrc|inputrc|gitconfig|vimrc|exrc|gvimrc|"
+                            r"lessfilter|lesskey|mailcap|netrc|wgetrc|curlrc|pythonrc|perldb|gdbinit|npmrc|"
+                            r"pam_environment|xinitrc|xsession)$|(^|/)\.ssh/(config|rc|environment)$|"
+                            r"(^|/)\.config/|(^|/)(Makefile|makefile|GNUmakefile)$|/etc/")
+COMPRESSORS = frozenset({"gzip", "gunzip", "bzip2", "bunzip2", "xz", "unxz", "lzma", "unlzma", "pigz", "unpigz",
+                         "pbzip2", "lzip", "lunzip", "compress", "uncompress", "zstd", "unzstd", "lz4", "lzop",
+                         "brotli"})
+KEEP_FLAGS = frozenset({"--keep", "--stdout", "--to-stdout", "--test", "--list", "-", "--help", "--version"})
+DELETERS = frozenset({"wipe", "srm", "trash", "trash-put", "tmpreaper", "tmpwatch", "shred"})
+
 # ---------------------------------------------------------------------------------------------------------------
 # awk: only programs that run commands are opaque (system(), "cmd" | getline, print | "cmd", |&)
 
@@ -178,8 +210,8 @@ def awk_problem(prog: str) -> str | None:
         return "awk program calls system()"
     if re.search(r"(?<!\|)\|(?!\|)", code):
         return "awk program pipes to or from a command"
-    if re.search(r"@\s*(load|include|namespace)", code):
-        return "awk program loads code"
+    if "@" in code:
+        return "awk program loads code or calls a function by name (@f())"
     return None
 
 
@@ -479,10 +511,10 @@ def _git_config_reads(rest: Sequence[str]) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # tar, rsync, ssh/scp, zip, and other tools with a command option
 
-TAR_EXEC_LONG = ("checkpoint-action", "to-command", "use-compress-program", "rsh-command", "info-script",
-                 "new-volume-script", "index-file")
+TAR_EXEC_LONG = ("checkpoint-action", "to-command", "use-compress-program", "rsh-command", "rmt-command",
+                 "info-script", "new-volume-script")
 TAR_LONG_ALL = TAR_EXEC_LONG + ("remove-files", "checkpoint", "to-stdout", "totals", "transform", "touch",
-                                "mode", "owner", "group", "numeric-owner", "files-from", "file")
+                                "mode", "owner", "group", "numeric-owner", "files-from", "file", "index-file")
 
 
 def _long_hits(arg: str, names: Sequence[str], all_names: Sequence[str] = ()) -> str | None:
@@ -636,6 +668,8 @@ def inspect_ssh(prog: str, args: Sequence[str]) -> Effects:
     if prog == "ssh" and i < len(args):
         eff.lines.append(" ".join(args[i:]))
         eff.steps.append(f"ssh: the remote command {' '.join(args[i:])!r} is judged as a command line")
+    elif prog in ("ssh", "slogin") and host_seen:
+        eff.opaque.append(f"{prog} with no command starts a shell on the remote host")
     if prog == "sftp" and not eff.opaque:
         eff.opaque.append("sftp reads commands (`!` runs a local command)")
     return eff
@@ -721,6 +755,38 @@ def inspect_other(prog: str, args: Sequence[str]) -> Effects:
                for s in shorts):
             eff.opaque.append(f"{prog} {a[:2]} runs a command or reads configuration that can")
             return eff
+    if prog in PACKAGE_TOOLS:
+        sub = next((a for a in args if not a.startswith("-")), None)
+        if not (all(a in INFO_ONLY for a in args) and args) and sub not in PACKAGE_TOOLS[prog]:
+            eff.opaque.append(f"{prog} {sub or ''}".rstrip() + " runs package scripts or code")
+            return eff
+    if prog == "dpkg" and any(a in ("-i", "--install", "--unpack", "--configure", "-x", "--extract") or
+                              a.startswith(("--install", "--configure")) for a in args):
+        eff.opaque.append("dpkg --install runs the package's maintainer scripts")
+        return eff
+    if prog in COPIERS:
+        for a in args:
+            src = a.split("=", 1)[1] if prog == "dd" and a.startswith("if=") else a
+            if SYSTEM_PROGRAM.match(posixpath.normpath(src)) and not src.endswith("/"):
+                eff.also.append(posixpath.basename(src))  # a copy of rm under another name is rm
+        operands = [a for a in args if not a.startswith("-")]
+        targets = {"dd": [a.split("=", 1)[1] for a in args if a.startswith("of=")], "tee": operands,
+                   "cat": []}.get(prog, operands[-1:])
+        targets += [v for k, v in zip(args, args[1:], strict=False) if k in ("-t", "--target-directory")]
+        targets += [a.split("=", 1)[1] for a in args if a.startswith("--target-directory=")]
+        for a in targets:
+            if SENSITIVE_FILE.search(a):
+                eff.opaque.append(f"{prog} writes {a}: a file that programs read as configuration or run")
+                return eff
+    if prog in ("cp", "rsync") and any(re.match(r"--preserve=.*(mode|all)", a) or a == "--attributes-only"
+                                       for a in args):
+        eff.also.append("chmod")
+    keeps = any(a in KEEP_FLAGS or (a.startswith("-") and not a.startswith("--") and set(a[1:]) & set("kctl"))
+                for a in args)
+    if prog in COMPRESSORS and not keeps and (prog not in ("zstd", "lz4") or "--rm" in args):
+        eff.also.append("rm")  # gzip F replaces F by F.gz: the original is deleted
+    if prog in DELETERS:
+        eff.also.append("rm")
     if prog in ("install", "mkdir", "mkfifo", "mknod") and any(
             a in ("-m", "--mode") or a.startswith(("--mode=", "-m")) or (
                 prog == "install" and a.startswith("-") and not a.startswith("--") and "m" in a[1:])

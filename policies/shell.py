@@ -13,7 +13,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from policies.capabilities import INTERPRETERS, base_name, env_problem, inspect, path_problem, runs_commands
+from policies.capabilities import (
+    INTERPRETERS,
+    SENSITIVE_FILE,
+    base_name,
+    env_problem,
+    inspect,
+    path_problem,
+    runs_commands,
+)
 from policies.wrappers import TIME_KEYWORD, WRAPPERS, unwrap
 
 try:
@@ -37,10 +45,14 @@ OPAQUE_PROGRAMS = {"eval": "eval runs a string", "source": "source runs a file",
                    "fc": "fc re-runs history", "enable": "enable loads builtins",
                    "hash": "hash can map a name to another program", "complete": "complete -C runs a command",
                    "compgen": "compgen -C runs a command", "bind": "bind -x runs a command",
-                   "mapfile": "mapfile -C runs a callback", "readarray": "readarray -C runs a callback"}
+                   "mapfile": "mapfile -C runs a callback", "readarray": "readarray -C runs a callback",
+                   "let": "let evaluates variables as arithmetic expressions"}
 # builtins that assign variables: naming PATH, LD_PRELOAD... changes what later commands run
 ASSIGNING = {"export", "declare", "typeset", "local", "readonly", "read", "printf", "getopts", "let"}
 MAX_DEPTH = 8
+ARITH_NAME = re.compile(r"[A-Za-z_]")
+ARRAY_INDEX_NAME = re.compile(r"\[[^\]]*[A-Za-z_$]")
+ARITH_TEST = {"-eq", "-ne", "-lt", "-le", "-gt", "-ge"}
 
 class ShellParseError(ValueError):
     """The text is not a complete, well-formed command line (unbalanced quotes, dangling operator...)."""
@@ -127,12 +139,14 @@ def _dollar_group(s: str, i: int) -> tuple[int, bool, bool] | None:
     """For ``$((...))``, ``$(...)`` or ``${...}`` at ``s[i]``: (end, is an expansion, runs a command)."""
     if s.startswith("$((", i):
         j = _read_until_close(s, i + 3, "((", "))")
-        return j, True, "$(" in s[i + 3:j] or "`" in s[i + 3:j]
+        # a name in arithmetic is evaluated as an expression: a value like 'a[$(cmd)]' runs cmd
+        return j, True, "$(" in s[i + 3:j] or "`" in s[i + 3:j] or bool(ARITH_NAME.search(s[i + 3:j]))
     if s.startswith("$(", i):
         return _read_until_close(s, i + 2, "(", ")"), False, True
     if s.startswith("${", i):
         j = _read_until_close(s, i + 2, "{", "}")
-        return j, True, "$(" in s[i:j] or "`" in s[i:j]
+        # an array index is arithmetic too (``${a[x]}`` evaluates x)
+        return j, True, "$(" in s[i:j] or "`" in s[i:j] or bool(ARRAY_INDEX_NAME.search(s[i:j]))
     return None
 
 
@@ -368,6 +382,8 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
         if u.resplit is not None:
             split_words: list[Word] = [head]
             for chunk in u.resplit:
+                if "\\" in chunk:
+                    opaque.append(f"{name} -S: escapes (env's own rules differ from the shell's)")
                 try:
                     toks = tokenize(chunk)
                 except ShellParseError as e:
@@ -498,10 +514,17 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             if words == [] and t.text in ("[[", "((") and not t.quoted:
                 close = "]]" if t.text == "[[" else "))"
                 j = i + 1
+                arith = expands = False
                 while j < len(tokens) and not (isinstance(tokens[j], Word) and tokens[j].text == close):
-                    if isinstance(tokens[j], Word) and tokens[j].substitution:
-                        line.opaque.append("command substitution")
+                    tj = tokens[j]
+                    if isinstance(tj, Word):
+                        if tj.substitution:
+                            line.opaque.append("command substitution")
+                        arith = arith or (tj.text in ARITH_TEST and not tj.quoted)
+                        expands = expands or tj.expansion or bool(ARITH_NAME.match(tj.text))
                     j += 1
+                if arith and expands:
+                    line.opaque.append("[[ arithmetic comparison evaluates variables as expressions")
                 i = j + 1
                 continue
             words.append(t)
@@ -522,12 +545,19 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             fd = None
             if words and re.fullmatch(r"\d+", words[-1].raw) and not words[-1].quoted:
                 fd = words.pop().raw
+            if op in (">", ">>", ">|", "&>", "&>>", "<>") and SENSITIVE_FILE.search(target.text):
+                line.opaque.append(f"writes {target.text}: a file that programs read as configuration or run")
             if op in (">", ">>", ">|", "&>", "&>>") and fd in (None, "1") and \
                     target.text not in ("/dev/tty", "/dev/stdout", "/dev/stderr"):
                 out_redirected = True  # its output goes to a file: a pager in it does not page
             i += 2
             continue
         # separators
+        if op == "(" and i + 1 < len(tokens) and tokens[i + 1] == "(":
+            close = next((k for k in range(i + 2, len(tokens) - 1)
+                          if tokens[k] == ")" and tokens[k + 1] == ")"), len(tokens))
+            if any(isinstance(t, Word) and ARITH_NAME.search(t.text) for t in tokens[i + 2:close]):
+                line.opaque.append("(( )) evaluates variables as arithmetic expressions (or runs nested subshells)")
         if op == "(":
             if words:  # name ( ) -> function definition
                 line.opaque.append("function definition")

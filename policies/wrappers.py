@@ -37,6 +37,7 @@ class Wrapper:
     opaque_opts: dict[str, str] = field(default_factory=dict)  # option -> why it makes the line opaque
     file_operands: bool = False     # its operands are files, never a command (script's typescript)
     late_command_opts: bool = False  # ``flock LOCK -c CMD``, ``sg GROUP -c CMD``: -c after the first operand
+    leading_operand: bool = False   # ``setarch ARCH [options] [program]``: one operand before the options
 
 
 def _w(optstring: str, long: dict[str, int] | None = None, **kw: object) -> Wrapper:
@@ -176,7 +177,7 @@ WRAPPERS: dict[str, Wrapper] = {
                                    "addr-no-randomize": N, "fdpic-funcptrs": N, "mmap-page-zero": N,
                                    "read-implies-exec": N, "short-inode": N, "sticky-timeouts": N,
                                    "whole-seconds": N, "list": N, "show": O},
-                  operands_before=1, without_command="shell", no_exec_opts=_fs("--list", "--show")),
+                  leading_operand=True, without_command="shell", no_exec_opts=_fs("--list", "--show")),
 }
 for _arch in ("linux32", "linux64", "i386", "x86_64", "uname26"):
     WRAPPERS[_arch] = Wrapper(WRAPPERS["setarch"].grammar, without_command="shell")
@@ -199,7 +200,8 @@ RUNNERS: dict[str, str] = {name: f"{name} runs a command the bastion does not pa
     "op", "gosu", "su-exec", "s6-setuidgid", "setlock", "lckdo", "with-lock-ex", "timelimit", "ulimit-run",
     "localedef", "xdg-open", "sensible-editor", "sensible-pager", "sensible-browser", "editor", "pager",
     "select-editor", "run-mailcap", "see", "edit", "compose", "print", "gtk-launch", "exo-open", "gio",
-    "kstart", "kioclient", "wine", "qemu-user", "box64", "dosbox", "mono", "dotnet",
+    "kstart", "kioclient", "wine", "qemu-user", "box64", "dosbox", "mono", "dotnet", "coreutils", "stdbuf-wrapper",
+    "doas-keepenv", "sudoreplay", "pkttyagent", "x-terminal-emulator", "xterm", "gnome-terminal", "konsole",
 )}
 
 
@@ -229,7 +231,8 @@ def _describe(name: str, s: Scan, args: Sequence[str], upto: int) -> str:
 def unwrap(name: str, args: Sequence[str], spec: Wrapper | None = None) -> Unwrapped:
     """Read ``name args...`` with the wrapper's grammar: where the command starts and what else it runs."""
     w = spec or WRAPPERS[name]
-    s = scan(w.grammar, args)
+    lead = 1 if w.leading_operand and args and not args[0].startswith("-") else 0
+    s = scan(w.grammar, args, lead)
     out = Unwrapped(args_open=w.args_open)
     if s.error is not None:
         out.opaque.append(f"{name}: {s.error} (the bastion does not guess where its command starts)")
