@@ -22,13 +22,8 @@ from policies.capabilities import (
     path_problem,
     runs_commands,
 )
+from policies.history import history_expansions
 from policies.wrappers import TIME_KEYWORD, WRAPPERS, unwrap
-
-try:
-    from policies.history import history_expansions
-except ImportError:  # pragma: no cover - until policies/history.py lands: any '!' or leading '^' counts
-    def history_expansions(text: str) -> list[str]:
-        return re.findall(r"![^\s=(]", text) + (["^"] if text.lstrip().startswith("^") else [])
 
 OPERATORS = ("&&", "||", ";;", "|&", ">>", "<<<", "<<", "<>", ">|", "&>>", "&>", "<&", ">&", "|", "&", ";",
              "(", ")", "<", ">", "\n")
