@@ -413,18 +413,15 @@ class CommandFilter:
                 self._release(enter)  # an answer to a program, not a command line: the secret budget stays
             return
         self.verdicts.append(Verdict(d.text, d))
-        if hidden:  # a command typed blind: recorded with its text, and reviewers are told how it was typed
-            d = replace(d, reason=f"{d.reason} {UNECHOED}")
-            self.note(f"{texts[-1]} {UNECHOED}", d, True)
-        else:
-            self.note(d.text, d, False)
+        self.note(f"{texts[-1]} {UNECHOED}" if hidden else d.text, d, hidden)  # a command typed blind: recorded
         if d.action in (Action.ALLOW, Action.WARN):
             self._ran(texts, prompt)
             self._release(enter)
         elif d.action == Action.BLOCK:
             self._block(d)
-        else:
-            asyncio.get_running_loop().create_task(self._hold(d, enter, texts, prompt))
+        else:  # reviewers are told how it was typed (the approval stays bound to the text)
+            held = replace(d, reason=f"{d.reason} {UNECHOED}") if hidden else d
+            asyncio.get_running_loop().create_task(self._hold(held, enter, texts, prompt))
 
     def _release(self, enter: bytes, keep_continuation: bool = False) -> None:
         self.forward(enter)
