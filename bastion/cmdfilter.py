@@ -235,6 +235,7 @@ class CommandFilter:
         self.waiting_echo: asyncio.TimerHandle | None = None
         self.output_since_input = True
         self.verdicts: list[Verdict] = []
+        self._rendered: tuple[tuple[bytes, int], str] | None = None
         # the last command line released: the prompt it was typed at, and how many hidden lines after it may be
         # secrets (answers to a program's prompt, or to ``read -s``)
         self.shell_prompt: str | None = None
@@ -258,6 +259,13 @@ class CommandFilter:
             self.waiting_echo.cancel()
             self.waiting_echo = None
             self._decide_enter()
+
+    def _render(self) -> str:
+        """The current output line as shown (pyte costs milliseconds: one rendering per state of the line)."""
+        key = (bytes(self.line), self.cols)
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, render_line(*key))
+        return self._rendered[1]
 
     # -- input ------------------------------------------------------------------------------------------
     def input(self, data: bytes) -> None:
@@ -316,7 +324,7 @@ class CommandFilter:
 
     def _typed(self, data: bytes) -> None:
         if self.prompt is None and data.strip(b"\x1b[200~\x1b[201~"):
-            self.prompt = render_line(bytes(self.line), self.cols)
+            self.prompt = self._render()
         self.editor.feed(data, pasting=self.pasting)
 
     def _echoed(self) -> bool:
@@ -324,7 +332,7 @@ class CommandFilter:
         want = re.sub(r"\s+", "", self.editor.text if self.editor.reliable else self.editor.tail)
         if not want:
             return self.output_since_input or not self.editor.typed_any
-        shown = re.sub(r"\s+", "", render_line(bytes(self.line), self.cols))
+        shown = re.sub(r"\s+", "", self._render())
         it = iter(shown)
         return all(ch in it for ch in want)
 
@@ -336,7 +344,7 @@ class CommandFilter:
     def _lines(self) -> list[str]:
         """This physical line as the output shows it (prompt stripped) and, when the editor could follow, as typed.
         A line the target did not echo is judged as typed (its output side is empty, or ``pwfeedback`` stars)."""
-        shown = strip_prompt(render_line(bytes(self.line), self.cols), self.prompt)
+        shown = strip_prompt(self._render(), self.prompt)
         typed = self.editor.text.strip() if self.editor.reliable else ""
         if not typed or typed == shown:
             return [shown]
@@ -350,7 +358,7 @@ class CommandFilter:
     def _unechoed(self) -> bool:
         """Was the line typed without the target showing it (echo off, a password prompt, ``pwfeedback`` stars)?"""
         typed = re.sub(r"\s+", "", self.editor.text) if self.editor.reliable else ""
-        shown = re.sub(r"\s+", "", strip_prompt(render_line(bytes(self.line), self.cols), self.prompt))
+        shown = re.sub(r"\s+", "", strip_prompt(self._render(), self.prompt))
         return bool(typed) and typed not in shown
 
     def _at_secret_prompt(self) -> bool:
@@ -361,7 +369,7 @@ class CommandFilter:
             return True
         if self.secret_lines <= 0 or not self.secret_program:
             return False
-        here = render_line(bytes(self.line), self.cols).strip()
+        here = self._render().strip()
         shell = (self.shell_prompt or "").strip()
         if any(p and p != shell and SECRET_PROMPT.search(p) for p in {(self.prompt or "").strip(), here}):
             self.secret_lines -= 1
@@ -385,7 +393,7 @@ class CommandFilter:
                 return
             self._release(enter)  # an empty line
             return
-        prompt = (self.prompt if self.prompt is not None else render_line(bytes(self.line), self.cols)).strip()
+        prompt = (self.prompt if self.prompt is not None else self._render()).strip()
         hidden = self._unechoed()
         secret = hidden and self._at_secret_prompt()
         if all(t.rstrip().endswith("\\") and not t.rstrip().endswith("\\\\") for t in lines):
