@@ -14,8 +14,9 @@ is judged from the input side like any other. What happens to its *text* depends
   line looks like a secret prompt (password, passphrase, PIN, token, OTP, verification code ...), it is not the
   prompt the shell showed for that command line, and that line ran a program known to ask for secrets (``sudo``,
   ``su``, ``ssh``, ``passwd``, ``mysql``, ``psql``, ``gpg``, ``git``, an interpreter or a script by path, see
-  ``SECRET_PROGRAMS``; before the first command line, login scripts count as one), at most ``SECRET_LINES`` such
-  lines after that command line (retries). The text never reaches markers, audit events, reviewers or the
+  ``SECRET_PROGRAMS``; a line answering such a program at its own prompt, like a user name, keeps it running;
+  before the first command line, login scripts count as one), at most ``SECRET_LINES`` such lines after that
+  line (retries). The text never reaches markers, audit events, reviewers or the
   recording (the marker says a secret was withheld); a line there that needs approval is refused (it cannot be
   shown to anyone), a blocked one is refused without the reason (it may quote the text);
 - anywhere else it is a command typed with echo off: judged, noted with its text and the mark ``(typed without
@@ -377,10 +378,15 @@ class CommandFilter:
         return False
 
     def _ran(self, texts: list[str], prompt: str) -> None:
-        """A command line is released: hidden lines after it are secrets only if it may ask for one."""
-        self.shell_prompt = prompt
+        """A line is released: hidden lines after it are secrets only if it may ask for one. A line typed at another
+        prompt than the shell's while a secret-asking program runs is an answer to that program (a user name before
+        the password, ``yes`` to a host key): the program may still ask, and the shell's prompt is still the one."""
+        asks, self.read_secrets = self.asks_secret("\n".join(texts))
+        answer = self.secret_program and self.shell_prompt is not None and prompt != self.shell_prompt
+        if asks or not answer:
+            self.shell_prompt = prompt
+        self.secret_program = asks or answer
         self.secret_lines = SECRET_LINES
-        self.secret_program, self.read_secrets = self.asks_secret("\n".join(texts))
 
     def _decide_enter(self) -> None:
         enter = bytes(self.queue[:1])

@@ -221,6 +221,32 @@ async def test_a_fake_password_prompt_that_is_the_shell_prompt_does_not_hide_com
     assert h.notes[-1] == (f"touch m1 {UNECHOED}", Action.ALLOW, True)
 
 
+async def test_a_visible_answer_to_a_program_keeps_its_password_prompt_a_secret() -> None:
+    """git asks for a user name (echoed), then a password (not echoed); back at the shell prompt, hidden lines at
+    a prompt that only looks like a password prompt are commands again."""
+    h = Harness()
+    h.prompt = b""
+    h.f.input(b"git push\r")
+    await settle()
+    h.f.output(b"Username for 'https://example.org': ")
+    h.f.input(b"alice\r")
+    await settle()
+    h.f.output(b"Password for 'https://alice@example.org': ")
+    h.echo = False
+    h.f.input(b"gh-Secret-123\r")
+    await settle()
+    assert h.notes[-1] == (WITHHELD, Action.ALLOW, True) and "gh-Secret" not in h.recorded()
+    h.prompt, h.echo = b"$ ", True
+    h.f.output(b"\r\n$ ")
+    h.f.input(b"ls\r")  # at the shell's prompt again: a new command line
+    await settle()
+    h.echo = False
+    h.f.output(b"\r\nPassword: ")  # something prints a lookalike; nothing that asks was run
+    h.f.input(b"touch x\r")
+    await settle()
+    assert h.notes[-1] == (f"touch x {UNECHOED}", Action.ALLOW, True)
+
+
 async def test_read_s_takes_one_hidden_line_whatever_its_prompt() -> None:
     h = Harness()
     h.f.input(b"read -rs PW; echo ${#PW}\r")
