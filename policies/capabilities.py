@@ -36,6 +36,7 @@ INTERPRETERS = SHELLS | frozenset({
 })
 # only their version or help: ``python3 --version`` is harmless
 INFO_ONLY = frozenset({"--version", "-V", "--help", "-h", "-version", "-help", "/?", "-?"})
+VERSION_V = frozenset({"perl", "node", "nodejs", "deno", "bun", "php", "lua", "luajit"})  # -v is the version
 # a program whose name is one of these plus a version suffix (python3.11, perl5.36, lua5.4, php8.2, tclsh8.6)
 VERSIONED = re.compile(r"^(python|pypy|perl|ruby|node|php|lua|tclsh|wish|pwsh|guile|gcc|clang|java|go|"
                        r"ipython|erl|julia|ocaml|scala|mysql|psql|sqlite)[0-9][0-9.]*$")
@@ -73,7 +74,9 @@ def base_name(prog: str) -> str:
     return m.group(1) if m else prog
 
 
-SYSTEM_PREFIXES = ("/bin/", "/sbin/", "/usr/", "/opt/", "/snap/bin/")
+SYSTEM_PREFIXES = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/", "/snap/bin/")
+# the dynamic loader runs the program given as its first argument, whatever its name
+LOADER = re.compile(r"^(ld-linux[-.\w]*\.so[.\d]*|ld\.so[.\d]*|ld64\.so[.\d]*|ld-musl[-.\w]*\.so[.\d]*)$")
 
 
 def path_problem(word: str) -> str | None:
@@ -84,8 +87,10 @@ def path_problem(word: str) -> str | None:
     if not word.startswith("/"):
         return f"{word} is a program or script given by a relative path (its contents are not visible)"
     norm = posixpath.normpath(word)
-    if not norm.startswith(SYSTEM_PREFIXES) or "/tmp/" in norm or "/home/" in norm or "/local/share" in norm:
-        return f"{word} is not a program of the system's directories (its contents are not visible)"
+    if norm.startswith("//"):
+        norm = norm[1:]
+    if not any(norm.startswith(p) and "/" not in norm[len(p):] for p in SYSTEM_PREFIXES):
+        return f"{word} is not a program of the system's program directories (its contents are not visible)"
     return None
 
 
@@ -439,7 +444,8 @@ GIT_RUNS = {"bisect": ("run",), "submodule": ("foreach",), "rebase": ("-x", "--e
             "log": ("--ext-diff",), "show": ("--ext-diff",), "diff": ("--ext-diff", "--textconv")}
 # subcommands that page their output when a terminal is attached (the pager reads keys: ``!cmd``)
 GIT_PAGES = frozenset({"log", "show", "diff", "blame", "grep", "shortlog", "reflog", "whatchanged", "annotate",
-                       "branch", "tag", "help", "config", "cherry", "range-diff", "stash"})
+                       "branch", "tag", "help", "cherry", "range-diff"})
+GIT_LISTS = frozenset({"branch", "tag"})  # they page only when listing
 GIT_DELETES = frozenset({"rm", "clean"})
 
 
@@ -483,10 +489,15 @@ def inspect_git(args: Sequence[str], terminal: bool) -> Effects:
     if sub in ("merge", "pull", "revert", "cherry-pick", "tag") and terminal and "--no-edit" not in rest and \
             sub != "tag":
         eff.opaque.append(f"git {sub} may start an editor on the terminal")
-    if terminal and sub in GIT_PAGES and not s.has("-P", "--no-pager"):
+    listing = sub not in GIT_LISTS or not [a for a in rest if not a.startswith("-")] or \
+        any(a in ("-l", "--list", "-a", "--all", "-r", "--remotes", "-v", "-vv") for a in rest)
+    if terminal and sub in GIT_PAGES and listing and not s.has("-P", "--no-pager"):
         eff.opaque.append(f"git {sub} pages its output with a terminal attached (a pager runs commands)")
-    if sub in GIT_DELETES:
-        eff.also.append("rm")
+    if sub in GIT_DELETES or (sub == "stash" and any(
+            a in ("-u", "--include-untracked", "-a", "--all") or (a.startswith("-") and not a.startswith("--") and
+                                                                  set(a[1:]) & {"u", "a"}) for a in rest)) or (
+            sub == "reset" and "--hard" in rest):
+        eff.also.append("rm")  # they delete files of the work tree (untracked ones, or new ones on reset --hard)
     return eff
 
 
@@ -717,7 +728,22 @@ def inspect_find(args: Sequence[str]) -> Effects:
     return eff
 
 
-def inspect_other(prog: str, args: Sequence[str]) -> Effects:
+SYSTEMCTL_PAGES = frozenset({"status", "show", "cat", "help", "list-units", "list-unit-files", "list-sockets",
+                             "list-timers", "list-jobs", "list-dependencies", "list-machines", "show-environment"})
+
+
+def _copies_mode(prog: str, args: Sequence[str]) -> bool:
+    """cp -p/-a, rsync -p/-a/-E and install (0755 unless -m) set the mode of an existing destination."""
+    if prog == "install":
+        return not any(a in ("-d", "--directory") for a in args)
+    shorts = "pa" if prog == "cp" else "paE" if prog == "rsync" else ""
+    longs = ("--preserve", "--archive", "--perms", "--executability", "--attributes-only")
+    return bool(shorts) and any(
+        a.startswith(longs) and not a.startswith("--preserve=") or re.match(r"--preserve=.*(mode|all)", a) or
+        (a.startswith("-") and not a.startswith("--") and set(a[1:]) & set(shorts)) for a in args)
+
+
+def inspect_other(prog: str, args: Sequence[str], args_open: bool = False) -> Effects:
     """Tools with one option that runs a command."""
     eff = Effects()
     checks: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -778,12 +804,12 @@ def inspect_other(prog: str, args: Sequence[str]) -> Effects:
             if SENSITIVE_FILE.search(a):
                 eff.opaque.append(f"{prog} writes {a}: a file that programs read as configuration or run")
                 return eff
-    if prog in ("cp", "rsync") and any(re.match(r"--preserve=.*(mode|all)", a) or a == "--attributes-only"
-                                       for a in args):
-        eff.also.append("chmod")
+    if _copies_mode(prog, args):
+        eff.also.append("chmod")  # the destination gets the source's mode (or install's 0755)
     keeps = any(a in KEEP_FLAGS or (a.startswith("-") and not a.startswith("--") and set(a[1:]) & set("kctl"))
                 for a in args)
-    if prog in COMPRESSORS and not keeps and (prog not in ("zstd", "lz4") or "--rm" in args):
+    files = [a for a in args if not a.startswith("-")]
+    if prog in COMPRESSORS and (files or args_open) and not keeps and (prog not in ("zstd", "lz4") or "--rm" in args):
         eff.also.append("rm")  # gzip F replaces F by F.gz: the original is deleted
     if prog in DELETERS:
         eff.also.append("rm")
@@ -814,14 +840,16 @@ def runs_commands(prog: str) -> bool:
         prog in EDITORS or prog in PAGERS
 
 
-def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool) -> Effects:
+def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool, args_open: bool = False) -> Effects:
     """What ``prog args...`` runs besides itself (``prog`` is the base name, wrappers already removed)."""
     fam = base_name(prog)
+    if LOADER.match(prog):
+        return Effects(opaque=[f"{prog} is the dynamic loader: it runs the program given to it"])
     if fam in INTERPRETERS or prog in INTERPRETERS:
         eff = Effects()
         if fam in ("awk", "gawk", "mawk", "nawk"):
             return inspect_awk(args)
-        if args and all(a in INFO_ONLY or (a == "-v" and fam == "perl") for a in args):
+        if args and all(a in INFO_ONLY or (a == "-v" and fam in VERSION_V) for a in args):
             return eff
         if not args:
             what = "starts a shell" if fam in SHELLS else "reads code or commands from its input"
@@ -839,17 +867,23 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
     if prog in ("sed", "gsed"):
         return inspect_sed(args)
     if prog == "git":
-        return inspect_git(args, terminal)
+        return inspect_git(args, terminal and not interactive)
     if prog in ("tar", "gtar", "bsdtar"):
         return inspect_tar(args)
     if prog == "rsync":
-        return inspect_rsync(args)
+        eff = inspect_rsync(args)
+        operands = [a for a in args if not a.startswith("-")]
+        if _copies_mode(prog, args) and not (operands and ":" in operands[-1]):  # a local destination
+            eff.also.append("chmod")
+        return eff
     if prog in ("ssh", "scp", "sftp", "slogin"):
         return inspect_ssh(prog, args)
     if prog in ("zip", "zipnote", "zipsplit"):
         return inspect_zip(args)
     if prog == "find":
         return inspect_find(args)
+    if prog in EDITORS and args and all(a in INFO_ONLY for a in args):
+        return Effects()
     if not interactive and prog in EDITORS:
         eff = Effects()
         eff.opaque.append(f"{prog} is an editor: it reads commands (`:!cmd`) from the operator")
@@ -861,9 +895,9 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
         eff = Effects()
         eff.opaque.append(f"{prog} runs commands given on its command line")
         return eff
-    if terminal and not interactive and prog in PAGERS and not (
-            prog in ("systemctl", "journalctl") and "--no-pager" in args):
+    if terminal and not interactive and prog in PAGERS and "--no-pager" not in args and not (
+            prog == "systemctl" and not set(args) & SYSTEMCTL_PAGES):
         eff = Effects()
         eff.opaque.append(f"{prog} with a terminal reads keys from the operator (`!cmd` runs a command)")
         return eff
-    return inspect_other(prog, args)
+    return inspect_other(prog, args, args_open)

@@ -429,7 +429,7 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
             if why:
                 opaque.append(f"{prog}: {why}")
                 break
-    eff = inspect(prog, args, terminal=ctx.terminal, interactive=ctx.interactive)
+    eff = inspect(prog, args, terminal=ctx.terminal, interactive=ctx.interactive, args_open=input_args)
     opaque += eff.opaque
     if input_args and runs_commands(prog) and not eff.opaque:
         opaque.append(f"{prog} gets arguments from the input ({wrappers[-1]}), and some of its arguments run "
@@ -446,7 +446,7 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
     for text in eff.lines:
         _nested(text, line, ctx, prog)
     args_open = args_open or any(w.expansion or w.glob or w.substitution for w in words[1:])
-    for alias in eff.also:
+    for alias in dict.fromkeys(eff.also):
         line.commands.append(SimpleCommand(alias, args, argv, (*wrappers, prog), (), args_open,
                                            (*steps, f"{prog} {' '.join(args)[:60]} acts as {alias}")))
     line.commands.append(SimpleCommand(prog, args, argv, tuple(wrappers), tuple(opaque), args_open, tuple(steps)))

@@ -616,7 +616,7 @@ HARMLESS: list[Harmless] = [
     Harmless("echo $HOME"), Harmless("ls \"$HOME\""), Harmless("stdbuf -oL tail -f log | grep x"),
     Harmless("command -v python3"), Harmless("type ls"), Harmless("which ls"), Harmless("nohup sleep 1"),
     Harmless("git branch -a", pager=True), Harmless("git show HEAD --stat", pager=True), Harmless("tar -tvf a.tar"),
-    Harmless("zip -r a.zip d"), Harmless("unzip -l a.zip"), Harmless("rsync -av src/ dst/"),
+    Harmless("zip -r a.zip d"), Harmless("unzip -l a.zip"), Harmless("rsync -rv src/ dst/"),
     Harmless("ssh-keygen -lf key.pub"), Harmless("openssl x509 -in cert.pem -noout -text"),
     Harmless("sort {d}/data | uniq -c", "1 alpha beta"), Harmless("ps aux | head -n1", "USER"),
     Harmless("wc -l < {d}/data", "1"), Harmless("python3 -V"),
