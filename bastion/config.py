@@ -206,6 +206,9 @@ class MaskModel(_Model):
     column: Annotated[str, Field(min_length=1, max_length=63)]
     style: Literal["full", "keep_last", "hash"] = "full"
     keep: Annotated[int, Field(ge=0, le=64)] = 4
+    # deny: a masked column in WHERE, JOIN, ORDER BY, GROUP BY or a comparison is refused (its answers would
+    # reveal the value bit by bit); allow: permitted, an oracle the admin chose to open
+    predicates: Literal["deny", "allow"] = "deny"
 
 
 class PgResource(_TimeLimits):

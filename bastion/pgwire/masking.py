@@ -21,6 +21,7 @@ class MaskRule:
     column: str
     style: str = "full"  # full | keep_last | hash
     keep: int = 4
+    predicates: str = "deny"  # deny | allow (see policies/sqlmask.py)
 
 
 def mask_value(value: str, rule: MaskRule) -> str:

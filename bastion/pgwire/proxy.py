@@ -19,8 +19,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pglast import parse_sql
+from pglast.parser import ParseError
+
 from bastion.pgwire import upstream as up
-from bastion.pgwire.masking import MaskRule, mask_data_row, parse_row_description, sql_touches
+from bastion.pgwire.catalog import load_catalog, resolve_masks
+from bastion.pgwire.masking import Field, MaskRule, mask_data_row, parse_row_description
 from bastion.pgwire.protocol import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
@@ -39,6 +43,7 @@ from bastion.pgwire.protocol import (
     ready_for_query,
 )
 from policies.engine import Action, Decision
+from policies.sqlmask import Analysis, Catalog, analyze
 
 log = logging.getLogger(__name__)
 
@@ -46,34 +51,6 @@ EMPTY_QUERY = message(b"Q", b"\x00")
 COMPUTED = MaskRule("(computed)", "(computed)", "full")
 
 
-async def resolve_masks(conn: up.Upstream, rules: list[MaskRule]) -> dict[tuple[int, int], MaskRule]:
-    """(table OID, column number) of every masked column, from the catalog, on the upstream connection."""
-    def lit(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-
-    parts = [f"SELECT a.attrelid::oid::int, a.attnum::int, {i} FROM pg_attribute a "  # noqa: S608 - quoted by lit()
-             f"WHERE a.attrelid = to_regclass({lit(r.table)}) AND a.attname = {lit(r.column)} AND NOT a.attisdropped"
-             for i, r in enumerate(rules)]
-    conn.writer.write(message(b"Q", (" UNION ALL ".join(parts)).encode() + b"\x00"))
-    await conn.writer.drain()
-    found: dict[tuple[int, int], MaskRule] = {}
-    while True:
-        kind, payload = await read_message(conn.reader)
-        if kind == b"D":
-            n = struct.unpack("!h", payload[:2])[0]
-            vals, pos = [], 2
-            for _ in range(n):
-                (ln,) = struct.unpack("!i", payload[pos:pos + 4])
-                vals.append(payload[pos + 4:pos + 4 + ln].decode())
-                pos += 4 + max(ln, 0)
-            found[(int(vals[0]), int(vals[1]))] = rules[int(vals[2])]
-        elif kind == b"E":
-            raise up.UpstreamError(f"cannot resolve masked columns: {parse_error(payload).get('M')}")
-        elif kind == b"Z":
-            missing = [f"{r.table}.{r.column}" for r in rules if r not in found.values()]
-            if missing:
-                log.warning("masking rules match no column: %s", ", ".join(missing))
-            return found
 FORWARD = set(b"BEDCHdcf")  # Bind Execute Describe Close Flush CopyData CopyDone CopyFail
 
 
@@ -97,7 +74,12 @@ class PgProxy:
         self.connected = False
         self.masking = list(masking or [])
         self.masks: dict[tuple[int, int], MaskRule] = {}
-        self.taint = False  # a statement in flight mentions masked data: computed columns get masked
+        self.catalog = Catalog()
+        self.clean: frozenset[int] = frozenset()  # relations whose unmasked columns are shown as they are
+        # one entry per forwarded Query/Sync/FunctionCall (like ``expect``): the lineage of each statement of a
+        # Query, in order (None for the extended protocol, whose statements are judged as a whole: ext_reads)
+        self.groups: deque[list[Analysis] | None] = deque()
+        self.ext_reads = False
         self.plan: list[MaskRule | None] = []
         self.errors: list[str] = []
 
@@ -171,6 +153,8 @@ class PgProxy:
         if self.masking:
             try:
                 self.masks = await resolve_masks(conn, self.masking)
+                self.catalog, self.clean = await load_catalog(conn, self.masks, frozenset(
+                    f"{r.table.rsplit('.', 1)[-1]}.{r.column}" for r in self.masking if r.predicates == "allow"))
             except (up.UpstreamError, asyncio.IncompleteReadError, ValueError) as e:  # no masks, no data
                 writer.write(error_response(f"bastion: {e}", code="08001", severity="FATAL"))
                 conn.writer.close()
@@ -196,16 +180,37 @@ class PgProxy:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
 
-    async def _decide(self, sql: str) -> bytes | None:
+    def _lineage(self, sql: str) -> tuple[list[Analysis], bytes | None]:
+        """The masking analysis of each statement of ``sql``, or the refusal the client gets instead."""
+        if not self.masking:
+            return [], None
+        try:
+            stmts = parse_sql(sql)
+        except ParseError:
+            return [], None  # the policy refuses it with the parser's message
+        out: list[Analysis] = []
+        for rs in stmts:
+            a = analyze(rs.stmt, self.catalog)
+            if a.refusal is not None:
+                self.note(Decision(Action.BLOCK, a.rule, a.refusal, sql))
+                return [], error_response(f"bastion: refused by rule {a.rule!r}: {a.refusal}",
+                                          hint="masked columns can be selected (they come back masked); they "
+                                               "cannot be compared, copied or returned elsewhere")
+            out.append(a)
+        return out, None
+
+    async def _decide(self, sql: str, analyses: list[Analysis] | None = None) -> bytes | None:
         """None to forward ``sql``; otherwise the ErrorResponse the client gets instead."""
-        touches, copy_out = sql_touches(sql, self.masking)
-        if copy_out:
-            return error_response("bastion: COPY out of a table with masked columns is refused",
-                                  hint="select the columns you need; masked ones come back masked")
         d = self.judge(sql)
+        lineage, refusal = self._lineage(sql) if d.action != Action.BLOCK else ([], None)
+        if refusal is not None:  # masking refuses before anyone is asked to approve
+            return refusal
         self.note(d)
+        if analyses is not None:
+            analyses.extend(lineage)
+        reads = any(a.reads_masked for a in lineage)
         if d.action in (Action.ALLOW, Action.WARN):
-            self.taint = self.taint or touches
+            self.ext_reads = self.ext_reads or (reads and analyses is None)
             return None
         if d.action == Action.BLOCK:
             what = f"rule {d.rule!r}" if d.rule else "the bastion"
@@ -219,14 +224,48 @@ class PgProxy:
         finally:
             self.holding = False
         if result.get("status") == "approved":
-            self.taint = self.taint or touches
+            self.ext_reads = self.ext_reads or (reads and analyses is None)
             return None
         return error_response(f"bastion: request {result.get('status')}: {result.get('status_reason', '')}")
 
+    def _current(self) -> tuple[Analysis | None, bool]:
+        """The lineage of the statement whose results arrive now, and whether it reads masked data."""
+        if not self.groups or self.groups[0] is None:
+            return None, self.ext_reads
+        group = self.groups[0]
+        if not group:
+            return None, True  # results we cannot place: fail closed
+        return group[0], group[0].reads_masked
+
+    def _field_plan(self, fields: list[Field]) -> list[MaskRule | None]:
+        """Per output column: its masking rule, COMPUTED (masked whole), or None (shown as it is)."""
+        a, reads = self._current()
+        outputs = a.outputs if a is not None and a.outputs is not None and len(a.outputs) == len(fields) else None
+        plan: list[MaskRule | None] = []
+        for i, f in enumerate(fields):
+            rule = self.masks.get((f.table_oid, f.attnum))
+            if rule is not None or not reads:
+                plan.append(rule)
+            elif f.table_oid != 0 and f.attnum > 0 and f.table_oid in self.clean:
+                plan.append(None)  # a column of a known relation that is not masked, as the server reports it
+            elif f.table_oid == 0 and outputs is not None and not outputs[i]:
+                plan.append(None)  # computed from clean columns only (lineage)
+            else:
+                plan.append(COMPUTED)  # a whole row, a view over masked data, an unknown relation, or derived
+        return plan
+
     def _scrub(self, payload: bytes) -> bytes:
-        """Errors and notices can echo values (``Key (ssn)=(...) already exists``): withhold their detail and
-        where-clause context when they name a masked column."""
+        """Errors and notices can echo values (``invalid input syntax for type integer: "123-45-6789"``, ``Key
+        (ssn)=(...) already exists``): while a statement that reads masked data runs, every field that can carry a
+        value is withheld (the SQLSTATE stays); otherwise detail and context that name a masked column are."""
         fields = parse_error(payload)
+        if self._current()[1]:
+            cols = ", ".join(sorted({r.column for r in self.masking}))
+            kept = {k: v for k, v in fields.items() if k in "SVCPFLRstcdn"}
+            kept["M"] = (f"bastion: the server's message is withheld: the statement reads masked columns ({cols}); "
+                         f"SQLSTATE {fields.get('C', '?')}")
+            fields = {k: kept[k] for k in kept}
+            return b"".join(k.encode() + v.encode() + b"\x00" for k, v in fields.items()) + b"\x00"
         names = {r.column.lower() for r in self.masking}
         text = " ".join(fields.values()).lower()
         if not any(n in text for n in names):
@@ -245,6 +284,7 @@ class PgProxy:
             if discard_error is not None:
                 if kind == b"S":
                     expect.append(discard_error)
+                    self.groups.append(None)
                     out.write(message(b"S"))
                     discard_error = None
                 elif kind == b"X":
@@ -252,8 +292,10 @@ class PgProxy:
                     return
                 continue
             if kind == b"Q":
-                refusal = await self._decide(query_text(payload))
+                group: list[Analysis] = []
+                refusal = await self._decide(query_text(payload), group)
                 expect.append(refusal)
+                self.groups.append(group if refusal is None else [])
                 out.write(EMPTY_QUERY if refusal is not None else message(kind, payload))
             elif kind == b"P":
                 _, sql = parse_parse(payload)
@@ -264,9 +306,11 @@ class PgProxy:
                     discard_error = refusal
             elif kind == b"S":
                 expect.append(None)
+                self.groups.append(None)
                 out.write(message(kind, payload))
             elif kind == b"F":
                 expect.append(error_response("bastion: the fast-path function call interface is refused"))
+                self.groups.append([])
                 out.write(EMPTY_QUERY)
             elif kind == b"X":
                 out.write(message(kind, payload))
@@ -281,31 +325,36 @@ class PgProxy:
                                 expect: deque[bytes | None]) -> None:
         while True:
             kind, payload = await read_message(conn.reader)
+            group = self.groups[0] if self.groups else None
             if kind == b"I" and expect and expect[0] is not None:
                 writer.write(expect[0])  # the empty query stood in for a refused one: its error goes here
                 expect[0] = b""
             elif kind == b"Z":
                 pending = expect.popleft() if expect else None
+                if self.groups:
+                    self.groups.popleft()
                 if pending:  # a refused Parse: the error comes before the ReadyForQuery of its Sync
                     writer.write(pending)
                 conn.status = payload[:1]
                 if not expect:
-                    self.taint = False
+                    self.ext_reads = False
                 writer.write(message(kind, payload))
-            elif kind == b"T" and (self.masks or self.taint):
-                fields = parse_row_description(payload)
-                self.plan = [self.masks.get((f.table_oid, f.attnum))
-                             or (COMPUTED if f.table_oid == 0 and self.taint else None) for f in fields]
+            elif kind == b"T":
+                self.plan = self._field_plan(parse_row_description(payload)) if self.masking or self.masks else []
                 writer.write(message(kind, payload))
             elif kind == b"D" and any(self.plan):
                 writer.write(message(kind, mask_data_row(payload, self.plan)))
             elif kind in (b"E", b"N") and self.masking:
                 writer.write(message(kind, self._scrub(payload)))
-            elif kind == b"K":
-                continue  # never let the real backend key through
-            elif kind == b"T":
+                if kind == b"E" and group:
+                    group.clear()  # the rest of this Query is skipped by the server
+            elif kind in (b"C", b"I"):
+                if group:
+                    group.pop(0)
                 self.plan = []
                 writer.write(message(kind, payload))
+            elif kind == b"K":
+                continue  # never let the real backend key through
             else:
                 writer.write(message(kind, payload))
             await writer.drain()

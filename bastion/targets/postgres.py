@@ -55,7 +55,7 @@ class PsqlExec(LocalClient):
         self.home = Path(tempfile.mkdtemp(prefix="bastion-psql-"))
         sandbox.prepare(self.home)
         target = Target(res.host, res.port, res.database, res.user, res.tls.mode, res.tls.ca_file)
-        masking = [MaskRule(m.table.lower(), m.column.lower(), m.style, m.keep) for m in res.masking]
+        masking = [MaskRule(m.table.lower(), m.column.lower(), m.style, m.keep, m.predicates) for m in res.masking]
         self.proxy = PgProxy(target, password, judge=judge, hold=hold, note=note, withdraw=withdraw,
                              socket_dir=self.home / "sock", application_name=application_name, masking=masking)
         del password

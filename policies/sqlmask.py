@@ -1,0 +1,569 @@
+"""Column lineage for masking: which output columns of a statement derive from masked columns, and what to refuse.
+
+The wire proxy masks a column the server reports as a masked table column, but a value can leave in many other
+shapes: a whole row (``SELECT c FROM customers c``), an expression (``ssn || ''``), a CTE, a view, a set-returning
+function, an error message, a copy into a table the session reads back, a cursor, a predicate that answers yes/no
+about it. This module resolves every column reference of a statement (pglast's parse tree) against the relations in
+scope — the catalog snapshot the proxy read at connect, CTEs, subqueries, joins — and reports:
+
+* ``outputs``: per output column, whether it derives from masked data (masked unless proven clean);
+* ``reads_masked``: whether the statement reads masked data at all (then error and notice texts are withheld);
+* a refusal when the statement would copy masked data somewhere the session can read it later (``masking-copy``:
+  CREATE TABLE AS, SELECT INTO, INSERT/UPDATE … SELECT, views, rules, cursors, RETURNING), use a masked column in a
+  predicate (``masking-predicate``: WHERE, JOIN, ORDER BY, GROUP BY, comparisons, CASE conditions, window and filter
+  clauses: a loop of yes/no answers recovers the value), or cannot be resolved (``masking-unresolved``: a function
+  that is not a built-in, a relation or column the catalog does not know is treated as masked).
+
+Pure: the catalog is a value given by the caller. Fail closed everywhere: what is not proven clean is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from pglast import ast
+
+COPY_RULE, PREDICATE_RULE, UNRESOLVED_RULE = "masking-copy", "masking-predicate", "masking-unresolved"
+# operators whose result compares values: a masked operand turns them into an oracle
+ARITHMETIC_OPS = frozenset({"||", "+", "-", "*", "/", "%", "^", "|/", "||/", "@", "&", "|", "#", "~", "<<", ">>",
+                            "->", "->>", "#>", "#>>"})
+VALUE_NODES = (ast.TypeCast, ast.CoalesceExpr, ast.A_ArrayExpr, ast.RowExpr, ast.A_Indirection, ast.CollateClause,
+               ast.NamedArgExpr, ast.ResTarget)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation as the catalog knows it: its columns in order and which of them are masked."""
+
+    columns: tuple[str, ...]
+    masked: frozenset[str] = frozenset()
+    oid: int = 0
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the proxy read from the server at connect (names lowercase; a relation under both ``rel`` when visible
+    on the search path and ``schema.rel``). Views that depend on masked data have every column masked."""
+
+    relations: Mapping[str, Relation] = field(default_factory=dict)
+    builtin_functions: frozenset[str] = frozenset()
+    predicates_allowed: frozenset[str] = frozenset()  # "table.column" whose masking allows predicates
+    builtin_operators: frozenset[str] = frozenset()   # empty: not checked
+    builtin_types: frozenset[str] = frozenset()       # empty: not checked
+
+    @property
+    def masked_names(self) -> frozenset[str]:
+        return frozenset(c for r in self.relations.values() for c in r.masked)
+
+
+@dataclass
+class Analysis:
+    """The verdict on one statement (see the module docstring)."""
+
+    reads_masked: bool = False
+    outputs: list[bool] | None = None
+    refusal: str | None = None
+    rule: str | None = None
+    columns: set[str] = field(default_factory=set)
+
+    def refuse(self, rule: str, why: str) -> None:
+        if self.refusal is None:
+            self.rule, self.refusal = rule, why
+
+
+@dataclass
+class _Rel:
+    name: str
+    columns: list[tuple[str, bool]]  # (column, derives from masked data)
+    unknown: bool = False            # a relation the catalog does not know: any column of it is masked
+    table: str = ""                  # the catalog relation it is (for predicates: allow)
+
+
+@dataclass
+class _Scope:
+    rels: list[_Rel]
+    outer: _Scope | None = None
+    ctes: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)
+
+    def cte(self, name: str) -> list[tuple[str, bool]] | None:
+        s: _Scope | None = self
+        while s is not None:
+            if name in s.ctes:
+                return s.ctes[name]
+            s = s.outer
+        return None
+
+
+def _nodes(v: object) -> Iterator[ast.Node]:
+    if isinstance(v, ast.Node):
+        yield v
+    elif isinstance(v, list | tuple):
+        for x in v:
+            yield from _nodes(x)
+
+
+def _children(node: ast.Node) -> Iterator[ast.Node]:
+    for name in node:
+        yield from _nodes(getattr(node, name, None))
+
+
+def _sval(x: object) -> str | None:
+    v = getattr(x, "sval", None)
+    return v.lower() if isinstance(v, str) else None
+
+
+class _Analyzer:
+    def __init__(self, catalog: Catalog, result: Analysis):
+        self.cat = catalog
+        self.res = result
+
+    # -- relations ---------------------------------------------------------------------------------------
+    def _rangevar(self, rv: ast.RangeVar, scope: _Scope) -> _Rel:
+        alias = rv.alias.aliasname.lower() if rv.alias is not None else (rv.relname or "").lower()
+        name = ".".join(p for p in (rv.schemaname, rv.relname) if p).lower()
+        cols: list[tuple[str, bool]] | None = None
+        table = ""
+        if not rv.schemaname:
+            cols = scope.cte(name)
+        if cols is None:
+            rel = self.cat.relations.get(name)
+            if rel is None:
+                # not known at connect (created since, or in another schema): its columns are treated as masked
+                self.res.reads_masked = True
+                return _Rel(alias, [], unknown=True, table=name)
+            cols = [(c, c in rel.masked) for c in rel.columns]
+            table = name.rsplit(".", 1)[-1]
+        if rv.alias is not None and rv.alias.colnames:
+            new = [_sval(c) or "" for c in rv.alias.colnames]
+            cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
+        return _Rel(alias, list(cols), table=table)
+
+    def _from(self, items: object, scope: _Scope) -> None:
+        for item in _nodes(items):
+            self._from_item(item, scope)
+
+    def _from_item(self, item: ast.Node, scope: _Scope) -> None:
+        if isinstance(item, ast.RangeVar):
+            scope.rels.append(self._rangevar(item, scope))
+        elif isinstance(item, ast.RangeSubselect):
+            inner = _Scope([], scope if item.lateral else scope.outer, {})
+            cols = self._query(item.subquery, inner if item.lateral else _Scope([], scope.outer, scope.ctes))
+            alias = item.alias.aliasname.lower() if item.alias is not None else ""
+            if item.alias is not None and item.alias.colnames:
+                new = [_sval(c) or "" for c in item.alias.colnames]
+                cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
+            scope.rels.append(_Rel(alias, cols))
+        elif isinstance(item, ast.JoinExpr):
+            self._from_item(item.larg, scope)
+            self._from_item(item.rarg, scope)
+            for u in _nodes(item.usingClause):
+                col = _sval(u)
+                if col and any(c == col and m for r in scope.rels for c, m in r.columns):
+                    self._predicate(col)
+            if item.quals is not None:
+                self._expr(item.quals, scope, predicate=True)
+            if item.alias is not None:
+                merged = [c for r in scope.rels[-2:] for c in r.columns]
+                scope.rels.append(_Rel(item.alias.aliasname.lower(), merged))
+        elif isinstance(item, ast.RangeFunction):
+            tainted = False
+            for f in _nodes(item.functions):
+                tainted = self._expr(f, scope) or tainted
+            alias = item.alias.aliasname.lower() if item.alias is not None else ""
+            names = [_sval(c) or "" for c in (item.alias.colnames or ())] if item.alias is not None else []
+            names += [_sval(getattr(d, "colname", None)) or "" for d in _nodes(item.coldeflist)]
+            fname = ""
+            for f in _nodes(item.functions):
+                if isinstance(f, ast.FuncCall):
+                    fname = (_sval(f.funcname[-1]) or "") if f.funcname else ""
+                    break
+            cols = [(n, tainted) for n in (names or [alias or fname])]
+            scope.rels.append(_Rel(alias or fname, cols, unknown=tainted and not names))
+        else:  # TABLESAMPLE, XMLTABLE, JSON_TABLE...: every column derives from whatever its arguments read
+            tainted = any(self._expr(c, scope) for c in _children(item))
+            alias = getattr(getattr(item, "alias", None), "aliasname", "") or ""
+            scope.rels.append(_Rel(alias.lower(), [], unknown=tainted))
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def _with(self, wc: ast.WithClause | None, scope: _Scope) -> None:
+        if wc is None:
+            return
+        for cte in _nodes(wc.ctes):
+            if not isinstance(cte, ast.CommonTableExpr):
+                continue
+            cols = self._query(cte.ctequery, _Scope([], scope, scope.ctes))
+            if cte.aliascolnames:
+                new = [_sval(c) or "" for c in cte.aliascolnames]
+                cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
+            scope.ctes[(cte.ctename or "").lower()] = cols
+
+    def _query(self, node: ast.Node | None, scope: _Scope) -> list[tuple[str, bool]]:
+        """The output columns of a query (SELECT, VALUES, set operation, or DML with RETURNING)."""
+        if isinstance(node, ast.SelectStmt):
+            return self._select(node, scope)
+        if isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
+            return self._dml(node, scope)
+        if node is None:
+            return []
+        self.res.reads_masked = True  # something we do not know how to read
+        return []
+
+    def _select(self, node: ast.SelectStmt, outer: _Scope) -> list[tuple[str, bool]]:
+        scope = _Scope([], outer.outer if not outer.rels else outer, dict(outer.ctes))
+        scope.outer = outer if outer.rels else outer.outer
+        self._with(node.withClause, scope)
+        op = getattr(node.op, "name", str(node.op))
+        if not op.endswith("NONE"):
+            left = self._query(node.larg, _Scope([], scope.outer, scope.ctes))
+            right = self._query(node.rarg, _Scope([], scope.outer, scope.ctes))
+            n = max(len(left), len(right))
+            cols = [(left[i][0] if i < len(left) else "?",
+                     (left[i][1] if i < len(left) else True) or (right[i][1] if i < len(right) else True))
+                    for i in range(n)]
+            # INTERSECT/EXCEPT and UNION without ALL compare whole rows
+            if (not op.endswith("UNION") or node.all is False) and any(m for _, m in cols):
+                self._predicate(", ".join(sorted(self.res.columns)) or "?")
+            self._order(node, scope, cols)
+            return cols
+        if node.valuesLists:
+            rows = [[self._expr(e, scope) for e in _nodes(row)] for row in node.valuesLists]
+            n = max((len(r) for r in rows), default=0)
+            return [(f"column{i + 1}", any(r[i] for r in rows if i < len(r))) for i in range(n)]
+        self._from(node.fromClause, scope)
+        for part in (node.whereClause, node.havingClause):
+            if part is not None:
+                self._expr(part, scope, predicate=True)
+        cols: list[tuple[str, bool]] = []
+        for t in _nodes(node.targetList):
+            if not isinstance(t, ast.ResTarget):
+                continue
+            val = t.val
+            if isinstance(val, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in val.fields):
+                cols += self._star(val, scope)
+                continue
+            masked = self._expr(val, scope)
+            name = (t.name or "").lower() or self._name_of(val)
+            cols.append((name, masked))
+        for g in _nodes(node.groupClause):
+            self._by(g, scope, cols)
+        for d in _nodes(node.distinctClause):
+            self._by(d, scope, cols)
+        for w in _nodes(node.windowClause):
+            self._expr(w, scope, predicate=True)
+        self._order(node, scope, cols)
+        for part in (node.limitCount, node.limitOffset):
+            if part is not None:
+                self._expr(part, scope, predicate=True)
+        if node.lockingClause:
+            pass
+        return cols
+
+    def _order(self, node: ast.SelectStmt, scope: _Scope, cols: list[tuple[str, bool]]) -> None:
+        for s in _nodes(node.sortClause):
+            if isinstance(s, ast.SortBy):
+                self._by(s.node, scope, cols)
+
+    def _by(self, expr: ast.Node, scope: _Scope, cols: list[tuple[str, bool]]) -> None:
+        """ORDER BY / GROUP BY / DISTINCT ON: an output ordinal or name, or an expression: all predicates."""
+        if isinstance(expr, ast.A_Const) and isinstance(getattr(expr, "val", None), ast.Integer):
+            i = expr.val.ival - 1
+            if 0 <= i < len(cols) and cols[i][1]:
+                self._predicate(cols[i][0])
+            return
+        if isinstance(expr, ast.ColumnRef) and len(expr.fields) == 1:
+            name = _sval(expr.fields[0])
+            hit = [m for c, m in cols if c == name]
+            if hit and not any(c == name for r in scope.rels for c, _ in r.columns):
+                if any(hit):
+                    self._predicate(name or "?")
+                return
+        self._expr(expr, scope, predicate=True)
+
+    @staticmethod
+    def _name_of(val: ast.Node) -> str:
+        if isinstance(val, ast.ColumnRef) and val.fields:
+            return _sval(val.fields[-1]) or "?column?"
+        if isinstance(val, ast.FuncCall) and val.funcname:
+            return _sval(val.funcname[-1]) or "?column?"
+        return "?column?"
+
+    def _star(self, ref: ast.ColumnRef, scope: _Scope) -> list[tuple[str, bool]]:
+        names = [_sval(f) for f in ref.fields if not isinstance(f, ast.A_Star)]
+        rels = scope.rels if not names else [r for r in scope.rels if r.name == names[-1]]
+        if not rels:
+            self.res.reads_masked = True
+            self.res.outputs_unknown = True  # type: ignore[attr-defined]
+            return [("*", True)]
+        out: list[tuple[str, bool]] = []
+        for r in rels:
+            if r.unknown:
+                self.res.outputs_unknown = True  # type: ignore[attr-defined]
+                self.res.reads_masked = True
+                out.append(("*", True))
+                continue
+            for c, m in r.columns:
+                if m:
+                    self._note(c)
+                out.append((c, m))
+        return out
+
+    # -- DML -----------------------------------------------------------------------------------------------
+    def _dml(self, node: ast.Node, outer: _Scope) -> list[tuple[str, bool]]:
+        scope = _Scope([], outer if outer.rels else outer.outer, dict(outer.ctes))
+        self._with(getattr(node, "withClause", None), scope)
+        target = self._rangevar(node.relation, scope)
+        if isinstance(node, ast.InsertStmt):
+            src = self._query(node.selectStmt, _Scope([], scope.outer, scope.ctes)) if node.selectStmt else []
+            cols = [_sval(getattr(c, "name", None)) for c in _nodes(node.cols)] or [c for c, _ in target.columns]
+            for i, (_, masked) in enumerate(src):
+                dest = cols[i] if i < len(cols) else None
+                if masked and not any(c == dest and m for c, m in target.columns):
+                    self.res.refuse(COPY_RULE, "INSERT copies masked data into a column that is not masked")
+            scope.rels.append(target)
+            occ = node.onConflictClause
+            if occ is not None:
+                scope.rels.append(_Rel("excluded", target.columns, target.unknown, target.table))
+                self._set(occ.targetList, target, scope)
+                if occ.whereClause is not None:
+                    self._expr(occ.whereClause, scope, predicate=True)
+        elif isinstance(node, ast.UpdateStmt):
+            scope.rels.append(target)
+            self._from(node.fromClause, scope)
+            self._set(node.targetList, target, scope)
+            if node.whereClause is not None:
+                self._expr(node.whereClause, scope, predicate=True)
+        elif isinstance(node, ast.DeleteStmt):
+            scope.rels.append(target)
+            self._from(node.usingClause, scope)
+            if node.whereClause is not None:
+                self._expr(node.whereClause, scope, predicate=True)
+        elif isinstance(node, ast.MergeStmt):
+            scope.rels.append(target)
+            self._from_item(node.sourceRelation, scope)
+            self._expr(node.joinCondition, scope, predicate=True)
+            for w in _nodes(node.mergeWhenClauses):
+                if getattr(w, "condition", None) is not None:
+                    self._expr(w.condition, scope, predicate=True)
+                self._set(getattr(w, "targetList", None), target, scope)
+                for v in _nodes(getattr(w, "values", None)):
+                    if self._expr(v, scope):
+                        self.res.refuse(COPY_RULE, "MERGE copies masked data")
+        rc = getattr(node, "returningClause", None)  # pglast 8 (PostgreSQL 18); returningList before
+        returning = list(_nodes(getattr(rc, "exprs", rc) if rc is not None else getattr(node, "returningList", None)))
+        out: list[tuple[str, bool]] = []
+        for t in returning:
+            val = t.val if isinstance(t, ast.ResTarget) else t
+            if isinstance(val, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in val.fields):
+                out += self._star(val, scope)
+            else:
+                out.append(((getattr(t, "name", None) or "").lower() or self._name_of(val), self._expr(val, scope)))
+        if any(m for _, m in out):
+            self.res.refuse(COPY_RULE, "RETURNING would return masked columns")
+        return out
+
+    def _set(self, targets: object, target: _Rel, scope: _Scope) -> None:
+        for t in _nodes(targets):
+            if not isinstance(t, ast.ResTarget):
+                continue
+            dest = (t.name or "").lower()
+            if self._expr(t.val, scope) and not any(c == dest and m for c, m in target.columns):
+                self.res.refuse(COPY_RULE, f"SET {dest} = … copies masked data into a column that is not masked")
+
+    # -- expressions -------------------------------------------------------------------------------------
+    def _note(self, col: str) -> None:
+        self.res.reads_masked = True
+        self.res.columns.add(col)
+
+    def _predicate(self, col: str) -> None:
+        self.res.refuse(PREDICATE_RULE, f"the masked column {col} is used in a condition, ordering or grouping "
+                                        f"(its answers would reveal the value)")
+
+    def _column(self, ref: ast.ColumnRef, scope: _Scope) -> tuple[bool, str, str]:
+        """(masked, column name, table) for a column or whole-row reference, looking outwards through scopes."""
+        names = [_sval(f) or "" for f in ref.fields]
+        col = names[-1]
+        qual = names[-2] if len(names) >= 2 else None
+        s: _Scope | None = scope
+        while s is not None:
+            for r in s.rels:
+                if qual is not None and r.name != qual:
+                    continue
+                for c, m in r.columns:
+                    if c == col:
+                        return m, col, r.table
+                if r.unknown and (qual is not None or not r.columns):
+                    return True, col, r.table
+            if qual is None and len(names) == 1:  # a whole-row reference: SELECT c FROM customers c
+                for r in s.rels:
+                    if r.name == col:
+                        return r.unknown or any(m for _, m in r.columns), col, r.table
+            s = s.outer
+        if len(names) >= 2:
+            for r in scope.rels:  # t.col where t is a whole-row alias... or a composite field: fail closed
+                if r.name == names[0]:
+                    return r.unknown or any(m for _, m in r.columns), col, r.table
+        return True, col, ""  # cannot be resolved: masked (fail closed)
+
+    def _expr(self, node: object, scope: _Scope, predicate: bool = False) -> bool:
+        """Whether ``node`` derives from masked data; masked references under a predicate are refused."""
+        if node is None or not isinstance(node, ast.Node | list | tuple):
+            return False
+        if isinstance(node, list | tuple):
+            return any([self._expr(x, scope, predicate) for x in node])
+        if isinstance(node, ast.ColumnRef):
+            if any(isinstance(f, ast.A_Star) for f in node.fields):
+                cols = self._star(node, scope)
+                masked = any(m for _, m in cols)
+                col = "*"
+            else:
+                masked, col, table = self._column(node, scope)
+                if masked and f"{table}.{col}" in self.cat.predicates_allowed:
+                    predicate = False
+            if masked:
+                self._note(col)
+                if predicate:
+                    self._predicate(col)
+            return masked
+        if isinstance(node, ast.A_Const | ast.ParamRef | ast.SQLValueFunction):
+            return False
+        if isinstance(node, ast.SubLink):
+            sub = self._query(node.subselect, _Scope([], scope, scope.ctes))
+            kind = getattr(node.subLinkType, "name", str(node.subLinkType))
+            is_pred = predicate or not kind.startswith("EXPR") and not kind.startswith("ARRAY")
+            masked = any(m for _, m in sub)
+            if masked and is_pred:
+                self._predicate(sub[0][0] if sub else "?")
+            if node.testexpr is not None:
+                masked = self._expr(node.testexpr, scope, predicate=True) or masked
+            return masked
+        if isinstance(node, ast.FuncCall):
+            name = (_sval(node.funcname[-1]) or "") if node.funcname else ""
+            schema = _sval(node.funcname[0]) if len(node.funcname or ()) > 1 else None
+            if name not in self.cat.builtin_functions or schema not in (None, "pg_catalog"):
+                self.res.reads_masked = True
+                self.res.refuse(UNRESOLVED_RULE, f"{'.'.join(filter(None, (schema, name)))}() is not a built-in "
+                                                 f"function: what it reads cannot be seen")
+            masked = self._expr(node.args, scope, predicate)
+            if node.agg_filter is not None:
+                self._expr(node.agg_filter, scope, predicate=True)
+            if node.agg_order:
+                self._expr([getattr(s, "node", s) for s in node.agg_order], scope, predicate=True)
+            if node.over is not None:
+                self._expr(node.over, scope, predicate=True)
+            if name in ("greatest", "least") and masked:
+                self._predicate(next(iter(self.res.columns), "?"))
+            return masked
+        if isinstance(node, ast.TypeCast):
+            names = [_sval(n) or "" for n in _nodes(getattr(node.typeName, "names", None))]
+            if self.cat.builtin_types and names and names[0] != "pg_catalog" and \
+                    names[-1] not in self.cat.builtin_types:
+                self.res.refuse(UNRESOLVED_RULE, f"a cast to {'.'.join(names)}, which is not a built-in type "
+                                                 f"(its functions may read what cannot be seen)")
+            return self._expr(node.arg, scope, predicate)
+        if isinstance(node, ast.A_Expr):
+            parts = [getattr(n, "sval", "") or "" for n in _nodes(node.name)]
+            op = parts[-1] if parts else ""
+            if self.cat.builtin_operators and op and op not in self.cat.builtin_operators | {"~~", "~~*", "!~~",
+                                                                                              "!~~*"} and \
+                    parts[0] in (op, "pg_catalog"):
+                self.res.refuse(UNRESOLVED_RULE, f"operator {op} is not a built-in (its function may read what "
+                                                 f"cannot be seen)")
+            elif len(parts) > 1 and parts[0] != "pg_catalog":
+                self.res.refuse(UNRESOLVED_RULE, f"operator {'.'.join(parts)} is not a built-in")
+            kind = getattr(node.kind, "name", str(node.kind))
+            compares = not (kind == "AEXPR_OP" and op in ARITHMETIC_OPS)
+            return any([self._expr(node.lexpr, scope, predicate or compares),
+                        self._expr(node.rexpr, scope, predicate or compares)])
+        if isinstance(node, ast.BoolExpr | ast.NullTest | ast.BooleanTest):
+            return self._expr(list(_children(node)), scope, predicate=True)
+        if isinstance(node, ast.MinMaxExpr):
+            return self._expr(node.args, scope, predicate=True)
+        if isinstance(node, ast.CaseExpr):
+            masked = self._expr(node.arg, scope, predicate=True) if node.arg is not None else False
+            for w in _nodes(node.args):
+                if isinstance(w, ast.CaseWhen):
+                    self._expr(w.expr, scope, predicate=True)
+                    masked = self._expr(w.result, scope, predicate) or masked
+            return self._expr(node.defresult, scope, predicate) or masked
+        if isinstance(node, ast.WindowDef):
+            return self._expr([node.partitionClause, [getattr(s, "node", s) for s in _nodes(node.orderClause)]],
+                              scope, predicate=True)
+        if isinstance(node, ast.SortBy):
+            return self._expr(node.node, scope, predicate=True)
+        if isinstance(node, ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
+            return any(m for _, m in self._query(node, _Scope([], scope, scope.ctes)))
+        # anything else (casts, arrays, rows, XML/JSON constructors, indirection...): carries what it contains
+        return any([self._expr(c, scope, predicate) for c in _children(node)])
+
+
+def analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
+    """The masking verdict on one top-level statement (a pglast ``RawStmt.stmt``)."""
+    res = _analyze(stmt, catalog)
+    if res.refusal and res.columns:
+        res.refusal += f" (masked: {', '.join(sorted(res.columns))})"
+    return res
+
+
+def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
+    res = Analysis()
+    an = _Analyzer(catalog, res)
+    top = _Scope([])
+    if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
+        cols = an._query(stmt, top)
+        res.outputs = None if getattr(res, "outputs_unknown", False) else [m for _, m in cols]
+    elif isinstance(stmt, ast.SelectStmt):  # SELECT ... INTO
+        cols = an._query(stmt, top)
+        if res.reads_masked or any(m for _, m in cols):
+            res.refuse(COPY_RULE, "SELECT INTO copies masked data into a new table")
+    elif isinstance(stmt, ast.CreateTableAsStmt | ast.ViewStmt | ast.DeclareCursorStmt | ast.RuleStmt):
+        query = getattr(stmt, "query", None)
+        if isinstance(stmt, ast.RuleStmt):
+            for action in _nodes(stmt.actions):
+                an._query(action, _Scope([], None, {})) if not isinstance(action, ast.NotifyStmt) else None
+            if stmt.whereClause is not None:
+                an._expr(stmt.whereClause, _Scope([an._rangevar(stmt.relation, top)]), predicate=True)
+            target = an._rangevar(stmt.relation, top)
+            if target.unknown or any(m for _, m in target.columns):
+                res.reads_masked = True
+        else:
+            an._query(query, top)
+        if res.reads_masked:
+            what = {"CreateTableAsStmt": "CREATE TABLE AS / MATERIALIZED VIEW", "ViewStmt": "CREATE VIEW",
+                    "DeclareCursorStmt": "a cursor", "RuleStmt": "CREATE RULE"}[type(stmt).__name__]
+            res.refuse(COPY_RULE, f"{what} over masked data would hand it back unmasked later")
+    elif isinstance(stmt, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
+        cols = an._dml(stmt, top)
+        res.outputs = [m for _, m in cols]
+    elif isinstance(stmt, ast.ExplainStmt):
+        inner = _analyze(stmt.query, catalog)
+        res.reads_masked, res.refusal, res.rule, res.columns = (inner.reads_masked, inner.refusal, inner.rule,
+                                                                inner.columns)
+        res.outputs = None
+    elif isinstance(stmt, ast.CopyStmt):
+        if stmt.query is not None:
+            an._query(stmt.query, top)
+        elif stmt.relation is not None:
+            rel = an._rangevar(stmt.relation, top)
+            if rel.unknown or any(m for _, m in rel.columns):
+                res.reads_masked = True
+        if res.reads_masked and not stmt.is_from:
+            res.refuse(COPY_RULE, "COPY out of masked data is refused (select the columns you need: masked "
+                                  "ones come back masked)")
+    elif isinstance(stmt, ast.CreateFunctionStmt | ast.CreateTrigStmt | ast.CreatePolicyStmt | ast.DoStmt):
+        text = repr(stmt).lower()
+        if any(c in text for c in catalog.masked_names) or any(
+                t.split(".")[-1] in text for t, r in catalog.relations.items() if r.masked):
+            res.reads_masked = True
+            res.refuse(COPY_RULE, "code created over masked data would hand it back unmasked later")
+    elif isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt):
+        rv = getattr(stmt, "relation", None)
+        if isinstance(rv, ast.RangeVar):
+            rel = catalog.relations.get(".".join(p for p in (rv.schemaname, rv.relname) if p).lower())
+            if rel is not None and rel.masked:
+                res.refuse(COPY_RULE, "changing a table with masked columns would change what is masked")
+    elif isinstance(stmt, ast.PrepareStmt):
+        inner = _analyze(stmt.query, catalog)
+        res.reads_masked, res.refusal, res.rule, res.columns = (inner.reads_masked, inner.refusal, inner.rule,
+                                                                inner.columns)
+    return res
