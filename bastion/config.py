@@ -136,7 +136,10 @@ class RuleModel(_Model):
     statements: list[str] = []   # SQL: statement kinds (select, delete, drop, copy, set_role, ...)
     tables: list[str] = []       # SQL: tables referenced (globs; qualified or not)
     traits: list[Literal["no_where", "copy_program", "copy_file", "copy_from", "copy_to", "dynamic", "privilege",
-                         "rule", "set_role", "dangerous_function"]] = []
+                         "rule", "set_role", "dangerous_function", "plants_code"]] = []
+    # SQL writes: run the statement with a limit on the rows it touches; over it, the rule's action applies
+    # (block, or hold: once approved the exact text runs again without the limit)
+    max_rows: Annotated[int, Field(ge=0)] | None = None
     functions: list[str] = []    # SQL: functions called (globs)
     verbs: list[Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "post",
                         "put", "*"]] = []  # Kubernetes (RBAC verbs; exec/attach/portforward/proxy are create)
@@ -145,6 +148,15 @@ class RuleModel(_Model):
     namespaces: list[str] = []   # Kubernetes: globs
     names: list[str] = []        # Kubernetes: object names (globs)
     paths: list[str] = []        # Kubernetes: non-resource URLs (globs), e.g. /metrics
+
+    @model_validator(mode="after")
+    def _max_rows(self) -> RuleModel:
+        if self.max_rows is not None:
+            if self.action not in ("block", "require_approval"):
+                raise ValueError("max_rows needs action block or require_approval (what happens over the limit)")
+            if not self.statements or set(self.statements) - {"insert", "update", "delete", "merge"}:
+                raise ValueError("max_rows applies to statements: [insert, update, delete, merge] (some of them)")
+        return self
 
     @model_validator(mode="after")
     def _one_kind(self) -> RuleModel:
@@ -577,7 +589,7 @@ def _policy_set(name: str, p: PolicyModel) -> PolicySet:
              tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout,
              tuple(r.statements), tuple(t.lower() for t in r.tables), tuple(r.traits),
              tuple(f.lower() for f in r.functions), tuple(r.verbs), tuple(a.lower() for a in r.api_resources),
-             tuple(r.api_groups), tuple(r.namespaces), tuple(r.names), tuple(r.paths))
+             tuple(r.api_groups), tuple(r.namespaces), tuple(r.names), tuple(r.paths), r.max_rows)
         for r in p.rules))
 
 

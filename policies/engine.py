@@ -10,7 +10,7 @@ import fnmatch
 import re
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import cached_property
 
@@ -61,6 +61,7 @@ class Rule:
     namespaces: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()          # Kubernetes non-resource URLs (globs)
+    max_rows: int | None = None          # SQL writes: the rows a statement may touch before ``action`` applies
 
     @property
     def _shell_fields(self) -> bool:
@@ -190,6 +191,9 @@ class Decision:
     approvals: int = 0
     timeout: float = 0.0
     programs: tuple[str, ...] = field(default=())
+    # SQL: run it, but when the statement touches more rows than ``max_rows``, roll it back and apply ``over_limit``
+    max_rows: int | None = None
+    over_limit: Decision | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"action": self.action.label, "rule": self.rule, "reason": self.reason, "text": self.text,
@@ -269,9 +273,21 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
         return _decide(Action.ALLOW, None, "nothing to run", text, ["no statement"], ())
     why: list[str] = []
     best: tuple[Action, Rule | None, str] | None = None
+    limit: Rule | None = None
     for st in stmts:
         label = st.kind + (" (nested)" if st.nested else "")
         rule = next((r for r in applicable if r.matches_sql(st)), None)
+        if rule is not None and rule.max_rows is not None:
+            # a write with a blast-radius limit runs (measured); over the limit the rule's action applies
+            if limit is None or rule.max_rows < (limit.max_rows or 0):
+                limit = rule
+            why.append(f"{label}: rule {rule.name!r} -> at most {rule.max_rows} row(s), else {rule.action.label}")
+            rule = next((r for r in applicable if r.max_rows is None and r.matches_sql(st)), None)
+            if rule is None:
+                action, reason = policy.default, f"{st.kind}: within the row limit; default is {policy.default.label}"
+                if best is None or action > best[0]:
+                    best = (action, None, reason)
+                continue
         if rule is not None:
             action, reason = rule.action, rule.reason or f"{st.kind} matches rule {rule.name!r}"
             why.append(f"{label}: rule {rule.name!r} -> {action.label}")
@@ -288,7 +304,12 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
         if best is None or action > best[0]:
             best = (action, rule, reason)
     assert best is not None
-    return _decide(best[0], best[1], best[2], text, why, [s.kind for s in stmts])
+    d = _decide(best[0], best[1], best[2], text, why, [s.kind for s in stmts])
+    if limit is not None and d.action < Action.BLOCK:
+        over = _decide(limit.action, limit, limit.reason or f"more than {limit.max_rows} row(s) touched", text, why,
+                       d.programs)
+        d = replace(d, max_rows=limit.max_rows, over_limit=over)
+    return d
 
 
 def evaluate_kube(policy: PolicySet, req: KubeRequest, *, groups: Iterable[str], resource: str,

@@ -40,6 +40,17 @@ DYNAMIC_FUNCTIONS = frozenset({"query_to_xml", "query_to_xmlschema", "query_to_x
                                "dblink_exec", "dblink_open", "dblink_send_query", "cursor_to_xml"})
 
 
+# statements that leave code behind to run later (a trigger fires on another user's INSERT)
+PLANTS_CODE = frozenset({"CreateTrigStmt", "CreateEventTrigStmt", "AlterEventTrigStmt", "CreatePolicyStmt",
+                         "AlterPolicyStmt", "AlterFunctionStmt", "CreateTransformStmt", "CreateCastStmt",
+                         "CreateOpClassStmt", "DefineStmt", "CreateConversionStmt", "CreatePLangStmt",
+                         "CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt",
+                         "CreateForeignServerStmt", "CreateFdwStmt", "CreateUserMappingStmt",
+                         "CreateSubscriptionStmt", "AlterSubscriptionStmt", "CreatePublicationStmt"})
+PRIVILEGE_NODES = frozenset({"AlterDefaultPrivilegesStmt", "AlterOwnerStmt", "ReassignOwnedStmt",
+                             "AlterRoleStmt", "AlterRoleSetStmt", "CreateRoleStmt", "GrantRoleStmt"})
+
+
 class SqlParseError(ValueError):
     """The text is not SQL PostgreSQL would accept."""
 
@@ -150,8 +161,14 @@ def _statement(node: ast.Node, out: list[Statement], text: str, nested: bool) ->
         pass  # its query is found by the walk below: judged as what EXECUTE will run
     elif isinstance(node, ast.ExecuteStmt | ast.DoStmt | ast.CreateFunctionStmt):
         traits.append("dynamic")
+        if isinstance(node, ast.CreateFunctionStmt):
+            traits.append("plants_code")
     elif isinstance(node, ast.RuleStmt):
-        traits.append("rule")  # its actions are found by the walk below
+        traits += ["rule", "plants_code"]  # its actions are found by the walk below
+    elif name in PLANTS_CODE:
+        traits.append("plants_code")  # code that runs later, on someone else's statement
+    elif name in PRIVILEGE_NODES:
+        traits.append("privilege")
     elif isinstance(node, ast.DeleteStmt | ast.UpdateStmt):
         acc.tables.append(_rangevar(node.relation))
         if not _restricts(node.whereClause):
