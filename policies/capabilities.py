@@ -32,22 +32,30 @@ INTERPRETERS = SHELLS | frozenset({
     "gradle", "mvn", "rake", "tclkit", "emacs", "octave", "gnuplot", "maxima", "sage",
     "psql", "mysql", "mariadb", "sqlite3", "sqlcmd", "mongo", "mongosh", "redis-cli", "cqlsh", "duckdb",
     "clickhouse-client", "sftp", "ftp", "lftp", "tftp", "telnet", "smbclient", "ed", "red", "ex", "mail", "mailx",
-    "s-nail", "mutt", "neomutt", "cargo", "go", "perldoc", "ri", "pydoc", "pydoc3", "ispell",
+    "s-nail", "mutt", "neomutt", "cargo", "go", "perldoc", "ri", "pydoc", "pydoc3", "ispell", "pdb3",
+    "idle", "idle3", "pygmentize", "prove", "lli", "not", "bugpoint", "llvm-jitlink", "wasmtime", "wasmer", "sbt",
+    "lein", "clojure", "clj", "bb", "nim", "crystal", "zig", "dart", "flutter", "tsc", "ts-node", "coffee",
+    "npx", "bunx", "emacs-nox", "xemacs", "gforth", "pike", "rexx", "regina", "cint",
 })
 # only their version or help: ``python3 --version`` is harmless
 INFO_ONLY = frozenset({"--version", "-V", "--help", "-h", "-version", "-help", "/?", "-?"})
 VERSION_V = frozenset({"perl", "node", "nodejs", "deno", "bun", "php", "lua", "luajit"})  # -v is the version
 # a program whose name is one of these plus a version suffix (python3.11, perl5.36, lua5.4, php8.2, tclsh8.6)
-VERSIONED = re.compile(r"^(python|pypy|perl|ruby|node|php|lua|tclsh|wish|pwsh|guile|gcc|clang|java|go|"
-                       r"ipython|erl|julia|ocaml|scala|mysql|psql|sqlite)[0-9][0-9.]*$")
+VERSIONED = re.compile(r"^(python|pypy|perl|ruby|node|php|lua|tclsh|wish|pwsh|guile|java|ipython|erl|julia|ocaml|"
+                       r"scala|mysql|psql|sqlite|pydoc|pdb|idle|irb|lli|cpan|gem|pip|perldoc|pod2\w+)[0-9][-.\w]*$")
 EDITORS = frozenset({"vi", "vim", "nvim", "gvim", "view", "vimdiff", "rvim", "rview", "evim", "ex", "nex",
                      "emacs", "emacsclient", "nano", "rnano", "pico", "joe", "jmacs", "jstar", "jpico", "mcedit",
                      "micro", "kak", "hx", "helix", "jed", "ne", "mg", "zile", "vis", "elvis", "nvi", "xedit",
                      "sudoedit", "vipe", "visudo", "vipw", "vigr", "crontab-e", "edit", "mc"})
+EDITOR_NAME = re.compile(r"^(vim?|nvim|gvim|rvim|view|ex|vimdiff|evim|emacs\d*|nano|mg)([.-][\w.-]+)?$")
 # with a terminal they read keys from the operator, and ``!cmd`` (or ``|``, ``v``) runs a command
 PAGERS = frozenset({"less", "more", "most", "pg", "man", "info", "pinfo", "journalctl", "systemctl", "git-log",
                     "perldoc", "lynx", "w3m", "links", "elinks", "htop", "mc", "ranger", "nnn", "lf", "vifm", "tig",
-                    "lazygit", "ncdu", "aptitude", "tmux", "minicom", "screen", "irssi", "weechat", "k9s"})
+                    "lazygit", "ncdu", "aptitude", "tmux", "minicom", "screen", "irssi", "weechat", "k9s", "zless",
+                    "zmore", "bzless", "bzmore", "xzless", "xzmore", "lzless", "lzmore", "zstdless", "zstdmore",
+                    "lessfile", "pager", "sensible-pager", "networkctl", "loginctl", "timedatectl", "hostnamectl",
+                    "resolvectl", "busctl", "coredumpctl", "localectl", "machinectl", "portablectl", "homectl",
+                    "userdbctl", "bootctl", "systemd-analyze", "mysql", "psql"})
 
 
 @dataclass
@@ -69,9 +77,12 @@ RUNNER_LISTS = {"crontab": (("-l",),), "screen": (("-ls",), ("-list",)), "tmux":
 
 
 def base_name(prog: str) -> str:
-    """``python3.11`` -> ``python3``-like family name for the tables (``python``); other names unchanged."""
+    """``python3.11`` -> ``python3``-like family name for the tables (``python``); ``lli-14`` -> ``lli``;
+    other names unchanged."""
     m = VERSIONED.match(prog)
-    return m.group(1) if m else prog
+    if m:
+        return m.group(1)
+    return re.sub(r"-[\d.]+$", "", prog)
 
 
 SYSTEM_PREFIXES = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/", "/snap/bin/")
@@ -104,7 +115,10 @@ DANGEROUS_ENV = re.compile(
     r"GCONV_PATH|LOCPATH|NLSPATH|TMPDIR|MAIL[A-Z_]*|SYSTEMD_[A-Z_]*|LUA_[A-Z_]*|TCLLIBPATH|R_[A-Z_]*|"
     r"PHP[A-Z_]*|OPENSSL_[A-Z_]*|MALLOC_[A-Z_]*|GLIBC_TUNABLES|HOSTALIASES|RESOLV_[A-Z_]*|ZDOTDIR|INPUTRC|"
     r"TERMINFO[A-Z_]*|FPATH|MODULEPATH|[A-Z_]*PATH|[A-Z_]*_HOME|[A-Z_]*RC|[A-Z_]*_OPTS|[A-Z_]*_OPTIONS|"
-    r"[A-Z_]*_FLAGS)$")
+    r"[A-Z_]*_FLAGS|ZIP|ZIPOPT|UNZIP|UNZIPOPT|MAKEFLAGS|MAKEFILES|MFLAGS|GNUMAKEFLAGS|BZIP|XZ_DEFAULTS|LZ4|"
+    r"GREP_OPTIONS|KUBECONFIG|SSH_AUTH_SOCK|GNUPGHOME|PROMPT_DIRTRIM|HISTFILE|GETCONF_DIR|NETRC|WGETRC|CURL_HOME|"
+    r"GROFF_[A-Z_]*|TEXINPUTS|MANPATH|MANROFFOPT|PYTHONSTARTUP|POSIXLY_CORRECT|QUOTING_STYLE|TIME_STYLE|"
+    r"SYSTEMD_[A-Z_]*|DEBUGINFOD_[A-Z_]*|VALGRIND_[A-Z_]*|ASAN_OPTIONS|[A-Z_]*_PRELOAD)$")
 
 
 SYSTEM_BIN_DIRS = frozenset({"/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"})
@@ -166,8 +180,9 @@ AWK_CODE_FILES = {"-f", "--file", "-E", "--exec", "-i", "--include", "-l", "--lo
 AWK_WRITES_FILES = {"-d", "--dump-variables", "-p", "--profile", "-o", "--pretty-print", "-D", "--debug"}
 
 
-def _strip_awk(prog: str) -> str | None:
-    """The awk program with string and regex literals blanked (None: unterminated, cannot tell)."""
+def _strip_awk(prog: str, after_paren: bool = False) -> str | None:
+    """The awk program with string and regex literals blanked (None: unterminated, cannot tell);
+    ``after_paren``: read a ``/`` after ``)`` as a regex (``if (x) /re/``) instead of a division."""
     out: list[str] = []
     i, n = 0, len(prog)
     prev = ""  # last significant character outside literals
@@ -187,12 +202,18 @@ def _strip_awk(prog: str) -> str | None:
             prev = '"'
             i = j + 1
             continue
-        if c == "/" and (prev == "" or prev in "(,{};!~=?:&|\n" or re.search(r"\b(print|printf|return|in)\s*$",
-                                                                               "".join(out))):
+        if c == "/" and (prev == "" or prev in "(,{};!~=?:&|\n" or (after_paren and prev == ")") or re.search(
+                r"\b(print|printf|return|in|else|do)\s*$", "".join(out))):
             j = i + 1
             while j < n and prog[j] != "/":
                 if prog[j] == "\n":
                     return None
+                if prog[j] == "[":  # a bracket expression may hold '/' and '"'
+                    k = prog.find("]", j + 2 if prog.startswith(("[]", "[^]"), j) else j + 1)
+                    if k < 0:
+                        return None
+                    j = k + 1
+                    continue
                 j += 2 if prog[j] == "\\" else 1
             if j >= n:
                 return None
@@ -208,9 +229,19 @@ def _strip_awk(prog: str) -> str | None:
 
 
 def awk_problem(prog: str) -> str | None:
-    code = _strip_awk(prog)
-    if code is None:
+    """Why an awk program can run a command. Whether ``/`` starts a regex or divides depends on context the
+    reader may get wrong (``if (x) /"/``), so the program is read both ways and the names are looked for in
+    the raw text too."""
+    if re.search(r"\bsystem\b", prog):
+        return "awk program calls system()"
+    if "@" in prog:
+        return "awk program loads code or calls a function by name (@f())"
+    readings = [c for c in (_strip_awk(prog, False), _strip_awk(prog, True)) if c is not None]
+    if not readings:  # awk reads it one of these ways; a reading that does not parse is not awk's
         return "awk program with an unterminated string or regex"
+    if any(re.search(r"(?<!\|)\|(?!\|)", code) for code in readings):
+        return "awk program pipes to or from a command"
+    code = readings[0]
     if re.search(r"\bsystem\s*\(", code):
         return "awk program calls system()"
     if re.search(r"(?<!\|)\|(?!\|)", code):
@@ -255,13 +286,34 @@ SED_GRAMMAR = Grammar("nrsuzEe:f:l:i::bs", {
     "unbuffered": NONE, "binary": NONE, "help": NONE, "version": NONE})
 
 
-def _sed_read_delim(s: str, i: int, d: str) -> int:
-    """Index just past the unescaped delimiter ``d`` from ``s[i]``, or -1."""
+def _sed_read_delim(s: str, i: int, d: str, regex: bool = True) -> int:
+    """Index just past the unescaped delimiter ``d`` from ``s[i]``, or -1. In a regex a bracket expression
+    (``[/]``) holds the delimiter as an ordinary character."""
     n = len(s)
     while i < n:
         c = s[i]
         if c == "\\":
             i += 2
+            continue
+        if c == "[" and regex:
+            j = i + 1
+            if j < n and s[j] == "^":
+                j += 1
+            if j < n and s[j] == "]":
+                j += 1
+            while j < n and s[j] != "]":
+                if s.startswith(("[:", "[.", "[="), j):
+                    k = s.find(s[j + 1] + "]", j + 2)
+                    if k < 0:
+                        return -1
+                    j = k + 2
+                    continue
+                if s[j] == "\n":
+                    return -1
+                j += 1
+            if j >= n:
+                return -1
+            i = j + 1
             continue
         if c == "\n" and d != "\n":
             return -1
@@ -339,11 +391,14 @@ def sed_problem(script: str) -> str | None:
                 i = j
                 break
             continue
-        if c in "rRwW:btT":
-            i = to_eol(i) if c in "rRwW" else i
-            if c in ":btT":
-                while i < n and script[i] not in ";\n":
-                    i += 1
+        if c in "rRwW":
+            i = to_eol(i)
+            continue
+        if c in ":btT":  # a label ends at whitespace or ';' (GNU sed)
+            while i < n and script[i] in " \t":
+                i += 1
+            while i < n and script[i] not in "; \t\n":
+                i += 1
             continue
         if c == "e":
             return "sed's e command runs a command"
@@ -352,7 +407,7 @@ def sed_problem(script: str) -> str | None:
                 return "sed script: bad s or y command"
             d = script[i]
             j = _sed_read_delim(script, i + 1, d)
-            k = _sed_read_delim(script, j, d) if j >= 0 else -1
+            k = _sed_read_delim(script, j, d, regex=False) if j >= 0 else -1
             if k < 0:
                 return f"sed script: unterminated {c} command"
             i = k
@@ -432,7 +487,7 @@ whatchanged worktree write-tree"""))
 # subcommands that run a command given on their command line (or an editor/tool they choose)
 GIT_RUNS = {"bisect": ("run",), "submodule": ("foreach",), "rebase": ("-x", "--exec", "-i", "--interactive"),
             "filter-branch": ("*",), "difftool": ("*",), "mergetool": ("*",), "instaweb": ("*",),
-            "send-email": ("*",), "citool": ("*",), "for-each-repo": ("*",),
+            "send-email": ("*",), "citool": ("*",), "for-each-repo": ("*",), "apply": ("*",), "am": ("*",),
             "grep": ("-O", "--open-files-in-pager"), "archive": ("--exec", "--remote"),
             "clone": ("-u", "--upload-pack", "--template", "-c", "--config"),
             "fetch": ("--upload-pack",), "pull": ("--upload-pack",), "ls-remote": ("--upload-pack",),
@@ -440,7 +495,7 @@ GIT_RUNS = {"bisect": ("run",), "submodule": ("foreach",), "rebase": ("-x", "--e
             "send-pack": ("--receive-pack", "--exec"), "config": ("-e", "--edit"),
             "commit": ("--edit", "-e"), "tag": ("-e", "--edit"), "add": ("-e", "--edit", "-i", "--interactive",
                                                                           "-p", "--patch"),
-            "merge": ("-e", "--edit"), "notes": ("edit",), "am": ("-i", "--interactive"),
+            "merge": ("-e", "--edit"), "notes": ("edit",),
             "log": ("--ext-diff",), "show": ("--ext-diff",), "diff": ("--ext-diff", "--textconv")}
 # subcommands that page their output when a terminal is attached (the pager reads keys: ``!cmd``)
 GIT_PAGES = frozenset({"log", "show", "diff", "blame", "grep", "shortlog", "reflog", "whatchanged", "annotate",
@@ -472,6 +527,9 @@ def inspect_git(args: Sequence[str], terminal: bool) -> Effects:
         eff.opaque.append(f"git {sub}: not a git command the bastion knows (an alias or an external git-{sub})")
         return eff
     runs = GIT_RUNS.get(sub, ())
+    if "*" in runs:
+        eff.opaque.append(f"git {sub} runs a command, an editor or a tool, or applies changes it reads")
+        return eff
     for a in rest:
         if "*" in runs or any(a == r or a.startswith(r + "=") or (r.startswith("--") and len(a) > 3 and
                                                                     r.startswith(a.split("=")[0]) and
@@ -501,22 +559,37 @@ def inspect_git(args: Sequence[str], terminal: bool) -> Effects:
     return eff
 
 
+GIT_CONFIG_GRAMMAR = Grammar("ef:lz", {
+    "global": NONE, "system": NONE, "local": NONE, "worktree": NONE, "file": REQUIRED, "blob": REQUIRED,
+    "get": NONE, "get-all": NONE, "get-regexp": NONE, "get-urlmatch": NONE, "replace-all": NONE, "add": NONE,
+    "unset": NONE, "unset-all": NONE, "rename-section": NONE, "remove-section": NONE, "list": NONE,
+    "fixed-value": NONE, "edit": NONE, "get-color": NONE, "get-colorbool": NONE, "type": REQUIRED, "bool": NONE,
+    "int": NONE, "bool-or-int": NONE, "path": NONE, "expiry-date": NONE, "null": NONE, "name-only": NONE,
+    "includes": NONE, "no-includes": NONE, "show-origin": NONE, "show-scope": NONE, "default": REQUIRED,
+    "comment": REQUIRED, "all": NONE, "regexp": NONE, "value": REQUIRED, "url": REQUIRED})
+GIT_CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l", "--get-color",
+                              "--get-colorbool"})
+
+
 def _git_config_reads(rest: Sequence[str]) -> bool:
-    """True when ``git config ARGS`` only reads, or writes a key known not to run anything."""
-    reading = {"--get", "--get-all", "--get-regexp", "--get-urlmatch", "-l", "--list", "--show-origin",
-               "--show-scope", "--name-only", "--null", "-z", "--global", "--system", "--local", "--worktree",
-               "--includes", "--no-includes", "--type", "--bool", "--int", "--path", "get", "list"}
-    words = [a for a in rest if not a.startswith("-") or a not in reading]
-    if any(a in ("-l", "--list", "list", "--get", "--get-all", "--get-regexp", "get") for a in rest):
+    """True when ``git config ARGS`` only reads, or writes a key known not to run anything (read as git does:
+    ``git config KEY VALUE get`` writes KEY, ``get`` being a value pattern)."""
+    s = scan(GIT_CONFIG_GRAMMAR, rest)
+    if s.error or s.has("-e", "--edit", "-f", "--file", "--blob", "--rename-section", "--remove-section"):
+        return s.has("-l", "--list") and not s.has("-e", "--edit") and not s.error
+    ops = [rest[i] for i in s.operands]
+    if any(o in GIT_CONFIG_READS for o, _ in s.options):
         return True
-    keys = [a for a in words if not a.startswith("-")]
-    if keys[:1] == ["set"]:
-        keys = keys[1:]
-    if len(keys) <= 1 and not any(a.startswith("-") for a in words):
-        return True  # ``git config KEY`` reads
-    return bool(keys) and bool(GIT_SAFE_CONFIG.match(keys[0])) and not any(
-        a.startswith(("--add", "--replace", "--unset", "--rename", "--remove", "-f", "--file", "--blob"))
-        for a in words)
+    if ops[:1] in (["get"], ["list"]):  # git >= 2.46 subcommands, only in the first position
+        return True
+    if ops[:1] == ["set"]:
+        ops = ops[1:]
+        return bool(ops) and bool(GIT_SAFE_CONFIG.match(ops[0]))
+    if ops[:1] in (["unset"], ["rename-section"], ["remove-section"], ["edit"]):
+        return False
+    if len(ops) <= 1 and not s.has("--unset", "--unset-all", "--add", "--replace-all"):
+        return True  # ``git config KEY`` reads it
+    return bool(ops) and bool(GIT_SAFE_CONFIG.match(ops[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,8 +645,8 @@ def inspect_rsync(args: Sequence[str]) -> Effects:
             break
         hit = _long_hits(a, ("rsh", "rsync-path", "remote-option", "daemon", "config", "remove-source-files",
                              "remove-sent-files", "delete", "delete-before", "delete-during", "delete-delay",
-                             "delete-after", "delete-excluded", "chmod", "chown", "usermap", "groupmap",
-                             "copy-as", "write-devices"))
+                             "delete-after", "delete-excluded", "delete-missing-args", "chmod", "chown", "usermap",
+                             "groupmap", "copy-as", "write-devices"))
         if hit in ("rsh", "rsync-path"):
             value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
             eff.lines.append(value)
@@ -706,8 +779,8 @@ def inspect_find(args: Sequence[str]) -> Effects:
         a = args[i]
         if a in ("-exec", "-execdir", "-ok", "-okdir"):
             j = i + 1
-            while j < n and args[j] not in (";", "+") and not (args[j] == "+" and args[j - 1] == "{}"):
-                j += 1
+            while j < n and args[j] != ";" and not (args[j] == "+" and args[j - 1] == "{}"):
+                j += 1  # like find: ';' ends the command, '+' only right after '{}'
             if j >= n:
                 eff.opaque.append(f"find {a} without a terminating ';' or '+'")
                 return eff
@@ -728,6 +801,23 @@ def inspect_find(args: Sequence[str]) -> Effects:
     return eff
 
 
+COMPILERS = re.compile(r"^((x86_64|aarch64|i686|arm)[-\w]*-)?(gcc|g\+\+|cc|c\+\+|cpp|clang|clang\+\+)(-[\d.]+)?$")
+COMPILER_RUNS = ("-wrapper", "-fplugin", "-B", "-specs", "--specs", "-fdump-", "-Xclang", "-load", "@")
+ROFF = frozenset({"groff", "troff", "nroff", "grog", "gtroff", "eqn", "pic", "tbl", "soelim", "grap", "refer"})
+OPAQUE_TOOLS = {
+    "socat": "socat addresses run commands (EXEC:, SYSTEM:) and change files (unlink-late, perm-late)",
+    "patch": "patch applies a patch it reads (files deleted, modes changed) that the bastion does not see",
+    "savelog": "savelog rotates (moves, deletes, chmods) files",
+    "systemd-tmpfiles": "systemd-tmpfiles creates, deletes and chmods what its configuration says",
+    "msgexec": "msgexec runs a command", "msgfilter": "msgfilter runs a command",
+    "memusage": "memusage runs a program", "heaptrack": "heaptrack runs a program", "sotruss": "sotruss runs a "
+    "program", "choom": "choom runs a program", "scriptlive": "scriptlive runs a shell",
+    "scriptreplay": "scriptreplay", "dpkg-architecture": "dpkg-architecture -c runs a command",
+    "run_erl": "run_erl runs a command", "make-first-existing-target": "make-first-existing-target runs make",
+    "ctest": "ctest runs scripts", "rename": "rename runs Perl "
+    "code (and renames files)", "prename": "prename runs Perl code", "file-rename": "file-rename runs Perl code",
+    "run-mailcap": "run-mailcap runs commands", "xdg-open": "xdg-open runs a program",
+}
 SYSTEMCTL_PAGES = frozenset({"status", "show", "cat", "help", "list-units", "list-unit-files", "list-sockets",
                              "list-timers", "list-jobs", "list-dependencies", "list-machines", "show-environment"})
 
@@ -768,9 +858,36 @@ def inspect_other(prog: str, args: Sequence[str], args_open: bool = False) -> Ef
         "ncat": (("exec", "sh-exec", "lua-exec"), ("-e", "-c")),
         "netcat": (("exec", "sh-exec", "lua-exec"), ("-e", "-c")),
     }
-    if prog == "socat" and any(re.search(r"(?i)(^|[!,])\s*(exec|system)\s*[:,]", a) for a in args):
-        eff.opaque.append("socat EXEC:/SYSTEM: runs a command")
+    if prog in OPAQUE_TOOLS and not (args and all(a in INFO_ONLY for a in args)):
+        eff.opaque.append(OPAQUE_TOOLS[prog])
         return eff
+    if COMPILERS.match(prog) and any(a.startswith(COMPILER_RUNS) for a in args):
+        eff.opaque.append(f"{prog} runs or loads a program given in its options (-wrapper, -fplugin, -B, specs)")
+        return eff
+    if prog in ROFF and any(a == "-U" or (a.startswith("-") and not a.startswith("--") and "U" in a[1:])
+                            for a in args):
+        eff.opaque.append(f"{prog} -U (unsafe mode) runs commands from the document")
+        return eff
+    if prog == "kubectl" and any(a.startswith(("--kubeconfig", "--exec", "--token", "--server")) or
+                                 a in ("-s",) for a in args):
+        eff.opaque.append("kubectl with another kubeconfig can run its credential plugin")
+        return eff
+    if prog == "ln":
+        for a in args:
+            if not a.startswith("-") and SENSITIVE_FILE.search(a):
+                eff.opaque.append(f"ln links {a}: a file that programs read as configuration or run")
+                return eff
+        if any(a in ("-f", "--force") or (a.startswith("-") and not a.startswith("--") and "f" in a[1:])
+               for a in args):
+            eff.also.append("rm")  # ln -f replaces (removes) the destination
+    if prog in ("tar", "gtar", "bsdtar"):
+        extract = any(a.startswith(("--extract", "--get")) or (not a.startswith("--") and "x" in a.lstrip("-")
+                                                                 and re.fullmatch(r"-?[A-Za-z]+", a) is not None)
+                      for a in args[:1]) or any(a in ("-x", "--extract", "--get") for a in args)
+        if extract and any(a in ("-p", "--preserve-permissions", "--same-permissions", "--preserve") or
+                           (re.fullmatch(r"-?[A-Za-z]+", a) and "p" in a.lstrip("-") and not a.startswith("--"))
+                           for a in args):
+            eff.also.append("chmod")
     longs, shorts = checks.get(prog, ((), ()))
     for a in args:
         hit = _long_hits(a, longs) if longs else None
@@ -837,7 +954,8 @@ def runs_commands(prog: str) -> bool:
     (``xargs prog``) could be exactly those."""
     fam = base_name(prog)
     return fam in INTERPRETERS or prog in INTERPRETERS or prog in INSPECTED or prog in RUNNERS or \
-        prog in EDITORS or prog in PAGERS
+        prog in EDITORS or prog in PAGERS or bool(EDITOR_NAME.match(prog)) or bool(COMPILERS.match(prog)) or \
+        prog in PACKAGE_TOOLS or prog in OPAQUE_TOOLS or prog in ROFF
 
 
 def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool, args_open: bool = False) -> Effects:
@@ -869,7 +987,9 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
     if prog == "git":
         return inspect_git(args, terminal and not interactive)
     if prog in ("tar", "gtar", "bsdtar"):
-        return inspect_tar(args)
+        eff = inspect_tar(args)
+        eff.also += inspect_other(prog, args, args_open).also
+        return eff
     if prog == "rsync":
         eff = inspect_rsync(args)
         operands = [a for a in args if not a.startswith("-")]
@@ -882,13 +1002,14 @@ def inspect(prog: str, args: Sequence[str], *, terminal: bool, interactive: bool
         return inspect_zip(args)
     if prog == "find":
         return inspect_find(args)
-    if prog in EDITORS and args and all(a in INFO_ONLY for a in args):
+    editor = prog in EDITORS or bool(EDITOR_NAME.match(prog))
+    if editor and args and all(a in INFO_ONLY for a in args):
         return Effects()
-    if not interactive and prog in EDITORS:
+    if not interactive and editor:
         eff = Effects()
         eff.opaque.append(f"{prog} is an editor: it reads commands (`:!cmd`) from the operator")
         return eff
-    if prog in EDITORS and any(a.startswith("+") or a in ("-c", "--cmd", "-S", "-s", "-u", "-e", "-es", "-E",
+    if editor and any(a.startswith("+") or a in ("-c", "--cmd", "-S", "-s", "-u", "-e", "-es", "-E",
                                                           "-Es", "-x", "--eval", "-l", "--load", "--script", "-f",
                                                           "--funcall", "-batch", "--batch")
                                or a.startswith(("-c", "--cmd", "--eval", "-es")) for a in args):

@@ -48,6 +48,11 @@ MAX_DEPTH = 8
 ARITH_NAME = re.compile(r"[A-Za-z_]")
 ARRAY_INDEX_NAME = re.compile(r"\[[^\]]*[A-Za-z_$]")
 ARITH_TEST = {"-eq", "-ne", "-lt", "-le", "-gt", "-ge"}
+TRANSFORM = re.compile(r"@[A-Za-z]\}$")
+SUBSCRIPT_CODE = re.compile(r"\[[^\]]*(\$\(|`)")
+NAME_TAKERS = {"test", "[", "[[", "unset", "printf", "export", "declare", "typeset", "local", "readonly", "read",
+               "getopts", "let", "mapfile", "readarray", "wait", "jobs"}
+SENSITIVE_DIR = re.compile(r"(^|/)(\.git|hooks|\.ssh|\.config|\.gnupg)/?$")
 
 class ShellParseError(ValueError):
     """The text is not a complete, well-formed command line (unbalanced quotes, dangling operator...)."""
@@ -141,7 +146,9 @@ def _dollar_group(s: str, i: int) -> tuple[int, bool, bool] | None:
     if s.startswith("${", i):
         j = _read_until_close(s, i + 2, "{", "}")
         # an array index is arithmetic too (``${a[x]}`` evaluates x)
-        return j, True, "$(" in s[i:j] or "`" in s[i:j] or bool(ARRAY_INDEX_NAME.search(s[i:j]))
+        # ``${x@P}`` (prompt expansion) and ``${!x}`` evaluate what a value holds: command substitutions in it run
+        return j, True, "$(" in s[i:j] or "`" in s[i:j] or bool(ARRAY_INDEX_NAME.search(s[i:j])) or \
+            bool(TRANSFORM.search(s[i:j]))
     return None
 
 
@@ -243,6 +250,11 @@ def tokenize(s: str) -> list[Word | str]:
                 quoted = True
                 i = j + 1
                 continue
+            if s.startswith('$"', i):  # a locale-translated string: a double-quoted string
+                text, i, e, su = _read_double(s, i + 2)
+                out.append(text)
+                quoted, exp, sub = True, exp or e, sub or su
+                continue
             if s.startswith("$'", i):
                 j = i + 2
                 while j < n and s[j] != "'":
@@ -292,6 +304,70 @@ def tokenize(s: str) -> list[Word | str]:
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*(\[[^]]*\])?\+?=")
 
 
+def _bodies(raw: str) -> list[str] | None:
+    """The commands of the ``$(...)``, backquote and ``<(...)`` substitutions in a raw word, or None when one of
+    them cannot be read on its own (inside arithmetic or a parameter expansion, a backquote with escapes)."""
+    bodies: list[str] = []
+    i, n, in_double = 0, len(raw), False
+    while i < n:
+        c = raw[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "'" and not in_double:
+            j = raw.find("'", i + 1)
+            i = n if j < 0 else j + 1
+            continue
+        if c == '"':
+            in_double = not in_double
+            i += 1
+            continue
+        try:
+            if raw.startswith("$((", i):
+                j = _read_until_close(raw, i + 3, "((", "))")
+                if "$(" in raw[i:j] or "`" in raw[i:j] or ARITH_NAME.search(raw[i + 3:j - 2]):
+                    return None
+                i = j
+            elif raw.startswith("$(", i):
+                j = _read_until_close(raw, i + 2, "(", ")")
+                bodies.append(raw[i + 2:j - 1])
+                i = j
+            elif raw.startswith("${", i):
+                j = _read_until_close(raw, i + 2, "{", "}")
+                if "$(" in raw[i:j] or "`" in raw[i:j] or ARRAY_INDEX_NAME.search(raw[i:j]) or \
+                        TRANSFORM.search(raw[i:j]):
+                    return None
+                i = j
+            elif c == "`":
+                j = _read_until_close(raw, i + 1, "`", "`")
+                if "\\" in raw[i + 1:j - 1]:
+                    return None
+                bodies.append(raw[i + 1:j - 1])
+                i = j
+            elif c in "<>" and raw.startswith("(", i + 1) and not in_double:
+                j = _read_until_close(raw, i + 2, "(", ")")
+                bodies.append(raw[i + 2:j - 1])
+                i = j
+            else:
+                i += 1
+        except ShellParseError:
+            return None
+    return bodies
+
+
+def _see_through(w: Word, line: ParsedLine, ctx: _Ctx) -> bool:
+    """Judge the commands a word's substitutions run (part of the line, like any other); False if one cannot be
+    read on its own (the caller makes the line opaque)."""
+    if not w.substitution:
+        return True
+    bodies = _bodies(w.raw)
+    if bodies is None:
+        return False
+    for body in bodies:
+        _nested(body, line, ctx, "command substitution")
+    return True
+
+
 def _name(w: Word) -> str:
     t = w.text
     return os.path.basename(t) if "/" in t and not t.endswith("/") else t
@@ -318,15 +394,17 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
     opaque: list[str] = []
     steps: list[str] = []
     while words and ASSIGNMENT.match(words[0].raw):
-        if words[0].substitution:
-            opaque.append("command substitution in an assignment")
+        if not _see_through(words[0], line, ctx):
+            opaque.append("command substitution in an assignment that cannot be read on its own")
         name_, _, value_ = words[0].text.partition("=")
         why = env_problem(re.split(r"[+\[]", name_, maxsplit=1)[0], None if words[0].expansion else value_)
         if why:
             opaque.append(why)
         words = words[1:]
-    if any(w.substitution for w in words):
-        opaque.append("command substitution")
+    if words and words[0].substitution:
+        opaque.append("command substitution in command position")
+    elif any(not _see_through(w, line, ctx) for w in words[1:]):
+        opaque.append("command substitution that cannot be read on its own")
     wrappers: list[str] = []
     args_open = inherited_open
     input_args = False  # xargs/parallel add arguments read from the input: they can be anything
@@ -342,7 +420,7 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
             break
         if head.quoted:
             opaque.append("quotes or backslash in command position")
-        if head.glob and head.raw != "[":  # ``[ -f x ]`` is the test command, not a glob
+        if head.glob and head.raw not in ("[", "[["):  # ``[ -f x ]`` is the test command, not a glob
             opaque.append("glob in command position")
         if replace and replace in head.text:
             opaque.append(f"the program comes from the input ({replace} in command position)")
@@ -423,12 +501,29 @@ def _simple(words: list[Word], line: ParsedLine, piped_in: bool, ctx: _Ctx, inhe
     argv = tuple(w.text for w in words)
     if prog in OPAQUE_PROGRAMS and not head.quoted:
         opaque.append(OPAQUE_PROGRAMS[prog])
+    if prog in NAME_TAKERS:
+        if any(SUBSCRIPT_CODE.search(a) for a in args):
+            opaque.append(f"{prog}: an array subscript is evaluated as arithmetic (its $(...) runs)")
+        if "-v" in args and any(w.expansion or "[" in w.text for w in words[1:]):
+            opaque.append(f"{prog} -v evaluates a variable's subscript")
+        if prog in ("[[", "test", "[") and set(args) & ARITH_TEST and any(
+                w.expansion or ARITH_NAME.match(w.text) for w in words[1:] if w.text not in ARITH_TEST):
+            opaque.append(f"{prog}: an arithmetic comparison evaluates variables as expressions")
+        if prog == "jobs" and any(a.startswith("-") and "x" in a for a in args):
+            opaque.append("jobs -x runs a command")
+        if prog in ("declare", "typeset", "local") and any(a.startswith("-") and "n" in a for a in args):
+            opaque.append(f"{prog} -n makes a name refer to another variable (PS4, PATH...)")
+    if prog in ("cd", "pushd") and any(SENSITIVE_DIR.search(a.rstrip("/") + "/") or SENSITIVE_DIR.search(a)
+                                       for a in args):
+        opaque.append(f"{prog} into a directory whose files programs read as configuration or run")
     if prog in ASSIGNING:
         for a in args:
             why = env_problem(re.split(r"[+\[=]", a, maxsplit=1)[0])
             if why:
                 opaque.append(f"{prog}: {why}")
                 break
+    if runs_commands(prog) and any(w.expansion or w.glob or w.substitution for w in words[1:]):
+        opaque.append(f"{prog}: a variable or glob among its arguments, some of which run commands")
     eff = inspect(prog, args, terminal=ctx.terminal, interactive=ctx.interactive, args_open=input_args)
     opaque += eff.opaque
     if input_args and runs_commands(prog) and not eff.opaque:
@@ -506,22 +601,6 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
                 continue
             if words == [] and t.text == "case" and not t.quoted:
                 line.opaque.append("case statement")
-            if words == [] and t.text in ("[[", "((") and not t.quoted:
-                close = "]]" if t.text == "[[" else "))"
-                j = i + 1
-                arith = expands = False
-                while j < len(tokens) and not (isinstance(tokens[j], Word) and tokens[j].text == close):
-                    tj = tokens[j]
-                    if isinstance(tj, Word):
-                        if tj.substitution:
-                            line.opaque.append("command substitution")
-                        arith = arith or (tj.text in ARITH_TEST and not tj.quoted)
-                        expands = expands or tj.expansion or bool(ARITH_NAME.match(tj.text))
-                    j += 1
-                if arith and expands:
-                    line.opaque.append("[[ arithmetic comparison evaluates variables as expressions")
-                i = j + 1
-                continue
             words.append(t)
             expect_word = False
             i += 1
@@ -534,8 +613,8 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             assert isinstance(target, Word)
             if op in ("<<",):
                 line.opaque.append("here-document")
-            if target.substitution:
-                line.opaque.append("command substitution")
+            if target.substitution or target.expansion or target.glob:
+                line.opaque.append(f"a redirection to {target.raw}: where it writes cannot be seen")
             # a numeric word just before a redirection is the fd, not an argument
             fd = None
             if words and re.fullmatch(r"\d+", words[-1].raw) and not words[-1].quoted:
