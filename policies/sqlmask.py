@@ -552,15 +552,17 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
                                   "ones come back masked)")
     elif isinstance(stmt, ast.CreateFunctionStmt | ast.CreateTrigStmt | ast.CreatePolicyStmt | ast.DoStmt):
         text = repr(stmt).lower()
-        if any(c in text for c in catalog.masked_names) or any(
-                t.split(".")[-1] in text for t, r in catalog.relations.items() if r.masked):
+        named = {c for c in catalog.masked_names if c in text}
+        if named or any(t.split(".")[-1] in text for t, r in catalog.relations.items() if r.masked):
             res.reads_masked = True
+            res.columns |= named or {c for r in catalog.relations.values() for c in r.masked}
             res.refuse(COPY_RULE, "code created over masked data would hand it back unmasked later")
     elif isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt):
         rv = getattr(stmt, "relation", None)
         if isinstance(rv, ast.RangeVar):
             rel = catalog.relations.get(".".join(p for p in (rv.schemaname, rv.relname) if p).lower())
             if rel is not None and rel.masked:
+                res.columns |= set(rel.masked)
                 res.refuse(COPY_RULE, "changing a table with masked columns would change what is masked")
     elif isinstance(stmt, ast.PrepareStmt):
         inner = _analyze(stmt.query, catalog)
