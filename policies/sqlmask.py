@@ -440,7 +440,7 @@ class _Analyzer:
         if isinstance(node, ast.FuncCall):
             name = (_sval(node.funcname[-1]) or "") if node.funcname else ""
             schema = _sval(node.funcname[0]) if len(node.funcname or ()) > 1 else None
-            if name not in self.cat.builtin_functions or schema not in (None, "pg_catalog"):
+            if schema != "pg_catalog" and (name not in self.cat.builtin_functions or schema is not None):
                 self.res.reads_masked = True
                 self.res.refuse(UNRESOLVED_RULE, f"{'.'.join(filter(None, (schema, name)))}() is not a built-in "
                                                  f"function: what it reads cannot be seen")
