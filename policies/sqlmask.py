@@ -316,6 +316,8 @@ class _Analyzer:
         if isinstance(node, ast.InsertStmt):
             src = self._query(node.selectStmt, _Scope([], scope.outer, scope.ctes)) if node.selectStmt else []
             cols = [_sval(getattr(c, "name", None)) for c in _nodes(node.cols)] or [c for c, _ in target.columns]
+            if any(m for c, m in target.columns if c in cols) or target.unknown:
+                self.res.reads_masked = True  # a unique violation's DETAIL would echo the masked column's value
             for i, (_, masked) in enumerate(src):
                 dest = cols[i] if i < len(cols) else None
                 if masked and not any(c == dest and m for c, m in target.columns):
@@ -367,6 +369,8 @@ class _Analyzer:
             if not isinstance(t, ast.ResTarget):
                 continue
             dest = (t.name or "").lower()
+            if any(c == dest and m for c, m in target.columns):
+                self.res.reads_masked = True  # errors about the new value would show the column's values
             if self._expr(t.val, scope) and not any(c == dest and m for c, m in target.columns):
                 self.res.refuse(COPY_RULE, f"SET {dest} = … copies masked data into a column that is not masked")
 
