@@ -28,9 +28,21 @@ COPY_RULE, PREDICATE_RULE, UNRESOLVED_RULE = "masking-copy", "masking-predicate"
 # operators whose result compares values: a masked operand turns them into an oracle
 ARITHMETIC_OPS = frozenset({"||", "+", "-", "*", "/", "%", "^", "|/", "||/", "@", "&", "|", "#", "~", "<<", ">>",
                             "->", "->>", "#>", "#>>"})
-VALUE_NODES = (ast.TypeCast, ast.CoalesceExpr, ast.A_ArrayExpr, ast.RowExpr, ast.A_Indirection, ast.CollateClause,
-               ast.NamedArgExpr, ast.ResTarget)
-
+# casting a masked value to these cannot fail on it; to anything else it can, and whether it fails answers a question
+TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "char", "name", "citext", "unknown"})
+# built-ins that read a relation or a query given as a string: what they read cannot be seen
+READS_BY_NAME = frozenset({"table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml",
+                           "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml",
+                           "database_to_xmlschema", "database_to_xml_and_xmlschema", "query_to_xml",
+                           "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+                           "cursor_to_xmlschema", "ts_stat", "pg_read_file", "pg_read_binary_file", "lo_get",
+                           "dblink", "dblink_exec", "pg_stat_statements"})
+# built-ins that store a value where a later statement (or another session) can read it
+STORES = frozenset({"set_config", "pg_notify", "pg_advisory_lock", "pg_advisory_xact_lock",
+                    "pg_advisory_lock_shared", "pg_advisory_xact_lock_shared", "pg_try_advisory_lock",
+                    "pg_try_advisory_xact_lock", "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock_shared",
+                    "setval", "lo_from_bytea", "lo_put", "lo_import", "lo_export", "pg_logical_emit_message",
+                    "pg_replication_origin_create", "pg_file_write"})
 
 @dataclass(frozen=True)
 class Relation:
@@ -134,6 +146,10 @@ class _Analyzer:
                 return _Rel(alias, [], unknown=True, table=name)
             cols = [(c, c in rel.masked) for c in rel.columns]
             table = name.rsplit(".", 1)[-1]
+            if rel.masked:
+                # any statement on a table with masked columns: its errors may show whole rows ("Failing row
+                # contains (...)"), so they are withheld like those of a statement that reads the column
+                self.res.reads_masked = True
         if rv.alias is not None and rv.alias.colnames:
             new = [_sval(c) or "" for c in rv.alias.colnames]
             cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
@@ -448,7 +464,13 @@ class _Analyzer:
                 self.res.reads_masked = True
                 self.res.refuse(UNRESOLVED_RULE, f"{'.'.join(filter(None, (schema, name)))}() is not a built-in "
                                                  f"function: what it reads cannot be seen")
+            if name in READS_BY_NAME:
+                self.res.reads_masked = True
+                self.res.refuse(UNRESOLVED_RULE, f"{name}() reads a relation or query named in a string: what it "
+                                                 f"reads cannot be seen")
             masked = self._expr(node.args, scope, predicate)
+            if masked and name in STORES:
+                self.res.refuse(COPY_RULE, f"{name}() would keep masked data where a later statement can read it")
             if node.agg_filter is not None:
                 self._expr(node.agg_filter, scope, predicate=True)
             if node.agg_order:
@@ -464,7 +486,11 @@ class _Analyzer:
                     names[-1] not in self.cat.builtin_types:
                 self.res.refuse(UNRESOLVED_RULE, f"a cast to {'.'.join(names)}, which is not a built-in type "
                                                  f"(its functions may read what cannot be seen)")
-            return self._expr(node.arg, scope, predicate)
+            masked = self._expr(node.arg, scope, predicate)
+            if masked and names and names[-1] not in TEXT_TYPES:
+                # whether the cast fails depends on the value: an error (or its absence) answers a question
+                self._predicate(f"{', '.join(sorted(self.res.columns)) or '?'} (cast to {names[-1]})")
+            return masked
         if isinstance(node, ast.A_Expr):
             parts = [getattr(n, "sval", "") or "" for n in _nodes(node.name)]
             op = parts[-1] if parts else ""
@@ -561,6 +587,16 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
             res.reads_masked = True
             res.columns |= named or {c for r in catalog.relations.values() for c in r.masked}
             res.refuse(COPY_RULE, "code created over masked data would hand it back unmasked later")
+    elif isinstance(stmt, ast.IndexStmt):
+        target = an._rangevar(stmt.relation, top)
+        scope = _Scope([target])
+        for param in _nodes(stmt.indexParams):
+            expr = getattr(param, "expr", None)
+            name = (getattr(param, "name", None) or "").lower()
+            if (expr is not None and an._expr(expr, scope)) or any(c == name and m for c, m in target.columns):
+                res.refuse(PREDICATE_RULE, "an index over a masked column compares and evaluates its values")
+        if stmt.whereClause is not None:
+            an._expr(stmt.whereClause, scope, predicate=True)
     elif isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt):
         rv = getattr(stmt, "relation", None)
         if isinstance(rv, ast.RangeVar):

@@ -105,18 +105,20 @@ async def load_catalog(conn: up.Upstream, masks: dict[tuple[int, int], MaskRule]
         relations[f"{schema.lower()}.{name.lower()}"] = rel
         if visible:
             relations.setdefault(name.lower(), rel)
-    builtin: set[str] = set()
-    for kind, sql in (("function", "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = "
-                                   "'pg_catalog'::regnamespace EXCEPT SELECT proname FROM pg_proc WHERE "
-                                   "pronamespace <> 'pg_catalog'::regnamespace"),
-                      ("operator", "SELECT DISTINCT oprname FROM pg_operator WHERE oprnamespace = "
-                                   "'pg_catalog'::regnamespace EXCEPT SELECT oprname FROM pg_operator WHERE "
-                                   "oprnamespace <> 'pg_catalog'::regnamespace"),
-                      ("type", "SELECT DISTINCT typname FROM pg_type WHERE typnamespace = "
-                               "'pg_catalog'::regnamespace EXCEPT SELECT typname FROM pg_type WHERE typnamespace "
-                               "NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)")):
-        builtin |= {f"{kind}:{str(r[0]).lower()}" for r in await query(conn, sql)}
-    functions = frozenset(n.split(":", 1)[1] for n in builtin if n.startswith("function:"))
-    operators = frozenset(n.split(":", 1)[1] for n in builtin if n.startswith("operator:"))
-    types = frozenset(n.split(":", 1)[1] for n in builtin if n.startswith("type:"))
+    # built-ins: what pg_catalog and installed extensions define, minus names that plain user code also defines
+    # (an overload of a built-in's name, picked for some argument types, may read what cannot be seen)
+    builtin: dict[str, frozenset[str]] = {}
+    for kind, table, name, ns in (("function", "pg_proc", "proname", "pronamespace"),
+                                  ("operator", "pg_operator", "oprname", "oprnamespace"),
+                                  ("type", "pg_type", "typname", "typnamespace")):
+        rows2 = await query(conn, f"""
+            SELECT x.{name}, (x.{ns} = 'pg_catalog'::regnamespace
+                              OR x.{ns} = 'information_schema'::regnamespace
+                              OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{table}'::regclass
+                                         AND d.objid = x.oid AND d.deptype = 'e'))::text
+            FROM {table} x""")  # noqa: S608 - constant names only
+        system = {str(r[0]).lower() for r in rows2 if r[1] == "true"}
+        user = {str(r[0]).lower() for r in rows2 if r[1] != "true"}
+        builtin[kind] = frozenset(system - user)
+    functions, operators, types = builtin["function"], builtin["operator"], builtin["type"]
     return Catalog(relations, functions, predicates_allowed, operators, types), frozenset(clean)
