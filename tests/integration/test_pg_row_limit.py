@@ -247,6 +247,17 @@ def test_a_one_row_write_runs_without_approval(make: Any, seeded: psycopg.Connec
     assert table(seeded) == [ORIGINAL[0], ORIGINAL[1], (4, "Dora", NAMES[4][1], CLEAR[4])]
 
 
+def test_a_one_row_write_in_a_pipeline_runs(make: Any, seeded: psycopg.Connection[Any]) -> None:
+    b = make(Action.BLOCK)
+    with b.connect(simple=False, autocommit=True) as conn:
+        with conn.pipeline():
+            one = conn.execute("SELECT 1")
+            delete = conn.execute("DELETE FROM customers WHERE id = 3")
+            update = conn.execute("UPDATE customers SET name = 'Dora' WHERE id = 4")
+        assert (one.fetchone(), delete.rowcount, update.rowcount) == ((1,), 1, 1)
+    assert table(seeded) == [ORIGINAL[0], ORIGINAL[1], (4, "Dora", NAMES[4][1], CLEAR[4])]
+
+
 def test_one_row_writes_are_counted_one_statement_at_a_time(make: Any, seeded: psycopg.Connection[Any]) -> None:
     b = make(Action.BLOCK)
     with b.connect(simple=False, autocommit=False) as conn:
