@@ -74,18 +74,20 @@ class _Acc:
     functions: list[str] = field(default_factory=list)
 
 
-def _children(node: ast.Node) -> Iterator[ast.Node]:
+def children(node: ast.Node) -> Iterator[ast.Node]:
+    """The nodes directly under ``node`` (lists flattened)."""
     for name in node:
         v = getattr(node, name, None)
-        yield from _nodes(v)
+        yield from nodes(v)
 
 
-def _nodes(v: object) -> Iterator[ast.Node]:
+def nodes(v: object) -> Iterator[ast.Node]:
+    """``v`` itself if it is a node, or the nodes in a list or tuple of them."""
     if isinstance(v, ast.Node):
         yield v
     elif isinstance(v, list | tuple):
         for x in v:
-            yield from _nodes(x)
+            yield from nodes(x)
 
 
 def _rangevar(rv: ast.RangeVar) -> str:
@@ -93,14 +95,14 @@ def _rangevar(rv: ast.RangeVar) -> str:
 
 
 def _names(items: object) -> str:
-    parts = [getattr(x, "sval", None) for x in _nodes(items)]
+    parts = [getattr(x, "sval", None) for x in nodes(items)]
     return ".".join(p for p in parts if p).lower()
 
 
 def _has_column(node: ast.Node) -> bool:
     if isinstance(node, ast.ColumnRef):
         return True
-    return any(_has_column(c) for c in _children(node))
+    return any(_has_column(c) for c in children(node))
 
 
 def _restricts(where: ast.Node | None) -> bool:
@@ -122,7 +124,7 @@ def _restricts(where: ast.Node | None) -> bool:
 
 def _walk(node: ast.Node, acc: _Acc, out: list[Statement], text: str, top: bool) -> None:
     """Collect tables/functions under ``node``; nested executing statements become their own entries."""
-    for child in _children(node):
+    for child in children(node):
         name = type(child).__name__
         if isinstance(child, ast.RangeVar):
             acc.tables.append(_rangevar(child))
@@ -135,7 +137,7 @@ def _walk(node: ast.Node, acc: _Acc, out: list[Statement], text: str, top: bool)
 
 
 def _explain_analyzes(node: ast.ExplainStmt) -> bool:
-    for opt in _nodes(node.options):
+    for opt in nodes(node.options):
         if isinstance(opt, ast.DefElem) and opt.defname == "analyze":
             arg = opt.arg
             val = getattr(arg, "boolval", None)

@@ -19,10 +19,12 @@ Pure: the catalog is a value given by the caller. Fail closed everywhere: what i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pglast import ast
+
+from policies.sql import children, nodes
 
 COPY_RULE, PREDICATE_RULE, UNRESOLVED_RULE = "masking-copy", "masking-predicate", "masking-unresolved"
 # operators whose result compares values: a masked operand turns them into an oracle
@@ -107,19 +109,6 @@ class _Scope:
         return None
 
 
-def _nodes(v: object) -> Iterator[ast.Node]:
-    if isinstance(v, ast.Node):
-        yield v
-    elif isinstance(v, list | tuple):
-        for x in v:
-            yield from _nodes(x)
-
-
-def _children(node: ast.Node) -> Iterator[ast.Node]:
-    for name in node:
-        yield from _nodes(getattr(node, name, None))
-
-
 def _sval(x: object) -> str | None:
     v = getattr(x, "sval", None)
     return v.lower() if isinstance(v, str) else None
@@ -156,7 +145,7 @@ class _Analyzer:
         return _Rel(alias, list(cols), table=table)
 
     def _from(self, items: object, scope: _Scope) -> None:
-        for item in _nodes(items):
+        for item in nodes(items):
             self._from_item(item, scope)
 
     def _from_item(self, item: ast.Node, scope: _Scope) -> None:
@@ -173,7 +162,7 @@ class _Analyzer:
         elif isinstance(item, ast.JoinExpr):
             self._from_item(item.larg, scope)
             self._from_item(item.rarg, scope)
-            for u in _nodes(item.usingClause):
+            for u in nodes(item.usingClause):
                 col = _sval(u)
                 if col and any(c == col and m for r in scope.rels for c, m in r.columns):
                     self._predicate(col)
@@ -184,20 +173,20 @@ class _Analyzer:
                 scope.rels.append(_Rel(item.alias.aliasname.lower(), merged))
         elif isinstance(item, ast.RangeFunction):
             tainted = False
-            for f in _nodes(item.functions):
+            for f in nodes(item.functions):
                 tainted = self._expr(f, scope) or tainted
             alias = item.alias.aliasname.lower() if item.alias is not None else ""
             names = [_sval(c) or "" for c in (item.alias.colnames or ())] if item.alias is not None else []
-            names += [_sval(getattr(d, "colname", None)) or "" for d in _nodes(item.coldeflist)]
+            names += [_sval(getattr(d, "colname", None)) or "" for d in nodes(item.coldeflist)]
             fname = ""
-            for f in _nodes(item.functions):
+            for f in nodes(item.functions):
                 if isinstance(f, ast.FuncCall):
                     fname = (_sval(f.funcname[-1]) or "") if f.funcname else ""
                     break
             cols = [(n, tainted) for n in (names or [alias or fname])]
             scope.rels.append(_Rel(alias or fname, cols, unknown=tainted and not names))
         else:  # TABLESAMPLE, XMLTABLE, JSON_TABLE...: every column derives from whatever its arguments read
-            tainted = any(self._expr(c, scope) for c in _children(item))
+            tainted = any(self._expr(c, scope) for c in children(item))
             alias = getattr(getattr(item, "alias", None), "aliasname", "") or ""
             scope.rels.append(_Rel(alias.lower(), [], unknown=tainted))
 
@@ -205,7 +194,7 @@ class _Analyzer:
     def _with(self, wc: ast.WithClause | None, scope: _Scope) -> None:
         if wc is None:
             return
-        for cte in _nodes(wc.ctes):
+        for cte in nodes(wc.ctes):
             if not isinstance(cte, ast.CommonTableExpr):
                 continue
             cols = self._query(cte.ctequery, _Scope([], scope, scope.ctes))
@@ -243,7 +232,7 @@ class _Analyzer:
             self._order(node, scope, cols)
             return cols
         if node.valuesLists:
-            rows = [[self._expr(e, scope) for e in _nodes(row)] for row in node.valuesLists]
+            rows = [[self._expr(e, scope) for e in nodes(row)] for row in node.valuesLists]
             n = max((len(r) for r in rows), default=0)
             return [(f"column{i + 1}", any(r[i] for r in rows if i < len(r))) for i in range(n)]
         self._from(node.fromClause, scope)
@@ -251,7 +240,7 @@ class _Analyzer:
             if part is not None:
                 self._expr(part, scope, predicate=True)
         cols: list[tuple[str, bool]] = []
-        for t in _nodes(node.targetList):
+        for t in nodes(node.targetList):
             if not isinstance(t, ast.ResTarget):
                 continue
             val = t.val
@@ -261,11 +250,11 @@ class _Analyzer:
             masked = self._expr(val, scope)
             name = (t.name or "").lower() or self._name_of(val)
             cols.append((name, masked))
-        for g in _nodes(node.groupClause):
+        for g in nodes(node.groupClause):
             self._by(g, scope, cols)
-        for d in _nodes(node.distinctClause):
+        for d in nodes(node.distinctClause):
             self._by(d, scope, cols)
-        for w in _nodes(node.windowClause):
+        for w in nodes(node.windowClause):
             self._expr(w, scope, predicate=True)
         self._order(node, scope, cols)
         for part in (node.limitCount, node.limitOffset):
@@ -276,7 +265,7 @@ class _Analyzer:
         return cols
 
     def _order(self, node: ast.SelectStmt, scope: _Scope, cols: list[tuple[str, bool]]) -> None:
-        for s in _nodes(node.sortClause):
+        for s in nodes(node.sortClause):
             if isinstance(s, ast.SortBy):
                 self._by(s.node, scope, cols)
 
@@ -331,7 +320,7 @@ class _Analyzer:
         target = self._rangevar(node.relation, scope)
         if isinstance(node, ast.InsertStmt):
             src = self._query(node.selectStmt, _Scope([], scope.outer, scope.ctes)) if node.selectStmt else []
-            cols = [_sval(getattr(c, "name", None)) for c in _nodes(node.cols)] or [c for c, _ in target.columns]
+            cols = [_sval(getattr(c, "name", None)) for c in nodes(node.cols)] or [c for c, _ in target.columns]
             if any(m for c, m in target.columns if c in cols) or target.unknown:
                 self.res.reads_masked = True  # a unique violation's DETAIL would echo the masked column's value
             for i, (_, masked) in enumerate(src):
@@ -360,15 +349,15 @@ class _Analyzer:
             scope.rels.append(target)
             self._from_item(node.sourceRelation, scope)
             self._expr(node.joinCondition, scope, predicate=True)
-            for w in _nodes(node.mergeWhenClauses):
+            for w in nodes(node.mergeWhenClauses):
                 if getattr(w, "condition", None) is not None:
                     self._expr(w.condition, scope, predicate=True)
                 self._set(getattr(w, "targetList", None), target, scope)
-                for v in _nodes(getattr(w, "values", None)):
+                for v in nodes(getattr(w, "values", None)):
                     if self._expr(v, scope):
                         self.res.refuse(COPY_RULE, "MERGE copies masked data")
         rc = getattr(node, "returningClause", None)  # pglast 8 (PostgreSQL 18); returningList before
-        returning = list(_nodes(getattr(rc, "exprs", rc) if rc is not None else getattr(node, "returningList", None)))
+        returning = list(nodes(getattr(rc, "exprs", rc) if rc is not None else getattr(node, "returningList", None)))
         out: list[tuple[str, bool]] = []
         for t in returning:
             val = t.val if isinstance(t, ast.ResTarget) else t
@@ -381,7 +370,7 @@ class _Analyzer:
         return out
 
     def _set(self, targets: object, target: _Rel, scope: _Scope) -> None:
-        for t in _nodes(targets):
+        for t in nodes(targets):
             if not isinstance(t, ast.ResTarget):
                 continue
             dest = (t.name or "").lower()
@@ -481,7 +470,7 @@ class _Analyzer:
                 self._predicate(next(iter(self.res.columns), "?"))
             return masked
         if isinstance(node, ast.TypeCast):
-            names = [_sval(n) or "" for n in _nodes(getattr(node.typeName, "names", None))]
+            names = [_sval(n) or "" for n in nodes(getattr(node.typeName, "names", None))]
             if self.cat.builtin_types and names and names[0] != "pg_catalog" and \
                     names[-1] not in self.cat.builtin_types:
                 self.res.refuse(UNRESOLVED_RULE, f"a cast to {'.'.join(names)}, which is not a built-in type "
@@ -492,7 +481,7 @@ class _Analyzer:
                 self._predicate(f"{', '.join(sorted(self.res.columns)) or '?'} (cast to {names[-1]})")
             return masked
         if isinstance(node, ast.A_Expr):
-            parts = [getattr(n, "sval", "") or "" for n in _nodes(node.name)]
+            parts = [getattr(n, "sval", "") or "" for n in nodes(node.name)]
             op = parts[-1] if parts else ""
             if self.cat.builtin_operators and op and op not in self.cat.builtin_operators | {"~~", "~~*", "!~~",
                                                                                               "!~~*"} and \
@@ -506,25 +495,25 @@ class _Analyzer:
             return any([self._expr(node.lexpr, scope, predicate or compares),
                         self._expr(node.rexpr, scope, predicate or compares)])
         if isinstance(node, ast.BoolExpr | ast.NullTest | ast.BooleanTest):
-            return self._expr(list(_children(node)), scope, predicate=True)
+            return self._expr(list(children(node)), scope, predicate=True)
         if isinstance(node, ast.MinMaxExpr):
             return self._expr(node.args, scope, predicate=True)
         if isinstance(node, ast.CaseExpr):
             masked = self._expr(node.arg, scope, predicate=True) if node.arg is not None else False
-            for w in _nodes(node.args):
+            for w in nodes(node.args):
                 if isinstance(w, ast.CaseWhen):
                     self._expr(w.expr, scope, predicate=True)
                     masked = self._expr(w.result, scope, predicate) or masked
             return self._expr(node.defresult, scope, predicate) or masked
         if isinstance(node, ast.WindowDef):
-            return self._expr([node.partitionClause, [getattr(s, "node", s) for s in _nodes(node.orderClause)]],
+            return self._expr([node.partitionClause, [getattr(s, "node", s) for s in nodes(node.orderClause)]],
                               scope, predicate=True)
         if isinstance(node, ast.SortBy):
             return self._expr(node.node, scope, predicate=True)
         if isinstance(node, ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
             return any(m for _, m in self._query(node, _Scope([], scope, scope.ctes)))
         # anything else (casts, arrays, rows, XML/JSON constructors, indirection...): carries what it contains
-        return any([self._expr(c, scope, predicate) for c in _children(node)])
+        return any([self._expr(c, scope, predicate) for c in children(node)])
 
 
 def analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
@@ -549,7 +538,7 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
     elif isinstance(stmt, ast.CreateTableAsStmt | ast.ViewStmt | ast.DeclareCursorStmt | ast.RuleStmt):
         query = getattr(stmt, "query", None)
         if isinstance(stmt, ast.RuleStmt):
-            for action in _nodes(stmt.actions):
+            for action in nodes(stmt.actions):
                 an._query(action, _Scope([], None, {})) if not isinstance(action, ast.NotifyStmt) else None
             if stmt.whereClause is not None:
                 an._expr(stmt.whereClause, _Scope([an._rangevar(stmt.relation, top)]), predicate=True)
@@ -590,7 +579,7 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
     elif isinstance(stmt, ast.IndexStmt):
         target = an._rangevar(stmt.relation, top)
         scope = _Scope([target])
-        for param in _nodes(stmt.indexParams):
+        for param in nodes(stmt.indexParams):
             expr = getattr(param, "expr", None)
             name = (getattr(param, "name", None) or "").lower()
             if (expr is not None and an._expr(expr, scope)) or any(c == name and m for c, m in target.columns):
