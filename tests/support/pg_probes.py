@@ -408,6 +408,56 @@ def direct(pg: PgServer, statements: tuple[str, ...], db: str = "app") -> Run:
     return run_psql(statements, psql_env("127.0.0.1", pg.port, db))
 
 
+class Direct:
+    """One session straight to the server as the table owner, reused probe after probe (``DISCARD ALL`` between
+    them): what a probe gets with no bastion, rendered one line per result."""
+
+    def __init__(self, pg: PgServer, db: str = "app"):
+        import psycopg
+
+        self.conn = psycopg.connect(host="127.0.0.1", port=pg.port, user="app", password=APP_PASSWORD, dbname=db,
+                                    autocommit=True)
+        self.notices: list[str] = []
+        self.conn.add_notice_handler(lambda d: self.notices.append(f"notice {diag_fields(d)}"))
+
+    def run(self, statements: tuple[str, ...]) -> list[str]:
+        from psycopg.pq import DiagnosticField, ExecStatus
+
+        pgc = self.conn.pgconn
+        out: list[str] = []
+        for sql in statements:
+            res = pgc.exec_(sql.encode())
+            status = res.status
+            if status == ExecStatus.TUPLES_OK:
+                out += ["row " + " | ".join("NULL" if v is None else bytes(v).decode("utf-8", "backslashreplace")
+                                            for v in (res.get_value(r, c) for c in range(res.nfields)))
+                        for r in range(res.ntuples)]
+            elif status == ExecStatus.COPY_OUT:
+                while True:
+                    n, data = pgc.get_copy_data(0)
+                    if n < 0:
+                        break
+                    out.append("copy " + bytes(data).decode("utf-8", "backslashreplace"))
+                while (more := pgc.get_result()) is not None:
+                    res = more
+            if res.status == ExecStatus.FATAL_ERROR:
+                out.append("error " + " | ".join(f"{f.name}={v.decode('utf-8', 'replace')}" for f in DiagnosticField
+                                                 if (v := res.error_field(f)) is not None))
+            else:
+                out.append(f"status {(res.command_status or b'').decode()}")
+            out += self.notices
+            self.notices.clear()
+            while (n := pgc.notifies()) is not None:
+                out.append(f"notify {n.relname.decode()} {n.extra.decode('utf-8', 'replace')}")
+        if self.conn.info.transaction_status != 0:
+            pgc.exec_(b"ROLLBACK")
+        pgc.exec_(b"DISCARD ALL")
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def normalise(text: str) -> str:
     """Drop what differs between two databases for reasons other than the data (server pids)."""
     return re.sub(r"(server process with PID|process) \d+", r"\1 N", text)
@@ -794,6 +844,68 @@ PROBES: list[Probe] = [P("cast", t, f"SELECT ssn::{t} FROM customers") for t in 
     P("oracle", "whole-row-compare", "SELECT id FROM customers c WHERE c::text LIKE '%,5%'"),
     P("oracle", "min-compare", "SELECT min(ssn) < '4' FROM customers"),
     P("oracle", "between", "SELECT id FROM customers WHERE ssn BETWEEN '5' AND '6'"),
+    # predicates without a comparison operator in sight, or in places a lineage might not look
+    P("oracle", "texteq", "SELECT id FROM customers WHERE texteq(ssn, '536-81-2947')"),
+    P("oracle", "text-lt", "SELECT id FROM customers WHERE text_lt(ssn, '5')"),
+    P("oracle", "starts-with", "SELECT id FROM customers WHERE starts_with(ssn, '5')"),
+    P("oracle", "prefix-operator", "SELECT id FROM customers WHERE ssn ^@ '5'"),
+    P("oracle", "regexp-like", "SELECT id FROM customers WHERE regexp_like(ssn, '^5')"),
+    P("oracle", "textregexeq", "SELECT id FROM customers WHERE textregexeq(ssn, '^5')"),
+    P("oracle", "similar-to", "SELECT id FROM customers WHERE ssn SIMILAR TO '5%'"),
+    P("oracle", "any-array", "SELECT id FROM customers WHERE ssn = ANY (ARRAY['536-81-2947'])"),
+    P("oracle", "row-compare", "SELECT id FROM customers WHERE (ssn, id) > ('5', 0)"),
+    P("oracle", "jsonb-contains", """SELECT id FROM customers c WHERE to_jsonb(c) @> '{"ssn": "536-81-2947"}'"""),
+    P("oracle", "tsquery", "SELECT id FROM customers WHERE to_tsvector('simple', ssn) @@ "
+                           "plainto_tsquery('simple', '536')"),
+    P("oracle", "simple-case", "SELECT CASE ssn WHEN '536-81-2947' THEN 1 ELSE 0 END FROM customers ORDER BY id"),
+    P("oracle", "nullif-output", "SELECT nullif(ssn, '536-81-2947') IS NULL FROM customers ORDER BY id"),
+    P("oracle", "in-target-list", "SELECT ssn IN ('536-81-2947') FROM customers ORDER BY id"),
+    P("oracle", "array-position", "SELECT array_position(ARRAY['536-81-2947'], ssn) FROM customers ORDER BY id"),
+    P("oracle", "is-true", "SELECT id FROM customers WHERE (ssn > '5') IS TRUE"),
+    P("oracle", "natural-join", "SELECT id FROM customers NATURAL JOIN (VALUES ('536-81-2947')) v(ssn)"),
+    P("oracle", "join-using", "SELECT id FROM customers JOIN (VALUES ('536-81-2947')) v(ssn) USING (ssn)"),
+    P("oracle", "in-subquery", "SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn LIKE '5%')"),
+    P("oracle", "lateral-where", "SELECT id FROM customers c, LATERAL (SELECT 1 WHERE c.ssn LIKE '5%') x"),
+    P("oracle", "view-subquery", "SELECT id FROM customers WHERE id IN (SELECT id FROM cv2 WHERE tax_id < '5')"),
+    P("oracle", "matview", "SELECT id FROM cmv WHERE ssn LIKE '5%'"),
+    P("oracle", "field-of-row", "SELECT id FROM customers c WHERE (c).ssn LIKE '5%'"),
+    P("oracle", "correlated-rank", "SELECT (SELECT count(*) FROM customers d WHERE d.ssn < c.ssn) FROM customers c "
+                                   "ORDER BY id"),
+    P("oracle", "copy-where", "COPY (SELECT id FROM customers WHERE ssn LIKE '5%') TO STDOUT"),
+    # orderings: the order of rows (each masked, each with its last four) reveals the order of the hidden digits
+    P("oracle", "order-by-position", "SELECT id, ssn FROM customers ORDER BY 2"),
+    P("oracle", "order-by-output-alias", "SELECT id, ssn AS z FROM customers ORDER BY z"),
+    P("oracle", "order-by-shadowing-alias", "SELECT ssn AS id FROM customers ORDER BY id"),
+    P("oracle", "order-by-subquery", "SELECT id FROM customers c ORDER BY (SELECT c.ssn)"),
+    P("oracle", "order-by-row", "SELECT id FROM customers c ORDER BY ROW(c.ssn, c.id)"),
+    P("oracle", "distinct", "SELECT DISTINCT ssn FROM customers"),
+    P("oracle", "union-dedup", "SELECT ssn FROM customers UNION SELECT ssn FROM customers"),
+    P("oracle", "aggregate-order", "SELECT string_agg(id::text, ',' ORDER BY ssn) FROM customers"),
+    P("oracle", "array-agg-order-first", "SELECT (array_agg(id ORDER BY ssn))[1] FROM customers"),
+    # how many rows come back (or whether an error does) depends on the value
+    P("oracle", "row-count-srf", "SELECT 1 FROM customers, generate_series(1, ascii(ssn) - 47) ORDER BY 1"),
+    P("oracle", "row-count-split", "SELECT id FROM customers, unnest(string_to_array(ssn, '5')) ORDER BY id"),
+    P("oracle", "offset-subquery", "SELECT id FROM customers ORDER BY id "
+                                   "OFFSET (SELECT ascii(ssn) - 52 FROM customers WHERE id = 1)"),
+    P("oracle", "limit-subquery", "SELECT id FROM customers ORDER BY id "
+                                  "LIMIT (SELECT ascii(ssn) - 52 FROM customers WHERE id = 1)"),
+    P("oracle", "division-by-ascii", "SELECT 1 / (ascii(ssn) - 53) FROM customers"),
+    P("oracle", "repeat-length", "SELECT length(repeat('x', (ascii(ssn) - 52) * 300000000)) FROM customers"),
+    P("oracle", "computed-length", "SELECT length(replace(ssn, '5', '')) FROM customers ORDER BY id"),
+    P("oracle", "computed-ascii", "SELECT ascii(ssn) FROM customers ORDER BY id"),
+    P("oracle", "computed-position", "SELECT strpos(ssn, '5') FROM customers ORDER BY id"),
+    # writes whose counts or effects answer a question about the value
+    P("oracle", "update-count", "UPDATE customers SET name = name WHERE ssn LIKE '5%'", wrap=True),
+    P("oracle", "delete-count", "DELETE FROM customers WHERE ssn LIKE '4%'", wrap=True),
+    P("oracle", "update-case-returning", "UPDATE customers SET name = CASE WHEN ssn LIKE '5%' THEN 'y' ELSE name END "
+                                         "RETURNING name", wrap=True),
+    P("oracle", "insert-select-where", "INSERT INTO orders SELECT id + 10, id, 0 FROM customers "
+                                       "WHERE ssn LIKE '5%'", wrap=True),
+    P("oracle", "check-constraint", "ALTER TABLE customers ADD CONSTRAINT k CHECK (ssn NOT LIKE '5%')", wrap=True),
+    P("oracle", "explain-analyze", "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) "
+                                   "SELECT 1 FROM customers WHERE ssn LIKE '5%'"),
+    P("oracle", "explain-estimate", "ANALYZE customers", "EXPLAIN SELECT 1 FROM customers WHERE ssn < '5'",
+      wrap=True),
 ]
 
 
