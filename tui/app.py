@@ -177,6 +177,8 @@ class MenuApp(App[int]):
         self.notify(message.text, title="bastion", severity="warning", timeout=120)
 
     def on_queue_changed(self, message: QueueChanged) -> None:
+        if not self.screen_stack:  # a push that arrives while the app shuts down
+            return
         self._update_notice()
         if isinstance(self.screen, ApprovalsScreen | MyRequestsScreen):
             self.screen.post_message(QueueChanged())

@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -52,7 +54,9 @@ SAID_FOR = 10.0  # seconds an action's outcome stays in the status line
 
 
 class ReasonModal(ModalScreen[str | None]):
-    """Ask for a reason (required to deny)."""
+    """Ask for a reason (required to deny, revoke or ask for access). It stays open until a reason is given (Enter)
+    or the question is cancelled (Esc): keys typed after an empty Enter must never fall through to the screen
+    below, where they are shortcuts (``a`` approves)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -62,14 +66,55 @@ class ReasonModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="reason-box"):
-            yield Label(self.title_text)
+            yield Label(Text(self.title_text))  # names operator-typed text: never markup
             yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason", select_on_focus=False)
+            yield Static("", id="reason-note")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value)
+        event.stop()
+        reason = event.value.strip()
+        if not reason:
+            self.query_one("#reason-note", Static).update("A reason is needed: type it, then Enter (Esc cancels).")
+            return
+        self.dismiss(reason)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+APPROVE_KEY = "y"
+
+
+def describe_request(req: dict[str, Any]) -> Text:
+    """What a decision on ``req`` is about, in full and verbatim (operator-typed text is never markup)."""
+    got = sum(1 for d in req.get("decisions", []) if d.get("approve"))
+    text = Text()
+    for label, value in (("request", f"#{req['id']}"), ("requester", str(req["requester"])),
+                         ("resource", str(req["resource"])), ("command", str(req["text"])),
+                         ("rule", f"{req['rule']} ({got}/{req['approvals_needed']} approvals so far)")):
+        text.append(f"{label:>10}: ", style="bold")
+        text.append(value + "\n")
+    return text
+
+
+class ConfirmApproval(ModalScreen[bool]):
+    """Approving takes a deliberate key on a dialog that says what is approved; any other key cancels, and no key
+    pressed here ever reaches the queue below."""
+
+    def __init__(self, req: dict[str, Any]):
+        super().__init__()
+        self.req = req
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box"):
+            yield Label(Text(f"Approve request #{self.req['id']}?", style="bold"))
+            yield Static(describe_request(self.req), id="confirm-what")
+            yield Static(f"{APPROVE_KEY}: approve · any other key: cancel", id="confirm-keys")
+
+    def on_key(self, event: events.Key) -> None:
+        event.stop()
+        event.prevent_default()
+        self.dismiss(event.key == APPROVE_KEY)
 
 
 class ApprovalsScreen(Screen[None]):
@@ -119,7 +164,7 @@ class ApprovalsScreen(Screen[None]):
         table.clear()
         for r in self.pending:
             got = sum(1 for d in r["decisions"] if d["approve"])
-            table.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"]), r["rule"],
+            table.add_row(f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"])), r["rule"],
                           age(r["created_at"]), f"{got}/{r['approvals_needed']}", key=str(r["id"]))
         if self.pending:
             table.move_cursor(row=min(row, len(self.pending) - 1))
@@ -128,7 +173,7 @@ class ApprovalsScreen(Screen[None]):
         self.history = q["history"]
         for r in self.history:
             by = ", ".join(d["reviewer"] for d in r["decisions"]) or "-"
-            hist.add_row(f"#{r['id']}", r["requester"], r["resource"], _short(r["text"], 40), r["status"], by)
+            hist.add_row(f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"], 40)), r["status"], by)
         if time.monotonic() - self._said_at < SAID_FOR:
             return  # the outcome of the reviewer's last action stays in sight a while
         if not self.pending:
@@ -165,8 +210,16 @@ class ApprovalsScreen(Screen[None]):
 
     def action_approve(self) -> None:
         req = self._selected()
-        if req is not None:
-            self._decide(req, "approve", "")
+        if req is None:
+            return
+
+        def done(sure: bool | None) -> None:
+            if sure:
+                self._decide(req, "approve", "")
+            else:
+                self._say(f"request #{req['id']}: not approved (press {APPROVE_KEY} on the dialog to approve)")
+
+        self.app.push_screen(ConfirmApproval(req), done)
 
     def action_deny(self) -> None:
         req = self._selected()
@@ -236,8 +289,8 @@ class MyRequestsScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.clear()
         for r in rows:
-            table.add_row(f"#{r['id']}", r["resource"], _short(r["text"], 40), r["rule"], r["status"],
-                          _short(r["status_reason"], 40), age(r["created_at"]))
+            table.add_row(f"#{r['id']}", r["resource"], Text(_short(r["text"], 40)), r["rule"], r["status"],
+                          Text(_short(r["status_reason"], 40)), age(r["created_at"]))
 
     def on_queue_changed(self, _: QueueChanged) -> None:
         self.reload()

@@ -18,6 +18,7 @@ from bastion.store.approvals import ACCESS_RULE, ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
 from tests.integration.test_approvals_e2e import reviewer_queue, wait_stderr_line
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -48,7 +49,7 @@ def test_access_is_asked_for_granted_by_a_reviewer_and_lasts(access_env: Bastion
         line = wait_stderr_line(proc, "waiting for approval")
         assert "access to secret-db needs a reviewer's approval" in line and "rule access-request" in line
         bob.wait_for(r"alice\s+secret-db\s+open secret-db -- echo GRANTED-RUN", timeout=10)
-        bob.send("a")
+        approve(bob)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and out == "GRANTED-RUN-42\n", err
         # within the grant: no new request, straight through

@@ -16,6 +16,7 @@ from bastion.config import load_config
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -91,7 +92,10 @@ def test_exec_approval_flow_approve_and_deny(bastion_env: BastionEnv, tmp_path: 
         line = wait_stderr_line(proc, "waiting for approval")
         assert "rule chmod-needs-approval" in line and "Ctrl-C to withdraw" in line
         bob.wait_for(rf"alice\s+web\s+chmod 600 {f}", timeout=5)  # live, without a keypress
-        bob.send("a")
+        rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "alice")
+        dialog = approve(bob)  # says what it approves before the deliberate key
+        assert f"Approve request #{rid}?" in dialog and "requester: alice" in dialog and "resource: web" in dialog
+        assert f"command: chmod 600 {f} && stat -c %a {f}" in dialog
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and out == "600\n", err
         assert "approved by bob" in err
@@ -101,10 +105,12 @@ def test_exec_approval_flow_approve_and_deny(bastion_env: BastionEnv, tmp_path: 
         bob.wait_for(rf"chmod 640 {f}", timeout=5)
         bob.send("d")
         bob.wait_for(r"why\?")
-        bob.send("not during the freeze\r")
+        bob.send("\r")  # no reason yet: the dialog stays, so what is typed next is never a queue shortcut
+        bob.wait_for(r"A reason is needed")
+        bob.send("not during the freeze, ask again on a Monday\r")
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 1
-        assert "denied by bob: not during the freeze" in err
+        assert "denied by bob: not during the freeze, ask again on a Monday" in err
     assert oct(f.stat().st_mode & 0o777) == "0o600"
 
 
@@ -124,7 +130,7 @@ def test_self_approval_is_impossible_and_n_distinct_approvers(bastion_env: Basti
         requests(env).decide(rid, "carol", True, "")
     with reviewer_queue(env, "bob") as bob:
         bob.wait_for(rf"carol\s+web\s+chmod 600 {f}")
-        bob.send("a")
+        approve(bob)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
     # two distinct reviewers for chown
@@ -132,13 +138,13 @@ def test_self_approval_is_impossible_and_n_distinct_approvers(bastion_env: Basti
     wait_stderr_line(proc, "waiting for approval")
     with reviewer_queue(env, "bob") as bob:
         bob.wait_for(rf"chown root {f}.*0/2")
-        bob.send("a")
+        approve(bob)
         bob.wait_for(r"pending")
         time.sleep(0.5)
         assert proc.poll() is None  # one approval of two: still waiting
     with reviewer_queue(env, "dave") as dave:
         dave.wait_for(rf"chown root {f}.*1/2")
-        dave.send("a")
+        approve(dave)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out == "OWNED\n"
 
@@ -156,7 +162,7 @@ def test_interactive_block_approve_edit_and_withdraw(bastion_env: BastionEnv, tm
         alice.send(f"chmod 600 {f}; stat -c MODE=%a {f}\r")
         alice.wait_for(r"waiting for approval \(request #\d+, rule chmod-needs-approval\)")
         bob.wait_for(rf"chmod 600 {f}")
-        bob.send("a")
+        approve(bob)
         alice.wait_for(r"approved by bob")
         alice.wait_for(r"MODE=600")
         # recall the approved line and edit it: the edited text needs its own approval

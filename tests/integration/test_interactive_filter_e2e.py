@@ -21,6 +21,7 @@ from bastion.config import load_config
 from bastion.store.db import Store
 from recorder.asciicast import read_cast
 from tests.integration.conftest import BastionEnv
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -106,7 +107,7 @@ def test_history_expansion_is_judged_not_run(bastion_env: BastionEnv, tmp_path: 
             alice.send(f"chmod 600 {f}\r")
             alice.wait_for(r"waiting for approval .*rule chmod-needs-approval")
             bob.wait_for(rf"chmod 600 {f}")
-            bob.send("a")
+            approve(bob)
             alice.wait_for(r"approved by bob")
         alice.send(f"stat -c MODE=%a {f}\r")
         alice.wait_for(r"MODE=600")

@@ -16,6 +16,7 @@ from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, 
 from tests.integration.test_approvals_e2e import reviewer_queue, wait_stderr_line
 from tests.support.keys import free_port, make_keypair
 from tests.support.kube import find_kubectl
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.sshd import start_sshd
 from tests.support.terminal import Terminal
@@ -174,7 +175,7 @@ def test_delete_waits_for_a_reviewer(kube_env: KubeEnv) -> None:
         assert not any(r["method"] == "DELETE" for r in k.seen())
         with reviewer_queue(k.env) as bob:
             bob.wait_for(r"alice\s+web-k8s\s+delete pods web-2", timeout=10)
-            bob.send("a")
+            approve(bob)
             out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "web-2" in out and "deleted" in out
@@ -217,7 +218,7 @@ def test_interactive_prompt_and_approved_exec_shell_is_recorded(kube_env: KubeEn
         t.wait_for(r"waiting for approval")
         with reviewer_queue(k.env) as bob:
             bob.wait_for(r"create pods/exec web-1", timeout=10)
-            bob.send("a")
+            approve(bob)
             t.wait_for(r"^/ #", timeout=20)
         t.send("hostname\r")
         t.wait_for(r"^web-1\s*$")

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -77,7 +78,7 @@ def test_reviewer_on_b_decides_a_request_held_on_a(nodes: dict[str, BastionEnv],
             t0 = time.monotonic()
             bob.wait_for(r"alice\s+web\s+chmod 600 /nonexistent", timeout=10)  # pushed from node A
             pushed = time.monotonic() - t0
-            bob.send("a")
+            approve(bob)
             _, err = held.communicate(timeout=20)
             assert "approved" in err  # released on node A by bob's decision on node B
         finally:

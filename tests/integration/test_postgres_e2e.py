@@ -10,6 +10,7 @@ import pytest
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
 from tests.support.postgres import PgServer, start_postgres
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -151,7 +152,7 @@ def test_drop_waits_for_a_reviewer(db_bastion: dict, pg: PgServer) -> None:
         bob.wait_for(r"roles: reviewers")
         bob.send_key("f2")
         bob.wait_for(r"alice\s+web-db\s+DROP TABLE scratch")
-        bob.send("a")
+        approve(bob)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert pg.psql("SELECT to_regclass('scratch') IS NULL", db="app").strip() == "t"
