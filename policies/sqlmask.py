@@ -27,9 +27,20 @@ from pglast import ast
 from policies.sql import children, nodes
 
 COPY_RULE, PREDICATE_RULE, UNRESOLVED_RULE = "masking-copy", "masking-predicate", "masking-unresolved"
-# operators whose result compares values: a masked operand turns them into an oracle
-ARITHMETIC_OPS = frozenset({"||", "+", "-", "*", "/", "%", "^", "|/", "||/", "@", "&", "|", "#", "~", "<<", ">>",
-                            "->", "->>", "#>", "#>>"})
+# functions that return a value for any text input (never an error, one row): a masked value may flow through them
+# (their result is masked in turn); through anything else, whether it fails, or how many rows it returns, would
+# answer a question about the value. The second set takes the masked value only as its first argument.
+TOTAL_ANY_ARG = frozenset({
+    "lower", "upper", "initcap", "concat", "concat_ws", "md5", "sha224", "sha256", "sha384", "sha512", "reverse",
+    "length", "char_length", "character_length", "octet_length", "bit_length", "ascii", "to_json", "to_jsonb",
+    "row_to_json", "json_build_object", "jsonb_build_object", "json_build_array", "jsonb_build_array", "json_agg",
+    "jsonb_agg", "json_object_agg", "jsonb_object_agg", "array_agg", "string_agg", "count", "min", "max",
+    "coalesce", "format", "quote_literal", "quote_ident", "quote_nullable", "btrim", "ltrim", "rtrim", "trim",
+    "replace", "translate", "array_to_string", "to_hex", "encode", "textcat", "first_value", "last_value",
+    "lag", "lead", "nth_value", "row", "xmlelement", "xmlforest", "xmlconcat", "xmlagg", "array_append",
+    "array_prepend", "array_cat", "jsonb_agg_strict", "json_agg_strict", "any_value", "mode", "text"})
+TOTAL_FIRST_ARG = frozenset({"substr", "substring", "left", "right", "lpad", "rpad", "split_part", "overlay",
+                             "regexp_replace", "repeat", "strpos", "position"})
 # casting a masked value to these cannot fail on it; to anything else it can, and whether it fails answers a question
 TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "char", "name", "citext", "unknown"})
 # built-ins that read a relation or a query given as a string: what they read cannot be seen
@@ -65,6 +76,9 @@ class Catalog:
     predicates_allowed: frozenset[str] = frozenset()  # "table.column" whose masking allows predicates
     builtin_operators: frozenset[str] = frozenset()   # empty: not checked
     builtin_types: frozenset[str] = frozenset()       # empty: not checked
+    set_returning: frozenset[str] = frozenset({"generate_series", "unnest", "regexp_matches", "regexp_split_to_table",
+                                               "string_to_table", "json_array_elements", "jsonb_array_elements",
+                                               "json_each", "jsonb_each", "generate_subscripts"})
 
     @property
     def masked_names(self) -> frozenset[str]:
@@ -160,8 +174,16 @@ class _Analyzer:
                 cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
             scope.rels.append(_Rel(alias, cols))
         elif isinstance(item, ast.JoinExpr):
+            before = len(scope.rels)
             self._from_item(item.larg, scope)
+            middle = len(scope.rels)
             self._from_item(item.rarg, scope)
+            if item.isNatural:  # joins on every column name the two sides share
+                left = {c: m for r in scope.rels[before:middle] for c, m in r.columns}
+                for r in scope.rels[middle:]:
+                    for c, m in r.columns:
+                        if c in left and (m or left[c]):
+                            self._predicate(c)
             for u in nodes(item.usingClause):
                 col = _sval(u)
                 if col and any(c == col and m for r in scope.rels for c, m in r.columns):
@@ -251,9 +273,11 @@ class _Analyzer:
             name = (t.name or "").lower() or self._name_of(val)
             cols.append((name, masked))
         for g in nodes(node.groupClause):
-            self._by(g, scope, cols)
+            self._by(g, scope, cols, outputs_first=False)
         for d in nodes(node.distinctClause):
             self._by(d, scope, cols)
+        if node.distinctClause and all(d is None for d in node.distinctClause) and any(m for _, m in cols):
+            self._predicate(f"{', '.join(sorted(self.res.columns)) or '?'} (SELECT DISTINCT compares it)")
         for w in nodes(node.windowClause):
             self._expr(w, scope, predicate=True)
         self._order(node, scope, cols)
@@ -269,8 +293,10 @@ class _Analyzer:
             if isinstance(s, ast.SortBy):
                 self._by(s.node, scope, cols)
 
-    def _by(self, expr: ast.Node, scope: _Scope, cols: list[tuple[str, bool]]) -> None:
-        """ORDER BY / GROUP BY / DISTINCT ON: an output ordinal or name, or an expression: all predicates."""
+    def _by(self, expr: ast.Node, scope: _Scope, cols: list[tuple[str, bool]], outputs_first: bool = True) -> None:
+        """ORDER BY / GROUP BY / DISTINCT ON: an output ordinal or name, or an expression: all predicates. A bare
+        name means the output column first in ORDER BY (``SELECT ssn AS id ... ORDER BY id`` sorts by ssn), the
+        input column first in GROUP BY; both are checked when in doubt."""
         if isinstance(expr, ast.A_Const) and isinstance(getattr(expr, "val", None), ast.Integer):
             i = expr.val.ival - 1
             if 0 <= i < len(cols) and cols[i][1]:
@@ -279,9 +305,9 @@ class _Analyzer:
         if isinstance(expr, ast.ColumnRef) and len(expr.fields) == 1:
             name = _sval(expr.fields[0])
             hit = [m for c, m in cols if c == name]
-            if hit and not any(c == name for r in scope.rels for c, _ in r.columns):
-                if any(hit):
-                    self._predicate(name or "?")
+            if any(hit):
+                self._predicate(name or "?")
+            if hit and (outputs_first or not any(c == name for r in scope.rels for c, _ in r.columns)):
                 return
         self._expr(expr, scope, predicate=True)
 
@@ -457,7 +483,15 @@ class _Analyzer:
                 self.res.reads_masked = True
                 self.res.refuse(UNRESOLVED_RULE, f"{name}() reads a relation or query named in a string: what it "
                                                  f"reads cannot be seen")
-            masked = self._expr(node.args, scope, predicate)
+            arg_masks = [self._expr(a, scope, predicate) for a in nodes(node.args)]
+            masked = any(arg_masks)
+            if masked and name in self.cat.set_returning:
+                self._predicate(f"{', '.join(sorted(self.res.columns)) or '?'} (in {name}(), whose number of rows "
+                                f"depends on it)")
+            elif masked and not (name in TOTAL_ANY_ARG or (name in TOTAL_FIRST_ARG and not any(arg_masks[1:]))
+                                 or name in STORES):
+                self._predicate(f"{', '.join(sorted(self.res.columns)) or '?'} (in {name}(), which can fail or "
+                                f"return nothing depending on it)")
             if masked and name in STORES:
                 self.res.refuse(COPY_RULE, f"{name}() would keep masked data where a later statement can read it")
             if node.agg_filter is not None:
@@ -491,7 +525,8 @@ class _Analyzer:
             elif len(parts) > 1 and parts[0] != "pg_catalog":
                 self.res.refuse(UNRESOLVED_RULE, f"operator {'.'.join(parts)} is not a built-in")
             kind = getattr(node.kind, "name", str(node.kind))
-            compares = not (kind == "AEXPR_OP" and op in ARITHMETIC_OPS)
+            # only concatenation cannot fail: arithmetic on a masked value can (division by zero, overflow)
+            compares = not (kind == "AEXPR_OP" and op == "||")
             return any([self._expr(node.lexpr, scope, predicate or compares),
                         self._expr(node.rexpr, scope, predicate or compares)])
         if isinstance(node, ast.BoolExpr | ast.NullTest | ast.BooleanTest):

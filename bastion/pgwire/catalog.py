@@ -121,4 +121,6 @@ async def load_catalog(conn: up.Upstream, masks: dict[tuple[int, int], MaskRule]
         user = {str(r[0]).lower() for r in rows2 if r[1] != "true"}
         builtin[kind] = frozenset(system - user)
     functions, operators, types = builtin["function"], builtin["operator"], builtin["type"]
-    return Catalog(relations, functions, predicates_allowed, operators, types), frozenset(clean)
+    set_returning = frozenset(str(r[0]).lower() for r in await query(
+        conn, "SELECT DISTINCT proname FROM pg_proc WHERE proretset"))
+    return Catalog(relations, functions, predicates_allowed, operators, types, set_returning), frozenset(clean)
