@@ -206,7 +206,10 @@ class BastionSession(asyncssh.SSHServerSession):
         if self._closed_reason is not None:
             self._stderr(f"\nbastion: {self._closed_reason}: connection closed\n")
         if self.chan is not None and not self._client_gone:
-            self.chan.exit(status)
+            try:
+                self.chan.exit(status)
+            except (OSError, asyncssh.Error):  # gone between the last write and the exit status
+                self._client_gone = True
 
     # -- time limits --------------------------------------------------------------------------------------
     def _time_limit(self, resource: str | None, name: str) -> float | None:
@@ -270,6 +273,9 @@ class BastionSession(asyncssh.SSHServerSession):
         out = await self.open_target(resource, command=cmd)
         if not out.ok:
             self._stderr(f"bastion: {out.message}\n")
+            if self._client_gone:  # a hang-up (Ctrl-C, a killed client) while held or refused is normal
+                log.info("%s: %s: the client hung up before it was told: %s", self.ctx.who, resource[:64],
+                         out.message)
             return 1
         if out.exit_signal:
             return 128 + _signal_number(out.exit_signal)

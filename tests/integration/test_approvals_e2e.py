@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -193,3 +194,35 @@ def test_exec_requester_hanging_up_withdraws(bastion_env: BastionEnv, tmp_path: 
     while requests(env).get(rid)["status"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert requests(env).get(rid)["status"] == "withdrawn"
+
+
+def test_hangups_while_held_or_refused_are_one_log_line(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    """A client that goes away while its command waits for reviewers, or while it is being refused, is normal: the
+    daemon logs a line, never a traceback, and goes on serving."""
+    env = bastion_env
+    seen = env.log.stat().st_size
+    proc = exec_bg(env, "alice", f"chmod 600 {tmp_path}")
+    wait_stderr_line(proc, "waiting for approval")
+    rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "alice")
+    proc.kill()  # kill -9: no goodbye from the client
+    proc.wait(10)
+    hung_up = rf"alice@\S+: web: the client hung up before it was told: request #{rid} withdrawn"
+    deadline = time.monotonic() + 15
+    while not re.search(hung_up, env.log.read_text()[seen:]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert requests(env).get(rid)["status"] == "withdrawn"
+    # clients killed at every moment of their exec request: before, while and after it is held or blocked
+    burst = [exec_bg(env, "alice", f"chmod 600 {tmp_path}" if i % 2 else f"rm -f {tmp_path}/none") for i in range(12)]
+    for p in burst:
+        p.kill()
+        p.communicate(timeout=10)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 15
+    while any(r["requester"] == "alice" for r in requests(env).pending()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # each held one is withdrawn when the daemon sees its client gone
+    out = subprocess.run(argv(env, "alice", "web", "--", "echo still serving", tty=False), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "still serving\n", out.stderr
+    log = env.log.read_text()[seen:]
+    assert "Traceback" not in log and "Task exception was never retrieved" not in log, log
+    assert len(re.findall(hung_up, log)) == 1, log
