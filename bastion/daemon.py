@@ -23,7 +23,7 @@ from bastion.oidc.login import LoginService
 from bastion.pglisten import PgListener
 from bastion.sandbox import make_sandbox, python_paths
 from bastion.sdnotify import monotonic_usec, notify
-from bastion.session import BastionSession
+from bastion.session import BastionChannel, BastionSession
 from bastion.store.db import Store
 from policies.access import Grants, grants_for
 
@@ -214,12 +214,14 @@ class BastionServer(asyncssh.SSHServer):
             log.error("%s: authentication completed without a known method; closing", ctx.peer)
             self.conn.close()
 
-    def session_requested(self) -> BastionSession | bool:
-        assert self.ctx is not None
+    def session_requested(self) -> tuple[BastionChannel, BastionSession] | bool:
+        assert self.ctx is not None and self.conn is not None
         if self.sessions >= self.daemon.config.limits.max_sessions_per_connection:
             return False
         self.sessions += 1
-        return BastionSession(self.ctx)
+        chan = self.conn.create_server_channel()  # the connection's settings (encoding=None, windows)
+        chan.__class__ = BastionChannel  # adds no state: only how an exec request's command is decoded
+        return chan, BastionSession(self.ctx)
 
     def connection_requested(self, *args: Any) -> bool:
         return False

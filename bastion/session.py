@@ -87,6 +87,29 @@ def parse_command(command: str) -> tuple[str, str | None]:
     return res, (rest or None)
 
 
+def not_utf8(command: str) -> str | None:
+    """Why an exec request's command (as :class:`BastionChannel` passes it) is not valid UTF-8, or None if it is."""
+    raw = command.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+    return None
+
+
+class BastionChannel(asyncssh.SSHServerChannel[bytes]):  # encoding=None: a channel of bytes
+    """A server session channel whose exec request reaches the session even when its command is not UTF-8.
+
+    asyncssh answers such a request with a bare channel failure before the session hears of it (OpenSSH prints
+    "exec request failed" and exits 255, the daemon logs nothing). Here the command is decoded with
+    ``surrogateescape``, and the session refuses it with a reason and an exit status, like any other refusal."""
+
+    def _process_exec_request(self, packet: Any) -> bool:
+        command = packet.get_string()
+        packet.check_end()
+        return self._start_session(command=command.decode("utf-8", "surrogateescape"))
+
+
 class BastionSession(asyncssh.SSHServerSession):
     """asyncssh session callbacks for one channel; the work happens in :meth:`run`."""
 
@@ -261,6 +284,16 @@ class BastionSession(asyncssh.SSHServerSession):
             self._stderr("bastion: this key is not signed in. Sign in first, with a terminal: "
                          f"ssh {self.ctx.server_name}\n"
                          "(after that, this key works without a sign-in until its binding expires)\n")
+            return 1
+        bad = not_utf8(self.command)
+        if bad is not None:
+            text = self.command.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            log.info("%s: refused an exec request whose command is not valid UTF-8 (%s): %r", self.ctx.who, bad,
+                     text[:200])
+            await asyncio.to_thread(self.ctx.daemon.store.audit, self.ctx.username, "session.open", "denied",
+                                    client_addr=self.ctx.peer, mode="exec", text=text[:4000],
+                                    reason=f"the command is not valid UTF-8 ({bad})")
+            self._stderr(f"bastion: the command is not valid UTF-8 ({bad}); nothing was run\n")
             return 1
         resource, cmd = parse_command(self.command)
         if not resource or resource in ("help", "-h", "--help"):

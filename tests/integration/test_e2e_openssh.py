@@ -114,6 +114,23 @@ def test_not_permitted_and_unknown_resources(bastion_env: BastionEnv) -> None:
     assert {("alice", "secret-db"), ("alice", "no-such-thing"), ("mallory", "web")} <= denials
 
 
+def test_command_that_is_not_utf8_is_refused_with_a_reason(bastion_env: BastionEnv) -> None:
+    env = bastion_env
+    for command, bad in ((b"web -- \xff", b"byte 0xff at offset 7"),  # a stray byte, Latin-1, a cut sequence
+                         (b"web -- echo caf\xe9", b"byte 0xe9 at offset 15"), (b"\xc3", b"byte 0xc3 at offset 0")):
+        out = subprocess.run([*ssh(env, "alice", tty=False), command], capture_output=True, timeout=60)
+        assert out.returncode == 1 and out.stdout == b"", out.stderr
+        assert out.stderr == b"bastion: the command is not valid UTF-8 (" + bad + b"); nothing was run\n"
+    from bastion.config import load_config
+    from bastion.store.db import Store
+
+    events = Store(load_config(env.config).database_url).audit_events(50)
+    refused = [e.detail["text"] for e in events if e.action == "session.open" and e.outcome == "denied"
+               and "not valid UTF-8" in e.detail.get("reason", "")]
+    assert {"web -- \\xff", "web -- echo caf\\xe9", "\\xc3"} <= set(refused)
+    assert "refused an exec request whose command is not valid UTF-8 (byte 0xff at offset 7)" in env.log.read_text()
+
+
 def test_unreachable_target_is_a_clear_error(bastion_env: BastionEnv) -> None:
     env = bastion_env
     out = run(env, "alice", "web-down", "--", "id")
