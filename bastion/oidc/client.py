@@ -1,7 +1,8 @@
 """Talking to the OpenID Provider: discovery, JWKS, the device authorization grant, ID token checks, userinfo.
 
-HTTP with httpx; the token endpoint through authlib's OAuth 2 client (client authentication); JOSE with joserfc
-(no hand-written signature checks). Nothing here logs a code or a token.
+HTTP with httpx; token requests built with authlib's OAuth 2 pieces (RFC 6749 request body, client authentication),
+not its httpx integration (deprecated in favour of httpx2: importing it warns on every run); JOSE with joserfc (no
+hand-written signature checks). Nothing here logs a code or a token.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from authlib.oauth2.auth import ClientAuth
+from authlib.oauth2.rfc6749.parameters import prepare_token_request
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -23,6 +25,7 @@ from bastion.oidc.device import DeviceFlowError, PollSchedule
 
 log = logging.getLogger(__name__)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+TOKEN_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded;charset=UTF-8"}
 
 
 class OidcError(Exception):
@@ -69,10 +72,21 @@ class OidcClient:
     def _http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self.cfg.http_timeout, follow_redirects=False, transport=self._transport)
 
-    def _oauth(self) -> AsyncOAuth2Client:
-        return AsyncOAuth2Client(client_id=self.cfg.client_id, client_secret=self._secret,
-                                 token_endpoint_auth_method="client_secret_basic" if self._secret else "none",
-                                 timeout=self.cfg.http_timeout, transport=self._transport)
+    async def _token_request(self, http: httpx.AsyncClient, url: str, grant_type: str,
+                             **params: str) -> dict[str, Any]:
+        """One request to the token endpoint: the JSON object it answered, an OAuth error (``error``) included.
+        The client authenticates with HTTP Basic when it has a secret, else names itself in the body. Raises
+        httpx.HTTPError or ValueError for an answer that is no token response (a 5xx, a gateway's HTML page)."""
+        body = prepare_token_request(grant_type, **params)
+        auth = ClientAuth(self.cfg.client_id, self._secret, "client_secret_basic" if self._secret else "none")
+        _, headers, body = auth.prepare("POST", url, dict(TOKEN_HEADERS), body)
+        r = await http.post(url, content=body.encode(), headers=headers)
+        if r.status_code >= 500:
+            r.raise_for_status()
+        token = r.json()
+        if not isinstance(token, dict):
+            raise ValueError(f"token endpoint answered {r.status_code} without a JSON object")
+        return token
 
     async def _get_json(self, url: str, **kw: Any) -> dict[str, Any]:
         try:
@@ -149,7 +163,7 @@ class OidcClient:
         limit = min(code.expires_in, timeout or self.cfg.login_timeout)
         sched = PollSchedule(interval=code.interval, expires_at=time.monotonic() + limit)
         delay = sched.interval
-        async with self._oauth() as client:
+        async with self._http() as http:
             while True:
                 wait = min(delay, max(0.0, sched.expires_at - time.monotonic()))
                 if cancelled is not None:
@@ -162,19 +176,21 @@ class OidcClient:
                     await asyncio.sleep(wait)
                 sched.check(time.monotonic())
                 try:
-                    token = await client.fetch_token(meta["token_endpoint"], grant_type=DEVICE_GRANT,
-                                                     device_code=code.device_code)
-                    return dict(token)
-                except OAuthError as e:
-                    if e.error == "authorization_pending":
-                        delay = sched.next_delay("pending")
-                    elif e.error == "slow_down":
-                        delay = sched.next_delay("slow_down")
-                    else:
-                        raise PollSchedule.terminal(str(e.error)) from None
+                    token = await self._token_request(http, meta["token_endpoint"], DEVICE_GRANT,
+                                                      device_code=code.device_code)
                 except (httpx.HTTPError, ValueError) as e:
                     log.warning("token endpoint: %s; backing off", type(e).__name__)
                     delay = sched.next_delay("transient")
+                    continue
+                error = token.get("error")
+                if error is None:
+                    return token
+                if error == "authorization_pending":
+                    delay = sched.next_delay("pending")
+                elif error == "slow_down":
+                    delay = sched.next_delay("slow_down")
+                else:
+                    raise PollSchedule.terminal(str(error))
 
     # -- ID token -------------------------------------------------------------------------------------------
     async def verify_id_token(self, token: str) -> dict[str, Any]:

@@ -131,6 +131,11 @@ def test_command_that_is_not_utf8_is_refused_with_a_reason(bastion_env: BastionE
     assert "refused an exec request whose command is not valid UTF-8 (byte 0xff at offset 7)" in env.log.read_text()
 
 
+def test_serve_prints_no_warnings_of_its_dependencies(bastion_env: BastionEnv) -> None:
+    """The daemon's stderr (this test's log file; journald under systemd) has log lines, not Python warnings."""
+    assert not re.search(r"[A-Za-z]+Warning:", bastion_env.log.read_text())
+
+
 def test_unreachable_target_is_a_clear_error(bastion_env: BastionEnv) -> None:
     env = bastion_env
     out = run(env, "alice", "web-down", "--", "id")
