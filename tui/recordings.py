@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from textual.actions import SkipAction
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -41,8 +42,13 @@ def _clock(t: float) -> str:
 
 
 class RecordingsScreen(Screen[None]):
-    BINDINGS = [Binding("enter", "open", "Open"), Binding("/", "focus_filter", "Filter"),
+    # "/" is a priority binding: the app runs it as the key arrives, before it hands the next keys to the focused
+    # widget. As an ordinary binding it ran only once "/" had gone through the list and back up to the app, and
+    # keys typed with it ("/user=bob" in one read: a paste, a fast typist on a slow link) had already gone to the
+    # list and were lost.
+    BINDINGS = [Binding("enter", "open", "Open"), Binding("/", "focus_filter", "Filter", priority=True),
                 Binding("escape", "back", "Back")]
+    AUTO_FOCUS = "#recordings"  # the list, not the filter box above it (which would say it has focus, briefly)
 
     def __init__(self, rpc: RpcClient):
         super().__init__()
@@ -63,7 +69,6 @@ class RecordingsScreen(Screen[None]):
         self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Started (UTC)",
                                               "Duration", "Outcome")
         self.reload()
-        self.query_one(DataTable).focus()
 
     def reload(self) -> None:
         try:
@@ -87,13 +92,17 @@ class RecordingsScreen(Screen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.params = parse_filter(event.value)
         self.reload()
-        self.query_one(DataTable).focus()
+        self.set_focus(self.query_one(DataTable))  # now: a "/" typed next opens a fresh filter
 
     def action_focus_filter(self) -> None:
-        """A fresh filter each time, like a pager's search (the current one is in the status line)."""
+        """A fresh filter each time, like a pager's search (the current one is in the status line). Focus moves
+        now, not after a refresh (``Widget.focus``), so the keys that follow "/" are the filter's. In the filter
+        box "/" is a character like any other."""
         box = self.query_one("#rec-filter", Input)
+        if self.focused is box:
+            raise SkipAction()  # the key goes on to the box, in order with what was typed before it
         box.value = ""
-        box.focus()
+        self.set_focus(box)
 
     def on_descendant_focus(self, event: object) -> None:
         if self.focused is self.query_one("#rec-filter", Input):
@@ -111,7 +120,7 @@ class RecordingsScreen(Screen[None]):
 
     def action_back(self) -> None:
         if self.focused is self.query_one("#rec-filter", Input):
-            self.query_one(DataTable).focus()
+            self.set_focus(self.query_one(DataTable))
             return
         self.app.pop_screen()
 

@@ -1,0 +1,114 @@
+"""A real Daemon (SQLite in a temporary directory) whose menu RPC handlers serve a TUI driven by Textual's Pilot in
+the test's own process: the broker runs on a loop of its own thread, as it runs in the daemon while the session
+process waits on its replies."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from textual.pilot import Pilot
+
+from bastion.broker import BrokerServer
+from bastion.config import load_config
+from bastion.daemon import ConnectionContext, Daemon
+from bastion.rpcproto import RpcClient
+from bastion.session import BastionSession
+from bastion.store.approvals import ApprovalStore
+
+
+@dataclass
+class TuiDaemon:
+    daemon: Daemon
+    requests: ApprovalStore
+    connect: Callable[[str], RpcClient]  # a session process's channel for this user (alice, bob, eve)
+
+
+@contextmanager
+def tui_daemon(d: Path) -> Iterator[TuiDaemon]:
+    host = " ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2])
+    cfg = d / "bastion.yaml"
+    cfg.write_text(f"""\
+listen: {{host: 127.0.0.1, port: 2222}}
+host_keys: [host_key]
+database: sqlite:///bastion.db
+recordings_dir: rec
+sandbox: {{mode: "off"}}
+users:
+  alice: {{groups: [ops]}}
+  bob: {{groups: [reviewers]}}
+  eve: {{groups: [auditors]}}
+resources:
+  web:
+    kind: ssh
+    description: web server
+    host: 127.0.0.1
+    port: 22
+    user: deploy
+    credential: {{private_key_file: cred}}
+    host_key: "{host}"
+roles:
+  operators: {{groups: [ops], resources: ["web"]}}
+  reviewers: {{groups: [reviewers], review: true}}
+  auditors: {{groups: [auditors], audit: true}}
+""")
+    daemon = Daemon(load_config(cfg, check_files=False))
+    daemon.store.migrate()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    clients: list[tuple[socket.socket, RpcClient]] = []
+    served: list[concurrent.futures.Future[None]] = []
+
+    def connect(user: str) -> RpcClient:
+        ctx = ConnectionContext(daemon, "127.0.0.1:1")
+        ctx.set_identity(user, daemon.config.users[user].groups, source="local")
+        session = BastionSession(ctx)
+        handlers = {"hello": session._rpc_hello, "resources.list": session._rpc_resources,
+                    "queue.list": session._rpc_queue, "requests.mine": session._rpc_mine,
+                    "request.decide": session._rpc_decide, "recordings.list": session._rpc_recordings}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server = BrokerServer(ours, handlers, user)
+
+        async def serve() -> None:
+            listeners = daemon.approvals.listeners
+            changed = lambda: server.notify("queue.changed")  # noqa: E731
+            listeners.add(changed)
+            try:
+                await server.serve()
+            finally:
+                listeners.discard(changed)
+
+        served.append(asyncio.run_coroutine_threadsafe(serve(), loop))
+        client = RpcClient(theirs)
+        clients.append((theirs, client))
+        return client
+
+    try:
+        yield TuiDaemon(daemon, ApprovalStore(daemon.store), connect)
+    finally:
+        for sock, client in clients:  # the session process goes away: its broker stops serving
+            sock.shutdown(socket.SHUT_RDWR)  # (close alone does not wake the client's reader thread)
+            client.close()
+        concurrent.futures.wait(served, 10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        daemon.store.engine.dispose()
+
+
+async def until(pilot: Pilot[Any], what: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait on what the app shows (the RPC answers on another thread), never a fixed time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not what():
+        assert loop.time() < deadline, "the screen never got there"
+        await pilot.pause(0.02)
