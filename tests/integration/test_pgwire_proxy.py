@@ -184,9 +184,9 @@ def test_masking_in_binary_and_extended_protocol(pg: PgServer, tmp_path: Path) -
             binary = conn.cursor(binary=True)
             binary.execute("SELECT ssn, name FROM customers WHERE id = %s", (2,))
             assert binary.fetchall() == [("*******4321", "Bob")]
-            binary.execute("SELECT ssn::bytea FROM customers WHERE id = 1")
-            (value,) = binary.fetchone()
-            assert value is None or b"123-45" not in bytes(value)
+            # a cast of a masked value that can fail (text to bytea reads escapes) answers a question: refused
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="masking-predicate"):
+                binary.execute("SELECT ssn::bytea FROM customers WHERE id = 1")
     finally:
         p.close()
 
