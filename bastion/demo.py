@@ -42,20 +42,26 @@ DEMO_DB_POLICY = """\
   demo-db:
     default: allow
     rules:
-      - name: no-unbounded-writes
-        statements: [delete, update]
-        traits: [no_where]
+      - name: no-server-files
+        traits: [copy_program, copy_file, dangerous_function]
         action: block
-        reason: DELETE and UPDATE need a WHERE that restricts rows
+        reason: server-side files and programs are off limits
+      - name: code-needs-approval
+        traits: [plants_code, privilege]
+        action: require_approval
+        approvers: {roles: [reviewers], count: 1}
+        reason: code that runs later (triggers, rules, functions, policies) and privileges need a reviewer's approval
+      - name: no-unbounded-writes
+        statements: [delete, update, insert, merge]
+        max_rows: 1
+        action: require_approval
+        approvers: {roles: [reviewers], count: 1}
+        reason: a write that touches more than one row needs a reviewer's approval
       - name: ddl-needs-approval
         statements: [drop, truncate, alter]
         action: require_approval
         approvers: {roles: [reviewers], count: 1}
         reason: schema changes need a reviewer's approval
-      - name: no-server-files
-        traits: [copy_program, copy_file, dangerous_function]
-        action: block
-        reason: server-side files and programs are off limits
 """
 
 

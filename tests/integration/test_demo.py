@@ -134,7 +134,8 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
         assert shell("stat -c %a victim").stdout == "600\n"
-        # demo-db: a local PostgreSQL behind the wire proxy; ssn masked, unbounded DELETE refused
+        # demo-db: a local PostgreSQL behind the wire proxy; ssn masked; a write that touches more than one row
+        # (whatever its WHERE says) is rolled back and waits for bob
         def db(text: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--", text,
                                            tty=False), capture_output=True, text=True, timeout=60)
@@ -142,17 +143,27 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
         out = db("SELECT ssn FROM customers")
         assert out.returncode == 0, out.stderr
         assert "*******6789" in out.stdout and "123-45" not in out.stdout
-        out = db("DELETE FROM customers")
-        assert out.returncode != 0 and "blocked by rule 'no-unbounded-writes'" in out.stderr
-        assert " 4" in db("SELECT count(*) FROM customers").stdout
-        # DROP waits for bob: denied with a reason, the table stays; then a harmless DROP approved runs
-        drop = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--",
-                                         "DROP TABLE customers", tty=False),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert drop.stderr is not None and "waiting for approval" in drop.stderr.readline()
+        delete = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--",
+                                           "DELETE FROM customers WHERE id > 0", tty=False),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert delete.stderr is not None and "waiting for approval" in delete.stderr.readline()
+        assert " 4" in db("SELECT count(*) FROM customers").stdout  # untouched while it waits
+        # DROP waits for bob too: denied with a reason, the table stays; then a harmless DROP approved runs
         with Terminal(ssh_argv(state / "keys" / "bob", port, "bob", tty=True), cols=120) as bob:
             bob.wait_for(r"roles: reviewers")
             bob.send_key("f2")
+            bob.wait_for(r"alice\s+demo-db\s+DELETE FROM customers WHERE id > 0")
+            bob.send("d")
+            bob.wait_for(r"why\?")
+            bob.send("one row at a time\r")
+            _, err = delete.communicate(timeout=30)
+            assert delete.returncode != 0 and "denied by bob: one row at a time" in err, err
+            assert "touched 4 rows, limit 1; rolled back" in err
+            assert " 4" in db("SELECT count(*) FROM customers").stdout
+            drop = subprocess.Popen(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", "--",
+                                             "DROP TABLE customers", tty=False),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert drop.stderr is not None and "waiting for approval" in drop.stderr.readline()
             bob.wait_for(r"alice\s+demo-db\s+DROP TABLE customers")
             bob.send("d")
             bob.wait_for(r"why\?")
@@ -167,13 +178,21 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             _, err = drop.communicate(timeout=30)
             assert drop.returncode == 0 and "approved by bob" in err
         assert " 4" in db("SELECT count(*) FROM customers").stdout
-        # and interactively, in psql
+        # one row is within the limit: no approval
+        out = db("DELETE FROM customers WHERE id = 3")
+        assert out.returncode == 0 and "DELETE 1" in out.stdout, out.stderr
+        assert " 3" in db("SELECT count(*) FROM customers").stdout
+        # and interactively, in psql: the unbounded DELETE waits; Ctrl-C withdraws it
         with Terminal(ssh_argv(state / "keys" / "alice", port, "alice", "demo-db", tty=True), cols=120) as t:
             t.wait_for(r"=>$")
             t.send("SELECT name, ssn FROM customers ORDER BY id;\r")
             t.wait_for(r"\*+6789")
             t.send("DELETE FROM customers;\r")
-            t.wait_for(r"blocked by rule 'no-unbounded-writes'")
+            t.wait_for(r"waiting for approval .*rule no-unbounded-writes")
+            t.send_key("ctrl-c")
+            t.wait_for(r"request withdrawn")
+            t.send("SELECT count(*) FROM customers;\r")
+            t.wait_for(r"^\s+3\s*$")
             t.send_key("ctrl-d")
             assert t.wait_exit() == 0
         assert "123-45" not in t.raw_text()
