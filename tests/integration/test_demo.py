@@ -19,6 +19,7 @@ from bastion.demo import prepare
 from bastion.demo_target import DemoShell, demo_shell
 from bastion.sandbox import Sandbox, SandboxError
 from tests.support.keys import free_port_block
+from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -130,7 +131,7 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             bob.wait_for(r"1 request awaits your review")
             bob.send_key("f2")
             bob.wait_for(r"alice\s+demo-shell\s+chmod 600")
-            bob.send("a")
+            approve(bob)
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
         assert shell("stat -c %a victim").stdout == "600\n"
@@ -174,7 +175,7 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
                                              "DROP TABLE IF EXISTS scratch", tty=False),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             bob.wait_for(r"alice\s+demo-db\s+DROP TABLE IF EXISTS scratch")
-            bob.send("a")
+            approve(bob)
             _, err = drop.communicate(timeout=30)
             assert drop.returncode == 0 and "approved by bob" in err
         assert " 4" in db("SELECT count(*) FROM customers").stdout
@@ -252,7 +253,7 @@ def test_demo_k8s_done_when() -> None:
             bob.wait_for(r"roles: reviewers")
             bob.send_key("f2")
             bob.wait_for(r"alice\s+demo-k8s\s+delete pods web-2")
-            bob.send("a")
+            approve(bob)
             out_d, err = delete.communicate(timeout=30)
             assert delete.returncode == 0 and 'pod "web-2" deleted' in out_d, err
             assert "web-2" not in k8s("get pods").stdout
@@ -261,7 +262,7 @@ def test_demo_k8s_done_when() -> None:
                 t.send("exec -it web-1 -- sh\r")
                 t.wait_for(r"waiting for approval")
                 bob.wait_for(r"alice\s+demo-k8s\s+create pods/exec web-1")
-                bob.send("a")
+                approve(bob)
                 t.wait_for(r"^/ #")
                 t.send("cat /etc/hostname\r")
                 t.wait_for(r"^web-1\s*$")
