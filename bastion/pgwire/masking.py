@@ -64,7 +64,9 @@ def mask_data_row(payload: bytes, plan: list[MaskRule | None]) -> bytes:
         value = None if length < 0 else payload[pos:pos + length]
         pos += max(length, 0)
         rule = plan[i] if i < len(plan) else None
-        if rule is not None and value is None and rule.table == "(computed)":
+        if rule is not None and rule.style == "null":
+            value = None
+        elif rule is not None and value is None and rule.table == "(computed)":
             value = b"********"  # whether a value computed from masked data is NULL is an answer too
         elif rule is not None and value is not None:
             try:

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 EMPTY_QUERY = message(b"Q", b"\x00")
 COMPUTED = MaskRule("(computed)", "(computed)", "full")
+WITHHELD = MaskRule("(binary)", "(binary)", "null")  # a masked value in binary format, not text: sent as NULL
+TEXT_OIDS = frozenset({25, 1043, 1042, 19, 18, 705})  # text, varchar, bpchar, name, "char", unknown
 
 
 FORWARD = set(b"BEDCHdcf")  # Bind Execute Describe Close Flush CopyData CopyDone CopyFail
@@ -246,6 +248,10 @@ class PgProxy:
         self._batch_error = self._seg_begin = self._seg_unknown = False
         self._divert: _Divert | None = None
         self.prepared: dict[str, _Stmt] = {}  # prepared statements by name ("" unnamed)
+        # the lineage outputs of each prepared statement, and the statements bound since the client last had all its
+        # answers: with one statement in flight its results are placed precisely (count(*) stays a count)
+        self.prepared_outputs: dict[str, list[bool] | None] = {}
+        self._inflight_bound: list[list[bool] | None] = []  # per Bind in flight: its statement's outputs, then
         self.portals: dict[str, tuple[_Stmt, _Measured | None]] = {}  # portal -> its statement, the batch it is in
         self.measure_buffer = 64 << 20  # the most a measured request's results may take while held back
 
@@ -428,11 +434,18 @@ class PgProxy:
     def _field_plan(self, fields: list[Field]) -> list[MaskRule | None]:
         """Per output column: its masking rule, COMPUTED (masked whole), or None (shown as it is)."""
         a, reads = self._current()
-        outputs = a.outputs if a is not None and a.outputs is not None and len(a.outputs) == len(fields) else None
+        candidates = a.outputs if a is not None else None
+        if a is None and (not self.groups or self.groups[0] is None) and len(self._inflight_bound) == 1:
+            candidates = self._inflight_bound[0]  # exactly one execution in flight: these are its results
+        outputs = candidates if candidates is not None and len(candidates) == len(fields) else None
         plan: list[MaskRule | None] = []
         for i, f in enumerate(fields):
             rule = self.masks.get((f.table_oid, f.attnum))
-            if rule is not None or not reads:
+            if f.fmt == 1 and f.type_oid not in TEXT_OIDS and (rule is not None or reads and not (
+                    f.table_oid != 0 and f.attnum > 0 and f.table_oid in self.clean) and not (
+                    f.table_oid == 0 and outputs is not None and not outputs[i])):
+                plan.append(WITHHELD)  # a binary value that is not text cannot be shown masked: withheld
+            elif rule is not None or not reads:
                 plan.append(rule)
             elif f.table_oid != 0 and f.attnum > 0 and f.table_oid in self.clean:
                 plan.append(None)  # a column of a known relation that is not masked, as the server reports it
@@ -527,6 +540,8 @@ class PgProxy:
                     refuse(refusal)
                     continue
                 self.prepared[name] = info
+                lineage, _ = self._lineage(sql)
+                self.prepared_outputs[name] = lineage[0].outputs if len(lineage) == 1 else None
                 self._forward(raw, name=name)
             elif kind == b"B":
                 portal, _, rest = payload.partition(b"\x00")
@@ -544,6 +559,7 @@ class PgProxy:
                         continue
                 if info.reads:  # each execution of a statement that reads masked data is treated so
                     self.ext_reads = self._batch_reads = True
+                self._inflight_bound.append(self.prepared_outputs.get(stmt_name))
                 name = portal.decode("utf-8", "replace")
                 if name == PRIVATE:
                     refuse(self._refusal(None, f"the portal name {PRIVATE!r} is the bastion's", name))
@@ -1041,6 +1057,7 @@ class PgProxy:
                 if not expect:
                     if not self._batch_reads:
                         self.ext_reads = False
+                    self._inflight_bound.clear()
                     self._drained.set()
                 if buf is not None:  # the end of a measured request: the client task decides what to deliver
                     self._buffer = None
