@@ -94,6 +94,7 @@ class Analysis:
     refusal: str | None = None
     rule: str | None = None
     columns: set[str] = field(default_factory=set)
+    outputs_unknown: bool = False  # a ``*`` over a relation whose columns are not known: how many outputs is not
 
     def refuse(self, rule: str, why: str) -> None:
         if self.refusal is None:
@@ -237,8 +238,7 @@ class _Analyzer:
         return []
 
     def _select(self, node: ast.SelectStmt, outer: _Scope) -> list[tuple[str, bool]]:
-        scope = _Scope([], outer.outer if not outer.rels else outer, dict(outer.ctes))
-        scope.outer = outer if outer.rels else outer.outer
+        scope = _Scope([], outer if outer.rels else outer.outer, dict(outer.ctes))
         self._with(node.withClause, scope)
         op = getattr(node.op, "name", str(node.op))
         if not op.endswith("NONE"):
@@ -284,8 +284,6 @@ class _Analyzer:
         for part in (node.limitCount, node.limitOffset):
             if part is not None:
                 self._expr(part, scope, predicate=True)
-        if node.lockingClause:
-            pass
         return cols
 
     def _order(self, node: ast.SelectStmt, scope: _Scope, cols: list[tuple[str, bool]]) -> None:
@@ -324,12 +322,12 @@ class _Analyzer:
         rels = scope.rels if not names else [r for r in scope.rels if r.name == names[-1]]
         if not rels:
             self.res.reads_masked = True
-            self.res.outputs_unknown = True  # type: ignore[attr-defined]
+            self.res.outputs_unknown = True
             return [("*", True)]
         out: list[tuple[str, bool]] = []
         for r in rels:
             if r.unknown:
-                self.res.outputs_unknown = True  # type: ignore[attr-defined]
+                self.res.outputs_unknown = True
                 self.res.reads_masked = True
                 out.append(("*", True))
                 continue
@@ -565,7 +563,7 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
     top = _Scope([])
     if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
         cols = an._query(stmt, top)
-        res.outputs = None if getattr(res, "outputs_unknown", False) else [m for _, m in cols]
+        res.outputs = None if res.outputs_unknown else [m for _, m in cols]
     elif isinstance(stmt, ast.SelectStmt):  # SELECT ... INTO
         cols = an._query(stmt, top)
         if res.reads_masked or any(m for _, m in cols):
