@@ -14,21 +14,21 @@ from typing import Any
 
 import asyncssh
 
-from bastion.approvals import ApprovalService
-from bastion.auditing import AuditWorker
+from bastion.audit.worker import AuditWorker
 from bastion.config import Config, ConfigError, load_config
 from bastion.keyfiles import CIPHERS, ensure_private_key
-from bastion.live import LiveRegistry
 from bastion.oidc.login import LoginService
-from bastion.pglisten import PgListener
+from bastion.oversight.approvals import ApprovalService
+from bastion.oversight.live import LiveRegistry
 from bastion.sandbox import make_sandbox, python_paths
 from bastion.sdnotify import monotonic_usec, notify
-from bastion.session import BastionChannel, BastionSession
+from bastion.ssh.channel import BastionChannel, BastionSession
 from bastion.store.db import Store
+from bastion.store.listen import PgListener
 from policies.access import Grants, grants_for
 
 log = logging.getLogger(__name__)
-MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpcproto)
+MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpc.proto)
 RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "recordings", "log_dir", "sandbox", "oidc",
                 "cluster")
 

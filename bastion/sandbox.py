@@ -158,3 +158,10 @@ def find_psql() -> str | None:
     if versions:
         return str(versions[-1])
     return shutil.which("psql", path="/usr/local/bin:/usr/bin:/bin")
+
+
+def find_kubectl(configured: str | None = None) -> str | None:
+    """The kubectl the sessions run: ``configured`` (config ``kubectl:``), else the first on a system PATH."""
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("kubectl", path="/usr/local/bin:/usr/bin:/bin")

@@ -28,9 +28,9 @@ from tests.support.postgres import start_postgres  # noqa: E402
 PROXY = """
 import asyncio, sys
 from pathlib import Path
-from bastion.pgwire.masking import MaskRule
-from bastion.pgwire.proxy import PgProxy
-from bastion.pgwire.upstream import Target
+from bastion.proxies.pg.masking import MaskRule
+from bastion.proxies.pg.proxy import PgProxy
+from bastion.proxies.pg.upstream import Target
 from policies.engine import Action, PolicySet, Rule, evaluate_sql
 
 POLICY = PolicySet("db", Action.ALLOW, (

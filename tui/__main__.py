@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from bastion.rpcproto import RpcClient
+from bastion.rpc.proto import RpcClient
 
 
 class BrokerLogHandler(logging.Handler):

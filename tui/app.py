@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
-from bastion.rpcproto import RpcClient, RpcError
+from bastion.rpc.proto import RpcClient, RpcError
 from tui.approvals import ApprovalsScreen, MyRequestsScreen, QueueChanged, ReasonModal, fmt_duration
 from tui.live import LiveScreen
 from tui.login import LoginScreen

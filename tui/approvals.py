@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
-from bastion.rpcproto import RpcClient, RpcError
+from bastion.rpc.proto import RpcClient, RpcError
 
 
 class QueueChanged(Message):

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from bastion.rpcproto import RpcClient, RpcError
+from bastion.rpc.proto import RpcClient, RpcError
 from tui.approvals import ReasonModal, _short, fmt_duration
 
 

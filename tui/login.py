@@ -17,7 +17,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from bastion.rpcproto import RpcClient, RpcError
+from bastion.rpc.proto import RpcClient, RpcError
 
 
 def qr_text(data: str) -> str:

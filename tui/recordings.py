@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from bastion.rpcproto import RpcClient, RpcError
+from bastion.rpc.proto import RpcClient, RpcError
 from tui.approvals import _short
 
 FILTER_HELP = ("filter: user=alice resource=web* since=7d outcome=terminated policy=blocked|warned|held|denied "

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 
 import policies.kubectl as kubectl_line_module
 from bastion.config import KubeResource
-from bastion.kube.proxy import KubeProxy, Upstream
-from bastion.kube.tls import upstream_context
-from bastion.relay import Relay
-from bastion.sandbox import Sandbox
+from bastion.proxies.kube.proxy import KubeProxy, Upstream
+from bastion.proxies.kube.tls import upstream_context
+from bastion.sandbox import Sandbox, find_kubectl
 from bastion.targets.local import LocalClient
 from bastion.targets.ssh import TargetError
+from bastion.terminal.relay import Relay
 from policies.engine import Decision
 from policies.kube import KubeRequest
 from policies.kubectl import KubectlLineError, kubectl_argv
@@ -36,13 +36,6 @@ HERE = Path(__file__).resolve().parent
 PROMPT_SRC = HERE / "kubeprompt.py"
 LINE_SRC = Path(kubectl_line_module.__file__)
 HANDOFF_TIMEOUT = 15.0
-
-
-def find_kubectl(configured: str | None = None) -> str | None:
-    """The kubectl the sessions run: ``configured`` (config ``kubectl:``), else the first on a system PATH."""
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("kubectl", path="/usr/local/bin:/usr/bin:/bin")
 
 
 def kubectl_minor(path: str) -> int | None:

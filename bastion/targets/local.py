@@ -10,10 +10,10 @@ import shutil
 import signal
 from pathlib import Path
 
-from bastion.ptyproc import PtyProcess, ignore_keyboard_signals
-from bastion.relay import PtyEndpoint, Relay
 from bastion.sandbox import Sandbox
 from bastion.targets.ssh import TargetExit
+from bastion.terminal.ptyproc import PtyProcess, ignore_keyboard_signals
+from bastion.terminal.relay import PtyEndpoint, Relay
 
 
 class LocalClient:

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bastion.config import PgResource
-from bastion.pgwire.masking import MaskRule
-from bastion.pgwire.proxy import PgProxy
-from bastion.pgwire.upstream import Target
-from bastion.relay import Relay
+from bastion.proxies.pg.masking import MaskRule
+from bastion.proxies.pg.proxy import PgProxy
+from bastion.proxies.pg.upstream import Target
 from bastion.sandbox import Sandbox, find_psql
 from bastion.targets.local import LocalClient
 from bastion.targets.ssh import TargetError
+from bastion.terminal.relay import Relay
 from policies.engine import Decision
 
 

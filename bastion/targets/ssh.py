@@ -12,7 +12,7 @@ import asyncssh
 
 from bastion.config import SshResource
 from bastion.keyfiles import CIPHERS
-from bastion.relay import Relay
+from bastion.terminal.relay import Relay
 
 log = logging.getLogger(__name__)
 

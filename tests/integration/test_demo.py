@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bastion.config import load_config
-from bastion.demo import prepare
-from bastion.demo_target import DemoShell, demo_shell
+from bastion.demo.run import prepare
+from bastion.demo.shell_target import DemoShell, demo_shell
 from bastion.sandbox import Sandbox, SandboxError
 from tests.support.keys import free_port_block
 from tests.support.review import approve

@@ -110,7 +110,7 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
                         assert reply["result"]["ok"] is False and "not permitted" in reply["result"]["message"]
                     else:
                         assert reply.get("error", {}).get("code") in codes, (req, reply)
-                fake = "x\n2026-11-30 bastion.approvals INFO request 1 approved by bob\x1b[2J"
+                fake = "x\n2026-11-30 bastion.oversight.approvals INFO request 1 approved by bob\x1b[2J"
                 forged_log = {"id": 15, "method": "log", "params": {"level": "INFO", "message": fake}}
                 assert ask(sock, json.dumps(forged_log).encode()) == {"id": 15, "result": None}
                 bad_level = ask(sock, b'{"id":16,"method":"log","params":{"level":"AUDIT","message":"m"}}')
@@ -128,7 +128,8 @@ def test_taken_over_session_process_gets_nothing_more(bastion_env: BastionEnv) -
         log = env.log.read_bytes()[log_start:].decode(errors="replace")
         assert "refused malformed request" in log and "refused oversized frame" in log
         # its log line is written as alice's, marked, with no line of its own nor terminal escapes
-        assert re.search(r"tui\[alice@[0-9.:]+\]: x\n    \| 2026-11-30 bastion.approvals INFO request 1 approved by bob"
+        assert re.search(r"tui\[alice@[0-9.:]+\]: x\n    \| 2026-11-30 bastion.oversight.approvals INFO request 1 "
+                         r"approved by bob"
                          r"\\x1b\[2J", log)
         assert "\x1b" not in log
         # alice's request is still pending, undecided; everyone else is served as before

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bastion.cmdfilter import UNECHOED, WITHHELD
 from bastion.config import load_config
 from bastion.store.db import Store
+from bastion.terminal.cmdfilter import UNECHOED, WITHHELD
 from recorder.asciicast import read_cast
 from tests.integration.conftest import BastionEnv
 from tests.support.review import approve

@@ -1,5 +1,5 @@
 """Kubernetes resources end to end: stock OpenSSH -> bastion -> kubectl prompt (real kubectl, in the sandbox) ->
-the session's API proxy -> the simulated API server (bastion/kubesim.py), which records what reached it."""
+the session's API proxy -> the simulated API server (bastion/demo/kubesim.py), which records what reached it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.kubesim import KubeSim, make_tls, run_in_thread
+from bastion.demo.kubesim import KubeSim, make_tls, run_in_thread
 from recorder.asciicast import read_cast
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.integration.test_approvals_e2e import reviewer_queue, wait_stderr_line

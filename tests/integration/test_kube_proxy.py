@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from bastion.devcerts import make_server_cert
-from bastion.kube.proxy import MAX_BODY, KubeProxy, Upstream
-from bastion.kube.tls import upstream_context
-from bastion.kubesim import KubeSim, SimTLS, make_tls, run_in_thread
+from bastion.demo.devcerts import make_server_cert
+from bastion.demo.kubesim import KubeSim, SimTLS, make_tls, run_in_thread
+from bastion.proxies.kube.proxy import MAX_BODY, KubeProxy, Upstream
+from bastion.proxies.kube.tls import upstream_context
 from policies.engine import Action, Decision
 from policies.kube import KubeRequest
 

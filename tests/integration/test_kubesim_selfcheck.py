@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.kubesim import KubeSim, make_tls, run_in_thread
+from bastion.demo.kubesim import KubeSim, make_tls, run_in_thread
 from tests.support.kube import find_kubectl
 
 TOKEN = "selfcheck-token"

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from bastion.broker import RefusedRequest
 from bastion.config import load_config
 from bastion.daemon import ConnectionContext, Daemon
-from bastion.live import LiveSession
-from bastion.relay import Relay, Tee
-from bastion.session import BastionSession
+from bastion.oversight.live import LiveSession
+from bastion.rpc.server import RefusedRequest
+from bastion.ssh.channel import BastionSession
+from bastion.terminal.relay import Relay, Tee
 from recorder.asciicast import CastWriter
 from tests.integration.conftest import BastionEnv
 

@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from bastion.pgwire import upstream as up
-from bastion.pgwire.masking import MaskRule
-from bastion.pgwire.protocol import cstr, message, parse_error, read_message, startup_message
-from bastion.pgwire.proxy import PgProxy
-from bastion.pgwire.upstream import Target
+from bastion.proxies.pg import upstream as up
+from bastion.proxies.pg.masking import MaskRule
+from bastion.proxies.pg.protocol import cstr, message, parse_error, read_message, startup_message
+from bastion.proxies.pg.proxy import PgProxy
+from bastion.proxies.pg.upstream import Target
 from policies.engine import Action, Decision, PolicySet, Rule, evaluate_sql
 from tests.support.postgres import PgServer, start_postgres
 from tests.support.terminal import Terminal

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from bastion.pgwire.proxy import PgProxy
-from bastion.pgwire.upstream import Target
+from bastion.proxies.pg.proxy import PgProxy
+from bastion.proxies.pg.upstream import Target
 from policies.engine import Action, PolicySet, Rule, evaluate_sql
 from tests.support.postgres import PgServer, start_postgres
 from tests.support.terminal import Terminal
@@ -174,7 +174,7 @@ def test_psql_ctrl_c_withdraws_a_held_statement(pg: PgServer, tmp_path: Path) ->
 
 
 def test_masking_in_binary_and_extended_protocol(pg: PgServer, tmp_path: Path) -> None:
-    from bastion.pgwire.masking import MaskRule
+    from bastion.proxies.pg.masking import MaskRule
 
     p = ProxyThread(pg, tmp_path / "m", masking=[MaskRule("customers", "ssn", "keep_last", 4)])
     try:
@@ -201,7 +201,7 @@ def psql_script(sockdir: Path, script: str, home: Path) -> subprocess.CompletedP
 def test_statements_built_inside_psql_are_judged_on_the_wire(pg: PgServer, tmp_path: Path) -> None:
     """psql variables, \\gexec, \\copy, PREPARE/EXECUTE, comments and dollar quoting: what matters is the text the
     server would execute, and that is what the proxy judges (no keystroke filter in this test)."""
-    from bastion.pgwire.masking import MaskRule
+    from bastion.proxies.pg.masking import MaskRule
 
     p = ProxyThread(pg, tmp_path / "w", approval="denied", masking=[MaskRule("customers", "ssn", "keep_last", 4)])
     try:
@@ -299,7 +299,7 @@ def test_upstream_tls_verify_full_with_the_resource_ca(pg_tls: PgServer, tmp_pat
 
 
 def test_upstream_tls_refuses_a_server_signed_by_another_ca(pg_tls: PgServer, tmp_path: Path) -> None:
-    from bastion.devcerts import make_server_cert
+    from bastion.demo.devcerts import make_server_cert
 
     other = make_server_cert(tmp_path / "other", ca_name="someone else")
     p = ProxyThread(pg_tls, tmp_path / "t", target=Target("127.0.0.1", pg_tls.port, "app", "app", "verify-full",

@@ -35,9 +35,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bastion.pgwire.masking import MaskRule
-from bastion.pgwire.proxy import PgProxy
-from bastion.pgwire.upstream import Target
+from bastion.proxies.pg.masking import MaskRule
+from bastion.proxies.pg.proxy import PgProxy
+from bastion.proxies.pg.upstream import Target
 from policies.engine import Decision, PolicySet, evaluate_sql
 from tests.support.postgres import PgServer
 

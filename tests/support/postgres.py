@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.devcerts import ServerCert, make_server_cert
+from bastion.demo.devcerts import ServerCert, make_server_cert
 from tests.support.keys import free_port
 
 

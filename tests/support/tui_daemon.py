@@ -17,11 +17,11 @@ from typing import Any
 import asyncssh
 from textual.pilot import Pilot
 
-from bastion.broker import BrokerServer
 from bastion.config import load_config
 from bastion.daemon import ConnectionContext, Daemon
-from bastion.rpcproto import RpcClient
-from bastion.session import BastionSession
+from bastion.rpc.proto import RpcClient
+from bastion.rpc.server import BrokerServer
+from bastion.ssh.channel import BastionSession
 from bastion.store.approvals import ApprovalStore
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bastion.auditreport import CSV_COLUMNS, build_report, prune, report_csv
+from bastion.audit.report import CSV_COLUMNS, build_report, prune, report_csv
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from bastion.store.search import index_recording, search

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bastion.broker import MAX_STRIKES, BrokerServer, RefusedRequest
-from bastion.rpcproto import MAX_FRAME, RpcClient, RpcError, encode
+from bastion.rpc.proto import MAX_FRAME, RpcClient, RpcError, encode
+from bastion.rpc.server import MAX_STRIKES, BrokerServer, RefusedRequest
 
 
 def frame(body: bytes) -> bytes:

@@ -23,7 +23,7 @@ def test_help_has_an_empty_stderr(args: list[str]) -> None:
 def test_the_daemon_and_the_session_process_import_no_deprecated_path() -> None:
     """What ``bastion serve`` and ``bastion demo`` import (the OIDC client among it), and the menu, warn of
     nothing even when every warning is shown."""
-    code = "import bastion.daemon, bastion.demo, bastion.oidc.client, tui.app"
+    code = "import bastion.daemon, bastion.demo.run, bastion.oidc.client, tui.app"
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).parents[2])
     assert out.returncode == 0 and not WARNING.search(out.stderr), out.stderr

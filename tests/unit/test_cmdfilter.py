@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.cmdfilter import (
+from bastion.terminal.cmdfilter import (
     SECRET_LINES,
     UNECHOED,
     WITHHELD,

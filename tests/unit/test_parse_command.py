@@ -1,4 +1,4 @@
-from bastion.session import parse_command
+from bastion.ssh.channel import parse_command
 
 
 def test_forms() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from bastion.timeouts import IdleWatch, fmt_seconds, warning_lead
+from bastion.sessions.timeouts import IdleWatch, fmt_seconds, warning_lead
 
 
 def test_wording_and_warning_lead() -> None:

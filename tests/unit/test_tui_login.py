@@ -8,7 +8,7 @@ from typing import Any
 import segno
 from textual.widgets import DataTable, Static
 
-from bastion.rpcproto import RpcError
+from bastion.rpc.proto import RpcError
 from tui.app import MenuApp
 from tui.login import LoginScreen, countdown, qr_text
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.widgets import DataTable, Static
 
-from bastion.rpcproto import RpcError
+from bastion.rpc.proto import RpcError
 from tui.app import MenuApp, describe_outcome
 
 RESOURCES = [

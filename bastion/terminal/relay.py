@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from bastion.cmdfilter import CommandFilter
-from bastion.ptyproc import PtyProcess, set_winsize
+from bastion.terminal.cmdfilter import CommandFilter
+from bastion.terminal.ptyproc import PtyProcess, set_winsize
 from recorder.asciicast import CastWriter, EchoGuard
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from bastion.pgwire import upstream as up
-from bastion.pgwire.catalog import load_catalog, resolve_masks
-from bastion.pgwire.masking import Field, MaskRule, mask_data_row, parse_row_description
-from bastion.pgwire.protocol import (
+from bastion.proxies.pg import upstream as up
+from bastion.proxies.pg.catalog import load_catalog, resolve_masks
+from bastion.proxies.pg.masking import Field, MaskRule, mask_data_row, parse_row_description
+from bastion.proxies.pg.protocol import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
     PROTOCOL_3,

@@ -206,7 +206,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bastion.auditreport import build_report, report_csv
+    from bastion.audit.report import build_report, report_csv
 
     got = _store(args)
     if got is None:
@@ -230,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from bastion.auditreport import prune
+    from bastion.audit.report import prune
 
     got = _store(args)
     if got is None:

@@ -1,4 +1,4 @@
-"""The demo's ``demo-k8s``: a *simulated* Kubernetes API server (``bastion.kubesim``) started with the demo, and a
+"""The demo's ``demo-k8s``: a *simulated* Kubernetes API server (``bastion.demo.kubesim``) started with the demo, and a
 kubectl >= 1.30 to reach it through the bastion. Only used by ``bastion demo``; without a suitable kubectl the demo
 runs without ``demo-k8s`` and says so."""
 
@@ -9,7 +9,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from bastion.kubesim import KubeSim, make_tls
+from bastion.demo.kubesim import KubeSim, make_tls
 from bastion.targets.kube import kubectl_minor
 
 # kubectl on PATH first; then the versioned binaries of Google's Cloud SDK `kubectl` package, newest first

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from bastion.relay import Relay
+from bastion.terminal.relay import Relay
 
 
 def fmt_seconds(sec: float) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from scramp import ScramClient
 
-from bastion.pgwire.protocol import (
+from bastion.proxies.pg.protocol import (
     CANCEL_REQUEST,
     SSL_REQUEST,
     cstr,

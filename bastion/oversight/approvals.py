@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bastion.pglisten import CHANNEL
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
+from bastion.store.listen import CHANNEL
 from policies.access import may_review
 from policies.engine import Decision
 

@@ -4,7 +4,7 @@ Table output, logs, describe), secrets, namespaces, nodes, ``kubectl auth whoami
 (``v5.channel.k8s.io``/``v4``) into a small scripted shell. It records every request that reaches it, so tests can
 prove what the bastion let through. Bearer token and/or client certificate authentication. Never for production.
 
-``python -m bastion.kubesim --dir D`` writes TLS material and a token into D and serves until interrupted.
+``python -m bastion.demo.kubesim --dir D`` writes TLS material and a token into D and serves until interrupted.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from bastion.devcerts import ServerCert, make_client_cert, make_server_cert
+from bastion.demo.devcerts import ServerCert, make_client_cert, make_server_cert
 
 MAX_BODY = 3 * 1024 * 1024
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -766,8 +766,8 @@ def _stdin(ws: WebSocket) -> Iterator[bytes]:
 
 # -- command line --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bastion.kubesim --dir D [--port N]``: TLS material, a token and a kubeconfig in D; serve."""
-    ap = argparse.ArgumentParser(prog="python -m bastion.kubesim", description=__doc__.splitlines()[0])
+    """``python -m bastion.demo.kubesim --dir D [--port N]``: TLS material, a token and a kubeconfig in D; serve."""
+    ap = argparse.ArgumentParser(prog="python -m bastion.demo.kubesim", description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, required=True, help="where to write ca.crt, the token and kubeconfig")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)

@@ -23,8 +23,8 @@ from typing import Any
 
 import asyncssh
 
-from bastion.ptyproc import PtyProcess, set_winsize
 from bastion.sandbox import Sandbox, SandboxError, make_sandbox
+from bastion.terminal.ptyproc import PtyProcess, set_winsize
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import h11
 
-from bastion.kube.tls import SessionCert, make_session_cert
+from bastion.proxies.kube.tls import SessionCert, make_session_cert
 from policies.engine import Action, Decision
 from policies.kube import KubeParseError, KubeRequest, parse_request
 

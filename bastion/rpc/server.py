@@ -13,7 +13,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bastion.rpcproto import HEADER, MAX_FRAME, METHODS, decode_body, encode
+from bastion.rpc.proto import HEADER, MAX_FRAME, METHODS, decode_body, encode
 
 log = logging.getLogger(__name__)
 

@@ -20,22 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from bastion.auditcli import parse_when
-from bastion.broker import BrokerServer, RefusedRequest
-from bastion.cmdfilter import CommandFilter, secret_asks
+from bastion.cli.audit import parse_when
 from bastion.config import KubeResource, PgResource, SshResource
-from bastion.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
 from bastion.oidc.login import LoginRefused
-from bastion.pglisten import CHANNEL
-from bastion.ptyproc import PtyProcess
-from bastion.relay import PtyEndpoint, Relay, Tee
-from bastion.rpcproto import LOG_LEVELS, LOGIN_METHODS
+from bastion.oversight.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
+from bastion.rpc.proto import LOG_LEVELS, LOGIN_METHODS
+from bastion.rpc.server import BrokerServer, RefusedRequest
+from bastion.sessions.timeouts import IdleWatch, fmt_seconds, warning_lead
 from bastion.store.approvals import ACCESS_RULE, DecisionRefused
 from bastion.store.db import POLICY_FILTERS, new_session_id
+from bastion.store.listen import CHANNEL
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.ssh import SshEndpoint, TargetError
-from bastion.timeouts import IdleWatch, fmt_seconds, warning_lead
+from bastion.terminal.cmdfilter import CommandFilter, secret_asks
+from bastion.terminal.ptyproc import PtyProcess
+from bastion.terminal.relay import PtyEndpoint, Relay, Tee
 from policies.access import RequestTerms, decide_open, may_watch
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.psql import judge_psql_line

@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from bastion.auditcli import parse_offset
-from bastion.auditcli import register as register_audit
+from bastion.cli.audit import parse_offset
+from bastion.cli.audit import register as register_audit
 from bastion.config import Config, ConfigError, load_config
 
 
@@ -277,7 +277,7 @@ def _explain_shell(command: str, *, interactive: bool, terminal: bool) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bastion.demo import run_demo
+    from bastion.demo.run import run_demo
 
     return run_demo(Path(args.state_dir), args.port, verbose=args.verbose)
 

@@ -12,9 +12,9 @@ import json
 import logging
 import struct
 
-from bastion.pgwire import upstream as up
-from bastion.pgwire.masking import MaskRule
-from bastion.pgwire.protocol import message, parse_error, read_message
+from bastion.proxies.pg import upstream as up
+from bastion.proxies.pg.masking import MaskRule
+from bastion.proxies.pg.protocol import message, parse_error, read_message
 from policies.sqlmask import Catalog, Relation
 
 log = logging.getLogger(__name__)

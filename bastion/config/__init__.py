@@ -528,7 +528,7 @@ def _semantic_checks(cfg: Config) -> list[str]:
         bad(("oidc", "scopes"), "must include openid")
 
     if any(isinstance(r, KubeResource) for r in cfg.resources.values()):
-        from bastion.targets.kube import find_kubectl
+        from bastion.sandbox import find_kubectl
 
         if find_kubectl(cfg.kubectl) is None:
             where = ("kubectl",) if cfg.kubectl else ("resources",)

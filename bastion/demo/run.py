@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config import ConfigError, load_config
-from bastion.demo_kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
+from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
 from bastion.keyfiles import ensure_private_key
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,8 @@ def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
     """Prepare the state dir, start the demo target and the daemon, print how to connect, run until Ctrl-C."""
     from bastion.cli import _setup_logging
     from bastion.daemon import Daemon, wait_for_stop_signal
-    from bastion.demo_pg import DemoPostgres
-    from bastion.demo_target import DemoShell, demo_shell, start_demo_target
+    from bastion.demo.pg import DemoPostgres
+    from bastion.demo.shell_target import DemoShell, demo_shell, start_demo_target
     from bastion.sandbox import SandboxError
 
     state = state.resolve()

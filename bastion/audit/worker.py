@@ -58,7 +58,7 @@ class AuditWorker:
 
     async def _prune_loop(self, days: float) -> None:
         """Apply the retention now and then every hour (every node may; each recording is pruned once)."""
-        from bastion.auditreport import prune
+        from bastion.audit.report import prune
 
         while True:
             try:

@@ -1,0 +1,5 @@
+"""The ``bastion`` command."""
+
+from bastion.cli.main import main
+
+__all__ = ["main"]
