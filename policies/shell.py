@@ -592,9 +592,11 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
                 if t.text == "select":
                     line.opaque.append("select loop")
                 j = i + 1
-                while j < len(tokens) and not (isinstance(tokens[j], str) and tokens[j] in (";", "\n")) and not (
-                        isinstance(tokens[j], Word) and tokens[j].text == "do"):
-                    if isinstance(tokens[j], Word) and tokens[j].substitution:
+                while j < len(tokens):
+                    tj = tokens[j]
+                    if (isinstance(tj, str) and tj in (";", "\n")) or (isinstance(tj, Word) and tj.text == "do"):
+                        break
+                    if isinstance(tj, Word) and tj.substitution:
                         line.opaque.append("command substitution")
                     j += 1
                 i = j

@@ -90,7 +90,10 @@ def nodes(v: object) -> Iterator[ast.Node]:
             yield from nodes(x)
 
 
-def _rangevar(rv: ast.RangeVar) -> str:
+def _rangevar(rv: ast.RangeVar | None) -> str:
+    """``schema.relation`` in lowercase ("" for none: the parser always names a statement's relation)."""
+    if rv is None:
+        return ""
     return ".".join(p for p in (rv.schemaname, rv.relname) if p).lower()
 
 
@@ -116,9 +119,9 @@ def _restricts(where: ast.Node | None) -> bool:
     if isinstance(where, ast.BoolExpr):
         op = getattr(where.boolop, "name", str(where.boolop)).lower()
         if op.startswith("or"):
-            return all(_restricts(a) for a in where.args)
+            return all(_restricts(a) for a in where.args or ())
         if op.startswith("and"):
-            return any(_restricts(a) for a in where.args)
+            return any(_restricts(a) for a in where.args or ())
     return True
 
 
@@ -155,7 +158,7 @@ def _statement(node: ast.Node, out: list[Statement], text: str, nested: bool) ->
     traits: list[str] = []
     acc = _Acc()
     if isinstance(node, ast.ExplainStmt):
-        if _explain_analyzes(node):
+        if _explain_analyzes(node) and node.query is not None:
             _statement(node.query, out, text, nested=True)  # EXPLAIN ANALYZE runs it
         out.append(Statement("explain", name, nested=nested, text=text))
         return
@@ -219,6 +222,9 @@ def classify_sql(text: str) -> list[Statement]:
         raise SqlParseError(str(e)) from None
     out: list[Statement] = []
     for rs in raw:  # pglast gives character offsets
-        end = rs.stmt_location + rs.stmt_len if rs.stmt_len else len(text)
-        _statement(rs.stmt, out, text[rs.stmt_location:end].strip(), nested=False)
+        if rs.stmt is None:  # never from the parser; not to be passed over unjudged
+            raise SqlParseError("a statement the parser gave no tree for")
+        start = rs.stmt_location or 0
+        end = start + rs.stmt_len if rs.stmt_len else len(text)
+        _statement(rs.stmt, out, text[start:end].strip(), nested=False)
     return out

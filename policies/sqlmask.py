@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from pglast import ast
 
@@ -129,14 +130,25 @@ def _sval(x: object) -> str | None:
     return v.lower() if isinstance(v, str) else None
 
 
+def _has_star(ref: ast.ColumnRef) -> bool:
+    """Whether a column reference is ``*`` or ``t.*``."""
+    return any(isinstance(f, ast.A_Star) for f in ref.fields or ())
+
+
+_DML: TypeAlias = ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt
+
+
 class _Analyzer:
     def __init__(self, catalog: Catalog, result: Analysis):
         self.cat = catalog
         self.res = result
 
     # -- relations ---------------------------------------------------------------------------------------
-    def _rangevar(self, rv: ast.RangeVar, scope: _Scope) -> _Rel:
-        alias = rv.alias.aliasname.lower() if rv.alias is not None else (rv.relname or "").lower()
+    def _rangevar(self, rv: ast.RangeVar | None, scope: _Scope) -> _Rel:
+        if rv is None:  # never from the parser (a statement names its relation): unknown, so masked
+            self.res.reads_masked = True
+            return _Rel("", [], unknown=True)
+        alias = (rv.alias.aliasname or "").lower() if rv.alias is not None else (rv.relname or "").lower()
         name = ".".join(p for p in (rv.schemaname, rv.relname) if p).lower()
         cols: list[tuple[str, bool]] | None = None
         table = ""
@@ -169,16 +181,16 @@ class _Analyzer:
         elif isinstance(item, ast.RangeSubselect):
             inner = _Scope([], scope if item.lateral else scope.outer, {})
             cols = self._query(item.subquery, inner if item.lateral else _Scope([], scope.outer, scope.ctes))
-            alias = item.alias.aliasname.lower() if item.alias is not None else ""
+            alias = (item.alias.aliasname or "").lower() if item.alias is not None else ""
             if item.alias is not None and item.alias.colnames:
                 new = [_sval(c) or "" for c in item.alias.colnames]
                 cols = [(new[i] if i < len(new) else c, m) for i, (c, m) in enumerate(cols)]
             scope.rels.append(_Rel(alias, cols))
         elif isinstance(item, ast.JoinExpr):
             before = len(scope.rels)
-            self._from_item(item.larg, scope)
+            self._from(item.larg, scope)  # (never None: a join has two sides)
             middle = len(scope.rels)
-            self._from_item(item.rarg, scope)
+            self._from(item.rarg, scope)
             if item.isNatural:  # joins on every column name the two sides share
                 left = {c: m for r in scope.rels[before:middle] for c, m in r.columns}
                 for r in scope.rels[middle:]:
@@ -193,12 +205,12 @@ class _Analyzer:
                 self._expr(item.quals, scope, predicate=True)
             if item.alias is not None:
                 merged = [c for r in scope.rels[-2:] for c in r.columns]
-                scope.rels.append(_Rel(item.alias.aliasname.lower(), merged))
+                scope.rels.append(_Rel((item.alias.aliasname or "").lower(), merged))
         elif isinstance(item, ast.RangeFunction):
             tainted = False
             for f in nodes(item.functions):
                 tainted = self._expr(f, scope) or tainted
-            alias = item.alias.aliasname.lower() if item.alias is not None else ""
+            alias = (item.alias.aliasname or "").lower() if item.alias is not None else ""
             names = [_sval(c) or "" for c in (item.alias.colnames or ())] if item.alias is not None else []
             names += [_sval(getattr(d, "colname", None)) or "" for d in nodes(item.coldeflist)]
             fname = ""
@@ -245,7 +257,7 @@ class _Analyzer:
             left = self._query(node.larg, _Scope([], scope.outer, scope.ctes))
             right = self._query(node.rarg, _Scope([], scope.outer, scope.ctes))
             n = max(len(left), len(right))
-            cols = [(left[i][0] if i < len(left) else "?",
+            cols: list[tuple[str, bool]] = [(left[i][0] if i < len(left) else "?",
                      (left[i][1] if i < len(left) else True) or (right[i][1] if i < len(right) else True))
                     for i in range(n)]
             # INTERSECT/EXCEPT and UNION without ALL compare whole rows
@@ -261,12 +273,12 @@ class _Analyzer:
         for part in (node.whereClause, node.havingClause):
             if part is not None:
                 self._expr(part, scope, predicate=True)
-        cols: list[tuple[str, bool]] = []
+        cols = []
         for t in nodes(node.targetList):
             if not isinstance(t, ast.ResTarget):
                 continue
             val = t.val
-            if isinstance(val, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in val.fields):
+            if isinstance(val, ast.ColumnRef) and _has_star(val):
                 cols += self._star(val, scope)
                 continue
             masked = self._expr(val, scope)
@@ -291,16 +303,17 @@ class _Analyzer:
             if isinstance(s, ast.SortBy):
                 self._by(s.node, scope, cols)
 
-    def _by(self, expr: ast.Node, scope: _Scope, cols: list[tuple[str, bool]], outputs_first: bool = True) -> None:
+    def _by(self, expr: ast.Node | None, scope: _Scope, cols: list[tuple[str, bool]],
+            outputs_first: bool = True) -> None:
         """ORDER BY / GROUP BY / DISTINCT ON: an output ordinal or name, or an expression: all predicates. A bare
         name means the output column first in ORDER BY (``SELECT ssn AS id ... ORDER BY id`` sorts by ssn), the
         input column first in GROUP BY; both are checked when in doubt."""
-        if isinstance(expr, ast.A_Const) and isinstance(getattr(expr, "val", None), ast.Integer):
-            i = expr.val.ival - 1
+        if isinstance(expr, ast.A_Const) and isinstance(expr.val, ast.Integer):
+            i = (expr.val.ival or 0) - 1
             if 0 <= i < len(cols) and cols[i][1]:
                 self._predicate(cols[i][0])
             return
-        if isinstance(expr, ast.ColumnRef) and len(expr.fields) == 1:
+        if isinstance(expr, ast.ColumnRef) and expr.fields and len(expr.fields) == 1:
             name = _sval(expr.fields[0])
             hit = [m for c, m in cols if c == name]
             if any(hit):
@@ -310,7 +323,7 @@ class _Analyzer:
         self._expr(expr, scope, predicate=True)
 
     @staticmethod
-    def _name_of(val: ast.Node) -> str:
+    def _name_of(val: ast.Node | None) -> str:
         if isinstance(val, ast.ColumnRef) and val.fields:
             return _sval(val.fields[-1]) or "?column?"
         if isinstance(val, ast.FuncCall) and val.funcname:
@@ -318,7 +331,7 @@ class _Analyzer:
         return "?column?"
 
     def _star(self, ref: ast.ColumnRef, scope: _Scope) -> list[tuple[str, bool]]:
-        names = [_sval(f) for f in ref.fields if not isinstance(f, ast.A_Star)]
+        names = [_sval(f) for f in ref.fields or () if not isinstance(f, ast.A_Star)]
         rels = scope.rels if not names else [r for r in scope.rels if r.name == names[-1]]
         if not rels:
             self.res.reads_masked = True
@@ -338,7 +351,7 @@ class _Analyzer:
         return out
 
     # -- DML -----------------------------------------------------------------------------------------------
-    def _dml(self, node: ast.Node, outer: _Scope) -> list[tuple[str, bool]]:
+    def _dml(self, node: _DML, outer: _Scope) -> list[tuple[str, bool]]:
         scope = _Scope([], outer if outer.rels else outer.outer, dict(outer.ctes))
         self._with(getattr(node, "withClause", None), scope)
         target = self._rangevar(node.relation, scope)
@@ -371,11 +384,12 @@ class _Analyzer:
                 self._expr(node.whereClause, scope, predicate=True)
         elif isinstance(node, ast.MergeStmt):
             scope.rels.append(target)
-            self._from_item(node.sourceRelation, scope)
+            self._from(node.sourceRelation, scope)
             self._expr(node.joinCondition, scope, predicate=True)
             for w in nodes(node.mergeWhenClauses):
-                if getattr(w, "condition", None) is not None:
-                    self._expr(w.condition, scope, predicate=True)
+                cond = getattr(w, "condition", None)
+                if cond is not None:
+                    self._expr(cond, scope, predicate=True)
                 self._set(getattr(w, "targetList", None), target, scope)
                 for v in nodes(getattr(w, "values", None)):
                     if self._expr(v, scope):
@@ -385,7 +399,7 @@ class _Analyzer:
         out: list[tuple[str, bool]] = []
         for t in returning:
             val = t.val if isinstance(t, ast.ResTarget) else t
-            if isinstance(val, ast.ColumnRef) and any(isinstance(f, ast.A_Star) for f in val.fields):
+            if isinstance(val, ast.ColumnRef) and _has_star(val):
                 out += self._star(val, scope)
             else:
                 out.append(((getattr(t, "name", None) or "").lower() or self._name_of(val), self._expr(val, scope)))
@@ -414,7 +428,7 @@ class _Analyzer:
 
     def _column(self, ref: ast.ColumnRef, scope: _Scope) -> tuple[bool, str, str]:
         """(masked, column name, table) for a column or whole-row reference, looking outwards through scopes."""
-        names = [_sval(f) or "" for f in ref.fields]
+        names = [_sval(f) or "" for f in ref.fields or ()]
         col = names[-1]
         qual = names[-2] if len(names) >= 2 else None
         s: _Scope | None = scope
@@ -445,7 +459,7 @@ class _Analyzer:
         if isinstance(node, list | tuple):
             return any([self._expr(x, scope, predicate) for x in node])
         if isinstance(node, ast.ColumnRef):
-            if any(isinstance(f, ast.A_Star) for f in node.fields):
+            if _has_star(node):
                 cols = self._star(node, scope)
                 masked = any(m for _, m in cols)
                 col = "*"
@@ -472,7 +486,7 @@ class _Analyzer:
             return masked
         if isinstance(node, ast.FuncCall):
             name = (_sval(node.funcname[-1]) or "") if node.funcname else ""
-            schema = _sval(node.funcname[0]) if len(node.funcname or ()) > 1 else None
+            schema = _sval(node.funcname[0]) if node.funcname and len(node.funcname) > 1 else None
             if schema != "pg_catalog" and (name not in self.cat.builtin_functions or schema is not None):
                 self.res.reads_masked = True
                 self.res.refuse(UNRESOLVED_RULE, f"{'.'.join(filter(None, (schema, name)))}() is not a built-in "
@@ -549,15 +563,16 @@ class _Analyzer:
         return any([self._expr(c, scope, predicate) for c in children(node)])
 
 
-def analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
-    """The masking verdict on one top-level statement (a pglast ``RawStmt.stmt``)."""
+def analyze(stmt: ast.Node | None, catalog: Catalog) -> Analysis:
+    """The masking verdict on one top-level statement (a pglast ``RawStmt.stmt``; None, which the parser never
+    gives, reads nothing)."""
     res = _analyze(stmt, catalog)
     if res.refusal and res.columns:
         res.refusal += f" (masked: {', '.join(sorted(res.columns))})"
     return res
 
 
-def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
+def _analyze(stmt: ast.Node | None, catalog: Catalog) -> Analysis:
     res = Analysis()
     an = _Analyzer(catalog, res)
     top = _Scope([])
@@ -622,9 +637,9 @@ def _analyze(stmt: ast.Node, catalog: Catalog) -> Analysis:
     elif isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt):
         rv = getattr(stmt, "relation", None)
         if isinstance(rv, ast.RangeVar):
-            rel = catalog.relations.get(".".join(p for p in (rv.schemaname, rv.relname) if p).lower())
-            if rel is not None and rel.masked:
-                res.columns |= set(rel.masked)
+            known = catalog.relations.get(".".join(p for p in (rv.schemaname, rv.relname) if p).lower())
+            if known is not None and known.masked:
+                res.columns |= set(known.masked)
                 res.refuse(COPY_RULE, "changing a table with masked columns would change what is masked")
     elif isinstance(stmt, ast.PrepareStmt):
         inner = _analyze(stmt.query, catalog)

@@ -346,25 +346,24 @@ def play(cast: Cast | Path | str, out: BinaryIO | None = None, *, speed: float =
     playing stops after ``end``. Without ``keys``, a terminal on stdin is put in cbreak mode and read for keys.
     Only recorded bytes (and, on seeks, repaints) are written, then ``ESC[0m``.
     """
-    if out is None:
-        out = sys.stdout.buffer
+    sink: BinaryIO = sys.stdout.buffer if out is None else out
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
     src = _Source(cast if isinstance(cast, Cast) else Path(cast))
     cols, rows = int(src.header.get("width") or 80), int(src.header.get("height") or 24)
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        cols, rows = os.get_terminal_size(out.fileno())
+        cols, rows = os.get_terminal_size(sink.fileno())
     with contextlib.ExitStack() as stack:
-        if keys is None and out is getattr(sys.stdout, "buffer", None):
+        if keys is None and sink is getattr(sys.stdout, "buffer", None):
             keys = stack.enter_context(_tty_keys())
-        player = _Player(src, out, speed=speed, idle_limit=idle_limit, keys=keys, stream=stream, clock=clock,
+        player = _Player(src, sink, speed=speed, idle_limit=idle_limit, keys=keys, stream=stream, clock=clock,
                          sleep=sleep, rows=rows, cols=cols)
         try:
             return player.run(start, end)
         finally:
             with contextlib.suppress(OSError, ValueError):
-                out.write(b"\x1b[0m")
-                out.flush()
+                sink.write(b"\x1b[0m")
+                sink.flush()
 
 
 def render_screen(path: Path | str, width: int | None = None, height: int | None = None) -> str:

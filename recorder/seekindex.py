@@ -102,7 +102,8 @@ def _color_codes() -> tuple[dict[str, int], dict[str, int]]:
     return fg, bg
 
 
-_FG, _BG = {}, {}  # filled on first use (pyte is imported lazily)
+_FG: dict[str, int] = {}  # filled on first use (pyte is imported lazily)
+_BG: dict[str, int] = {}
 
 
 def _sgr(ch: Any) -> str:

@@ -128,7 +128,7 @@ class MenuApp(App[int]):
         table.focus()
 
     # -- filtering --------------------------------------------------------------------------------------
-    def visible(self) -> list[dict[str, Any]]:
+    def visible_resources(self) -> list[dict[str, Any]]:
         """Resources whose name, kind or description contains the filter text (case-insensitive)."""
         f = self.filter.lower()
         return [r for r in self.resources
@@ -137,7 +137,7 @@ class MenuApp(App[int]):
     def _refresh_table(self) -> None:
         table = self.query_one(DataTable)
         table.clear()
-        for r in self.visible():
+        for r in self.visible_resources():
             table.add_row(r["name"], r["kind"], Text(access_note(r) + r["description"]), key=r["name"])  # no markup
         self.query_one("#filter", Static).update(f"Filter: {self.filter}▏" if self.filter else "")
 
@@ -229,7 +229,7 @@ class MenuApp(App[int]):
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)
-        rows = self.visible()
+        rows = self.visible_resources()
         if rows and 0 <= table.cursor_row < len(rows):
             self.open_resource(rows[table.cursor_row]["name"])
 

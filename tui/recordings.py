@@ -175,8 +175,8 @@ class RecordingScreen(Screen[None]):
             by = ", ".join(f"{x['reviewer']} ({'yes' if x['approve'] else 'no'})" for x in a["decisions"]) or "-"
             approvals.add_row(f"#{a['id']}", _short(a["text"], 40), a["rule"], a["status"], by)
         events = self.query_one("#rec-events", DataTable)
-        for e in d["events"]:
-            events.add_row(e["ts"][:19].replace("T", " "), e["actor"], e["action"], e["outcome"])
+        for ev in d["events"]:
+            events.add_row(ev["ts"][:19].replace("T", " "), ev["actor"], ev["action"], ev["outcome"])
         markers.focus()
 
     def action_play(self) -> None:

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, exists, select, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
@@ -27,6 +27,12 @@ __all__ = ["GENESIS", "Store", "new_session_id", "now"]
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def _aware(dt: datetime) -> datetime: ...
+@overload
+def _aware(dt: None) -> None: ...
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -265,8 +271,9 @@ def lock_head(s: OrmSession, chain: str) -> ChainHead:
     """Take the next position of ``chain``: the head row is updated first, which locks it until the transaction
     ends (a row lock on PostgreSQL, the write lock on SQLite), so concurrent appends queue up. The returned row's
     ``seq`` is the new position and ``head`` the previous link; the caller sets ``head`` to the new link."""
-    n = s.execute(update(ChainHead).where(ChainHead.name == chain).values(seq=ChainHead.seq + 1)).rowcount
-    if not n:  # a store created before the chains: start one
+    res = s.execute(update(ChainHead).where(ChainHead.name == chain).values(seq=ChainHead.seq + 1))
+    assert isinstance(res, CursorResult)  # an UPDATE's result, which carries the row count
+    if not res.rowcount:  # a store created before the chains: start one
         s.add(ChainHead(name=chain, seq=1, head=GENESIS))
         s.flush()
     row = s.get(ChainHead, chain, populate_existing=True)

@@ -7,6 +7,7 @@ public key to that user until it expires or is revoked.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from datetime import timedelta
@@ -98,7 +99,7 @@ class Identities:
             return out
 
     def revoke(self, *, by: str, binding: int | None = None, user: str | None = None,
-               fingerprint: str | None = None) -> list[int]:
+               fingerprint: str | None = None) -> builtins.list[int]:  # `list` here is the method above
         """Revoke live bindings by id, user or fingerprint; the ids revoked."""
         if binding is None and user is None and fingerprint is None:
             raise ValueError("say which bindings to revoke")

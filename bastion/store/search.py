@@ -99,7 +99,8 @@ def search(store: Store, query: str, *, user: str | None = None, resource: str |
         raise ValueError("give something to search for")
     words = _WORD.findall(query)
     sqlite = store.engine.dialect.name == "sqlite"
-    where, params = [], {"lim": max(limit * 5, 200)}
+    where: list[str] = []
+    params: dict[str, Any] = {"lim": max(limit * 5, 200)}
     if words and sqlite:
         where.append("rt.text MATCH :q")
         params["q"] = '"' + " ".join(words).replace('"', '""') + '"'
