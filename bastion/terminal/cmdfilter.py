@@ -37,13 +37,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-import pyte
-
+from bastion.terminal.lineedit import MAX_LINE, LineEditor, render_line, strip_prompt
+from bastion.terminal.secretprompt import SECRET_LINES, SECRET_PROMPT, UNECHOED, WITHHELD, redacted, secret_asks
 from policies.engine import Action, Decision
+
+__all__ = ["SECRET_LINES", "UNECHOED", "WITHHELD", "CommandFilter", "LineEditor", "Verdict", "render_line",
+           "secret_asks", "strip_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +53,7 @@ ALT_ON = re.compile(rb"\x1b\[\?(1049|1047|47)h")
 ALT_OFF = re.compile(rb"\x1b\[\?(1049|1047|47)l")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 ECHO_WAIT = 1.0  # seconds to wait for the target to echo a typed line before judging what we have
-MAX_LINE = 16384
 INTERRUPT = b"\x03"
-
-UNECHOED = "(typed without echo)"
-WITHHELD = "(typed without echo at a secret prompt: not recorded)"
-SECRET_LINES = 3  # hidden lines taken as secrets after one command line (a password and two retries; passwd's three)
-SECRET_PROMPT = re.compile(
-    r"\bpass(?:word|phrase|code|wd)?s?\b|\bpass ?phrase|\bpin\b|secret|\btokens?\b|\botp\b|one[- ]time|"
-    r"verification code|security code|\b2fa\b|\bmfa\b|authenticat\w* code|\bapi[ _-]?key\b|"
-    r"passwort|kennwort|mot de passe|contrase|senha|wachtwoord|l\u00f6senord|salasana|"
-    r"\u043f\u0430\u0440\u043e\u043b\u044c|\u5bc6\u7801|\u30d1\u30b9\u30ef\u30fc\u30c9",
-    re.IGNORECASE)
-SECRET_PROGRAMS = frozenset((
-    "sudo", "sudoedit", "su", "doas", "pkexec", "runuser", "ksu", "login", "newgrp", "sg", "passwd", "gpasswd",
-    "chsh", "chfn", "htpasswd", "vlock", "ssh", "scp", "sftp", "ssh-add", "ssh-keygen", "ssh-copy-id", "sshfs",
-    "sshpass", "rsync", "git", "svn", "hg", "ftp", "lftp", "smbclient", "rpcclient", "net", "curl", "wget", "gpg",
-    "gpg2", "age", "openssl", "keytool", "certutil", "pk12util", "cryptsetup", "veracrypt", "encfs", "gocryptfs",
-    "zip", "unzip", "7z", "7za", "rar", "unrar", "mysql", "mariadb", "mysqldump", "mysqladmin", "psql", "pg_dump",
-    "pg_dumpall", "pg_restore", "createdb", "createuser", "dropdb", "dropuser", "sqlplus", "mongo", "mongosh",
-    "redis-cli", "cqlsh", "influx", "clickhouse-client", "kinit", "kpasswd", "ldapsearch", "ldapadd", "ldapmodify",
-    "ldapdelete", "ldappasswd", "ldapwhoami", "ipa", "realm", "adcli", "vault", "op", "pass", "bw", "lpass",
-    "keepassxc-cli", "rclone", "restic", "borg", "duplicity", "kopia", "systemd-ask-password", "docker", "podman",
-    "skopeo", "buildah", "oc", "helm", "gh", "glab", "az", "gcloud", "aws", "npm", "yarn", "pip", "pip3", "twine",
-    "gem", "cargo", "ansible", "ansible-playbook", "ansible-vault", "terraform", "make", "expect", "mount", "nmcli",
-    "openvpn", "wpa_passphrase", "python", "python2", "python3", "perl", "ruby", "node", "php", "java", "bash", "sh",
-    "zsh", "dash", "ksh",
-))
-_READ_ARG_OPTIONS = frozenset("adinNptu")  # bash's read options that take an argument
-_SCRIPTS = (".sh", ".bash", ".py", ".pl", ".rb", ".js", ".php")
 
 
 @dataclass
@@ -88,122 +62,6 @@ class Verdict:
 
     text: str
     decision: Decision
-
-
-class LineEditor:
-    """Input-side reconstruction of a readline-style line; ``reliable`` drops when history/completion is used."""
-
-    def __init__(self) -> None:
-        self.buf: list[str] = []
-        self.pos = 0
-        self.reliable = True
-        self.typed_any = False
-        self.tail = ""  # printable text typed since the last editing key: the part whose echo we can check
-        self._esc = b""
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    @property
-    def text(self) -> str:
-        return "".join(self.buf)
-
-    def feed(self, data: bytes, pasting: bool = False) -> None:
-        text = (self._esc + data).decode("utf-8", "replace")
-        self._esc = b""
-        i = 0
-        while i < len(text):
-            c = text[i]
-            if c == "\x1b":
-                m = re.match(r"\x1b(\[[0-9;]*[~A-Za-z]|O[A-Za-z]|.)?", text[i:])
-                seq = m.group(0) if m else "\x1b"
-                if len(seq) == 1 and i == len(text) - 1:
-                    self._esc = b"\x1b"
-                    return
-                self._escape(seq)
-                i += len(seq)
-                continue
-            if c.isprintable() and c != "\x1b":
-                self.tail += c
-                self.typed_any = True
-            elif c not in ("\r", "\n"):
-                self.tail = ""
-            if c in ("\x7f", "\x08"):
-                if self.pos > 0:
-                    del self.buf[self.pos - 1]
-                    self.pos -= 1
-            elif c == "\x15":  # ^U
-                del self.buf[: self.pos]
-                self.pos = 0
-            elif c == "\x0b":  # ^K
-                del self.buf[self.pos:]
-            elif c == "\x17":  # ^W
-                j = self.pos
-                while j > 0 and self.buf[j - 1] == " ":
-                    j -= 1
-                while j > 0 and self.buf[j - 1] != " ":
-                    j -= 1
-                del self.buf[j: self.pos]
-                self.pos = j
-            elif c == "\x01":
-                self.pos = 0
-            elif c == "\x05":
-                self.pos = len(self.buf)
-            elif c == "\x02":
-                self.pos = max(0, self.pos - 1)
-            elif c == "\x06":
-                self.pos = min(len(self.buf), self.pos + 1)
-            elif c in ("\r", "\n") and pasting:
-                self.buf.insert(self.pos, "\n")
-                self.pos += 1
-            elif c in ("\t", "\x10", "\x0e", "\x12", "\x13", "\x19", "\x14"):  # completion, history, yank, transpose
-                self.reliable = False
-            elif c.isprintable():
-                self.buf.insert(self.pos, c)
-                self.pos += 1
-            i += 1
-
-    def _escape(self, seq: str) -> None:
-        if seq not in ("\x1b[200~", "\x1b[201~"):
-            self.tail = ""
-        if seq in ("\x1b[D", "\x1bOD"):
-            self.pos = max(0, self.pos - 1)
-        elif seq in ("\x1b[C", "\x1bOC"):
-            self.pos = min(len(self.buf), self.pos + 1)
-        elif seq in ("\x1b[H", "\x1bOH", "\x1b[1~"):
-            self.pos = 0
-        elif seq in ("\x1b[F", "\x1bOF", "\x1b[4~"):
-            self.pos = len(self.buf)
-        elif seq == "\x1b[3~":
-            if self.pos < len(self.buf):
-                del self.buf[self.pos]
-        elif seq in ("\x1b[200~", "\x1b[201~"):
-            pass
-        else:  # up/down (history), alt-anything: we no longer know the line from the input alone
-            self.reliable = False
-
-
-def render_line(data: bytes, cols: int) -> str:
-    """The text a terminal shows for ``data`` written from the start of a line (wrapped rows joined)."""
-    screen = pyte.Screen(max(cols, 20), 64)
-    stream = pyte.ByteStream(screen)
-    stream.feed(data[-MAX_LINE:])
-    rows = [screen.display[y] for y in range(0, screen.cursor.y + 1)]
-    out = ""
-    for row in rows:
-        out += row if len(row.rstrip()) >= screen.columns else row.rstrip() + "\n"
-    return out.rstrip("\n").rstrip()
-
-
-def strip_prompt(line: str, prompt: str | None) -> str:
-    """The command part of a rendered line."""
-    if prompt and line.startswith(prompt.rstrip()) and prompt.rstrip():
-        return line[len(prompt.rstrip()):].strip()
-    m = re.match(r"^\(reverse-i-search\)`[^']*': (.*)$", line)
-    if m:
-        return m.group(1).strip()
-    m = re.match(r"^[^\s]*?[$#%>] (.*)$", line)
-    return (m.group(1) if m else line).strip()
 
 
 class CommandFilter:
@@ -406,14 +264,14 @@ class CommandFilter:
             partial = [t.rstrip()[:-1] for t in texts]
             d = max((self.judge(t) for t in partial), key=lambda x: x.action)
             if d.action == Action.BLOCK:
-                self._block(_redacted(d) if secret else d)
+                self._block(redacted(d) if secret else d)
                 return
             self.continuation = partial[0] + "\\\n"  # bash reads (and history-expands) the next line on its own
             self._release(enter, keep_continuation=True)
             return
         d = max((self.judge(t) for t in texts), key=lambda x: x.action)
         if secret:  # its text must not reach markers, audit events, reviewers or the recording
-            quiet = _redacted(d)
+            quiet = redacted(d)
             self.verdicts.append(Verdict(WITHHELD, quiet))
             self.note(WITHHELD, quiet, True)
             if d.action == Action.REQUIRE_APPROVAL:
@@ -483,43 +341,3 @@ class CommandFilter:
                        f"{result.get('status_reason', '')}\x1b[0m\r\n".encode())
         self.forward(INTERRUPT)
         self._new_line()
-
-
-def _redacted(d: Decision) -> Decision:
-    """``d`` without anything that may quote the line (the reason and explanation name its words)."""
-    return replace(d, text=WITHHELD, reason=WITHHELD, explanation=(), programs=())
-
-
-def secret_asks(line: str) -> tuple[bool, int]:
-    """Whether ``line`` runs a program that may ask for a secret (a word naming one of ``SECRET_PROGRAMS`` anywhere,
-    so wrappers need no parsing; a script run by path or by a ``.sh``/``.py``/... name), and how many ``read -s`` it
-    holds. Erring towards "yes" only keeps a few hidden lines out of the recording, and those are still judged."""
-    try:
-        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
-        lex.whitespace_split = True
-        words = list(lex)
-    except ValueError:  # an unclosed quote
-        words = re.findall(r"[^\s;&|()<>]+|[;&|()<>]+", line)
-    asks, reads = False, 0
-    for n, word in enumerate(words):
-        name = word.rsplit("/", 1)[-1]
-        first = n == 0 or words[n - 1][-1] in ";&|()<>" or words[n - 1] in SECRET_PROGRAMS
-        if name in SECRET_PROGRAMS or (first and name and ("/" in word or name.endswith(_SCRIPTS))):
-            asks = True
-        if name == "read":
-            reads += _read_silent(words[n + 1:])
-    return asks, reads
-
-
-def _read_silent(args: list[str]) -> int:
-    """1 if these arguments of ``read`` include ``-s`` (getopt-style: ``-rsp PROMPT``, ``-p PROMPT -s``)."""
-    i = 0
-    while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--"):
-        for k, ch in enumerate(args[i][1:]):
-            if ch == "s":
-                return 1
-            if ch in _READ_ARG_OPTIONS:
-                i += k == len(args[i]) - 2  # the argument is the next word
-                break
-        i += 1
-    return 0
