@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from policies.getopt import NONE, OPTIONAL, REQUIRED, Grammar, Scan, scan
 
@@ -40,10 +41,29 @@ class Wrapper:
     leading_operand: bool = False   # ``setarch ARCH [options] [program]``: one operand before the options
 
 
-def _w(optstring: str, long: dict[str, int] | None = None, **kw: object) -> Wrapper:
-    numeric = bool(kw.pop("numeric", False))
-    dash = bool(kw.pop("dash_is_option", False))
-    return Wrapper(Grammar(optstring, {**INFO, **(long or {})}, numeric, dash), **kw)  # type: ignore[arg-type]
+class _WrapperFields(TypedDict, total=False):
+    """The fields of :class:`Wrapper` after its grammar, as ``_w`` takes them."""
+
+    operands_before: int
+    assignments: bool
+    command_opts: frozenset[str]
+    split_opts: frozenset[str]
+    no_exec_opts: frozenset[str]
+    shell_opts: frozenset[str]
+    without_command: str
+    joined: bool
+    exec_opts: frozenset[str]
+    replace_opts: frozenset[str]
+    args_open: bool
+    opaque_opts: dict[str, str]
+    file_operands: bool
+    late_command_opts: bool
+    leading_operand: bool
+
+
+def _w(optstring: str, long: dict[str, int] | None = None, *, numeric: bool = False, dash_is_option: bool = False,
+       **kw: Unpack[_WrapperFields]) -> Wrapper:
+    return Wrapper(Grammar(optstring, {**INFO, **(long or {})}, numeric, dash_is_option), **kw)
 
 
 def _fs(*names: str) -> frozenset[str]:
