@@ -164,6 +164,17 @@ def test_kubernetes_config_errors(tmp_path: Path, keys: dict[str, str], resource
     assert needle in str(e.value) and "bastion.yaml:" in str(e.value)
 
 
+def test_kubernetes_error_names_the_key_and_its_line(tmp_path: Path, keys: dict[str, str]) -> None:
+    # not resources.k8s.kubernetes.server at the resource's line (pydantic's location keeps the kind tag)
+    (tmp_path / "token").write_text("t0k\n")
+    p = write(tmp_path, kube_config(keys, KUBE.replace("https://127.0.0.1:6443", "http://127.0.0.1:6443"))
+              + "kubectl: /bin/true\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.problems[0].startswith(f"{p}:24: resources.k8s.server: String should match pattern"), \
+        e.value.problems
+
+
 def test_kubernetes_needs_kubectl(tmp_path: Path, keys: dict[str, str]) -> None:
     (tmp_path / "token").write_text("t0k\n")
     with pytest.raises(ConfigError, match="need kubectl"):
