@@ -11,10 +11,14 @@ from typing import Protocol
 class RoleLike(Protocol):
     """What this module needs of a role definition."""
 
-    groups: Sequence[str]
-    resources: Sequence[str]
-    review: bool | Sequence[str]
-    audit: bool
+    @property
+    def groups(self) -> Sequence[str]: ...
+    @property
+    def resources(self) -> Sequence[str]: ...
+    @property
+    def review(self) -> bool | Sequence[str]: ...
+    @property
+    def audit(self) -> bool: ...
 
     def reviews(self, resource: str) -> bool: ...
 

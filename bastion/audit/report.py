@@ -121,8 +121,9 @@ def prune(store: Store, days: float, storage: RecordingStorage, *, dry_run: bool
             done.append(item)
             continue
         with store.tx() as s:  # claimed once: another node pruning at the same time skips it
-            claimed = s.execute(update(Recording).where(Recording.session_id == sid, Recording.pruned_at.is_(None))
-                                .values(pruned_at=now())).rowcount
+            claimed = rowcount(s.execute(update(Recording).where(Recording.session_id == sid,
+                                                                Recording.pruned_at.is_(None))
+                                         .values(pruned_at=now())))
             s.execute(text("DELETE FROM recording_text WHERE session_id = :sid"), {"sid": sid})
         if not claimed:
             continue
@@ -132,3 +133,8 @@ def prune(store: Store, days: float, storage: RecordingStorage, *, dry_run: bool
         store.audit("bastion", "recording.pruned", "ok", session_id=sid, sha256=sha, path=path, retention_days=days)
     return done
 
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE touched (SQLAlchemy types ``Session.execute`` as a plain Result; for DML it is a
+    CursorResult, which has the count)."""
+    return int(result.rowcount)

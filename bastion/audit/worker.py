@@ -89,8 +89,8 @@ class AuditWorker:
             await self._index(sid)
 
     async def _index(self, sid: str) -> None:
-        cmd = ["nice", "-n", "10", sys.executable, "-m", "bastion.cli", "--config", str(self.config.path),
-               "audit", "index", sid, "--quiet"]
+        cmd = ["nice", "-n", "10", sys.executable, "-m", "bastion.audit.indexing", "--config", str(self.config.path),
+               sid]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

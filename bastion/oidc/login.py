@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bastion.config import Config
+from bastion.context import ConnectionContext
 from bastion.oidc.client import DeviceCode, DeviceFlowError, Identity, OidcClient, OidcError
+from bastion.store.db import Store
 from bastion.store.identities import Identities
 from policies.access import grants_for
-
-if TYPE_CHECKING:
-    from bastion.daemon import ConnectionContext, Daemon
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,19 @@ class LoginRefused(Exception):
 
 
 class LoginService:
-    """One per daemon (only when the config has ``oidc:``)."""
+    """One per daemon (only when the config has ``oidc:``): given the store and the running config (a getter: roles
+    change on reload; the ``oidc`` section itself only with a restart)."""
 
-    def __init__(self, daemon: Daemon):
-        cfg = daemon.config.oidc
+    def __init__(self, config: Callable[[], Config], store: Store):
+        first = config()
+        cfg = first.oidc
         assert cfg is not None
-        self.daemon = daemon
-        self.cfg = cfg
+        self.config, self.store, self.cfg = config, store, cfg
         secret = None
         if cfg.client_secret_file:
-            secret = Path(daemon.config.resolve(cfg.client_secret_file)).read_text().strip()
+            secret = Path(first.resolve(cfg.client_secret_file)).read_text().strip()
         self.client = OidcClient(cfg, secret)
-        self.identities = Identities(daemon.store, reserved=set(daemon.config.users))
+        self.identities = Identities(store, reserved=set(first.users))
         self.pending: Counter[str] = Counter()
 
     async def start(self, ctx: ConnectionContext) -> DeviceCode:
@@ -59,7 +61,7 @@ class LoginService:
         return code
 
     def _done(self, ctx: ConnectionContext) -> None:
-        ip = getattr(ctx, "login_ip", None)
+        ip = ctx.login_ip
         if ip is not None:
             self.pending[ip] -= 1
             if self.pending[ip] <= 0:
@@ -85,7 +87,8 @@ class LoginService:
 
     async def accept(self, ctx: ConnectionContext, identity: Identity, *, method: str) -> str:
         """Make ``identity`` the user of this connection: roles from groups (none: refused)."""
-        grants = grants_for(identity.groups, self.daemon.config.roles)
+        roles = self.config().roles
+        grants = grants_for(identity.groups, roles)
         if not grants.roles:
             await self._audit(ctx, "denied", method=method, subject=identity.subject,
                               reason="the user's groups grant no role")
@@ -93,7 +96,7 @@ class LoginService:
         name = await asyncio.to_thread(self.identities.upsert, issuer=identity.issuer, subject=identity.subject,
                                        username=identity.username, email=identity.email,
                                        groups=list(identity.groups))
-        ctx.set_identity(name, identity.groups, source="oidc")
+        ctx.set_identity(name, identity.groups, roles=roles, source="oidc")
         detail: dict[str, Any] = {"method": method, "subject": identity.subject, "issuer": identity.issuer,
                                   "roles": list(grants.roles)}
         key = ctx.proven_key
@@ -104,9 +107,9 @@ class LoginService:
             detail.update(key_binding=bid, fingerprint=key.get_fingerprint("sha256"))
         ctx.pending_login = False
         log.info("%s: logged in with OIDC (%s; roles: %s)", ctx.who, method, ", ".join(grants.roles))
-        await asyncio.to_thread(self.daemon.store.audit, name, "login", "ok", client_addr=ctx.peer, **detail)
+        await asyncio.to_thread(self.store.audit, name, "login", "ok", client_addr=ctx.peer, **detail)
         return name
 
     async def _audit(self, ctx: ConnectionContext, outcome: str, **detail: Any) -> None:
-        await asyncio.to_thread(self.daemon.store.audit, ctx.username or "(oidc)", "login.oidc", outcome,
+        await asyncio.to_thread(self.store.audit, ctx.username or "(oidc)", "login.oidc", outcome,
                                 client_addr=ctx.peer, **detail)

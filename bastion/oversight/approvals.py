@@ -9,41 +9,44 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from bastion.context import ConnectionContext
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
+from bastion.store.db import Store
 from bastion.store.listen import CHANNEL
-from policies.access import may_review
+from policies.access import RoleLike, may_review
 from policies.engine import Decision
-
-if TYPE_CHECKING:
-    from bastion.daemon import ConnectionContext, Daemon
 
 log = logging.getLogger(__name__)
 
 POLL = 1.0  # seconds between store checks while waiting (decisions taken by another node show up this way)
 
 
-class ApprovalService:
-    """One per daemon."""
+Spawn = Callable[[Any], None]  # runs an awaitable in the background (errors logged, never lost)
 
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-        self.db = ApprovalStore(daemon.store)
+
+class ApprovalService:
+    """One per daemon: given the store, this node's name, the running config's roles (a getter: they change on
+    reload) and a way to run background work -- not the daemon."""
+
+    def __init__(self, store: Store, node: str, roles: Callable[[], Mapping[str, RoleLike]], spawn: Spawn):
+        self.store, self.node, self.roles, self.spawn = store, node, roles, spawn
+        self.db = ApprovalStore(store)
         self._waiters: dict[int, asyncio.Event] = {}
         self.listeners: set[Callable[[], None]] = set()
 
     def _notify(self, rid: int | None = None) -> None:
         """Tell this node's reviewer screens, and (PostgreSQL) every other node, that requests changed."""
         if rid is not None:
-            payload = json.dumps({"kind": "approval", "id": rid, "node": self.daemon.node})
-            self.daemon.spawn_bg(asyncio.to_thread(self.daemon.store.notify, CHANNEL, payload))
+            payload = json.dumps({"kind": "approval", "id": rid, "node": self.node})
+            self.spawn(asyncio.to_thread(self.store.notify, CHANNEL, payload))
         self._changed()
 
     def remote_event(self, event: dict[str, Any]) -> None:
         """Another node created, decided or ended a request."""
-        if event.get("kind") != "approval" or event.get("node") == self.daemon.node:
+        if event.get("kind") != "approval" or event.get("node") == self.node:
             return
         rid = event.get("id")
         if isinstance(rid, int):
@@ -58,7 +61,7 @@ class ApprovalService:
                 log.exception("approval listener failed")
 
     async def _audit(self, actor: str, action: str, outcome: str, req: dict[str, Any], **detail: Any) -> None:
-        await asyncio.to_thread(self.daemon.store.audit, actor, action, outcome, resource=req["resource"],
+        await asyncio.to_thread(self.store.audit, actor, action, outcome, resource=req["resource"],
                                 session_id=req["session_id"], request_id=req["id"], rule=req["rule"], **detail)
 
     async def request(self, ctx: ConnectionContext, resource: str, session_id: str,
@@ -67,7 +70,7 @@ class ApprovalService:
         req = await asyncio.to_thread(
             self.db.create, requester=ctx.username, resource=resource, session_id=session_id, text=decision.text,
             rule=decision.rule or "(default)", reason=decision.reason, approvals_needed=max(1, decision.approvals),
-            approver_roles=list(decision.approver_roles), timeout=decision.timeout or 600.0, node=self.daemon.node)
+            approver_roles=list(decision.approver_roles), timeout=decision.timeout or 600.0, node=self.node)
         await self._audit(ctx.username, "approval.request", "pending", req, text=decision.text)
         log.info("%s: approval request #%d on %s (rule %s)", ctx.who, req["id"], resource, req["rule"])
         self._notify(req["id"])
@@ -112,7 +115,7 @@ class ApprovalService:
     async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> dict[str, Any]:
         """A reviewer's decision, checked against the reviewer's own grants. Raises DecisionRefused."""
         req = await asyncio.to_thread(self.db.get, rid)
-        if req is None or not may_review(ctx.grants, self.daemon.config.roles, req["resource"],
+        if req is None or not may_review(ctx.grants, self.roles(), req["resource"],
                                          req["approver_roles"]):
             if req is not None:
                 await self._audit(ctx.username, "approval.decision", "refused", req, why="not a reviewer")
@@ -153,7 +156,7 @@ class ApprovalService:
 
     def visible_to(self, ctx: ConnectionContext, req: dict[str, Any]) -> bool:
         """Reviewers see the requests they may decide; never their own in the queue."""
-        return req["requester"] != ctx.username and may_review(ctx.grants, self.daemon.config.roles,
+        return req["requester"] != ctx.username and may_review(ctx.grants, self.roles(),
                                                               req["resource"], req["approver_roles"])
 
     async def queue(self, ctx: ConnectionContext) -> dict[str, Any]:
@@ -167,7 +170,7 @@ class ApprovalService:
 
     async def cancel_node(self) -> None:
         """At start: requests left pending by a previous run of this node can never be released; cancel them."""
-        ids = await asyncio.to_thread(self.db.cancel_pending, node=self.daemon.node,
+        ids = await asyncio.to_thread(self.db.cancel_pending, node=self.node,
                                       reason="the bastion restarted while the request was pending")
         for rid in ids:
             req = await asyncio.to_thread(self.db.get, rid)

@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from bastion.config import Config
+from bastion.oversight.live import LiveSession
 from bastion.terminal.relay import Relay
 
 
@@ -57,3 +59,22 @@ class IdleWatch:
                 await asyncio.sleep(min(timeout - idle, 1.0) + 0.01)
             else:
                 await asyncio.sleep(min(timeout - lead - idle, self.IDLE_CHECK) + 0.01)
+
+
+def time_limit(config: Config, resource: str | None, name: str) -> float | None:
+    """A time limit (``idle_timeout``, ``max_session_duration``): the resource's own, else the daemon's."""
+    res = config.resources.get(resource) if resource is not None else None
+    limit = getattr(res, name, None) or getattr(config.limits, name)
+    return float(limit) if limit else None
+
+
+def duration_timers(live: LiveSession, limit: float | None) -> list[asyncio.TimerHandle]:
+    """Timers that warn the operator, then end the session, at ``limit`` (``limits.max_session_duration``)."""
+    if not limit:
+        return []
+    loop = asyncio.get_running_loop()
+    lead = warning_lead(limit)
+    return [loop.call_later(limit - lead, live.notify, f"this session closes in {fmt_seconds(lead)}: it "
+                            f"reaches the maximum session duration ({fmt_seconds(limit)})"),
+            loop.call_later(limit, live.expire, "expired",
+                            f"it reached the maximum session duration ({fmt_seconds(limit)})")]

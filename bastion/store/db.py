@@ -63,6 +63,12 @@ class Store:
         # SQLite's busy handler, which sleeps in steps of up to 100 ms and made 6 writers crawl (bench/concurrent.py)
         self._serial: threading.RLock | None = threading.RLock() if url.startswith("sqlite") else None
 
+    @property
+    def shared(self) -> bool:
+        """Whether several nodes may share this store (PostgreSQL): then sessions, requests and events of other
+        nodes are in it too, and NOTIFY reaches them."""
+        return self.engine.dialect.name == "postgresql"
+
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
         cfg = AlembicConfig()

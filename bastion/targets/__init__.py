@@ -1,1 +1,22 @@
-"""Target endpoints opened by the daemon."""
+"""Targets by kind: the one place that knows which class opens which ``kind:`` of resource."""
+
+from __future__ import annotations
+
+from bastion.targets.base import Target
+from bastion.targets.kube import KubectlExec
+from bastion.targets.postgres import PsqlExec
+from bastion.targets.ssh import SshEndpoint
+from bastion.terminal.relay import Relay
+
+KINDS: dict[str, type[SshEndpoint] | type[PsqlExec] | type[KubectlExec]] = {
+    "ssh": SshEndpoint, "postgres": PsqlExec, "kubernetes": KubectlExec}
+
+
+def target_class(kind: str) -> type[Target]:
+    """The class that opens resources of ``kind`` (the config admits only the kinds listed here)."""
+    return KINDS[kind]
+
+
+def make_target(kind: str, relay: Relay) -> Target:
+    """A new, unopened target of ``kind`` speaking through ``relay``."""
+    return KINDS[kind](relay)

@@ -15,21 +15,20 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 import policies.kubectl as kubectl_line_module
 from bastion.config import KubeResource
+from bastion.config.resources import AnyResource as Resource
 from bastion.proxies.kube.proxy import KubeProxy, Upstream
 from bastion.proxies.kube.tls import upstream_context
 from bastion.sandbox import Sandbox, find_kubectl
+from bastion.targets.base import LineFilter, OpenRequest, TargetError
 from bastion.targets.local import LocalClient
-from bastion.targets.ssh import TargetError
 from bastion.terminal.relay import Relay
-from policies.engine import Decision
-from policies.kube import KubeRequest
 from policies.kubectl import KubectlLineError, kubectl_argv
 
 HERE = Path(__file__).resolve().parent
@@ -83,16 +82,24 @@ class KubectlExec(LocalClient):
     """The kubectl prompt on its own pty (``command`` None) or one kubectl line with pipes (stdin passed on)."""
 
     label = "kubectl"
+    proxied: ClassVar[Literal["sql", "kube"] | None] = "kube"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)
         self.proxy: KubeProxy | None = None
 
-    async def open(self, res: KubeResource, name: str, resolve: Callable[[str], Path], *, command: str | None,
-                   user: str, groups: tuple[str, ...], judge: Callable[[KubeRequest], Decision],
-                   hold: Callable[[Decision], Awaitable[dict[str, Any]]], note: Callable[[Decision], None],
-                   withdraw: Callable[[], None], event: Callable[[str], None], sandbox: Sandbox,
-                   kubectl: str | None, term_type: str = "dumb", cols: int = 80, rows: int = 24) -> None:
+    @staticmethod
+    def line_filter(res: Resource, command: str | None, pty: bool) -> LineFilter | None:
+        """None: every request is judged at the API proxy, whatever was typed."""
+        return None
+
+    async def open(self, req: OpenRequest) -> None:
+        res, name, command, sandbox, hooks = req.resource, req.name, req.command, req.sandbox, req.hooks
+        assert isinstance(res, KubeResource) and hooks is not None
+        if command is None and not req.pty:
+            raise TargetError("the kubectl prompt needs a terminal (ssh -t)")
+        resolve, kubectl = req.config.resolve, req.config.kubectl
+        term_type, cols, rows = req.term_type, req.cols, req.rows
         if command is not None:
             try:
                 kubectl_argv(command)
@@ -102,8 +109,9 @@ class KubectlExec(LocalClient):
         if binary is None:
             raise TargetError("kubectl is not installed on the bastion")
         python = system_python(sandbox)
-        upstream = make_upstream(res, resolve, user, groups)
-        self.proxy = KubeProxy(upstream, judge=judge, hold=hold, note=note, withdraw=withdraw, event=event)
+        upstream = make_upstream(res, resolve, req.user, req.groups)
+        self.proxy = KubeProxy(upstream, judge=hooks.judge, hold=hooks.hold, note=hooks.note,
+                               withdraw=hooks.withdraw, event=hooks.event)
         self.home = Path(tempfile.mkdtemp(prefix="bastion-kube-"))
         sandbox.prepare(self.home)
         lib = self.home / "lib"

@@ -18,7 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
-    from kubectl_line import KubectlLineError, kubectl_argv  # the copy next to this file, in the sandbox
+    from kubectl_line import (  # type: ignore[import-not-found]  # the copy next to this file, in the sandbox
+        KubectlLineError,
+        kubectl_argv,
+    )
 except ImportError:  # run from the source tree
     from policies.kubectl import KubectlLineError, kubectl_argv
 

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 from bastion.sandbox import Sandbox
-from bastion.targets.ssh import TargetExit
+from bastion.targets.base import TargetExit
 from bastion.terminal.ptyproc import PtyProcess, ignore_keyboard_signals
 from bastion.terminal.relay import PtyEndpoint, Relay
 

@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 
 from bastion.config import PgResource
+from bastion.config.resources import AnyResource as Resource
 from bastion.proxies.pg.masking import MaskRule
 from bastion.proxies.pg.proxy import PgProxy
 from bastion.proxies.pg.upstream import Target
-from bastion.sandbox import Sandbox, find_psql
+from bastion.sandbox import find_psql
+from bastion.targets.base import LineFilter, OpenRequest, TargetError
 from bastion.targets.local import LocalClient
-from bastion.targets.ssh import TargetError
 from bastion.terminal.relay import Relay
-from policies.engine import Decision
 
 
 class PsqlExec(LocalClient):
@@ -34,15 +33,25 @@ class PsqlExec(LocalClient):
     (``command`` None) an interactive psql on its own pty."""
 
     label = "psql"
+    proxied: ClassVar[Literal["sql", "kube"] | None] = "sql"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)
         self.proxy: PgProxy | None = None
 
-    async def open(self, res: PgResource, password_file: Path, *, command: str | None, application_name: str,
-                   judge: Callable[[str], Decision], hold: Callable[[Decision], Awaitable[dict[str, Any]]],
-                   note: Callable[[Decision], None], withdraw: Callable[[], None], sandbox: Sandbox,
-                   term_type: str = "dumb", cols: int = 80, rows: int = 24) -> None:
+    @staticmethod
+    def line_filter(res: Resource, command: str | None, pty: bool) -> LineFilter | None:
+        """An unrestricted interactive psql: its meta-commands are read at the keyboard (SQL is judged at the wire)."""
+        return "psql" if command is None and isinstance(res, PgResource) and not res.restrict else None
+
+    async def open(self, req: OpenRequest) -> None:
+        res, command, sandbox, hooks = req.resource, req.command, req.sandbox, req.hooks
+        assert isinstance(res, PgResource) and hooks is not None
+        if command is None and not req.pty:
+            raise TargetError("an interactive psql needs a terminal (ssh -t)")
+        password_file = req.config.resolve(res.credential.password_file)
+        application_name = f"bastion:{req.user}:{req.session_id}"
+        term_type, cols, rows = req.term_type, req.cols, req.rows
         if command is None and not res.restrict and not sandbox.active:
             raise TargetError("interactive psql on a resource without `restrict: true` needs the session sandbox "
                               "(bubblewrap) on the bastion; use: ssh ... RES -- \"SQL\"")
@@ -56,7 +65,8 @@ class PsqlExec(LocalClient):
         sandbox.prepare(self.home)
         target = Target(res.host, res.port, res.database, res.user, res.tls.mode, res.tls.ca_file)
         masking = [MaskRule(m.table.lower(), m.column.lower(), m.style, m.keep, m.predicates) for m in res.masking]
-        self.proxy = PgProxy(target, password, judge=judge, hold=hold, note=note, withdraw=withdraw,
+        self.proxy = PgProxy(target, password, judge=hooks.judge, hold=hooks.hold, note=hooks.note,
+                             withdraw=hooks.withdraw,
                              socket_dir=self.home / "sock", application_name=application_name, masking=masking)
         del password
         sock = await self.proxy.start()

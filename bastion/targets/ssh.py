@@ -5,29 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar, Literal
 
 import asyncssh
 
 from bastion.config import SshResource
+from bastion.config.resources import AnyResource as Resource
 from bastion.keyfiles import CIPHERS
+from bastion.targets.base import LineFilter, OpenRequest, TargetError, TargetExit
 from bastion.terminal.relay import Relay
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TargetExit:
-    """How a target process ended."""
-
-    status: int | None
-    signal: str | None
-    message: str
-
-
-class TargetError(Exception):
-    """The target could not be reached or refused us; the message is safe to show the operator."""
 
 
 class _ClientSession(asyncssh.SSHClientSession):
@@ -57,6 +45,8 @@ class _ClientSession(asyncssh.SSHClientSession):
 class SshEndpoint:
     """A relay endpoint that is a process on an SSH target."""
 
+    proxied: ClassVar[Literal["sql", "kube"] | None] = None
+
     def __init__(self, relay: Relay):
         self.relay = relay
         self.conn: asyncssh.SSHClientConnection | None = None
@@ -68,9 +58,18 @@ class SshEndpoint:
         self._paused = False
         self.pty = False
 
-    async def open(self, res: SshResource, key_path: Path, *, command: str | None, pty: bool,
-                   term_type: str, cols: int, rows: int, timeout: float) -> None:
-        """Connect with the pinned host key and the resource's key, and start a shell or ``command``."""
+    @staticmethod
+    def line_filter(res: Resource, command: str | None, pty: bool) -> LineFilter | None:
+        """A shell typed into on a terminal, on a resource with a policy: the interactive filter reads its lines."""
+        return "shell" if command is None and pty and res.policy else None
+
+    async def open(self, req: OpenRequest) -> None:
+        """Connect with the pinned host key and the resource's key, and start a shell or the command."""
+        res = req.resource
+        assert isinstance(res, SshResource)
+        key_path = req.config.resolve(res.credential.private_key_file)
+        timeout = req.config.limits.target_connect_timeout
+        command, pty, term_type, cols, rows = req.command, req.pty, req.term_type, req.cols, req.rows
         self.pty = pty
         try:
             key = asyncssh.read_private_key(str(key_path))

@@ -9,10 +9,14 @@ from typing import Any
 import pytest
 
 from bastion.config import load_config
-from bastion.daemon import ConnectionContext, Daemon
+from bastion.context import ConnectionContext
+from bastion.daemon import build_services
 from bastion.oversight.live import LiveSession
+from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.server import RefusedRequest
-from bastion.ssh.channel import BastionSession
+from bastion.services import Services
+from bastion.sessions.broker import Broker
+from bastion.sessions.client import ClientSide
 from bastion.terminal.relay import Relay, Tee
 from recorder.asciicast import CastWriter
 from tests.integration.conftest import BastionEnv
@@ -29,10 +33,11 @@ class Chan:
         pass
 
 
-def as_user(daemon: Daemon, name: str) -> BastionSession:
-    ctx = ConnectionContext(daemon, "127.0.0.1:1")
-    ctx.set_identity(name, daemon.config.users[name].groups, source="local")
-    return BastionSession(ctx)
+def as_user(services: Services, name: str) -> MenuHandlers:
+    ctx = ConnectionContext("127.0.0.1:1", services.server_name)
+    ctx.set_identity(name, services.config.users[name].groups, roles=services.config.roles, source="local")
+    client = ClientSide(Chan(), Relay(Chan()), None, 80, 24)
+    return MenuHandlers(services, ctx, client, Broker(services, ctx, client))
 
 
 async def refused(coro: Any) -> str:
@@ -43,30 +48,30 @@ async def refused(coro: Any) -> str:
 
 async def test_only_reviewers_and_auditors_watch_and_only_auditors_replay(bastion_env: BastionEnv,
                                                                           tmp_path: Path) -> None:
-    daemon = Daemon(load_config(bastion_env.config))
+    daemon = build_services(load_config(bastion_env.config))
     writer = CastWriter(tmp_path / "x.cast", 80, 24, title="x")
     stopped: list[str] = []
     live = LiveSession("20261129-000000-aaaaaaaaaaaa", "carol", "web", "ssh", "interactive", None, "", "n",
                        tee=Tee(writer), relay=Relay(Chan()), notify=stopped.append, stop=lambda: stopped.append("x"))
     daemon.live.add(live)
     alice, bob, eve = (as_user(daemon, u) for u in ("alice", "bob", "eve"))
-    assert await refused(alice._rpc_live({})) == "forbidden"
+    assert await refused(alice.live({})) == "forbidden"
     for who in (alice,):  # an operator: the same answer for a real session id and a made-up one
-        assert await refused(who._rpc_terminate({"id": live.sid, "reason": "x"})) == "not_found"
-        assert await refused(who._rpc_terminate({"id": "nope", "reason": "x"})) == "not_found"
-        assert await refused(who._rpc_observe({"id": live.sid})) == "not_found"
+        assert await refused(who.terminate({"id": live.sid, "reason": "x"})) == "not_found"
+        assert await refused(who.terminate({"id": "nope", "reason": "x"})) == "not_found"
+        assert await refused(who.observe({"id": live.sid})) == "not_found"
     for who in (alice, bob):  # recordings are the auditors'
-        assert await refused(who._rpc_recordings({})) == "forbidden"
-        assert await refused(who._rpc_recording_play({"id": live.sid})) == "forbidden"
-        assert await refused(who._rpc_recording_detail({"id": live.sid})) == "forbidden"
-    assert await refused(eve._rpc_recordings({"user": ["not", "a", "string"]})) == "bad_request"
-    assert await refused(eve._rpc_recordings({"policy": "everything"})) == "bad_request"
-    assert await refused(eve._rpc_recording_play({"id": "no-such-session"})) == "not_found"
-    assert [s["id"] for s in (await bob._rpc_live({}))["sessions"]] == [live.sid]
-    assert await refused(bob._rpc_terminate({"id": live.sid, "reason": "   "})) == "bad_request"
-    assert await refused(bob._rpc_terminate({"id": live.sid, "reason": "x" * 501})) == "bad_request"
+        assert await refused(who.recordings.listing({})) == "forbidden"
+        assert await refused(who.recordings.play({"id": live.sid})) == "forbidden"
+        assert await refused(who.recordings.detail({"id": live.sid})) == "forbidden"
+    assert await refused(eve.recordings.listing({"user": ["not", "a", "string"]})) == "bad_request"
+    assert await refused(eve.recordings.listing({"policy": "everything"})) == "bad_request"
+    assert await refused(eve.recordings.play({"id": "no-such-session"})) == "not_found"
+    assert [s["id"] for s in (await bob.live({}))["sessions"]] == [live.sid]
+    assert await refused(bob.terminate({"id": live.sid, "reason": "   "})) == "bad_request"
+    assert await refused(bob.terminate({"id": live.sid, "reason": "x" * 501})) == "bad_request"
     assert stopped == []
-    await eve._rpc_terminate({"id": live.sid, "reason": "  audit\nfinding  "})
+    await eve.terminate({"id": live.sid, "reason": "  audit\nfinding  "})
     assert live.terminated == ("eve", "audit finding")
     assert stopped == ["this session was terminated by eve: audit finding", "x"]
     writer.close()

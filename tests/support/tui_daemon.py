@@ -18,16 +18,34 @@ import asyncssh
 from textual.pilot import Pilot
 
 from bastion.config import load_config
-from bastion.daemon import ConnectionContext, Daemon
+from bastion.context import ConnectionContext
+from bastion.daemon import build_services
+from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.proto import RpcClient
 from bastion.rpc.server import BrokerServer
-from bastion.ssh.channel import BastionSession
+from bastion.services import Services
+from bastion.sessions.broker import Broker
+from bastion.sessions.client import ClientSide
 from bastion.store.approvals import ApprovalStore
+from bastion.terminal.relay import Relay
+
+
+class NoChannel:
+    """The menu's own channel: these handlers never write to it (no session is opened here)."""
+
+    def write(self, data: bytes, datatype: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 @dataclass
 class TuiDaemon:
-    daemon: Daemon
+    daemon: Services
     requests: ApprovalStore
     connect: Callable[[str], RpcClient]  # a session process's channel for this user (alice, bob, eve)
 
@@ -60,7 +78,7 @@ roles:
   reviewers: {{groups: [reviewers], review: true}}
   auditors: {{groups: [auditors], audit: true}}
 """)
-    daemon = Daemon(load_config(cfg, check_files=False))
+    daemon = build_services(load_config(cfg, check_files=False))
     daemon.store.migrate()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -69,12 +87,13 @@ roles:
     served: list[concurrent.futures.Future[None]] = []
 
     def connect(user: str) -> RpcClient:
-        ctx = ConnectionContext(daemon, "127.0.0.1:1")
-        ctx.set_identity(user, daemon.config.users[user].groups, source="local")
-        session = BastionSession(ctx)
-        handlers = {"hello": session._rpc_hello, "resources.list": session._rpc_resources,
-                    "queue.list": session._rpc_queue, "requests.mine": session._rpc_mine,
-                    "request.decide": session._rpc_decide, "recordings.list": session._rpc_recordings}
+        ctx = ConnectionContext("127.0.0.1:1", daemon.server_name)
+        ctx.set_identity(user, daemon.config.users[user].groups, roles=daemon.config.roles, source="local")
+        client = ClientSide(NoChannel(), Relay(NoChannel()), None, 80, 24)
+        menu = MenuHandlers(daemon, ctx, client, Broker(daemon, ctx, client))
+        handlers = {"hello": menu.hello, "resources.list": menu.resources, "queue.list": menu.queue,
+                    "requests.mine": menu.mine, "request.decide": menu.decide,
+                    "recordings.list": menu.recordings.listing}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         server = BrokerServer(ours, handlers, user)
 

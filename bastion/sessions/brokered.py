@@ -1,0 +1,174 @@
+"""One brokered session, from its first recorded byte to its chained recording: the recording, the line filter or
+protocol hooks, the target (opened through the one :class:`~bastion.targets.base.Target` protocol), the session's
+rows in the store, its registration as a live session, its time limit, and how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.context import ConnectionContext
+from bastion.oversight.live import LiveSession
+from bastion.services import Services
+from bastion.sessions.client import ClientSide
+from bastion.sessions.hooks import SessionHooks
+from bastion.sessions.timeouts import duration_timers, time_limit
+from bastion.targets import make_target
+from bastion.targets.base import OpenRequest, Target, TargetError, TargetExit
+from bastion.terminal.relay import Tee
+from policies.engine import Decision
+from recorder.asciicast import CastWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ended:
+    """How the session went: ``error`` when it never started (the operator is told why), else how it ended."""
+
+    error: str | None = None
+    message: str = ""
+    status: int | None = None
+    signal: str | None = None
+    duration: float = 0.0
+
+
+class BrokeredSession:
+    """Session ``sid``: ``name`` opened for the operator of ``client``, interactive or running ``command``."""
+
+    def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide, name: str, sid: str,
+                 command: str | None):
+        self.services, self.ctx, self.client = services, ctx, client
+        self.name, self.sid, self.command = name, sid, command
+        self.mode = "exec" if command is not None else "interactive"
+        self.res = services.config.resources[name]
+        sid_path = Path(sid[:4]) / sid[4:6] / sid[6:8] / f"{sid}.cast"
+        self.path = services.config.recordings_dir / sid_path
+
+    async def run(self, verdict: Decision | None, access: str | None) -> Ended:
+        target = make_target(self.res.kind, self.client.relay)
+        self.client.endpoints.add(target)
+        try:
+            writer = self._recording(verdict, access)
+            if writer is None:
+                return Ended(f"{self.name}: the session cannot be recorded; refusing to open it")
+            failed = await self._open(target, writer)
+            if failed is not None:
+                return Ended(failed)
+            return await self._carry(target, writer)
+        finally:
+            target.close()
+            self.client.endpoints.discard(target)
+            self.client.live = None
+
+    def _recording(self, verdict: Decision | None, access: str | None) -> CastWriter | None:
+        """The session's recording, opened before the target speaks; None when it cannot be written (no recording,
+        no session)."""
+        ctx, client = self.ctx, self.client
+        try:
+            writer = CastWriter(self.path, client.cols, client.rows, title=f"{ctx.username}@{self.name} ({self.mode})",
+                                env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"})
+        except OSError as e:
+            log.error("%s: cannot create recording %s: %s", ctx.who, self.path, e)
+            return None
+        command = self.command
+        writer.marker(f"session {self.sid}: {ctx.username} opened {self.name}" + (f": {command}" if command else ""))
+        if access is not None:
+            writer.marker(access)
+        if verdict is not None:
+            writer.marker(f"policy: {verdict.summary()}")
+        return writer
+
+    async def _open(self, target: Target, writer: CastWriter) -> str | None:
+        """Attach the target to the relay (recorded from its first byte) and open it; why not, if it failed."""
+        ctx, client, store = self.ctx, self.client, self.services.store
+        hooks = SessionHooks(self.services, ctx, client, self.name, self.sid, writer)
+        kind = target.line_filter(self.res, self.command, client.pty)
+        filt = hooks.line_filter(kind, target.write) if kind is not None else None
+        client.relay.attach(target, Tee(writer), filt)
+        proxied = type(target).proxied
+        req = OpenRequest(
+            name=self.name, command=self.command, pty=client.pty, term_type=client.term_type or "dumb",
+            cols=client.cols, rows=client.rows, user=ctx.username, groups=tuple(ctx.groups), session_id=self.sid,
+            config=self.services.config, sandbox=self.services.sandbox,
+            hooks=hooks.proxy_hooks(proxied, interactive=self.command is None) if proxied else None)
+        try:
+            await target.open(req)
+        except TargetError as e:
+            client.relay.detach()
+            writer.close()
+            self.path.unlink(missing_ok=True)
+            await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=self.name,
+                                    client_addr=ctx.peer, mode=self.mode, reason=str(e))
+            return f"{self.name}: {e}"
+        return None
+
+    async def _carry(self, target: Target, writer: CastWriter) -> Ended:
+        """The session runs: in the store, on the live list, under its time limit, until the target ends."""
+        ctx, client, services = self.ctx, self.client, self.services
+        await asyncio.to_thread(services.store.start_session, self.sid, user=ctx.username, resource=self.name,
+                                kind=self.res.kind, mode=self.mode, command=self.command, client_addr=ctx.peer,
+                                node=services.node, recording_path=self.path)
+        await asyncio.to_thread(services.store.audit, ctx.username, "session.start", "ok", resource=self.name,
+                                session_id=self.sid, client_addr=ctx.peer, mode=self.mode)
+        client.relay.release()
+        log.info("%s: session %s on %s started (%s)", ctx.who, self.sid, self.name, self.mode)
+        started = time.monotonic()
+        live = LiveSession(self.sid, ctx.username, self.name, self.res.kind, self.mode, self.command, ctx.peer,
+                           services.node, tee=client.relay.tee or Tee(writer), relay=client.relay,
+                           notify=self._notify, stop=target.close)
+        services.live.add(live)
+        client.live = live
+        timers = duration_timers(live, time_limit(services.config, self.name, "max_session_duration"))
+        try:
+            end = await target.wait()
+        finally:
+            for timer in timers:
+                timer.cancel()
+            sha = await self._wind_down(live, writer)
+        return await self._record_end(live, end, writer, sha, time.monotonic() - started)
+
+    def _notify(self, text: str) -> None:
+        """A line for the operator from the bastion (a warning, a termination), on the terminal or stderr."""
+        if self.client.pty:
+            self.client.relay.say(f"\r\n\x1b[1;31mbastion: {text}\x1b[0m\r\n".encode())
+        else:
+            self.client.stderr(f"bastion: {text}\n")
+
+    async def _wind_down(self, live: LiveSession, writer: CastWriter) -> str:
+        """Off the live list, detached, held requests cancelled, the recording closed (its SHA-256)."""
+        services = self.services
+        services.live.remove(self.sid)
+        live.ended.set()
+        self.client.relay.detach()
+        self.client.filter_withdraw.set()
+        for rid in await asyncio.to_thread(services.approvals.db.cancel_pending, session_id=self.sid,
+                                           reason="the session ended while the request was pending"):
+            await services.approvals.finish(rid, "cancelled", "session ended", "bastion")
+        writer.marker(f"session {self.sid} ended")
+        return writer.close()
+
+    async def _record_end(self, live: LiveSession, end: TargetExit, writer: CastWriter, sha: str,
+                          duration: float) -> Ended:
+        """Close the session in the store (which chains its recording), queue its indexing."""
+        ctx, services = self.ctx, self.services
+        outcome = "exited" if end.status is not None else ("killed" if end.signal else "lost")
+        if self.client.gone:
+            outcome = "client_disconnected"
+        if live.terminated is not None:
+            outcome = live.end_outcome
+            by, why = live.terminated
+            end = dataclasses.replace(end, message=f"terminated by {by}: {why}" if outcome == "terminated"
+                                      else f"closed by the bastion: {why}")
+        await asyncio.to_thread(services.store.end_session, self.sid, outcome=outcome, exit_status=end.status,
+                                message=end.message, sha256=sha, size=writer.bytes_written)
+        await asyncio.to_thread(services.store.audit, ctx.username, "session.end", outcome, resource=self.name,
+                                session_id=self.sid, client_addr=ctx.peer, exit_status=end.status)
+        await services.auditing.closed(self.sid)
+        log.info("%s: session %s on %s ended: %s", ctx.who, self.sid, self.name, end.message)
+        return Ended(None, end.message, end.status, end.signal, duration)
+
