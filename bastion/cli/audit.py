@@ -4,63 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bastion.config import Config
+from bastion.cli.common import open_store, when_arg
+from bastion.store.when import parse_when as parse_when  # re-exported for old callers: use bastion.store.when
 from recorder.storage import RecordingStorage, StorageError, is_remote
 
-
-class BadTime(argparse.ArgumentTypeError, ValueError):
-    """A date, age or offset that cannot be read."""
-
-
-_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_when(text: str) -> datetime:
-    """An ISO date/time (UTC unless it says otherwise) or an age: ``30m``, ``12h``, ``7d``, ``2w``."""
-    m = _REL.match(text.strip())
-    if m:
-        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    try:
-        dt = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise BadTime(f"{text!r}: give a date (2026-11-01, 2026-11-01T12:00) or an age "
-                                         "(30m, 12h, 7d)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def parse_offset(text: str) -> float:
-    """Seconds into a recording: ``90``, ``1:30``, ``1:02:03``."""
-    try:
-        parts = [float(p) for p in text.split(":")]
-    except ValueError:
-        raise BadTime(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)") from None
-    if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
-        raise BadTime(f"{text!r}: give seconds (90) or [h:]m:ss (1:30)")
-    total = 0.0
-    for p in parts:
-        total = total * 60 + p
-    return total
-
-
-def _store(args: argparse.Namespace) -> tuple[Config, Any] | None:
-    """The config (its problems printed: None) and its migrated store."""
-    from bastion.cli import _load
+if TYPE_CHECKING:
     from bastion.store.db import Store
-
-    cfg = _load(args)
-    if cfg is None:
-        return None
-    store = Store(cfg.database_url)
-    store.migrate()
-    return cfg, store
 
 
 def _offset(t: float) -> str:
@@ -71,7 +26,7 @@ def _offset(t: float) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from bastion.store.search import search
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     _, store = got
@@ -98,7 +53,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def index_session(store: Any, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
+def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
     """Build the search index and the seek keyframes of one session's recording; with a bucket configured, then
     upload it there and remove the local copy."""
     from bastion.store.search import index_recording
@@ -121,7 +76,7 @@ def index_session(store: Any, sid: str, storage: RecordingStorage, *, keyframes:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     cfg, store = got
@@ -139,7 +94,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from bastion.store.search import reindex
     from recorder.seekindex import build, save
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     cfg, store = got
@@ -158,7 +113,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bastion.store.verify import load_public_key, verify
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     cfg, store = got
@@ -187,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_sign(args: argparse.Namespace) -> int:
     from bastion.store.verify import load_private_key, sign_heads
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     cfg, store = got
@@ -208,7 +163,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bastion.audit.report import build_report, report_csv
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     _, store = got
@@ -232,7 +187,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from bastion.audit.report import prune
 
-    got = _store(args)
+    got = open_store(args)
     if got is None:
         return 1
     cfg, store = got
@@ -262,7 +217,7 @@ def register(sub: Any) -> None:
     p.add_argument("text")
     p.add_argument("--user")
     p.add_argument("--resource")
-    p.add_argument("--since", type=parse_when, help="ISO date/time or an age (7d, 12h)")
+    p.add_argument("--since", type=when_arg, help="ISO date/time or an age (7d, 12h)")
     p.add_argument("--only", choices=("screen", "commands"), help="only screen text, or only judged commands")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -278,8 +233,8 @@ def register(sub: Any) -> None:
     p.add_argument("--key", help="private key file (default: audit.signing_key_file)")
 
     p = add("report", cmd_report, "sessions, blocked commands, approvals and terminations of a period")
-    p.add_argument("--from", dest="start", type=parse_when, help="start (ISO date/time or an age; default: 30d)")
-    p.add_argument("--to", type=parse_when, help="end, exclusive (default: now)")
+    p.add_argument("--from", dest="start", type=when_arg, help="start (ISO date/time or an age; default: 30d)")
+    p.add_argument("--to", type=when_arg, help="end, exclusive (default: now)")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--out", help="write to this file instead of standard output")
 

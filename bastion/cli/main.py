@@ -5,41 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from bastion.cli.audit import parse_offset
 from bastion.cli.audit import register as register_audit
-from bastion.config import Config, ConfigError, load_config
-
-
-def _setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_dir / "bastion.log"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # asyncssh logs client env values and other request details at debug level: keep it quiet
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines: noise, and URLs may carry codes
-
-
-DEFAULT_CONFIGS = ("/etc/bastion/bastion.yaml", ".bastion-demo/bastion.yaml")
-
-
-def _config_path(args: argparse.Namespace) -> str:
-    """--config, else $BASTION_CONFIG, else the first of DEFAULT_CONFIGS that exists."""
-    path = getattr(args, "config_file", None) or args.config or os.environ.get("BASTION_CONFIG")
-    if path:
-        return path
-    for candidate in DEFAULT_CONFIGS:
-        if Path(candidate).exists():
-            return candidate
-    raise SystemExit("bastion: no config file (use --config FILE or set BASTION_CONFIG)")
+from bastion.cli.common import config_path, load_for_command, open_store, parse_offset, setup_logging
+from bastion.config import ConfigError, load_config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -53,33 +27,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = _load(args, check_files=True)
+    cfg = load_for_command(args, check_files=True)
     if cfg is None:
         return 1
-    _setup_logging(args.verbose, cfg.log_dir)
+    setup_logging(args.verbose, cfg.log_dir)
     from bastion.daemon import serve
 
     asyncio.run(serve(cfg))
     return 0
 
 
-def _load(args: argparse.Namespace, *, check_files: bool = False) -> Config | None:
-    """The config, or None after printing its problems."""
-    try:
-        return load_config(_config_path(args), check_files=check_files)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return None
-
-
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from bastion.store.db import Store
-
-    cfg = _load(args)
-    if cfg is None:
+    got = open_store(args)
+    if got is None:
         return 1
-    store = Store(cfg.database_url)
-    store.migrate()
+    _, store = got
     rows = store.sessions(limit=args.limit)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
@@ -99,14 +61,12 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from bastion.store.db import Store
     from bastion.store.identities import Identities
 
-    cfg = _load(args)
-    if cfg is None:
+    got = open_store(args)
+    if got is None:
         return 1
-    store = Store(cfg.database_url)
-    store.migrate()
+    _, store = got
     rows = Identities(store).list(user=args.user, include_inactive=args.all)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
@@ -129,7 +89,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from bastion.store.db import Store
     from bastion.store.identities import Identities
 
-    cfg = _load(args)
+    cfg = load_for_command(args)
     if cfg is None:
         return 1
     if args.id is None and args.user is None and args.fingerprint is None:
@@ -154,7 +114,7 @@ def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, dict | No
     from bastion.store.db import Store
     from recorder.storage import StorageError
 
-    cfg = load_config(_config_path(args), check_files=False)
+    cfg = load_config(config_path(args), check_files=False)
     store = Store(cfg.database_url)
     store.migrate()
     row = store.session(ref)
@@ -215,7 +175,7 @@ def _export_html(path: Path, row: dict | None, out: Path) -> int:
 def cmd_policy_test(args: argparse.Namespace) -> int:
     from policies.engine import evaluate, evaluate_sql
 
-    cfg = _load(args)
+    cfg = load_for_command(args)
     if cfg is None:
         return 1
     res = cfg.resources.get(args.resource)
@@ -279,7 +239,7 @@ def _explain_shell(command: str, *, interactive: bool, terminal: bool) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bastion.demo.run import run_demo
 
-    return run_demo(Path(args.state_dir), args.port, verbose=args.verbose)
+    return run_demo(Path(args.state_dir), args.port, setup_logging=partial(setup_logging, args.verbose))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--limit", type=int, default=200)
     sl.set_defaults(func=cmd_sessions_list)
 
+    _add_keys(sub)
+    _add_policy(sub)
+    _add_replay(sub)
+    register_audit(sub)
+    return p
+
+
+def _add_keys(sub: Any) -> None:
     s = sub.add_parser("keys", help="SSH keys bound to OIDC sign-ins")
     ks = s.add_subparsers(dest="keys_cmd", required=True)
     kl = ks.add_parser("list", help="list key bindings (active unless --all)")
@@ -324,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("--config", dest="config_file")
     kr.set_defaults(func=cmd_keys_revoke)
 
+
+def _add_policy(sub: Any) -> None:
     s = sub.add_parser("policy", help="policies")
     ps = s.add_subparsers(dest="policy_cmd", required=True)
     pt = ps.add_parser("test", help="show the decision for a command: policy test --resource R --user U -- CMD")
@@ -343,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("command", nargs=argparse.REMAINDER)
     pt.set_defaults(func=cmd_policy_test)
 
+
+def _add_replay(sub: Any) -> None:
     s = sub.add_parser("replay", help="play a recording (session id or .cast file) in this terminal")
     s.add_argument("ref", metavar="ID|FILE")
     s.add_argument("--config", dest="config_file")
@@ -355,8 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", choices=("o", "i"), default="o", help="o: what the terminal showed (default); "
                    "i: what was typed (echoed input only)")
     s.set_defaults(func=cmd_replay)
-    register_audit(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

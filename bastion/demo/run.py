@@ -6,13 +6,20 @@ import asyncio
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 
-from bastion.config import ConfigError, load_config
+from bastion.config import Config, ConfigError, load_config
 from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
 from bastion.keyfiles import ensure_private_key
+
+if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() without the daemon's dependencies
+    from bastion.demo.pg import DemoPostgres
+    from bastion.demo.shell_target import DemoShell
 
 log = logging.getLogger(__name__)
 
@@ -194,74 +201,85 @@ log_dir: logs
     return path, target_host, target_client, target_port
 
 
-def run_demo(state: Path, port: int, *, verbose: bool = False) -> int:
-    """Prepare the state dir, start the demo target and the daemon, print how to connect, run until Ctrl-C."""
-    from bastion.cli import _setup_logging
-    from bastion.daemon import Daemon, wait_for_stop_signal
-    from bastion.demo.pg import DemoPostgres
-    from bastion.demo.shell_target import DemoShell, demo_shell, start_demo_target
+@dataclass
+class DemoParts:
+    """What the demo runs beside the daemon; each part is None when it is not available here (the demo says why)."""
+
+    shell: DemoShell | None = None
+    pg: DemoPostgres | None = None
+    kube: DemoKube | None = None
+    kubectl: str | None = None
+
+    def stop(self) -> None:
+        if self.pg is not None:
+            self.pg.stop()
+        if self.kube is not None:
+            self.kube.stop()
+
+
+def _start_shell(state: Path) -> DemoShell | None:
+    from bastion.demo.shell_target import demo_shell
     from bastion.sandbox import SandboxError
 
-    state = state.resolve()
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shell: DemoShell | None = None
     try:  # fail closed: no sandbox, no demo-shell (a shell as this user would read every secret in the state dir)
-        shell = demo_shell(state / "target")
+        return demo_shell(state / "target")
     except (SandboxError, OSError) as e:
         print(f"demo-shell is not available: {e}")
-    pg: DemoPostgres | None = None
-    if DemoPostgres.available():
-        pg = DemoPostgres(state, port + 2)
-        try:
-            pg.start()
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-            print(f"demo-db is not available: {e}")
-            pg.stop()
-            pg = None
-    else:
+        return None
+
+
+def _start_pg(state: Path, port: int) -> DemoPostgres | None:
+    from bastion.demo.pg import DemoPostgres
+
+    if not DemoPostgres.available():
         print("demo-db is not available: PostgreSQL server binaries not found (apt-get install postgresql)")
-    kube: DemoKube | None = None
-    kubectl = find_demo_kubectl()
+        return None
+    pg = DemoPostgres(state, port)
+    try:
+        pg.start()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        print(f"demo-db is not available: {e}")
+        pg.stop()
+        return None
+    return pg
+
+
+def _start_kube(state: Path, port: int, kubectl: str | None) -> DemoKube | None:
     if kubectl is None:
         print("demo-k8s is not available: no kubectl >= 1.30 found (scripts/setup --demo installs one where apt "
               "offers it)")
-    else:
-        kube = DemoKube(state, port + 3)
-        try:
-            kube.start()
-        except OSError as e:
-            print(f"demo-k8s is not available: {e}")
-            kube = None
-    cfg_path, host_key, client_key, target_port = prepare(state, port, pg.port if pg else None,
-                                                          (kube.port, kubectl) if kube and kubectl else None,
-                                                          shell=shell is not None)
+        return None
+    kube = DemoKube(state, port)
     try:
-        cfg = load_config(cfg_path)
-    except ConfigError as e:
-        print(e)
-        if kube is not None:
-            kube.stop()
-        return 1
-    _setup_logging(verbose, cfg.log_dir)
+        kube.start()
+    except OSError as e:
+        print(f"demo-k8s is not available: {e}")
+        return None
+    return kube
 
-    async def main() -> None:
-        target = None
-        if shell is not None:
-            target = await start_demo_target("127.0.0.1", target_port, host_key, client_key, shell)
-        daemon = Daemon(cfg)
-        await daemon.start()
-        k = state / "keys"
-        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
-        ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
-        query = '"SELECT * FROM customers"'
-        shell_lines = f"""\
+
+def start_parts(state: Path, port: int) -> DemoParts:
+    """The sandboxed shell, PostgreSQL on ``port + 2`` and the simulated cluster on ``port + 3``, as far as this
+    machine has what they need."""
+    parts = DemoParts(shell=_start_shell(state), pg=_start_pg(state, port + 2), kubectl=find_demo_kubectl())
+    parts.kube = _start_kube(state, port + 3, parts.kubectl)
+    return parts
+
+
+def banner(state: Path, port: int, cfg_path: Path, *, shell: bool) -> str:
+    """How to connect: printed once the demo runs."""
+    k = state / "keys"
+    exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
+    ssh = f"ssh -i {k}/alice -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
+    query = '"SELECT * FROM customers"'
+    shell_lines = f"""\
   direct:    {ssh} -t alice@127.0.0.1 demo-shell     (sandboxed: sees nothing of {state})
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
   allow-list: {ssh} alice@127.0.0.1 demo-shell-strict -- ls -la     (unlisted programs wait for a reviewer)
-""" if shell is not None else ""
-        request_line = ("  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, "
-                        "bob approves (F2)\n") if shell is not None else ""
-        print(f"""
+""" if shell else ""
+    request_line = ("  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, "
+                    "bob approves (F2)\n") if shell else ""
+    return f"""
 bastion demo is running (state in {state})
 
   operator:  {ssh} alice@127.0.0.1
@@ -274,20 +292,49 @@ bastion demo is running (state in {state})
   replay:    {exe} --config {cfg_path} replay SESSION_ID
 
 Ctrl-C stops the demo.
-""", flush=True)
-        try:
-            await wait_for_stop_signal()
-        finally:
-            await daemon.stop()
-            if target is not None:
-                target.close()
+"""
 
+
+async def serve_demo(cfg: Config, shell: DemoShell | None, target: tuple[int, asyncssh.SSHKey, asyncssh.SSHKey],
+                     text: str) -> None:
+    """The demo target (when ``shell``) on ``target`` = (port, host key, client key) and the daemon; print ``text``
+    once they listen; run until SIGINT or SIGTERM."""
+    from bastion.daemon import Daemon, wait_for_stop_signal
+    from bastion.demo.shell_target import start_demo_target
+
+    acceptor = None
+    if shell is not None:
+        acceptor = await start_demo_target("127.0.0.1", target[0], target[1], target[2], shell)
+    daemon = Daemon(cfg)
+    await daemon.start()
+    print(text, flush=True)
     try:
-        asyncio.run(main())
+        await wait_for_stop_signal()
     finally:
-        if pg is not None:
-            pg.stop()
-        if kube is not None:
-            kube.stop()
+        await daemon.stop()
+        if acceptor is not None:
+            acceptor.close()
+
+
+def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], None]) -> int:
+    """Prepare the state dir, start the demo's parts and the daemon, print how to connect, run until Ctrl-C.
+    ``setup_logging(log_dir)`` is called once the config is known (the CLI owns logging)."""
+    state = state.resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    parts = start_parts(state, port)
+    cfg_path, host_key, client_key, target_port = prepare(
+        state, port, parts.pg.port if parts.pg else None,
+        (parts.kube.port, parts.kubectl) if parts.kube and parts.kubectl else None, shell=parts.shell is not None)
+    try:
+        try:
+            cfg = load_config(cfg_path)
+        except ConfigError as e:
+            print(e)
+            return 1
+        setup_logging(cfg.log_dir)
+        text = banner(state, port, cfg_path, shell=parts.shell is not None)
+        asyncio.run(serve_demo(cfg, parts.shell, (target_port, host_key, client_key), text))
+    finally:
+        parts.stop()
     print("bastion demo stopped")
     return 0
