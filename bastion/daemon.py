@@ -57,10 +57,12 @@ def build_services(config: Config, background: Background | None = None) -> Serv
     services = Services(
         config=config, store=store, storage=storage,
         approvals=ApprovalService(store, node, lambda: current().roles, bg.spawn),
-        live=LiveRegistry(), login=LoginService(current, store) if config.oidc is not None else None,
+        live=LiveRegistry(), login=None,
         sandbox=sandbox, auditing=AuditWorker(config, store, storage), node=node, spawn=bg.spawn,
         menu_paths=python_paths(MENU_PACKAGES),  # what the sandboxed menu may read of the installation
         player_paths=python_paths(("recorder",)))  # and the sandboxed player (F5, p)
+    if config.oidc is not None:  # it reads the running config at once (the client secret)
+        services.login = LoginService(current, store)
     return services
 
 

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bastion.audit.indexing import index_session
 from bastion.cli.common import open_store, when_arg
-from bastion.store.when import parse_when as parse_when  # re-exported for old callers: use bastion.store.when
-from recorder.storage import RecordingStorage, StorageError, is_remote
+from recorder.storage import StorageError, is_remote
 
 if TYPE_CHECKING:
-    from bastion.store.db import Store
+    pass
 
 
 def _offset(t: float) -> str:
@@ -51,28 +51,6 @@ def cmd_search(args: argparse.Namespace) -> int:
                          h["text"].strip()[:200]))
     print("\nreplay from a hit: bastion replay SESSION --from AT", file=sys.stderr)
     return 0
-
-
-def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
-    """Build the search index and the seek keyframes of one session's recording; with a bucket configured, then
-    upload it there and remove the local copy."""
-    from bastion.store.search import index_recording
-    from recorder.seekindex import build, save
-
-    row = store.session(sid)
-    if row is None or not row["recording"]:
-        raise LookupError(f"no recording for session {sid}")
-    ref = row["recording"]
-    path = storage.local(ref, row["sha256"])
-    n = index_recording(store, sid, str(path))
-    if is_remote(ref):
-        return n
-    if keyframes:
-        save(build(path), path)
-    if storage.remote and row["sha256"]:  # closed and chained: its content is final
-        store.set_recording_path(sid, storage.upload(path))
-        storage.discard_local(path)
-    return n
 
 
 def cmd_index(args: argparse.Namespace) -> int:
