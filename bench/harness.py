@@ -46,6 +46,16 @@ class Env:
     target: SshdTarget
     target_key: Path
     proc: subprocess.Popen[bytes]
+    jump: SshdTarget | None = None
+
+    def via_jump(self, *extra: str, tty: bool | None = None) -> list[str]:
+        """ssh to the same sshd through a second sshd as a jump host: what ``ssh -J`` runs (``ssh -W`` as the
+        proxy command; spelt out so the jump leg gets the same key and options), what teams use instead of a
+        bastion."""
+        assert self.jump is not None, "bastion_env(jump=True)"
+        hop = " ".join(ssh_argv(self.target_key, self.jump.port, self.jump.user, "-W", "%h:%p"))
+        argv = ssh_argv(self.target_key, self.target.port, self.target.user, *extra, tty=tty)
+        return [argv[0], "-o", f"ProxyCommand={hop}", *argv[1:]]
 
     def via_bastion(self, resource: str, *extra: str, tty: bool | None = None) -> list[str]:
         """ssh to a resource through the bastion as alice."""
@@ -64,22 +74,25 @@ class Env:
 
 
 @contextmanager
-def bastion_env(*, users: Sequence[str] = ("alice", "bob")) -> Iterator[Env]:
+def bastion_env(*, users: Sequence[str] = ("alice", "bob"), jump: bool = False) -> Iterator[Env]:
     d = Path(tempfile.mkdtemp(prefix="bastion-bench-", dir="/tmp"))
     try:
         (d / "state").mkdir()
         keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in users}
         target_key, target_pub = make_keypair(d / "target", "bench")
         target = start_sshd(d / "sshd", authorized_keys=[target_pub])
+        hop = start_sshd(d / "jump", authorized_keys=[target_pub], forwarding=True) if jump else None
         port = free_port()
         extra = PLAIN.format(port=target.port, user=target.user, key=target_key, host_key=target.host_key_public)
         cfg = write_config(d, port, keys, target, target_key, extra_resources=extra, extra_roles=ROLE,
                            limits="limits: {max_connections: 2000, max_connections_per_source: 2000}\n")
         proc = start_bastion(cfg, port, d / "bastion.out")
         try:
-            yield Env(d, port, keys, target, target_key, proc)
+            yield Env(d, port, keys, target, target_key, proc, hop)
         finally:
             stop_bastion(proc)
+            if hop is not None:
+                hop.stop()
             for pid in reversed(_tree(target.proc.pid)[1:]):  # session processes outlive their connection
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)

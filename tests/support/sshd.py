@@ -54,7 +54,7 @@ class SshdTarget:
         self.stop()
 
 
-def _config(tmp: Path, port: int, host_key: Path) -> str:
+def _config(tmp: Path, port: int, host_key: Path, forwarding: bool = False) -> str:
     return f"""\
 ListenAddress 127.0.0.1:{port}
 HostKey {host_key}
@@ -66,7 +66,7 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 UsePAM no
 PidFile none
-AllowTcpForwarding no
+AllowTcpForwarding {'local' if forwarding else 'no'}
 AllowAgentForwarding no
 X11Forwarding no
 PrintMotd no
@@ -82,11 +82,13 @@ def _read(p: Path) -> str:
     return p.read_text(errors="replace") if p.exists() else ""
 
 
-def start_sshd(tmp: Path, *, authorized_keys: list[str], user: str | None = None) -> SshdTarget:
+def start_sshd(tmp: Path, *, authorized_keys: list[str], user: str | None = None,
+               forwarding: bool = False) -> SshdTarget:
     """Start a real sshd on 127.0.0.1:<free port> in ``tmp`` trusting ``authorized_keys``; wait until it listens.
 
     ``user`` is only what the target reports as its login user (default: the current user); sshd itself lets any
-    local account that has one of the keys in. Raises RuntimeError with the sshd log if it does not come up in 10 s.
+    local account that has one of the keys in. ``forwarding`` lets clients open local forwards through it (a jump
+    host for ``ssh -J``). Raises RuntimeError with the sshd log if it does not come up in 10 s.
     """
     tmp = tmp.resolve()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def start_sshd(tmp: Path, *, authorized_keys: list[str], user: str | None = None
     last_error = ""
     for _attempt in range(3):  # the free port may be taken before sshd binds it
         port = free_port()
-        (tmp / "sshd_config").write_text(_config(tmp, port, host_key))
+        (tmp / "sshd_config").write_text(_config(tmp, port, host_key, forwarding))
         start = len(_read(log))
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config"), "-E", str(log)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
