@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pglast import ast, parse_sql
@@ -77,7 +78,8 @@ def mask_data_row(payload: bytes, plan: list[MaskRule | None]) -> bytes:
     return struct.pack("!h", n) + b"".join(cols)
 
 
-def _walk(node: object):  # type: ignore[no-untyped-def]
+def _walk(node: object) -> Iterator[ast.Node]:
+    """Every node of a parse tree, depth first."""
     if isinstance(node, ast.Node):
         yield node
         for name in node:
@@ -105,16 +107,18 @@ def sql_touches(sql: str, rules: list[MaskRule]) -> tuple[bool, bool]:
         reads_masked = False
         for node in _walk(rs.stmt):
             if isinstance(node, ast.RangeVar):
-                name = ".".join(p for p in (node.schemaname, node.relname) if p).lower()
-                if name in tables or node.relname.lower() in tables:
+                relname = node.relname or ""  # (a RangeVar always names its relation)
+                name = ".".join(p for p in (node.schemaname, relname) if p).lower()
+                if name in tables or relname.lower() in tables:
                     reads_masked = True
-                    aliases.add(node.relname.lower())
-                    if node.alias is not None:
+                    aliases.add(relname.lower())
+                    if node.alias is not None and node.alias.aliasname:
                         aliases.add(node.alias.aliasname.lower())
         for node in _walk(rs.stmt):
             if isinstance(node, ast.ColumnRef):
-                parts = [getattr(f, "sval", None) for f in node.fields]
-                if any(isinstance(f, ast.A_Star) for f in node.fields) and reads_masked:
+                fields = node.fields or ()
+                parts = [getattr(f, "sval", None) for f in fields]
+                if any(isinstance(f, ast.A_Star) for f in fields) and reads_masked:
                     touches = True
                 names = [p.lower() for p in parts if p]
                 if names and names[-1] in columns:
