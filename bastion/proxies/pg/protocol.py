@@ -98,3 +98,16 @@ def parse_parse(payload: bytes) -> tuple[str, str]:
     name, rest = payload.split(b"\x00", 1)
     sql = rest.split(b"\x00", 1)[0]
     return name.decode("utf-8", "replace"), sql.decode("utf-8", "replace")
+
+
+def data_row_values(payload: bytes) -> list[bytes | None]:
+    """The column values of a DataRow ('D') message, None for NULL."""
+    (n,) = struct.unpack("!h", payload[:2])
+    pos = 2
+    out: list[bytes | None] = []
+    for _ in range(n):
+        (length,) = struct.unpack("!i", payload[pos:pos + 4])
+        pos += 4
+        out.append(None if length < 0 else payload[pos:pos + length])
+        pos += max(length, 0)
+    return out
