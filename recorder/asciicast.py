@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from recorder.sink import BackgroundSink, FileSink, Sink
+
 __all__ = ["PROMPT_RE", "Cast", "CastError", "CastWriter", "EchoGuard", "Event", "iter_events", "read_cast",
            "read_header"]
 
@@ -37,14 +39,18 @@ _LINE_SEPARATORS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class CastWriter:
-    """Append-only asciicast v2 writer: one JSON line per event, flushed per event, SHA-256 kept while writing."""
+    """Append-only asciicast v2 writer: one JSON line per event, SHA-256 kept while writing. Each line is flushed
+    at once, or (``background``) handed to the process's writer thread (:mod:`recorder.sink`), so that the caller
+    -- an event loop carrying other sessions -- never waits for the disk."""
 
     def __init__(self, path: Path | str, width: int, height: int, *, title: str, env: dict[str, str] | None = None,
-                 timestamp: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 timestamp: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 background: bool = False) -> None:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
-        self._f: IO[bytes] = os.fdopen(fd, "wb")
+        f = os.fdopen(fd, "wb")
+        self._sink: Sink = BackgroundSink(f) if background else FileSink(f)
         self._clock = clock
         self._start = clock()
         self._last = 0.0
@@ -70,11 +76,19 @@ class CastWriter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def backlog(self) -> int:
+        """Bytes recorded but not yet in the file (a background writer behind a slow disk)."""
+        return self._sink.backlog
+
+    def wait_written(self, upto: int, timeout: float = 10.0) -> bool:
+        """Block until the first ``upto`` bytes are in the file (to read it back while it is being written)."""
+        return self._sink.wait_written(upto, timeout)
+
     def _line(self, obj: Any) -> None:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_LINE_SEPARATORS)
         data = text.encode("utf-8", "replace") + b"\n"  # "replace": a lone surrogate in a label must not raise
-        self._f.write(data)
-        self._f.flush()
+        self._sink.write(data)
         self._sha.update(data)
         self._bytes += len(data)
 
@@ -102,17 +116,16 @@ class CastWriter:
         self._event("m", label)
 
     def close(self) -> str:
-        """Flush the decoders, fsync and close; return the hex SHA-256 of the file. Idempotent."""
+        """Flush the decoders, write everything, fsync and close; return the hex SHA-256 of the file. Idempotent.
+        With a background writer it waits for the disk: call it off an event loop."""
         if not self._closed:
             try:
                 for code in "oi":
                     self._event(code, self._dec[code].decode(b"", final=True))
-                self._f.flush()
-                os.fsync(self._f.fileno())
             finally:
                 self._closed = True
-                self._f.close()
                 self._digest = self._sha.hexdigest()
+                self._sink.close()
         return self._digest
 
     def __enter__(self) -> CastWriter:

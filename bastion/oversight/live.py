@@ -218,7 +218,13 @@ class Observer(ReadOnlyView):
         writer = self.live.tee.writer
         upto = writer.bytes_written  # taken in the same loop step as the watcher: nothing is lost or doubled
         try:
-            screen = await asyncio.to_thread(snapshot, writer.path, upto, self.live.relay.cols, self.live.relay.rows)
+            cols, rows = self.live.relay.cols, self.live.relay.rows
+
+            def screen_so_far() -> str:
+                writer.wait_written(upto)  # recordings are written by a thread: the file may lag a little
+                return snapshot(writer.path, upto, cols, rows)
+
+            screen = await asyncio.to_thread(screen_so_far)
         except OSError as e:
             screen = f"\x1b[0m\x1b[H\x1b[2J(cannot show the screen so far: {e.strerror})\r\n"
         pending, self._buffer = self._buffer, None

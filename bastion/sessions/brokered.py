@@ -71,7 +71,7 @@ class BrokeredSession:
         ctx, client = self.ctx, self.client
         try:
             writer = CastWriter(self.path, client.cols, client.rows, title=f"{ctx.username}@{self.name} ({self.mode})",
-                                env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"})
+                                env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"}, background=True)
         except OSError as e:
             log.error("%s: cannot create recording %s: %s", ctx.who, self.path, e)
             return None
@@ -100,7 +100,7 @@ class BrokeredSession:
             await target.open(req)
         except TargetError as e:
             client.relay.detach()
-            writer.close()
+            await asyncio.to_thread(writer.close)
             self.path.unlink(missing_ok=True)
             await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=self.name,
                                     client_addr=ctx.peer, mode=self.mode, reason=str(e))
@@ -150,7 +150,7 @@ class BrokeredSession:
                                            reason="the session ended while the request was pending"):
             await services.approvals.finish(rid, "cancelled", "session ended", "bastion")
         writer.marker(f"session {self.sid} ended")
-        return writer.close()
+        return await asyncio.to_thread(writer.close)  # waits for the disk: not on the loop
 
     async def _record_end(self, live: LiveSession, end: TargetExit, writer: CastWriter, sha: str,
                           duration: float) -> Ended:

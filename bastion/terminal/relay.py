@@ -4,7 +4,8 @@ There is one relay per SSH session channel. It always has a *base* endpoint (the
 nothing for direct forms) and at most one *active* brokered endpoint (an SSH target's remote process). Client
 input goes to the active endpoint if there is one, else to the base. Output of either goes to the client; only the
 brokered endpoint's traffic is recorded. Window changes reach every endpoint so the menu is the right size when it
-comes back.
+comes back. Large output chunks are delivered one per loop turn (:mod:`bastion.terminal.fairness`), so bulk output
+of one session never delays another's keystrokes.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from bastion.terminal.cmdfilter import CommandFilter
+from bastion.terminal.fairness import BULK_CHUNK, scheduler
 from bastion.terminal.ptyproc import PtyProcess, set_winsize
 from recorder.asciicast import CastWriter, EchoGuard
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256 * 1024  # bytes buffered toward a slow endpoint before we stop reading the client
+MAX_RECORDING_BACKLOG = 8 * 1024 * 1024  # recorded bytes not yet on disk before bulk output waits for the disk
 
 
 class Endpoint(Protocol):
@@ -107,6 +111,8 @@ class Relay:
         self._held_eof = False
         self.on_interrupt: Callable[[], None] | None = None  # Ctrl-C while input is held (withdraw)
         self.last_input = time.monotonic()  # when the client last typed (the idle timeout counts from it)
+        self._bulk: deque[tuple[Endpoint, bytes, bool]] = deque()  # output waiting for its turn (fairness)
+        self._bulk_paused: list[Endpoint] = []  # endpoints not read while their output waits
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_base(self, ep: Endpoint | None) -> None:
@@ -137,6 +143,9 @@ class Relay:
         self._maybe_resume_client()
 
     def detach(self) -> None:
+        while self._bulk:  # what the brokered endpoint sent reaches the client and the recording before it goes
+            self._deliver(*self._bulk.popleft())
+        self._resume_bulk_paused()
         self.active, self.tee, self.filter = None, None, None
         self._held, self._held_eof = None, False
         self._maybe_resume_client()
@@ -208,7 +217,38 @@ class Relay:
 
     # -- endpoint -> client -----------------------------------------------------------------------------
     def output(self, ep: Endpoint, data: bytes, stderr: bool = False) -> None:
-        """Output from ``ep``: to the client, and into the recording if ``ep`` is the brokered one."""
+        """Output from ``ep``: to the client, and into the recording if ``ep`` is the brokered one. A large chunk (or
+        any, while some wait) waits for its turn, and ``ep`` is not read until the queue is empty."""
+        if self._bulk or len(data) >= BULK_CHUNK:
+            if not self._bulk:
+                scheduler().add(self)
+            self._bulk.append((ep, data, stderr))
+            if ep not in self._bulk_paused:
+                self._bulk_paused.append(ep)
+                ep.pause_reading()
+            return
+        self._deliver(ep, data, stderr)
+
+    def drain_one(self) -> bool | None:
+        """Deliver the oldest waiting chunk (the scheduler's turn); whether more wait (None: not now, the recording
+        is behind a slow disk)."""
+        if not self._bulk:
+            return False
+        if self.tee is not None and self.tee.writer.backlog > MAX_RECORDING_BACKLOG:
+            return None
+        self._deliver(*self._bulk.popleft())
+        if self._bulk:
+            return True
+        self._resume_bulk_paused()
+        return False
+
+    def _resume_bulk_paused(self) -> None:
+        paused, self._bulk_paused = self._bulk_paused, []
+        if not self._output_paused:
+            for ep in paused:
+                ep.resume_reading()
+
+    def _deliver(self, ep: Endpoint, data: bytes, stderr: bool) -> None:
         if ep is self.active and self.tee is not None:
             self.tee.output(data)
         self.chan.write(data, STDERR if stderr else None)
@@ -231,7 +271,7 @@ class Relay:
     def resume_output(self) -> None:
         self._output_paused = False
         for ep in (self.base, self.active):
-            if ep is not None:
+            if ep is not None and ep not in self._bulk_paused:  # those resume when their queue is empty
                 ep.resume_reading()
 
 
