@@ -21,16 +21,16 @@ def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframe
     """Build the search index and the seek keyframes of one session's recording; with a bucket configured, then
     upload it there and remove the local copy. The number of lines indexed."""
     row = store.session(sid)
-    if row is None or not row["recording"]:
+    if row is None or not row.recording:
         raise LookupError(f"no recording for session {sid}")
-    ref = row["recording"]
-    path = storage.local(ref, row["sha256"])
+    ref = row.recording
+    path = storage.local(ref, row.sha256)
     n = index_recording(store, sid, str(path))
     if is_remote(ref):
         return n
     if keyframes:
         save(build(path), path)
-    if storage.remote and row["sha256"]:  # closed and chained: its content is final
+    if storage.remote and row.sha256:  # closed and chained: its content is final
         store.set_recording_path(sid, storage.upload(path))
         storage.discard_local(path)
     return n

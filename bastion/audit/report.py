@@ -30,7 +30,7 @@ def _iso(dt: datetime | None) -> str | None:
 def build_report(store: Store, since: datetime, until: datetime) -> dict[str, Any]:
     """Everything auditors ask for about ``[since, until)``."""
     out: dict[str, Any] = {"from": since.isoformat(), "to": until.isoformat(), "generated_at": now().isoformat()}
-    out["sessions"] = store.sessions(100000, since=since, until=until)[::-1]
+    out["sessions"] = [r.as_dict() for r in reversed(store.sessions(100000, since=since, until=until))]
     with store.tx() as s:
         events = list(s.scalars(select(AuditEvent).where(AuditEvent.ts >= since, AuditEvent.ts < until)
                                 .order_by(AuditEvent.seq)))

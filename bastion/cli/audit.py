@@ -37,7 +37,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"bastion audit search: {e}", file=sys.stderr)
         return 2
     if args.json:
-        json.dump(hits, sys.stdout, indent=2)
+        json.dump([h.as_dict() for h in hits], sys.stdout, indent=2)
         print()
         return 0 if hits else 1
     if not hits:
@@ -46,9 +46,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     fmt = "{:<27} {:<12} {:<16} {:>8}  {:<7} {}"
     print(fmt.format("SESSION", "USER", "RESOURCE", "AT", "WHERE", "TEXT"))
     for h in hits:
-        where = "screen" if h["kind"] == "screen" else "judged"
-        print(fmt.format(h["session"], h["user"][:12], h["resource"][:16], _offset(h["t"]), where,
-                         h["text"].strip()[:200]))
+        where = "screen" if h.kind == "screen" else "judged"
+        print(fmt.format(h.session, h.user[:12], h.resource[:16], _offset(h.t), where, h.text.strip()[:200]))
     print("\nreplay from a hit: bastion replay SESSION --from AT", file=sys.stderr)
     return 0
 
@@ -79,7 +78,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     storage = cfg.recording_storage()
     done, problems = reindex(store, storage, args.session)
     for sid in done:
-        ref = (store.session(sid) or {}).get("recording")
+        row = store.session(sid)
+        ref = row.recording if row else None
         if ref and not is_remote(ref) and Path(ref).is_file():
             save(build(ref), ref)
     for p in problems:

@@ -9,11 +9,14 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.cli.audit import register as register_audit
 from bastion.cli.common import config_path, load_for_command, open_store, parse_offset, setup_logging
 from bastion.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bastion.store.rows import SessionRecord
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -44,7 +47,7 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     _, store = got
     rows = store.sessions(limit=args.limit)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
+        json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
         print()
         return 0
     if not rows:
@@ -53,10 +56,10 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     fmt = "{:<27} {:<12} {:<16} {:<20} {:>9} {:<22} {:<16} {}"
     print(fmt.format("ID", "USER", "RESOURCE", "START (UTC)", "DURATION", "ENDED", "NODE", "RECORDING"))
     for r in rows:
-        dur = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
-        ended = r["outcome"] + (f" ({r['exit_status']})" if r["exit_status"] is not None else "")
-        print(fmt.format(r["id"], r["user"][:12], r["resource"][:16], (r["started_at"] or "")[:19].replace("T", " "),
-                         dur, ended[:22], (r["node"] or "-")[:16], r["recording"] or "-"))
+        dur = f"{r.duration:.1f}s" if r.duration is not None else "-"
+        ended = r.outcome + (f" ({r.exit_status})" if r.exit_status is not None else "")
+        print(fmt.format(r.id, r.user[:12], r.resource[:16], r.started_at.isoformat()[:19].replace("T", " "),
+                         dur, ended[:22], (r.node or "-")[:16], r.recording or "-"))
     return 0
 
 
@@ -69,7 +72,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     _, store = got
     rows = Identities(store).list(user=args.user, include_inactive=args.all)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
+        json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
         print()
         return 0
     if not rows:
@@ -78,8 +81,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     fmt = "{:>5} {:<16} {:<52} {:<20} {:<20} {}"
     print(fmt.format("ID", "USER", "FINGERPRINT", "EXPIRES (UTC)", "LAST USED (UTC)", "STATE"))
     for r in rows:
-        print(fmt.format(r["id"], r["user"][:16], r["fingerprint"][:52], (r["expires_at"] or "never")[:19],
-                         (r["last_used_at"] or "-")[:19], r["state"]))
+        print(fmt.format(r.id, r.user[:16], r.fingerprint[:52], r.expires_at.isoformat()[:19] if r.expires_at
+                         else "never", r.last_used_at.isoformat()[:19] if r.last_used_at else "-", r.state))
     return 0
 
 
@@ -105,7 +108,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0 if ids else 1
 
 
-def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, dict | None]:
+def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, SessionRecord | None]:
     """A .cast path as given, or the recording of the session with that id in the configured store (with the
     session's row)."""
     p = Path(ref)
@@ -118,9 +121,9 @@ def _find_recording(ref: str, args: argparse.Namespace) -> tuple[Path, dict | No
     store = Store(cfg.database_url)
     store.migrate()
     row = store.session(ref)
-    if row and row["recording"]:
+    if row and row.recording:
         try:
-            return cfg.recording_storage().local(row["recording"], row["sha256"]), row
+            return cfg.recording_storage().local(row.recording, row.sha256), row
         except (OSError, StorageError) as e:
             raise SystemExit(f"bastion replay: session {ref}: {e}") from None
     raise SystemExit(f"bastion replay: {ref}: no such file, nor a session id in {cfg.path}")
@@ -150,14 +153,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_html(path: Path, row: dict | None, out: Path) -> int:
+def _export_html(path: Path, session: SessionRecord | None, out: Path) -> int:
     """``replay --html``: the standalone page, with the session's facts when the recording is a known session's."""
     from recorder.asciicast import CastError
     from recorder.html import PlayerAssetsMissing, export_html
 
     info: dict[str, str] = {"recording": str(path)}
     title = None
-    if row is not None:  # a session id: say whose session it was
+    if session is not None:  # a session id: say whose session it was
+        row = session.as_dict()  # the facts as the JSON output gives them (times in ISO 8601)
         title = f"Session {row.get('id')}: {row.get('user')} on {row.get('resource')}"
         for key in ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
                     "outcome", "exit_status", "sha256"):

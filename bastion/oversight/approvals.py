@@ -16,6 +16,7 @@ from bastion.context import ConnectionContext
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
 from bastion.store.db import Store
 from bastion.store.listen import CHANNEL
+from bastion.store.rows import RequestRecord
 from policies.access import RoleLike, may_review
 from policies.engine import Decision
 
@@ -25,6 +26,12 @@ POLL = 1.0  # seconds between store checks while waiting (decisions taken by ano
 
 
 Spawn = Callable[[Any], None]  # runs an awaitable in the background (errors logged, never lost)
+
+
+def final_state(req: RequestRecord | None) -> tuple[str, str]:
+    """What :meth:`ApprovalService.wait` ended with: the request's status and why (a request that vanished from the
+    store counts as cancelled)."""
+    return (req.status, req.status_reason) if req is not None else ("cancelled", "request vanished")
 
 
 class ApprovalService:
@@ -60,34 +67,35 @@ class ApprovalService:
             except Exception:
                 log.exception("approval listener failed")
 
-    async def _audit(self, actor: str, action: str, outcome: str, req: dict[str, Any], **detail: Any) -> None:
-        await asyncio.to_thread(self.store.audit, actor, action, outcome, resource=req["resource"],
-                                session_id=req["session_id"], request_id=req["id"], rule=req["rule"], **detail)
+    async def _audit(self, actor: str, action: str, outcome: str, req: RequestRecord, **detail: Any) -> None:
+        await asyncio.to_thread(self.store.audit, actor, action, outcome, resource=req.resource,
+                                session_id=req.session_id, request_id=req.id, rule=req.rule, **detail)
 
     async def request(self, ctx: ConnectionContext, resource: str, session_id: str,
-                      decision: Decision) -> dict[str, Any]:
+                      decision: Decision) -> RequestRecord:
         """Create a pending request for ``decision.text`` and tell every reviewer."""
         req = await asyncio.to_thread(
             self.db.create, requester=ctx.username, resource=resource, session_id=session_id, text=decision.text,
             rule=decision.rule or "(default)", reason=decision.reason, approvals_needed=max(1, decision.approvals),
             approver_roles=list(decision.approver_roles), timeout=decision.timeout or 600.0, node=self.node)
         await self._audit(ctx.username, "approval.request", "pending", req, text=decision.text)
-        log.info("%s: approval request #%d on %s (rule %s)", ctx.who, req["id"], resource, req["rule"])
-        self._notify(req["id"])
+        log.info("%s: approval request #%d on %s (rule %s)", ctx.who, req.id, resource, req.rule)
+        self._notify(req.id)
         return req
 
-    async def wait(self, rid: int, timeout: float, withdraw: asyncio.Event) -> dict[str, Any]:
-        """Wait for a final status; ``withdraw`` set by the requester (Ctrl-C, disconnect) withdraws it."""
+    async def wait(self, rid: int, timeout: float, withdraw: asyncio.Event) -> RequestRecord | None:
+        """Wait for a final status; ``withdraw`` set by the requester (Ctrl-C, disconnect) withdraws it. The request
+        as it ended (None if it vanished from the store: see :func:`final_state`)."""
         ev = self._waiters.setdefault(rid, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             while True:
                 req = await asyncio.to_thread(self.db.get, rid)
-                if req is None or req["status"] in FINAL:
-                    return req or {"id": rid, "status": "cancelled", "status_reason": "request vanished"}
+                if req is None or req.status in FINAL:
+                    return req
                 if withdraw.is_set():
-                    await self.finish(rid, "withdrawn", "withdrawn by the requester", req["requester"])
+                    await self.finish(rid, "withdrawn", "withdrawn by the requester", req.requester)
                     continue
                 if loop.time() >= deadline:
                     await self.finish(rid, "expired", "no decision before the request expired", "bastion")
@@ -112,61 +120,62 @@ class ApprovalService:
             self._notify(rid)
         return done
 
-    async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> dict[str, Any]:
+    async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> RequestRecord:
         """A reviewer's decision, checked against the reviewer's own grants. Raises DecisionRefused."""
         req = await asyncio.to_thread(self.db.get, rid)
-        if req is None or not may_review(ctx.grants, self.roles(), req["resource"],
-                                         req["approver_roles"]):
+        if req is None or not may_review(ctx.grants, self.roles(), req.resource, req.approver_roles):
             if req is not None:
                 await self._audit(ctx.username, "approval.decision", "refused", req, why="not a reviewer")
             raise DecisionRefused(f"you may not decide request #{rid}")
         try:
-            req = await asyncio.to_thread(self.db.decide, rid, ctx.username, approve, reason)
+            decided = await asyncio.to_thread(self.db.decide, rid, ctx.username, approve, reason)
         except DecisionRefused as e:
             await self._audit(ctx.username, "approval.decision", "refused", req, why=str(e))
             raise
-        await self._audit(ctx.username, "approval.decision", "approve" if approve else "deny", req, reason=reason,
-                          status=req["status"])
-        log.info("%s: %s request #%d -> %s", ctx.who, "approved" if approve else "denied", rid, req["status"])
+        await self._audit(ctx.username, "approval.decision", "approve" if approve else "deny", decided,
+                          reason=reason, status=decided.status)
+        log.info("%s: %s request #%d -> %s", ctx.who, "approved" if approve else "denied", rid, decided.status)
         self._wake(rid)
         self._notify(rid)
-        return req
+        return decided
 
-    async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> dict[str, Any]:
+    async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> RequestRecord:
         """A reviewer of the resource ends granted access early (its live sessions go on: F4 terminates them).
         Raises DecisionRefused."""
         req = await asyncio.to_thread(self.db.get, rid)
         if req is None or not self.visible_to(ctx, req):
             raise DecisionRefused(f"you may not revoke request #{rid}")
         try:
-            req = await asyncio.to_thread(self.db.revoke, rid, ctx.username, reason)
+            revoked = await asyncio.to_thread(self.db.revoke, rid, ctx.username, reason)
         except DecisionRefused as e:
             await self._audit(ctx.username, "access.revoke", "refused", req, why=str(e))
             raise
-        await self._audit(ctx.username, "access.revoke", "revoked", req, reason=reason)
-        log.warning("%s: revoked access request #%d of %s to %s: %s", ctx.who, rid, req["requester"],
-                    req["resource"], reason)
+        await self._audit(ctx.username, "access.revoke", "revoked", revoked, reason=reason)
+        log.warning("%s: revoked access request #%d of %s to %s: %s", ctx.who, rid, revoked.requester,
+                    revoked.resource, reason)
         self._notify(rid)
-        return req
+        return revoked
 
     def _wake(self, rid: int) -> None:
         ev = self._waiters.get(rid)
         if ev is not None:
             ev.set()
 
-    def visible_to(self, ctx: ConnectionContext, req: dict[str, Any]) -> bool:
+    def visible_to(self, ctx: ConnectionContext, req: RequestRecord) -> bool:
         """Reviewers see the requests they may decide; never their own in the queue."""
-        return req["requester"] != ctx.username and may_review(ctx.grants, self.roles(),
-                                                              req["resource"], req["approver_roles"])
+        return req.requester != ctx.username and may_review(ctx.grants, self.roles(), req.resource,
+                                                           req.approver_roles)
 
-    async def queue(self, ctx: ConnectionContext) -> dict[str, Any]:
+    async def queue(self, ctx: ConnectionContext) -> tuple[list[RequestRecord], list[RequestRecord]]:
+        """A reviewer's queue: the pending requests they may decide, and the last 30 decided or ended ones."""
         pending = await asyncio.to_thread(self.db.pending)
         recent = await asyncio.to_thread(self.db.recent, limit=100)
-        return {"pending": [r for r in pending if self.visible_to(ctx, r)],
-                "history": [r for r in recent if r["status"] != "pending" and self.visible_to(ctx, r)][:30]}
+        return ([r for r in pending if self.visible_to(ctx, r)],
+                [r for r in recent if r.status != "pending" and self.visible_to(ctx, r)][:30])
 
-    async def mine(self, ctx: ConnectionContext) -> dict[str, Any]:
-        return {"requests": await asyncio.to_thread(self.db.recent, requester=ctx.username, limit=50)}
+    async def mine(self, ctx: ConnectionContext) -> list[RequestRecord]:
+        """The operator's own last 50 requests, newest first."""
+        return await asyncio.to_thread(self.db.recent, requester=ctx.username, limit=50)
 
     async def cancel_node(self) -> None:
         """At start: requests left pending by a previous run of this node can never be released; cancel them."""

@@ -98,7 +98,7 @@ class MenuHandlers:
             assert terms is not None
             grant = await asyncio.to_thread(self.services.approvals.db.access_granted, ctx.username, n, terms.ttl)
             out.append({"name": n, "kind": cfg.resources[n].kind, "description": cfg.resources[n].description,
-                        "access": "granted" if grant else "request", "until": grant and grant["until"],
+                        "access": "granted" if grant else "request", "until": grant.until if grant else None,
                         "ttl": terms.ttl})
         return {"resources": sorted(out, key=lambda r: r["name"])}
 
@@ -114,28 +114,31 @@ class MenuHandlers:
 
     async def queue(self, params: dict[str, Any]) -> dict[str, Any]:
         self._reviewer()
-        return await self.services.approvals.queue(self.ctx)
+        pending, history = await self.services.approvals.queue(self.ctx)
+        return {"pending": [r.as_dict() for r in pending], "history": [r.as_dict() for r in history]}
 
     async def mine(self, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.services.approvals.mine(self.ctx)
+        return {"requests": [r.as_dict() for r in await self.services.approvals.mine(self.ctx)]}
 
     async def revoke(self, params: dict[str, Any]) -> dict[str, Any]:
         self._reviewer()
         rid = request_id(params)
         try:
-            return await self.services.approvals.revoke(self.ctx, rid, params.get("reason", ""))
+            revoked = await self.services.approvals.revoke(self.ctx, rid, params.get("reason", ""))
         except DecisionRefused as e:
             raise RefusedRequest("refused", str(e)) from None
+        return revoked.as_dict()
 
     async def decide(self, params: dict[str, Any]) -> dict[str, Any]:
         rid, decision = request_id(params), params.get("decision", "")
         if decision not in ("approve", "deny"):
             raise RefusedRequest("bad_request", "decision must be approve or deny")
         try:
-            return await self.services.approvals.decide(self.ctx, rid, decision == "approve",
-                                                        params.get("reason", ""))
+            decided = await self.services.approvals.decide(self.ctx, rid, decision == "approve",
+                                                           params.get("reason", ""))
         except DecisionRefused as e:
             raise RefusedRequest("refused", str(e)) from None
+        return decided.as_dict()
 
     # -- live sessions: list, observe, terminate ---------------------------------------------------------
     async def live(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +164,9 @@ class MenuHandlers:
             remote = await self.watch.remote(sid)
             if remote:
                 r = remote[0]
-                path = Path(r["recording"]) if r["recording"] else None
+                path = Path(r.recording) if r.recording else None
                 if path is None or not await asyncio.to_thread(path.is_file):
-                    raise RefusedRequest("elsewhere", f"node {r['node']} carries this session and its recording is "
+                    raise RefusedRequest("elsewhere", f"node {r.node} carries this session and its recording is "
                                                       "not on storage this node shares: connect to that node to "
                                                       "observe (terminating works from here)")
                 self._occupy()
@@ -171,8 +174,8 @@ class MenuHandlers:
                     reason = await self.watch.observe_remote(self.client, r, path)
                 finally:
                     self.client.opening = False
-                return {"ok": True, "message": f"{r['user']}@{r['resource']} (node {r['node']}): {reason}",
-                        "session_id": r["id"]}
+                return {"ok": True, "message": f"{r.user}@{r.resource} (node {r.node}): {reason}",
+                        "session_id": r.id}
         live = self._watchable(sid)
         self._occupy()
         try:
@@ -191,7 +194,7 @@ class MenuHandlers:
             if remote:
                 r = remote[0]
                 await self.watch.terminate_remote(r, reason)
-                return {"ok": True, "message": f"terminating {r['user']}@{r['resource']} on node {r['node']}"}
+                return {"ok": True, "message": f"terminating {r.user}@{r.resource} on node {r.node}"}
         live = self._watchable(sid)
         await self.watch.terminate(live, reason)
         return {"ok": True, "message": f"terminated {live.user}@{live.resource} ({live.sid})"}

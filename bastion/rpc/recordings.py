@@ -13,6 +13,7 @@ from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.sessions.player import play
 from bastion.store.db import POLICY_FILTERS
+from bastion.store.rows import SessionRecord
 from bastion.store.when import parse_when
 from recorder.asciicast import CastError, iter_events
 from recorder.storage import StorageError
@@ -51,61 +52,67 @@ class RecordingHandlers:
             self.services.store.sessions, 500, user=params.get("user") or None,
             resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None,
             policy=policy)
-        return {"sessions": [{k: r[k] for k in LIST_KEYS} | {"recorded": bool(r["recording"])} for r in rows]}
+        return {"sessions": [_pick(r, LIST_KEYS) | {"recorded": bool(r.recording)} for r in rows]}
 
-    async def _row(self, sid: Any) -> dict[str, Any]:
-        """The session's row, its ``recording`` made a local file (a bucket's object is fetched and checked)."""
+    async def _row(self, sid: Any) -> tuple[SessionRecord, str]:
+        """The session's row and its recording as a local file (a bucket's object is fetched and checked)."""
         self._auditor()
         store = self.services.store
         row = await asyncio.to_thread(store.session, str(sid)[:64]) if isinstance(sid, str) else None
-        if row is None or not row["recording"]:
+        if row is None or not row.recording:
             raise RefusedRequest("not_found", f"no recording of session {str(sid)[:64]!r}")
-        if row["outcome"] == "active":
-            return row  # being written here (a live session's file is local)
+        if row.outcome == "active":
+            return row, row.recording  # being written here (a live session's file is local)
         try:
-            path = await asyncio.to_thread(self.services.storage.local, row["recording"], row["sha256"])
+            path = await asyncio.to_thread(self.services.storage.local, row.recording, row.sha256)
         except (OSError, StorageError) as e:
-            log.warning("recording of session %s unavailable: %s", row["id"], e)
-            raise RefusedRequest("unavailable", f"the recording of {row['id']} cannot be read: {e}") from None
-        return row | {"recording": str(path)}
+            log.warning("recording of session %s unavailable: %s", row.id, e)
+            raise RefusedRequest("unavailable", f"the recording of {row.id} cannot be read: {e}") from None
+        return row, str(path)
 
     async def detail(self, params: dict[str, Any]) -> dict[str, Any]:
-        row = await self._row(params.get("id"))
+        row, recording = await self._row(params.get("id"))
         store = self.services.store
 
         def markers() -> list[list[Any]]:
             out: list[list[Any]] = []
             try:
-                for ev in iter_events(row["recording"]):
+                for ev in iter_events(recording):
                     if ev.code == "m" and len(out) < 2000:
                         out.append([round(ev.time, 3), ev.data[:500]])
             except (CastError, OSError):  # an active session on a node whose disk is not shared
                 pass
             return out
 
-        approvals = await asyncio.to_thread(self.services.approvals.db.recent, session_id=row["id"], limit=200)
-        events = await asyncio.to_thread(store.audit_events, 200, session_id=row["id"])
-        return {"session": {k: row[k] for k in DETAIL_KEYS}, "markers": await asyncio.to_thread(markers),
-                "approvals": [{"id": a["id"], "text": a["text"][:500], "rule": a["rule"], "status": a["status"],
-                               "status_reason": a["status_reason"][:300],
-                               "decisions": [{"reviewer": d["reviewer"], "approve": d["approve"],
-                                              "reason": d["reason"][:300]} for d in a["decisions"]]}
+        approvals = await asyncio.to_thread(self.services.approvals.db.recent, session_id=row.id, limit=200)
+        events = await asyncio.to_thread(store.audit_events, 200, session_id=row.id)
+        return {"session": _pick(row, DETAIL_KEYS), "markers": await asyncio.to_thread(markers),
+                "approvals": [{"id": a.id, "text": a.text[:500], "rule": a.rule, "status": a.status,
+                               "status_reason": a.status_reason[:300],
+                               "decisions": [{"reviewer": d.reviewer, "approve": d.approve,
+                                              "reason": d.reason[:300]} for d in a.decisions]}
                               for a in approvals],
                 "events": [{"ts": e.ts.isoformat(), "actor": e.actor, "action": e.action, "outcome": e.outcome}
                            for e in reversed(events)]}
 
     async def play(self, params: dict[str, Any]) -> dict[str, Any]:
-        row = await self._row(params.get("id"))
+        row, recording = await self._row(params.get("id"))
         client, ctx = self.client, self.ctx
         if client.opening or client.term_type is None:
             raise RefusedRequest("busy", "a session is already open on this connection")
         client.opening = True
         await asyncio.to_thread(self.services.store.audit, ctx.username, "recording.replay", "ok",
-                                resource=row["resource"], session_id=row["id"], client_addr=ctx.peer)
+                                resource=row.resource, session_id=row.id, client_addr=ctx.peer)
         try:
-            await play(self.services, client, row["recording"])
+            await play(self.services, client, recording)
         except OSError as e:  # an active session on a node whose disk is not shared, or a vanished file
-            raise RefusedRequest("unavailable", f"the recording of {row['id']} cannot be read: {e.strerror}") from None
+            raise RefusedRequest("unavailable", f"the recording of {row.id} cannot be read: {e.strerror}") from None
         finally:
             client.opening = False
-        return {"ok": True, "message": f"replay of {row['id']} closed", "session_id": row["id"]}
+        return {"ok": True, "message": f"replay of {row.id} closed", "session_id": row.id}
+
+
+def _pick(row: SessionRecord, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Some fields of a session in their JSON form (times as ISO 8601 strings)."""
+    wire = row.as_dict()
+    return {k: wire[k] for k in keys}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.context import ConnectionContext
+from bastion.oversight.approvals import final_state
 from bastion.services import Services
 from bastion.sessions.brokered import BrokeredSession
 from bastion.sessions.client import ClientSide
@@ -103,9 +104,9 @@ class Broker:
             grant = await asyncio.to_thread(approvals.db.access_granted, ctx.username, name, terms.ttl)
             if grant is None:
                 return Outcome(False, f"access to {name} was granted but has already expired")
-        until = time.strftime("%H:%M UTC", time.gmtime(grant["until"]))
-        by = ", ".join(d["reviewer"] for d in grant["decisions"] if d["approve"])
-        return f"access to {name} granted by {by} (request #{grant['id']}) until {until}"
+        until = time.strftime("%H:%M UTC", time.gmtime(grant.until))
+        by = ", ".join(d.reviewer for d in grant.request.decisions if d.approve)
+        return f"access to {name} granted by {by} (request #{grant.request.id}) until {until}"
 
     def _judge(self, name: str, command: str) -> Decision | None:
         """The policy decision for ``command`` on resource ``name`` (None: no policy, or judged at a proxy)."""
@@ -138,10 +139,10 @@ class Broker:
         if not client.gone:
             client.withdraw.clear()
         req = await approvals.request(ctx, name, sid, d)
-        client.stderr(f"bastion: {what + ': ' if what else ''}waiting for approval (request #{req['id']}, rule "
-                      f"{req['rule']}) \u2014 Ctrl-C to withdraw\n")
-        final = await approvals.wait(req["id"], d.timeout or 600.0, client.withdraw)
-        if final["status"] == "approved":
-            client.stderr(f"bastion: request #{req['id']} {final['status_reason']}\n")
+        client.stderr(f"bastion: {what + ': ' if what else ''}waiting for approval (request #{req.id}, rule "
+                      f"{req.rule}) \u2014 Ctrl-C to withdraw\n")
+        status, why = final_state(await approvals.wait(req.id, d.timeout or 600.0, client.withdraw))
+        if status == "approved":
+            client.stderr(f"bastion: request #{req.id} {why}\n")
             return None
-        return Outcome(False, f"request #{req['id']} {final['status']}: {final['status_reason']}")
+        return Outcome(False, f"request #{req.id} {status}: {why}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from bastion.config import KubeResource
 from bastion.context import ConnectionContext
+from bastion.oversight.approvals import final_state
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.targets.base import Hooks, LineFilter
@@ -29,15 +30,17 @@ class SessionHooks:
         self.name, self.sid, self.writer = name, sid, writer
 
     async def approval(self, d: Decision, say: Callable[[str], None]) -> dict[str, Any]:
-        """Ask reviewers about ``d`` for this session and wait; Ctrl-C or a hang-up withdraws."""
+        """Ask reviewers about ``d`` for this session and wait; Ctrl-C or a hang-up withdraws. The request as it
+        ended, in the form the enforcement points read (``status``, ``status_reason``; see ``Hooks.hold``)."""
         approvals, withdraw = self.services.approvals, self.client.filter_withdraw
         if not self.client.gone:
             withdraw.clear()
         req = await approvals.request(self.ctx, self.name, self.sid, d)
-        say(f"waiting for approval (request #{req['id']}, rule {req['rule']}) \u2014 Ctrl-C to withdraw")
-        final = await approvals.wait(req["id"], d.timeout or 600.0, withdraw)
-        self.writer.marker(f"approval #{req['id']}: {final['status']} ({final.get('status_reason', '')})")
-        return final
+        say(f"waiting for approval (request #{req.id}, rule {req.rule}) \u2014 Ctrl-C to withdraw")
+        final = await approvals.wait(req.id, d.timeout or 600.0, withdraw)
+        status, why = final_state(final)
+        self.writer.marker(f"approval #{req.id}: {status} ({why})")
+        return final.as_dict() if final is not None else {"id": req.id, "status": status, "status_reason": why}
 
     def _audit(self, action: str, outcome: str, **detail: Any) -> None:
         ctx, store = self.ctx, self.services.store

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from bastion.oversight.live import LiveSession, Observer, ReadOnlyView, RemoteOb
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.store.listen import CHANNEL
+from bastion.store.rows import SessionRecord
 from policies.access import may_watch
 
 log = logging.getLogger(__name__)
@@ -39,24 +39,24 @@ class Watch:
             raise NotWatchable(f"no live session {str(sid)[:64]!r} that you may watch on this node")
         return live
 
-    async def remote(self, sid: str | None = None) -> list[dict[str, Any]]:
+    async def remote(self, sid: str | None = None) -> list[SessionRecord]:
         """Active sessions that other nodes carry (several nodes share a PostgreSQL store) and this user may
         watch."""
         s = self.services
         if not s.store.shared:
             return []
         rows = await asyncio.to_thread(s.store.sessions, 500, outcome="active")
-        return [r for r in rows if r["node"] != s.node and (sid is None or r["id"] == sid)
-                and may_watch(self.ctx.grants, s.config.roles, r["resource"])]
+        return [r for r in rows if r.node != s.node and (sid is None or r.id == sid)
+                and may_watch(self.ctx.grants, s.config.roles, r.resource)]
 
     async def listing(self) -> list[dict[str, Any]]:
         """The live sessions this user may watch, this node's first."""
         s, g = self.services, self.ctx.grants
         here = [x.as_dict() for x in s.live.list() if may_watch(g, s.config.roles, x.resource)]
         now = time.time()
-        there = [{"id": r["id"], "user": r["user"], "resource": r["resource"], "kind": r["kind"], "mode": r["mode"],
-                  "command": r["command"] or "", "client_addr": r["client_addr"], "node": r["node"],
-                  "started": 0, "age": round(now - datetime.fromisoformat(r["started_at"]).timestamp(), 1),
+        there = [{"id": r.id, "user": r.user, "resource": r.resource, "kind": r.kind, "mode": r.mode,
+                  "command": r.command or "", "client_addr": r.client_addr, "node": r.node,
+                  "started": 0, "age": round(now - r.started_at.timestamp(), 1),
                   "observers": [], "remote": True} for r in await self.remote()]
         return here + there
 
@@ -69,21 +69,20 @@ class Watch:
         live.tee.writer.marker(f"observed by {ctx.username}")
         return await self._run(client, Observer(client.relay, live, ctx.username))
 
-    async def observe_remote(self, client: ClientSide, r: dict[str, Any], path: Path) -> str:
+    async def observe_remote(self, client: ClientSide, r: SessionRecord, path: Path) -> str:
         """Observe a session another node carries, from its recording in the shared recordings directory."""
-        ctx, s, sid = self.ctx, self.services, r["id"]
-        await asyncio.to_thread(s.store.audit, ctx.username, "session.observe", "ok", resource=r["resource"],
-                                session_id=sid, client_addr=ctx.peer, user=r["user"], node=r["node"])
+        ctx, s, sid = self.ctx, self.services, r.id
+        await asyncio.to_thread(s.store.audit, ctx.username, "session.observe", "ok", resource=r.resource,
+                                session_id=sid, client_addr=ctx.peer, user=r.user, node=r.node)
         await asyncio.to_thread(s.store.notify, CHANNEL, json.dumps(
-            {"kind": "observe", "id": sid, "by": ctx.username, "node": r["node"], "from": s.node}))
-        log.info("%s: observing session %s of %s on node %s", ctx.who, sid, r["user"],
-                                         r["node"])
+            {"kind": "observe", "id": sid, "by": ctx.username, "node": r.node, "from": s.node}))
+        log.info("%s: observing session %s of %s on node %s", ctx.who, sid, r.user, r.node)
 
         async def still_active() -> bool:
             row = await asyncio.to_thread(s.store.session, sid)
-            return row is not None and row["outcome"] == "active"
+            return row is not None and row.outcome == "active"
 
-        title = f"{r['user']}@{r['resource']} on node {r['node']}"
+        title = f"{r.user}@{r.resource} on node {r.node}"
         return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
 
     @staticmethod
@@ -105,12 +104,11 @@ class Watch:
                                             reason)
         live.terminate(ctx.username, reason)
 
-    async def terminate_remote(self, r: dict[str, Any], reason: str) -> None:
+    async def terminate_remote(self, r: SessionRecord, reason: str) -> None:
         """Ask the node that carries a session to end it (it LISTENs); checked here, audited here."""
-        ctx, s, sid = self.ctx, self.services, r["id"]
-        await asyncio.to_thread(s.store.audit, ctx.username, "session.terminate", "ok", resource=r["resource"],
-                                session_id=sid, client_addr=ctx.peer, user=r["user"], reason=reason, node=r["node"])
+        ctx, s, sid = self.ctx, self.services, r.id
+        await asyncio.to_thread(s.store.audit, ctx.username, "session.terminate", "ok", resource=r.resource,
+                                session_id=sid, client_addr=ctx.peer, user=r.user, reason=reason, node=r.node)
         await asyncio.to_thread(s.store.notify, CHANNEL, json.dumps(
-            {"kind": "terminate", "id": sid, "by": ctx.username, "reason": reason, "node": r["node"]}))
-        log.warning("%s: asked node %s to terminate session %s of %s: %s", ctx.who,
-                                            r["node"], sid, r["user"], reason)
+            {"kind": "terminate", "id": sid, "by": ctx.username, "reason": reason, "node": r.node}))
+        log.warning("%s: asked node %s to terminate session %s of %s: %s", ctx.who, r.node, sid, r.user, reason)

@@ -148,10 +148,10 @@ class BastionServer(asyncssh.SSHServer):
             s.spawn(asyncio.to_thread(s.store.touch_user, what))
             s.spawn(asyncio.to_thread(s.store.audit, what, "login", "ok", client_addr=ctx.peer, method="publickey"))
         elif kind == "bound":
-            ctx.set_identity(what["name"], what["groups"], roles=s.config.roles, source="oidc")
+            ctx.set_identity(what.name, what.groups, roles=s.config.roles, source="oidc")
             log.info("%s: logged in with a bound key (roles: %s)", ctx.who, ", ".join(ctx.grants.roles) or "none")
-            s.spawn(asyncio.to_thread(s.store.audit, what["name"], "login", "ok", client_addr=ctx.peer,
-                                      method="bound-key", key_binding=what["binding"]))
+            s.spawn(asyncio.to_thread(s.store.audit, what.name, "login", "ok", client_addr=ctx.peer,
+                                      method="bound-key", key_binding=what.binding))
         elif kind == "pending":
             ctx.pending_login = True
             ctx.proven_key = what

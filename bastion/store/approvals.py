@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest
+from bastion.store.rows import AccessGrant, DecisionRecord, RequestRecord
 
 FINAL = {"approved", "denied", "withdrawn", "expired", "cancelled", "revoked"}
 ACCESS_RULE = "access-request"  # the rule of a request for access to a resource (not for one command)
@@ -20,16 +21,14 @@ class DecisionRefused(Exception):
     """The reviewer may not decide this request; the message says why."""
 
 
-def _as_dict(r: ApprovalRequest, decisions: list[ApprovalDecision]) -> dict[str, Any]:
-    return {
-        "id": r.id, "requester": r.requester, "resource": r.resource, "session_id": r.session_id,
-        "text": r.text, "rule": r.rule, "reason": r.reason, "approvals_needed": r.approvals_needed,
-        "approver_roles": list(r.approver_roles or []), "status": r.status, "status_reason": r.status_reason,
-        "created_at": _aware(r.created_at).isoformat(), "expires_at": _aware(r.expires_at).isoformat(),
-        "decided_at": _aware(r.decided_at).isoformat() if r.decided_at else None,
-        "decisions": [{"reviewer": d.reviewer, "approve": d.approve, "reason": d.reason,
-                       "ts": _aware(d.ts).isoformat()} for d in decisions],
-    }
+def _record(r: ApprovalRequest, decisions: list[ApprovalDecision]) -> RequestRecord:
+    return RequestRecord(
+        id=r.id, requester=r.requester, resource=r.resource, session_id=r.session_id, text=r.text, rule=r.rule,
+        reason=r.reason, approvals_needed=r.approvals_needed, approver_roles=tuple(r.approver_roles or ()),
+        status=r.status, status_reason=r.status_reason, created_at=_aware(r.created_at),
+        expires_at=_aware(r.expires_at), decided_at=_aware(r.decided_at),
+        decisions=tuple(DecisionRecord(reviewer=d.reviewer, approve=d.approve, reason=d.reason, ts=_aware(d.ts))
+                        for d in decisions))
 
 
 class ApprovalStore:
@@ -39,7 +38,7 @@ class ApprovalStore:
         self.store = store
 
     def create(self, *, requester: str, resource: str, session_id: str, text: str, rule: str, reason: str,
-               approvals_needed: int, approver_roles: list[str], timeout: float, node: str) -> dict[str, Any]:
+               approvals_needed: int, approver_roles: list[str], timeout: float, node: str) -> RequestRecord:
         with self.store.tx() as s:
             r = ApprovalRequest(requester=requester, resource=resource, session_id=session_id, text=text, rule=rule,
                                 reason=reason, approvals_needed=approvals_needed, approver_roles=approver_roles,
@@ -47,17 +46,16 @@ class ApprovalStore:
                                 expires_at=now() + timedelta(seconds=timeout))
             s.add(r)
             s.flush()
-            return _as_dict(r, [])
+            return _record(r, [])
 
-    def get(self, rid: int) -> dict[str, Any] | None:
+    def get(self, rid: int) -> RequestRecord | None:
         with self.store.tx() as s:
             r = s.get(ApprovalRequest, rid)
             if r is None:
                 return None
-            return _as_dict(r, list(s.scalars(select(ApprovalDecision).where(ApprovalDecision.request_id == rid)
-                                              .order_by(ApprovalDecision.id))))
+            return _record(r, self._decisions(s, rid))
 
-    def decide(self, rid: int, reviewer: str, approve: bool, reason: str) -> dict[str, Any]:
+    def decide(self, rid: int, reviewer: str, approve: bool, reason: str) -> RequestRecord:
         """Record one reviewer's decision; returns the request after it. Raises DecisionRefused."""
         expired = False
         try:
@@ -83,7 +81,7 @@ class ApprovalStore:
                 elif sum(d.approve for d in decisions) >= r.approvals_needed:
                     names = ", ".join(d.reviewer for d in decisions if d.approve)
                     r.status, r.status_reason, r.decided_at = "approved", f"approved by {names}", now()
-                return _as_dict(r, decisions)
+                return _record(r, decisions)
         except IntegrityError:
             raise DecisionRefused(f"you have already decided request #{rid}") from None
         except DecisionRefused:
@@ -101,7 +99,7 @@ class ApprovalStore:
             r.status, r.status_reason, r.decided_at = status, reason, now()
             return True
 
-    def revoke(self, rid: int, by: str, reason: str) -> dict[str, Any]:
+    def revoke(self, rid: int, by: str, reason: str) -> RequestRecord:
         """End granted access early: an approved access request becomes ``revoked``. Raises DecisionRefused."""
         if not reason.strip():
             raise DecisionRefused("a revocation needs a reason")
@@ -113,11 +111,11 @@ class ApprovalStore:
                 raise DecisionRefused(f"request #{rid} is {r.status}, not granted access")
             r.status, r.status_reason = "revoked", f"revoked by {by}: {' '.join(reason.split())[:500]}"
             s.flush()
-            return _as_dict(r, self._decisions(s, rid))
+            return _record(r, self._decisions(s, rid))
 
-    def access_granted(self, requester: str, resource: str, ttl: float) -> dict[str, Any] | None:
+    def access_granted(self, requester: str, resource: str, ttl: float) -> AccessGrant | None:
         """The newest access request of ``requester`` for ``resource`` approved within the last ``ttl`` seconds, with
-        ``until``: when the access it grants ends (a POSIX time)."""
+        when the access it grants ends."""
         with self.store.tx() as s:
             r = s.scalars(select(ApprovalRequest).where(
                 ApprovalRequest.requester == requester, ApprovalRequest.resource == resource,
@@ -126,23 +124,23 @@ class ApprovalStore:
                 .order_by(ApprovalRequest.decided_at.desc()).limit(1)).first()
             if r is None or r.decided_at is None:
                 return None
-            return _as_dict(r, self._decisions(s, r.id)) | {"until": _aware(r.decided_at).timestamp() + ttl}
+            return AccessGrant(_record(r, self._decisions(s, r.id)), until=_aware(r.decided_at).timestamp() + ttl)
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self) -> list[RequestRecord]:
         with self.store.tx() as s:
             rows = list(s.scalars(select(ApprovalRequest).where(ApprovalRequest.status == "pending")
                                   .order_by(ApprovalRequest.id)))
-            return [_as_dict(r, self._decisions(s, r.id)) for r in rows]
+            return [_record(r, self._decisions(s, r.id)) for r in rows]
 
     def recent(self, *, requester: str | None = None, session_id: str | None = None,
-               limit: int = 50) -> list[dict[str, Any]]:
+               limit: int = 50) -> list[RequestRecord]:
         with self.store.tx() as s:
             q = select(ApprovalRequest).order_by(ApprovalRequest.id.desc()).limit(limit)
             if requester is not None:
                 q = q.where(ApprovalRequest.requester == requester)
             if session_id is not None:
                 q = q.where(ApprovalRequest.session_id == session_id)
-            return [_as_dict(r, self._decisions(s, r.id)) for r in s.scalars(q)]
+            return [_record(r, self._decisions(s, r.id)) for r in s.scalars(q)]
 
     def cancel_pending(self, *, node: str | None = None, session_id: str | None = None, reason: str) -> list[int]:
         """Cancel pending requests of a node (restart) or of a session (it ended); returns their ids."""

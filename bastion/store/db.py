@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 
 from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, file_sha256, recording_link
 from bastion.store.models import AuditEvent, ChainHead, Node, Recording, Session, User
+from bastion.store.rows import SessionRecord
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 __all__ = ["GENESIS", "Store", "new_session_id", "now"]
@@ -173,8 +174,8 @@ class Store:
 
     def sessions(self, limit: int = 200, *, user: str | None = None, resource: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 outcome: str | None = None, policy: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, with their recording paths, as plain dicts; optionally filtered (``resource`` and
+                 outcome: str | None = None, policy: str | None = None) -> list[SessionRecord]:
+        """Newest first, with their recordings; optionally filtered (``resource`` and
         ``user`` accept ``*`` globs; ``policy``: sessions where something was ``blocked``, ``warned``, ``held``
         for approval or ``denied``)."""
         q = select(Session, Recording).join(Recording, Recording.session_id == Session.id, isouter=True)
@@ -191,7 +192,7 @@ class Store:
             q = q.where(_policy_filter(policy))
         with self.tx() as s:
             rows = s.execute(q.order_by(Session.started_at.desc()).limit(limit)).all()
-            return [_session_dict(sess, rec) for sess, rec in rows]
+            return [_session_record(sess, rec) for sess, rec in rows]
 
     # -- nodes ---------------------------------------------------------------------------------------------
     def heartbeat(self, node: str, *, starting: bool = False, stopping: bool = False) -> None:
@@ -245,11 +246,12 @@ class Store:
         with self.tx() as s:
             s.execute(update(Recording).where(Recording.session_id == sid).values(path=ref))
 
-    def session(self, sid: str) -> dict[str, Any] | None:
+    def session(self, sid: str) -> SessionRecord | None:
+        """One session with its recording; None if there is no session ``sid``."""
         with self.tx() as s:
             row = s.execute(select(Session, Recording).join(Recording, Recording.session_id == Session.id,
                                                             isouter=True).where(Session.id == sid)).first()
-            return _session_dict(*row) if row else None
+            return _session_record(*row) if row else None
 
 
 POLICY_FILTERS = ("blocked", "warned", "held", "denied")
@@ -287,26 +289,12 @@ def lock_head(s: OrmSession, chain: str) -> ChainHead:
     return row
 
 
-def _session_dict(sess: Session, rec: Recording | None) -> dict[str, Any]:
-    started, ended = _aware(sess.started_at), _aware(sess.ended_at)
-    return {
-        "id": sess.id,
-        "user": sess.user,
-        "resource": sess.resource,
-        "kind": sess.kind,
-        "mode": sess.mode,
-        "command": sess.command,
-        "client_addr": sess.client_addr,
-        "node": sess.node,
-        "started_at": started.isoformat() if started else None,
-        "ended_at": ended.isoformat() if ended else None,
-        "duration": round((ended - started).total_seconds(), 3) if started and ended else None,
-        "outcome": sess.outcome,
-        "exit_status": sess.exit_status,
-        "message": sess.message,
-        "recording": rec.path if rec else None,
-        "sha256": rec.sha256 if rec else None,
-    }
+def _session_record(sess: Session, rec: Recording | None) -> SessionRecord:
+    return SessionRecord(
+        id=sess.id, user=sess.user, resource=sess.resource, kind=sess.kind, mode=sess.mode, command=sess.command,
+        client_addr=sess.client_addr, node=sess.node, started_at=_aware(sess.started_at),
+        ended_at=_aware(sess.ended_at), outcome=sess.outcome, exit_status=sess.exit_status, message=sess.message,
+        recording=rec.path if rec else None, sha256=rec.sha256 if rec else None)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -11,12 +11,12 @@ import builtins
 import hashlib
 import re
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import KeyBinding, User
+from bastion.store.rows import BindingRecord, BoundKey
 
 NAME_OK = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -65,7 +65,7 @@ class Identities:
             s.flush()
             return b.id
 
-    def lookup(self, fingerprint: str, public_key: str) -> dict[str, Any] | None:
+    def lookup(self, fingerprint: str, public_key: str) -> BoundKey | None:
         """The live binding of a key (not expired, not revoked): its user's name, groups, issuer, subject."""
         with self.store.tx() as s:
             t = now()
@@ -75,11 +75,11 @@ class Identities:
                 if b.public_key != public_key or (b.expires_at is not None and _aware(b.expires_at) <= t):
                     continue
                 b.last_used_at = t
-                return {"binding": b.id, "name": u.name, "groups": list(u.groups or []), "issuer": u.issuer,
-                        "subject": u.subject, "expires_at": _aware(b.expires_at)}
+                return BoundKey(binding=b.id, name=u.name, groups=tuple(u.groups or ()), issuer=u.issuer,
+                                subject=u.subject, expires_at=_aware(b.expires_at))
             return None
 
-    def list(self, *, user: str | None = None, include_inactive: bool = False) -> list[dict[str, Any]]:
+    def list(self, *, user: str | None = None, include_inactive: bool = False) -> builtins.list[BindingRecord]:
         with self.store.tx() as s:
             q = select(KeyBinding, User).join(User, User.id == KeyBinding.user_id).order_by(KeyBinding.id)
             if user:
@@ -91,11 +91,9 @@ class Identities:
                 state = "revoked" if b.revoked_at else "expired" if exp is not None and exp <= t else "active"
                 if state != "active" and not include_inactive:
                     continue
-                out.append({"id": b.id, "user": u.name, "issuer": u.issuer, "subject": u.subject,
-                            "fingerprint": b.fingerprint, "created_at": _aware(b.created_at).isoformat(),
-                            "expires_at": exp.isoformat() if exp else None, "state": state,
-                            "last_used_at": _aware(b.last_used_at).isoformat() if b.last_used_at else None,
-                            "client_addr": b.client_addr})
+                out.append(BindingRecord(id=b.id, user=u.name, issuer=u.issuer, subject=u.subject,
+                                         fingerprint=b.fingerprint, created_at=_aware(b.created_at), expires_at=exp,
+                                         state=state, last_used_at=_aware(b.last_used_at), client_addr=b.client_addr))
             return out
 
     def revoke(self, *, by: str, binding: int | None = None, user: str | None = None,

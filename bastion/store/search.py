@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import Recording, Session
+from bastion.store.rows import SearchHit
 from recorder.storage import RecordingStorage, StorageError
 from recorder.textindex import index_rows
 
@@ -91,9 +92,9 @@ def _normalise(s: str) -> str:
 
 
 def search(store: Store, query: str, *, user: str | None = None, resource: str | None = None,
-           since: datetime | None = None, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+           since: datetime | None = None, kind: str | None = None, limit: int = 50) -> list[SearchHit]:
     """Lines of recordings containing ``query`` (case-insensitive; whitespace runs match any whitespace), newest
-    session first, then by offset. Each hit: session, user, resource, started_at, t (seconds), kind, text."""
+    session first, then by offset."""
     needle = _normalise(query)
     if not needle:
         raise ValueError("give something to search for")
@@ -125,7 +126,7 @@ def search(store: Store, query: str, *, user: str | None = None, resource: str |
     # the WHERE terms are fixed strings chosen above; every value is a bound parameter
     sql = "SELECT rt.session_id, rt.t, rt.kind, rt.text FROM recording_text rt JOIN sessions s ON s.id = rt.session_id"
     sql += " WHERE " + " AND ".join(where) + " ORDER BY s.started_at DESC, rt.t LIMIT :lim"
-    hits: list[dict[str, Any]] = []
+    hits: list[SearchHit] = []
     with store.tx() as s:
         rows = s.execute(text(sql), params).all()
         sessions = {r.id: r for r in s.scalars(select(Session).where(Session.id.in_({r[0] for r in rows})))}
@@ -133,10 +134,9 @@ def search(store: Store, query: str, *, user: str | None = None, resource: str |
         if needle not in _normalise(line):
             continue
         sess = sessions.get(sid)
-        started = _aware(sess.started_at) if sess else None
-        hits.append({"session": sid, "user": sess.user if sess else "", "resource": sess.resource if sess else "",
-                     "started_at": started.isoformat() if started else None, "t": float(t), "kind": kind_,
-                     "text": line})
+        hits.append(SearchHit(session=sid, user=sess.user if sess else "", resource=sess.resource if sess else "",
+                              started_at=_aware(sess.started_at) if sess else None, t=float(t), kind=kind_,
+                              text=line))
         if len(hits) >= limit:
             break
     return hits

@@ -16,6 +16,7 @@ import pytest
 from bastion.config import load_config
 from bastion.store.approvals import ACCESS_RULE, ApprovalStore
 from bastion.store.db import Store
+from bastion.store.rows import RequestRecord
 from tests.integration.conftest import BastionEnv, own_bastion
 from tests.integration.test_approvals_e2e import reviewer_queue, wait_stderr_line
 from tests.support.review import approve
@@ -37,9 +38,9 @@ def run_bg(env: BastionEnv, user: str, command: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def requests(env: BastionEnv) -> list[dict]:
+def requests(env: BastionEnv) -> list[RequestRecord]:
     return [r for r in ApprovalStore(Store(load_config(env.config).database_url)).recent(limit=100)
-            if r["rule"] == ACCESS_RULE]
+            if r.rule == ACCESS_RULE]
 
 
 def test_access_is_asked_for_granted_by_a_reviewer_and_lasts(access_env: BastionEnv) -> None:
@@ -57,11 +58,11 @@ def test_access_is_asked_for_granted_by_a_reviewer_and_lasts(access_env: Bastion
                                         tty=False), capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and again.stdout == "AGAIN\n" and "waiting" not in again.stderr
     reqs = requests(env)
-    assert len(reqs) == 1 and reqs[0]["requester"] == "alice" and reqs[0]["status"] == "approved"
-    assert [d["reviewer"] for d in reqs[0]["decisions"]] == ["bob"]
+    assert len(reqs) == 1 and reqs[0].requester == "alice" and reqs[0].status == "approved"
+    assert [d.reviewer for d in reqs[0].decisions] == ["bob"]
     sessions = json.loads(env.bastion("sessions", "list", "--json").stdout)
     s = next(x for x in sessions if x["command"] == "echo AGAIN")
-    assert f"access to secret-db granted by bob (request #{reqs[0]['id']}) until" in Path(s["recording"]).read_text()
+    assert f"access to secret-db granted by bob (request #{reqs[0].id}) until" in Path(s["recording"]).read_text()
     with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", tty=True), cols=130, rows=30) as t:
         t.wait_for(r"secret-db\s+ssh\s+\[granted until \d\d:\d\d UTC\] only for admins")
     # nobody without the role may even ask: the same answer as for an unknown resource
@@ -72,17 +73,17 @@ def test_access_is_asked_for_granted_by_a_reviewer_and_lasts(access_env: Bastion
 
 def test_a_reviewer_revokes_granted_access(access_env: BastionEnv) -> None:
     env = access_env
-    granted = [r for r in requests(env) if r["requester"] == "alice" and r["status"] == "approved"]
+    granted = [r for r in requests(env) if r.requester == "alice" and r.status == "approved"]
     assert len(granted) == 1
     with reviewer_queue(env, "bob") as bob:
-        bob.wait_for(rf"#{granted[0]['id']}\s+alice\s+secret-db\s+open secret-db.*approved")
+        bob.wait_for(rf"#{granted[0].id}\s+alice\s+secret-db\s+open secret-db.*approved")
         bob.send("r")  # the queue has focus: revoking is for the Decided list
         bob.wait_for(r"r revokes granted access: choose it in the Decided list")
         bob.send_key("tab")
         bob.send("r")
-        bob.wait_for(rf"Revoke alice's access to secret-db \(request #{granted[0]['id']}\): why\?")
+        bob.wait_for(rf"Revoke alice's access to secret-db \(request #{granted[0].id}\): why\?")
         bob.send("incident closed\r")
-        bob.wait_for(rf"request #{granted[0]['id']}: revoked by bob: incident closed")
+        bob.wait_for(rf"request #{granted[0].id}: revoked by bob: incident closed")
     proc = run_bg(env, "alice", "echo AFTER-REVOKE")  # asks again
     try:
         wait_stderr_line(proc, "waiting for approval")
@@ -122,9 +123,9 @@ def test_the_menu_marks_it_and_asks_why(access_env: BastionEnv) -> None:
         t.send("\r")
         t.wait_for_raw(r"waiting for approval \(request #\d+, rule access-request\)")
         deadline = time.monotonic() + 10
-        while not (mine := [r for r in requests(env) if r["requester"] == "carol" and r["status"] == "pending"]):
+        while not (mine := [r for r in requests(env) if r.requester == "carol" and r.status == "pending"]):
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert mine[0]["text"] == "open secret-db (reason: incident 4242 on the ledger)"
+        assert mine[0].text == "open secret-db (reason: incident 4242 on the ledger)"
         t.send("\x03")  # Ctrl-C withdraws
         t.wait_for(r"withdrawn")

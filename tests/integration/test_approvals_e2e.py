@@ -93,7 +93,7 @@ def test_exec_approval_flow_approve_and_deny(bastion_env: BastionEnv, tmp_path: 
         line = wait_stderr_line(proc, "waiting for approval")
         assert "rule chmod-needs-approval" in line and "Ctrl-C to withdraw" in line
         bob.wait_for(rf"alice\s+web\s+chmod 600 {f}", timeout=5)  # live, without a keypress
-        rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "alice")
+        rid = max(r.id for r in requests(env).pending() if r.requester == "alice")
         dialog = approve(bob)  # says what it approves before the deliberate key
         assert f"Approve request #{rid}?" in dialog and "requester: alice" in dialog and "resource: web" in dialog
         assert f"command: chmod 600 {f} && stat -c %a {f}" in dialog
@@ -121,7 +121,7 @@ def test_self_approval_is_impossible_and_n_distinct_approvers(bastion_env: Basti
     f.write_text("x")
     proc = exec_bg(env, "carol", f"chmod 600 {f}")  # carol is an operator AND a reviewer
     wait_stderr_line(proc, "waiting for approval")
-    rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "carol")
+    rid = max(r.id for r in requests(env).pending() if r.requester == "carol")
     with reviewer_queue(env, "carol") as carol:
         time.sleep(1)
         assert f"chmod 600 {f}" not in carol.screen_text()  # her own request is not in her queue...
@@ -179,7 +179,7 @@ def test_interactive_block_approve_edit_and_withdraw(bastion_env: BastionEnv, tm
         alice.wait_for(r"FINAL=600")
         alice.send("exit\r")
         alice.wait_exit()
-    statuses = [r["status"] for r in requests(env).recent(requester="alice", limit=3)]
+    statuses = [r.status for r in requests(env).recent(requester="alice", limit=3)]
     assert statuses[0] == "withdrawn" and "approved" in statuses
 
 
@@ -187,13 +187,13 @@ def test_exec_requester_hanging_up_withdraws(bastion_env: BastionEnv, tmp_path: 
     env = bastion_env
     proc = exec_bg(env, "alice", f"chmod 600 {tmp_path}")
     wait_stderr_line(proc, "waiting for approval")
-    rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "alice")
+    rid = max(r.id for r in requests(env).pending() if r.requester == "alice")
     proc.send_signal(2)  # Ctrl-C on a non-interactive ssh: the client goes away
     proc.wait(10)
     deadline = time.monotonic() + 10
-    while requests(env).get(rid)["status"] == "pending" and time.monotonic() < deadline:
+    while requests(env).get(rid).status == "pending" and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert requests(env).get(rid)["status"] == "withdrawn"
+    assert requests(env).get(rid).status == "withdrawn"
 
 
 def test_hangups_while_held_or_refused_are_one_log_line(bastion_env: BastionEnv, tmp_path: Path) -> None:
@@ -203,14 +203,14 @@ def test_hangups_while_held_or_refused_are_one_log_line(bastion_env: BastionEnv,
     seen = env.log.stat().st_size
     proc = exec_bg(env, "alice", f"chmod 600 {tmp_path}")
     wait_stderr_line(proc, "waiting for approval")
-    rid = max(r["id"] for r in requests(env).pending() if r["requester"] == "alice")
+    rid = max(r.id for r in requests(env).pending() if r.requester == "alice")
     proc.kill()  # kill -9: no goodbye from the client
     proc.wait(10)
     hung_up = rf"alice@\S+: web: the client hung up before it was told: request #{rid} withdrawn"
     deadline = time.monotonic() + 15
     while not re.search(hung_up, env.log.read_text()[seen:]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert requests(env).get(rid)["status"] == "withdrawn"
+    assert requests(env).get(rid).status == "withdrawn"
     # clients killed at every moment of their exec request: before, while and after it is held or blocked
     burst = [exec_bg(env, "alice", f"chmod 600 {tmp_path}" if i % 2 else f"rm -f {tmp_path}/none") for i in range(12)]
     for p in burst:
@@ -218,7 +218,7 @@ def test_hangups_while_held_or_refused_are_one_log_line(bastion_env: BastionEnv,
         p.communicate(timeout=10)
         time.sleep(0.05)
     deadline = time.monotonic() + 15
-    while any(r["requester"] == "alice" for r in requests(env).pending()) and time.monotonic() < deadline:
+    while any(r.requester == "alice" for r in requests(env).pending()) and time.monotonic() < deadline:
         time.sleep(0.1)  # each held one is withdrawn when the daemon sees its client gone
     out = subprocess.run(argv(env, "alice", "web", "--", "echo still serving", tty=False), capture_output=True,
                          text=True, timeout=30)

@@ -105,16 +105,16 @@ def test_a_dead_node_s_sessions_are_interrupted_by_the_other(nodes: dict[str, Ba
     store = Store(pg_url)
     try:
         deadline = time.monotonic() + 20
-        while not any(s["outcome"] == "active" for s in store.sessions()):
+        while not any(s.outcome == "active" for s in store.sessions()):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait()
         deadline = time.monotonic() + 30
-        while (row := store.sessions()[0])["outcome"] == "active":
+        while (row := store.sessions()[0]).outcome == "active":
             assert time.monotonic() < deadline, "node B never noticed node A's death"
             time.sleep(0.3)
-        assert row["outcome"] == "interrupted" and row["sha256"]  # and its recording chained, from shared storage
+        assert row.outcome == "interrupted" and row.sha256  # and its recording chained, from shared storage
         while not (expired := [e for e in store.audit_events() if e.action == "node.expired"]):
             assert time.monotonic() < deadline, "no node.expired event"
             time.sleep(0.2)
@@ -150,16 +150,16 @@ def test_reviewer_on_b_observes_and_terminates_a_session_on_a(nodes: dict[str, B
             bob.wait_for(r"terminating alice@web on node node-A")
         _, err = client.communicate(timeout=20)
         assert "terminated by bob: off-hours access" in err and client.returncode != 0
-        row = next(s for s in store.sessions() if s["user"] == "alice" and "TICK" in (s["command"] or ""))
+        row = next(s for s in store.sessions() if s.user == "alice" and "TICK" in (s.command or ""))
         deadline = time.monotonic() + 20
-        while row["outcome"] == "active":
+        while row.outcome == "active":
             assert time.monotonic() < deadline
             time.sleep(0.2)
-            row = store.session(row["id"])
-        cast = Path(row["recording"]).read_text()
+            row = store.session(row.id)
+        cast = Path(row.recording).read_text()
         assert "observed by bob (from node node-B)" in cast  # node A marked its own recording
         observed = [e for e in store.audit_events() if e.action == "session.observe"]
-        assert [(e.actor, e.session_id, e.detail["node"]) for e in observed] == [("bob", row["id"], "node-A")]
+        assert [(e.actor, e.session_id, e.detail["node"]) for e in observed] == [("bob", row.id, "node-A")]
     finally:
         client.kill()
         store.engine.dispose()

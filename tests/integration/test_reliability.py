@@ -69,22 +69,22 @@ def test_kill_9_mid_session(own_env: BastionEnv) -> None:
     store = store_of(env)
     deadline = time.monotonic() + 20
     while True:
-        active = [s for s in store.sessions() if s["outcome"] == "active"]
-        if active and Path(active[0]["recording"]).exists() and "line-20\n" in output_of(active[0]["recording"]):
+        active = [s for s in store.sessions() if s.outcome == "active"]
+        if active and Path(active[0].recording).exists() and "line-20\n" in output_of(active[0].recording):
             break
         assert time.monotonic() < deadline, "the session never got going"
         time.sleep(0.05)
     env.proc.send_signal(signal.SIGKILL)
     env.proc.wait()
     client.wait(30)
-    cast = read_cast(active[0]["recording"])  # valid up to the last event before the kill
+    cast = read_cast(active[0].recording)  # valid up to the last event before the kill
     assert not cast.errors, cast.errors
-    lines = output_of(active[0]["recording"]).split("\n")[:-1]
+    lines = output_of(active[0].recording).split("\n")[:-1]
     assert len(lines) >= 20 and lines == [f"line-{i}" for i in range(1, len(lines) + 1)]
     env.proc = start_bastion(env.config, env.port, env.log)
-    row = store.session(active[0]["id"])
-    assert row is not None and row["outcome"] == "interrupted" and row["sha256"]
-    assert hashlib.sha256(Path(row["recording"]).read_bytes()).hexdigest() == row["sha256"]
+    row = store.session(active[0].id)
+    assert row is not None and row.outcome == "interrupted" and row.sha256
+    assert hashlib.sha256(Path(row.recording).read_bytes()).hexdigest() == row.sha256
     verify = env.bastion("audit", "verify")
     assert verify.returncode == 0, verify.stdout
     deadline = time.monotonic() + 30  # the restarted daemon indexes what the dead one could not
@@ -93,7 +93,7 @@ def test_kill_9_mid_session(own_env: BastionEnv) -> None:
         if hits:
             break
         time.sleep(0.3)
-    assert [h["session"] for h in hits] == [row["id"]]
+    assert [h["session"] for h in hits] == [row.id]
     out = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "echo alive", tty=False),
                          capture_output=True, text=True, timeout=60)
     assert out.stdout == "alive\n"
@@ -118,8 +118,8 @@ def test_target_vanishes_mid_session(own_env: BastionEnv) -> None:
         t.wait_for(r"web: cannot connect to the target")
         t.send("q")
         assert t.wait_exit() == 0
-    rows = [s for s in store_of(env).sessions() if s["mode"] == "interactive"]
-    assert rows[0]["outcome"] == "lost" and rows[0]["sha256"]
+    rows = [s for s in store_of(env).sessions() if s.mode == "interactive"]
+    assert rows[0].outcome == "lost" and rows[0].sha256
 
 
 def test_concurrent_sessions_cast_equals_what_the_client_got(own_env: BastionEnv) -> None:
@@ -135,10 +135,10 @@ def test_concurrent_sessions_cast_equals_what_the_client_got(own_env: BastionEnv
 
     with ThreadPoolExecutor(n) as pool:
         results = list(pool.map(one, range(n)))
-    by_command = {s["command"]: s for s in store_of(env).sessions(limit=100)}
+    by_command = {s.command: s for s in store_of(env).sessions(limit=100)}
     for i, (cmd, got, err) in enumerate(results):
         assert got.endswith(f"tail-{i}") and got.count("\n") == 4000 + i * 97
-        recorded = output_of(by_command[cmd]["recording"])
+        recorded = output_of(by_command[cmd].recording)
         # the recording holds stderr too: what the target's shell startup may print (16 shells at once on this
         # machine can race in a shell rc file) is what the client got on stderr; the rest is stdout, byte for byte
         for line in err.splitlines(keepends=True):
@@ -163,8 +163,8 @@ def test_stalled_client_keeps_memory_bounded(own_env: BastionEnv) -> None:
         took = time.monotonic() - t0
         assert other.stdout == "unaffected\n" and took < 10
         assert peak - base < 64 * 1024, f"daemon grew by {(peak - base) // 1024} MB behind a stalled client"
-        sess = next(s for s in store_of(env).sessions() if s["outcome"] == "active")
-        recorded = Path(sess["recording"]).stat().st_size
+        sess = next(s for s in store_of(env).sessions() if s.outcome == "active")
+        recorded = Path(sess.recording).stat().st_size
         assert 100_000 < recorded < 50_000_000, recorded  # it ran, then the target was paused: not 400 MB recorded
     finally:
         stalled.kill()

@@ -35,17 +35,17 @@ def test_pending_requests_cancelled_and_sessions_interrupted_after_kill(tmp_path
         assert waiting.stderr is not None
         assert "waiting for approval" in waiting.stderr.readline()
         deadline = time.monotonic() + 10
-        while not any(s["outcome"] == "active" for s in store.sessions()) and time.monotonic() < deadline:
+        while not any(s.outcome == "active" for s in store.sessions()) and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert waiting.wait(30) != 0 and running.wait(30) != 0
         proc = start_bastion(cfg, port, log)
         reqs = ApprovalStore(store).recent(requester="alice")
-        assert reqs[0]["status"] == "cancelled" and "restarted" in reqs[0]["status_reason"]
+        assert reqs[0].status == "cancelled" and "restarted" in reqs[0].status_reason
         assert any(e.action == "approval.cancelled" for e in store.audit_events())
-        sleeper = next(s for s in store.sessions() if s["command"] == "sleep 60")
-        assert sleeper["outcome"] == "interrupted"
+        sleeper = next(s for s in store.sessions() if s.command == "sleep 60")
+        assert sleeper.outcome == "interrupted"
     finally:
         for p in (waiting, running):
             p.kill()

@@ -44,9 +44,9 @@ def test_migrate_and_session_lifecycle_on_postgres(pg_url: str, tmp_path: Path) 
     store.end_session(a, outcome="exited", exit_status=0, message="exited with status 0", sha256="1" * 64, size=10)
     store.audit("alice", "session.end", "exited", resource="web", session_id=a, exit_status=0)
     assert store.mark_interrupted("n1") == 1  # b was still active when "the daemon died"
-    rows = {r["id"]: r for r in store.sessions()}
-    assert rows[a]["outcome"] == "exited" and rows[a]["sha256"] == "1" * 64 and rows[a]["duration"] >= 0
-    assert rows[b]["outcome"] == "interrupted"
+    rows = {r.id: r for r in store.sessions()}
+    assert rows[a].outcome == "exited" and rows[a].sha256 == "1" * 64 and rows[a].duration >= 0
+    assert rows[b].outcome == "interrupted"
     assert store.audit_events()[0].detail == {"exit_status": 0}
     store.engine.dispose()
 
@@ -71,9 +71,9 @@ def test_search_and_verify_on_postgres(pg_url: str, tmp_path: Path) -> None:
     store.audit("alice", "session.end", "exited", resource="db", session_id=sid)
     assert index_recording(store, sid, path) == 4
     hits = search(store, "db-primary-7")
-    assert [(h["session"], h["kind"], h["text"]) for h in hits] == [(sid, "screen", "Welcome to db-primary-7")]
-    assert [h["text"] for h in search(store, "BOLD words")] == ["bold words here"]
-    assert [h["kind"] for h in search(store, "cat /etc/motd")] == ["screen", "marker"]
+    assert [(h.session, h.kind, h.text) for h in hits] == [(sid, "screen", "Welcome to db-primary-7")]
+    assert [h.text for h in search(store, "BOLD words")] == ["bold words here"]
+    assert [h.kind for h in search(store, "cat /etc/motd")] == ["screen", "marker"]
     assert search(store, "db-primary-8") == [] and search(store, "db-primary-7", user="bob") == []
     rep = verify(store)
     assert rep.ok, rep.problems

@@ -61,10 +61,10 @@ def test_an_idle_interactive_session_ends_as_idle(limits_env: BastionEnv) -> Non
         t.wait_for(r"bastion: no input for a while: this connection closes in", timeout=IDLE)
         t.wait_for(r"bastion: this session was closed: no input for 6 s", timeout=IDLE)
         t.wait_exit()
-    rows = [s for s in store(env).sessions() if s["user"] == "alice" and s["mode"] == "interactive"]
+    rows = [s for s in store(env).sessions() if s.user == "alice" and s.mode == "interactive"]
     s = rows[0]
-    assert s["outcome"] == "idle" and s["message"] == "closed by the bastion: no input for 6 s"
-    cast = Path(s["recording"]).read_text()
+    assert s.outcome == "idle" and s.message == "closed by the bastion: no input for 6 s"
+    cast = Path(s.recording).read_text()
     assert "BEFORE-IDLE" in cast and "session closed by the bastion: no input for 6 s" in cast
     assert "connection closes in" in cast  # the warning is on the operator's screen, so in the recording
 

@@ -49,11 +49,11 @@ def test_report_sections_json_and_csv(tmp_path: Path) -> None:
     approvals = ApprovalStore(store)
     a = approvals.create(requester="alice", resource="web", session_id="s1", text="chmod 600 f", rule="chmod",
                          reason="", approvals_needed=2, approver_roles=["reviewers"], timeout=60, node="n")
-    approvals.decide(a["id"], "bob", True, "")
-    approvals.decide(a["id"], "carol", True, "ok by me")
+    approvals.decide(a.id, "bob", True, "")
+    approvals.decide(a.id, "carol", True, "ok by me")
     d = approvals.create(requester="alice", resource="web", session_id="s1", text="chown x f", rule="chown",
                          reason="", approvals_needed=1, approver_roles=[], timeout=60, node="n")
-    approvals.decide(d["id"], "dave", False, "not today")
+    approvals.decide(d.id, "dave", False, "not today")
     until = datetime.now(UTC) + timedelta(minutes=1)
     rep = build_report(store, until - timedelta(days=1), until)
     assert [s["id"] for s in rep["sessions"]] == ["s1"]
@@ -106,10 +106,10 @@ def test_session_filters(tmp_path: Path) -> None:
     approvals = ApprovalStore(store)
     req = approvals.create(requester="bob", resource="web", session_id="b1", text="chmod", rule="c", reason="",
                            approvals_needed=1, approver_roles=[], timeout=60, node="n")
-    approvals.decide(req["id"], "carol", False, "no")
+    approvals.decide(req.id, "carol", False, "no")
 
     def ids(**kw: object) -> set[str]:
-        return {r["id"] for r in store.sessions(**kw)}  # type: ignore[arg-type]
+        return {r.id for r in store.sessions(**kw)}  # type: ignore[arg-type]
 
     assert ids(user="alice") == {"a1", "a2"} and ids(user="al*") == {"a1", "a2"} and ids(user="a_ice") == set()
     assert ids(policy="blocked") == {"a1"} and ids(policy="warned") == {"a2"}

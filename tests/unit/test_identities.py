@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,17 @@ def test_bind_lookup_expire_revoke(ids: Identities) -> None:
     ids.upsert(issuer="https://idp", subject="s1", username="ann", email=None, groups=["ops", "dba"])
     bid = ids.bind("ann", "SHA256:abc", "ssh-ed25519 AAAA1", 3600, "127.0.0.1:5")
     hit = ids.lookup("SHA256:abc", "ssh-ed25519 AAAA1")
-    assert hit is not None and hit["name"] == "ann" and hit["groups"] == ["ops", "dba"] and hit["binding"] == bid
+    assert hit is not None and hit.name == "ann" and list(hit.groups) == ["ops", "dba"] and hit.binding == bid
     assert ids.lookup("SHA256:abc", "ssh-ed25519 AAAA-other") is None  # the fingerprint alone is not enough
-    assert [r["id"] for r in ids.list()] == [bid]
+    assert [r.id for r in ids.list()] == [bid]
     assert ids.revoke(by="admin:root", fingerprint="abc") == [bid]
     assert ids.lookup("SHA256:abc", "ssh-ed25519 AAAA1") is None
-    assert ids.list() == [] and ids.list(include_inactive=True)[0]["state"] == "revoked"
+    assert ids.list() == [] and ids.list(include_inactive=True)[0].state == "revoked"
     short = ids.bind("ann", "SHA256:def", "ssh-ed25519 AAAA2", 0.5, "")
     assert ids.lookup("SHA256:def", "ssh-ed25519 AAAA2") is not None
     time.sleep(0.7)
     assert ids.lookup("SHA256:def", "ssh-ed25519 AAAA2") is None
-    assert ids.list(user="ann", include_inactive=True)[-1] == {**ids.list(user="ann", include_inactive=True)[-1],
-                                                               "id": short, "state": "expired"}
+    assert ids.list(user="ann", include_inactive=True)[-1] == replace(ids.list(user="ann", include_inactive=True)[-1],
+                                                                      id=short, state="expired")
     with pytest.raises(ValueError):
         ids.revoke(by="x")

@@ -5,7 +5,9 @@ connection's identity (never the request's)."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from bastion.services import Services
 from bastion.sessions.broker import Broker
 from bastion.sessions.client import ClientSide
 from bastion.store.approvals import DecisionRefused
+from bastion.store.rows import SessionRecord
 from bastion.terminal.relay import Relay
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -54,13 +57,14 @@ class FakeStore:
         self.asked: list[tuple[str, dict[str, Any]]] = []
         self.audited: list[tuple[str, str, str]] = []
 
-    def sessions(self, limit: int, **filters: Any) -> list[dict[str, Any]]:
+    def sessions(self, limit: int, **filters: Any) -> list[SessionRecord]:
         self.asked.append(("sessions", filters))
-        return [{"id": "s1", "user": "alice", "resource": "web", "kind": "ssh", "mode": "exec", "command": "id",
-                 "started_at": "2026-12-01T10:00:00+00:00", "duration": 1.5, "outcome": "exited", "exit_status": 0,
-                 "recording": "/r/s1.cast", "client_addr": "x", "node": "n"}]
+        started = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+        return [SessionRecord(id="s1", user="alice", resource="web", kind="ssh", mode="exec", command="id",
+                              client_addr="x", node="n", started_at=started, ended_at=started + timedelta(seconds=1.5),
+                              outcome="exited", exit_status=0, message="", recording="/r/s1.cast", sha256=None)]
 
-    def session(self, sid: str) -> dict[str, Any] | None:
+    def session(self, sid: str) -> SessionRecord | None:
         return None
 
     def audit(self, actor: str, action: str, outcome: str, **detail: Any) -> None:
@@ -71,8 +75,20 @@ class FakeApprovalDb:
     def __init__(self) -> None:
         self.grants: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def access_granted(self, user: str, resource: str, ttl: float) -> dict[str, Any] | None:
-        return self.grants.get((user, resource))
+    def access_granted(self, user: str, resource: str, ttl: float) -> SimpleNamespace | None:
+        """Like the store's grant, of which the handlers read only when it ends."""
+        grant = self.grants.get((user, resource))
+        return None if grant is None else SimpleNamespace(until=grant["until"])
+
+
+class FakeRequest:
+    """A request as the handlers see it: they only send it on, as JSON."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
 
 
 class FakeApprovals:
@@ -83,23 +99,23 @@ class FakeApprovals:
         self.calls: list[tuple[str, str, Any]] = []
         self.listeners: set[Any] = set()
 
-    async def queue(self, ctx: ConnectionContext) -> dict[str, Any]:
+    async def queue(self, ctx: ConnectionContext) -> tuple[list[FakeRequest], list[FakeRequest]]:
         self.calls.append(("queue", ctx.username, None))
-        return {"pending": [], "recent": []}
+        return [], []
 
-    async def mine(self, ctx: ConnectionContext) -> dict[str, Any]:
+    async def mine(self, ctx: ConnectionContext) -> list[FakeRequest]:
         self.calls.append(("mine", ctx.username, None))
-        return {"requests": []}
+        return []
 
-    async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> dict[str, Any]:
+    async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> FakeRequest:
         self.calls.append(("decide", ctx.username, (rid, approve, reason)))
         if rid == 13:
             raise DecisionRefused("you cannot decide your own request")
-        return {"id": rid, "status": "approved" if approve else "denied"}
+        return FakeRequest(id=rid, status="approved" if approve else "denied")
 
-    async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> dict[str, Any]:
+    async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> FakeRequest:
         self.calls.append(("revoke", ctx.username, (rid, reason)))
-        return {"id": rid}
+        return FakeRequest(id=rid)
 
 
 class Chan:

@@ -43,8 +43,8 @@ def test_interrupted_sessions_only_for_own_node(tmp_path: Path) -> None:
         store.start_session(sid, user="u", resource="r", kind="ssh", mode="exec", command="x", client_addr="",
                             node=node, recording_path=tmp_path / sid)
     assert store.mark_interrupted("n1") == 1
-    assert {r["id"]: r["outcome"] for r in store.sessions()} == {"s1": "interrupted", "s2": "active"}
-    assert store.session("nope") is None and store.session("s2")["resource"] == "r"
+    assert {r.id: r.outcome for r in store.sessions()} == {"s1": "interrupted", "s2": "active"}
+    assert store.session("nope") is None and store.session("s2").resource == "r"  # type: ignore[union-attr]
 
 
 def test_node_heartbeats_and_expiry(tmp_path: Path) -> None:
@@ -63,4 +63,4 @@ def test_node_heartbeats_and_expiry(tmp_path: Path) -> None:
     store.mark_interrupted("a")
     assert store.expired_nodes(60) == []  # nothing left to take over
     store.heartbeat("c", starting=True)
-    assert store.session("s-c")["outcome"] == "active"  # type: ignore[index]
+    assert store.session("s-c").outcome == "active"  # type: ignore[union-attr]

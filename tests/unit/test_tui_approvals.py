@@ -12,6 +12,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
+from bastion.store.rows import RequestRecord
 from tests.support.tui_daemon import TuiDaemon, tui_daemon, until
 from tui.app import MenuApp
 from tui.approvals import ApprovalsScreen, ConfirmApproval, ReasonModal
@@ -25,7 +26,7 @@ def bastion(tmp_path: Path) -> Iterator[TuiDaemon]:
         yield b
 
 
-def held(b: TuiDaemon, text: str = COMMAND) -> dict[str, Any]:
+def held(b: TuiDaemon, text: str = COMMAND) -> RequestRecord:
     """A command of alice's held for one reviewer, as the policy engine would have held it."""
     return b.requests.create(requester="alice", resource="web", session_id="20261201-000000-aaaaaaaaaaaa", text=text,
                              rule="chmod-needs-approval", reason="", approvals_needed=1,
@@ -49,7 +50,7 @@ async def test_a_reason_typed_after_an_empty_enter_stays_in_the_dialog(bastion: 
     req = held(bastion)
     app = MenuApp(bastion.connect("bob"))
     async with app.run_test(size=(120, 30)) as pilot:
-        queue = await open_queue(app, pilot, req["id"])
+        queue = await open_queue(app, pilot, req.id)
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, ReasonModal))
         await pilot.press("enter")  # no reason yet: the dialog stays, and says why
@@ -58,16 +59,16 @@ async def test_a_reason_typed_after_an_empty_enter_stays_in_the_dialog(bastion: 
         await pilot.press(*"a bad idea, ask again")  # every key a queue shortcut: a, d, r ... and y
         assert isinstance(app.screen, ReasonModal)
         assert app.screen.query_one(Input).value == "a bad idea, ask again"
-        assert bastion.requests.get(req["id"])["status"] == "pending"
+        assert bastion.requests.get(req.id).status == "pending"
         await pilot.press("escape")  # cancelled: still nothing decided
         await until(pilot, lambda: app.screen is queue)
-        assert bastion.requests.get(req["id"])["status"] == "pending"
+        assert bastion.requests.get(req.id).status == "pending"
         await pilot.press("d", "enter", *"   ", "enter")  # blanks are no reason either
         assert isinstance(app.screen, ReasonModal) and "reason is needed" in shown(app, "#reason-note")
         await pilot.press(*"not now", "enter")
         await until(pilot, lambda: app.screen is queue and "denied" in shown(app, "#approvals-status"))
-    r = bastion.requests.get(req["id"])
-    assert r["status"] == "denied" and [(d["reviewer"], d["approve"], d["reason"]) for d in r["decisions"]] == \
+    r = bastion.requests.get(req.id)
+    assert r.status == "denied" and [(d.reviewer, d.approve, d.reason) for d in r.decisions] == \
         [("bob", False, "not now")]
 
 
@@ -75,11 +76,11 @@ async def test_approving_names_what_it_approves_and_takes_a_deliberate_key(basti
     req = held(bastion)
     app = MenuApp(bastion.connect("bob"))
     async with app.run_test(size=(120, 30)) as pilot:
-        queue = await open_queue(app, pilot, req["id"])
+        queue = await open_queue(app, pilot, req.id)
         await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ConfirmApproval))
         what = shown(app, "#confirm-what")
-        for fact in (f"#{req['id']}", "alice", "web", COMMAND, "chmod-needs-approval"):
+        for fact in (f"#{req.id}", "alice", "web", COMMAND, "chmod-needs-approval"):
             assert fact in what  # the command verbatim: its brackets are not markup
         await pilot.press("x")  # any other key cancels, and is not a queue shortcut
         await until(pilot, lambda: app.screen is queue and "not approved" in shown(app, "#approvals-status"))
@@ -88,10 +89,10 @@ async def test_approving_names_what_it_approves_and_takes_a_deliberate_key(basti
             await until(pilot, lambda: isinstance(app.screen, ConfirmApproval))
             await pilot.press(stray)
             await until(pilot, lambda: app.screen is queue)
-        assert bastion.requests.get(req["id"])["status"] == "pending"
+        assert bastion.requests.get(req.id).status == "pending"
         await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ConfirmApproval))
         await pilot.press("y")
-        await until(pilot, lambda: f"request #{req['id']}: approved" in shown(app, "#approvals-status"))
-    r = bastion.requests.get(req["id"])
-    assert r["status"] == "approved" and [(d["reviewer"], d["approve"]) for d in r["decisions"]] == [("bob", True)]
+        await until(pilot, lambda: f"request #{req.id}: approved" in shown(app, "#approvals-status"))
+    r = bastion.requests.get(req.id)
+    assert r.status == "approved" and [(d.reviewer, d.approve) for d in r.decisions] == [("bob", True)]
