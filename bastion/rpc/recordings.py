@@ -4,22 +4,27 @@ audit events), and a replay on the auditor's own terminal."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from bastion.context import ConnectionContext
+from bastion.rpc.proto import MAX_FRAME
 from bastion.rpc.server import RefusedRequest
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.sessions.player import play
 from bastion.store.db import POLICY_FILTERS
-from bastion.store.rows import SessionRecord
+from bastion.store.rows import SessionRecord, cursor_of, parse_cursor
 from bastion.store.when import parse_when
 from recorder.asciicast import CastError, iter_events
 from recorder.storage import StorageError
 
 log = logging.getLogger(__name__)
 
+PAGE = 100  # sessions per reply at most: a screenful or two
+LIST_COMMAND = 500  # characters of a session's command in the list
+REPLY_BUDGET = MAX_FRAME // 2  # and a page ends before its reply nears the RPC frame limit, whatever the rows hold
 LIST_KEYS = ("id", "user", "resource", "kind", "mode", "command", "started_at", "duration", "outcome", "exit_status")
 DETAIL_KEYS = ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
                "duration", "outcome", "exit_status", "message", "sha256")
@@ -48,11 +53,29 @@ class RecordingHandlers:
         policy = params.get("policy") or None
         if policy is not None and policy not in POLICY_FILTERS:
             raise RefusedRequest("bad_request", f"policy= takes one of {', '.join(POLICY_FILTERS)}")
+        before = None
+        if params.get("cursor"):
+            try:
+                before = parse_cursor(params["cursor"])
+            except ValueError:
+                raise RefusedRequest("bad_request", "cursor is not one this list gave") from None
         rows = await asyncio.to_thread(
-            self.services.store.sessions, 500, user=params.get("user") or None,
+            self.services.store.sessions, PAGE + 1, user=params.get("user") or None,
             resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None,
-            policy=policy)
-        return {"sessions": [_pick(r, LIST_KEYS) | {"recorded": bool(r.recording)} for r in rows]}
+            policy=policy, before=before)
+        page: list[dict[str, Any]] = []
+        size = 0
+        for r in rows[:PAGE]:  # one more was read only to know whether there is a next page
+            item = _pick(r, LIST_KEYS) | {"recorded": bool(r.recording)}
+            if r.command is not None:
+                item["command"] = r.command[:LIST_COMMAND]  # the whole of it is in the session's detail
+            n = len(json.dumps(item))  # long commands or names: the page ends before the frame limit
+            if page and size + n > REPLY_BUDGET:
+                break
+            page.append(item)
+            size += n
+        more = len(page) < len(rows)
+        return {"sessions": page, "next": cursor_of(rows[len(page) - 1]) if more else ""}
 
     async def _row(self, sid: Any) -> tuple[SessionRecord, str]:
         """The session's row and its recording as a local file (a bucket's object is fetched and checked)."""

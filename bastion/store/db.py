@@ -13,7 +13,7 @@ from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, exists, select, text, update
+from sqlalchemy import and_, create_engine, event, exists, or_, select, text, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
@@ -174,10 +174,12 @@ class Store:
 
     def sessions(self, limit: int = 200, *, user: str | None = None, resource: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 outcome: str | None = None, policy: str | None = None) -> list[SessionRecord]:
+                 outcome: str | None = None, policy: str | None = None,
+                 before: tuple[datetime, str] | None = None) -> list[SessionRecord]:
         """Newest first, with their recordings; optionally filtered (``resource`` and
         ``user`` accept ``*`` globs; ``policy``: sessions where something was ``blocked``, ``warned``, ``held``
-        for approval or ``denied``)."""
+        for approval or ``denied``). ``before`` (a row's ``(started_at, id)``, see :func:`cursor_of`) gives the
+        page after that row: a list of any length is read a page at a time, each read as cheap as the first."""
         q = select(Session, Recording).join(Recording, Recording.session_id == Session.id, isouter=True)
         for col, value in ((Session.user, user), (Session.resource, resource)):
             if value:
@@ -190,8 +192,11 @@ class Store:
             q = q.where(Session.outcome == outcome)
         if policy:
             q = q.where(_policy_filter(policy))
+        if before is not None:
+            at, sid = before
+            q = q.where(or_(Session.started_at < at, and_(Session.started_at == at, Session.id < sid)))
         with self.tx() as s:
-            rows = s.execute(q.order_by(Session.started_at.desc()).limit(limit)).all()
+            rows = s.execute(q.order_by(Session.started_at.desc(), Session.id.desc()).limit(limit)).all()
             return [_session_record(sess, rec) for sess, rec in rows]
 
     # -- nodes ---------------------------------------------------------------------------------------------

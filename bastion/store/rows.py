@@ -162,3 +162,19 @@ class SearchHit:
     def as_dict(self) -> dict[str, Any]:
         return {"session": self.session, "user": self.user, "resource": self.resource,
                 "started_at": _iso(self.started_at), "t": self.t, "kind": self.kind, "text": self.text}
+
+
+def cursor_of(row: SessionRecord) -> str:
+    """Where a page of sessions ended, for asking for the next one (opaque to the menu)."""
+    return f"{row.started_at.isoformat()}|{row.id}"
+
+
+def parse_cursor(text: str) -> tuple[datetime, str]:
+    """A :func:`cursor_of` string back (ValueError if it is not one)."""
+    at, sep, sid = text.partition("|")
+    if not sep or not sid or len(sid) > 64:
+        raise ValueError("not a page cursor")
+    when = datetime.fromisoformat(at)
+    if when.tzinfo is None:
+        raise ValueError("not a page cursor")
+    return when, sid
