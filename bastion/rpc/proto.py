@@ -31,7 +31,7 @@ METHODS: dict[str, frozenset[str]] = {
     "sessions.live": frozenset(),
     "session.observe": frozenset({"id"}),
     "session.terminate": frozenset({"id", "reason"}),
-    "recordings.list": frozenset({"user", "resource", "since", "outcome", "policy"}),
+    "recordings.list": frozenset({"user", "resource", "since", "outcome", "policy", "cursor"}),
     "recording.detail": frozenset({"id"}),
     "recording.play": frozenset({"id"}),
     "login.start": frozenset(),
