@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -73,6 +74,9 @@ class MenuApp(App[int]):
         self.user = ""
         self.reviewer = False
         self.auditor = False
+        self._push_lock = threading.Lock()
+        self._push_due = False  # a queue.changed push is posted and not handled yet
+        self._notice_text = ""
         rpc.on_event = self._on_rpc_event
 
     def compose(self) -> ComposeResult:
@@ -163,9 +167,13 @@ class MenuApp(App[int]):
 
     # -- approvals ----------------------------------------------------------------------------------------
     def _on_rpc_event(self, msg: dict[str, Any]) -> None:
-        """Called on the RPC reader thread: hand over to the app's loop (post_message is thread-safe)."""
+        """Called on the RPC reader thread: hand over to the app's loop (post_message is thread-safe). Pushes that
+        come while one waits to be handled are that one: the reload it causes reads them all."""
         if msg.get("event") == "queue.changed":
-            self.post_message(QueueChanged())
+            with self._push_lock:
+                due, self._push_due = self._push_due, True
+            if not due:
+                self.post_message(QueueChanged())
         elif msg.get("event") == "notice":
             data = msg.get("data")
             text = data.get("text") if isinstance(data, dict) else None
@@ -177,21 +185,33 @@ class MenuApp(App[int]):
         self.notify(message.text, title="bastion", severity="warning", timeout=120)
 
     def on_queue_changed(self, message: QueueChanged) -> None:
+        """Approval requests changed: one ``queue.list`` for the notice and an open queue, and the operator's own
+        requests if they are open. Nothing else reloads them."""
+        with self._push_lock:
+            self._push_due = False  # a push from now on is news: it is handled after this one
         if not self.screen_stack:  # a push that arrives while the app shuts down
             return
-        self._update_notice()
-        if isinstance(self.screen, ApprovalsScreen | MyRequestsScreen):
-            self.screen.post_message(QueueChanged())
+        q = self._update_notice()
+        for screen in self.screen_stack:
+            if isinstance(screen, ApprovalsScreen) and q is not None:
+                screen.show(q)
+            elif isinstance(screen, MyRequestsScreen):
+                screen.reload()
 
-    def _update_notice(self) -> None:
+    def _update_notice(self) -> dict[str, Any] | None:
+        """The reviewer's notice of waiting requests; the ``queue.list`` answer it was made from."""
         if not self.reviewer:
-            return
+            return None
         try:
-            n = len(self.rpc.call("queue.list")["pending"])
+            q: dict[str, Any] = self.rpc.call("queue.list")
         except RpcError:
-            return
+            return None
+        n = len(q["pending"])
         text = f"{n} request{'s' if n != 1 else ''} await{'s' if n == 1 else ''} your review — F2" if n else ""
-        self.query_one("#notice", Static).update(text)
+        if text != self._notice_text:
+            self._notice_text = text
+            self.query_one("#notice", Static).update(text)
+        return q
 
     def action_approvals(self) -> None:
         if not self.reviewer:

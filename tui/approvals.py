@@ -1,4 +1,5 @@
-"""Reviewer queue and "my requests" screens. Live: they reload when the daemon pushes ``queue.changed``."""
+"""Reviewer queue and "my requests" screens. Live: the app reloads them when the daemon pushes ``queue.changed``,
+and nothing else: their ages tick here, from the requests' timestamps, without asking the daemon."""
 
 from __future__ import annotations
 
@@ -16,23 +17,23 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
+from tui.tables import ListTable, Row
 
 
 class QueueChanged(Message):
-    """The daemon says approval requests changed (posted from the RPC reader thread)."""
+    """The daemon says approval requests changed (posted to the app from the RPC reader thread). It does not
+    bubble: the app reloads the screens that show requests, once per push."""
+
+    bubble = False
 
 
-def age(iso: str) -> str:
-    """How long ago an ISO timestamp was, compactly."""
+def timestamp(iso: str) -> float | None:
+    """Epoch seconds of an ISO timestamp (None if it is not one)."""
     try:
-        sec = int((datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds())
-    except ValueError:
-        return "?"
-    if sec < 60:
-        return f"{max(sec, 0)}s"
-    if sec < 3600:
-        return f"{sec // 60}m"
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+        when = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def fmt_duration(sec: float) -> str:
@@ -133,13 +134,14 @@ class ApprovalsScreen(Screen[None]):
         self.pending: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self._said_at = 0.0
+        self._status_text = ""
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
         yield Static("Pending approval requests", classes="section")
-        yield DataTable(id="pending", cursor_type="row", zebra_stripes=True)
+        yield ListTable(id="pending", cursor_type="row", zebra_stripes=True, age_at=5)
         yield Static("Decided", classes="section")
-        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
+        yield ListTable(id="history", cursor_type="row", zebra_stripes=True)
         yield Static("", id="approvals-status")
         yield Footer()
 
@@ -148,8 +150,7 @@ class ApprovalsScreen(Screen[None]):
         self.query_one("#pending", DataTable).add_columns("#", "Requester", "Resource", "Command", "Rule", "Age",
                                                           "Approvals")
         self.query_one("#history", DataTable).add_columns("#", "Requester", "Resource", "Command", "Status", "By")
-        self.reload()
-        self.set_interval(5, self.reload)  # ages tick; pushes make it immediate
+        self.reload()  # and then again only when the daemon says the requests changed (the app calls show)
         self.query_one("#pending", DataTable).focus()
 
     def reload(self) -> None:
@@ -158,31 +159,25 @@ class ApprovalsScreen(Screen[None]):
         except RpcError as e:
             self._status(f"cannot load the queue: {e}")
             return
-        self.pending = q["pending"]
-        table = self.query_one("#pending", DataTable)
-        row = table.cursor_row
-        table.clear()
-        for r in self.pending:
-            got = sum(1 for d in r["decisions"] if d["approve"])
-            table.add_row(f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"])), r["rule"],
-                          age(r["created_at"]), f"{got}/{r['approvals_needed']}", key=str(r["id"]))
-        if self.pending:
-            table.move_cursor(row=min(row, len(self.pending) - 1))
-        hist = self.query_one("#history", DataTable)
-        hist.clear()
-        self.history = q["history"]
-        for r in self.history:
-            by = ", ".join(d["reviewer"] for d in r["decisions"]) or "-"
-            hist.add_row(f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"], 40)), r["status"], by)
+        self.show(q)
+
+    def show(self, q: dict[str, Any]) -> None:
+        """Show a ``queue.list`` answer; a list is redrawn only if its rows changed."""
+        self.pending, self.history = q["pending"], q["history"]
+        self.query_one("#pending", ListTable).show([
+            Row(str(r["id"]), (f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"])), r["rule"],
+                               f"{sum(1 for d in r['decisions'] if d['approve'])}/{r['approvals_needed']}"),
+                timestamp(r["created_at"])) for r in self.pending])
+        self.query_one("#history", ListTable).show([
+            Row(str(r["id"]), (f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"], 40)),
+                               r["status"], ", ".join(d["reviewer"] for d in r["decisions"]) or "-"))
+            for r in self.history])
         if time.monotonic() - self._said_at < SAID_FOR:
             return  # the outcome of the reviewer's last action stays in sight a while
         if not self.pending:
             self._status("Nothing waits for you.")
-        elif str(self.query_one("#approvals-status", Static).render()) == "Nothing waits for you.":
+        elif self._status_text == "Nothing waits for you.":
             self._status("a: approve the selected request · d: deny it with a reason")
-
-    def on_queue_changed(self, _: QueueChanged) -> None:
-        self.reload()
 
     def _selected(self) -> dict[str, Any] | None:
         table = self.query_one("#pending", DataTable)
@@ -191,7 +186,9 @@ class ApprovalsScreen(Screen[None]):
         return self.pending[table.cursor_row]
 
     def _status(self, text: str) -> None:
-        self.query_one("#approvals-status", Static).update(text)
+        if text != self._status_text:  # an unchanged line is not redrawn
+            self._status_text = text
+            self.query_one("#approvals-status", Static).update(text)
 
     def _say(self, text: str) -> None:
         """The outcome of an action: kept over the queue's own hints for a while (pushes reload the queue)."""
@@ -272,13 +269,13 @@ class MyRequestsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
-        yield DataTable(id="mine", cursor_type="row", zebra_stripes=True)
+        yield ListTable(id="mine", cursor_type="row", zebra_stripes=True, age_at=6)
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = "my requests"
         self.query_one(DataTable).add_columns("#", "Resource", "Command", "Rule", "Status", "Detail", "Age")
-        self.reload()
+        self.reload()  # and then again only when the daemon says the requests changed (the app calls it)
         self.query_one(DataTable).focus()
 
     def reload(self) -> None:
@@ -286,14 +283,9 @@ class MyRequestsScreen(Screen[None]):
             rows = self.rpc.call("requests.mine")["requests"]
         except RpcError:
             rows = []
-        table = self.query_one(DataTable)
-        table.clear()
-        for r in rows:
-            table.add_row(f"#{r['id']}", r["resource"], Text(_short(r["text"], 40)), r["rule"], r["status"],
-                          Text(_short(r["status_reason"], 40)), age(r["created_at"]))
-
-    def on_queue_changed(self, _: QueueChanged) -> None:
-        self.reload()
+        self.query_one(ListTable).show([
+            Row(str(r["id"]), (f"#{r['id']}", r["resource"], Text(_short(r["text"], 40)), r["rule"], r["status"],
+                               Text(_short(r["status_reason"], 40))), timestamp(r["created_at"])) for r in rows])
 
     def action_back(self) -> None:
         self.app.pop_screen()

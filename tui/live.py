@@ -1,5 +1,8 @@
 """Live sessions, for reviewers and auditors: who is on what right now; observe one read-only; terminate it with a
-reason the operator sees."""
+reason the operator sees.
+
+No push says when a session starts or ends, so the screen asks every POLL seconds; the ages tick here (to the
+minute), and a look that finds what is shown already redraws nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
-from tui.approvals import ReasonModal, _short, fmt_duration
+from tui.approvals import ReasonModal, _short
+from tui.tables import ListTable, Row
+
+POLL = 5.0  # seconds between looks at the live sessions
 
 
 class LiveScreen(Screen[None]):
@@ -29,11 +35,12 @@ class LiveScreen(Screen[None]):
         self.rpc = rpc
         self.sessions: list[dict[str, Any]] = []
         self._sticky_until = 0.0
+        self._status_text = ""
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
         yield Static("Live sessions", classes="section")
-        yield DataTable(id="live", cursor_type="row", zebra_stripes=True)
+        yield ListTable(id="live", cursor_type="row", zebra_stripes=True, age_at=6)
         yield Static("", id="live-status")
         yield Footer()
 
@@ -42,7 +49,7 @@ class LiveScreen(Screen[None]):
         self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Command", "Age",
                                               "Observers", "Node")
         self.reload()
-        self.set_interval(2, self.reload)
+        self.set_interval(POLL, self.reload)  # the one timer of this screen (its list's ages have their own)
         self.query_one(DataTable).focus()
 
     def reload(self) -> None:
@@ -51,14 +58,11 @@ class LiveScreen(Screen[None]):
         except RpcError as e:
             self._status(f"cannot list live sessions: {e}")
             return
-        table = self.query_one(DataTable)
-        row = table.cursor_row
-        table.clear()
-        for s in self.sessions:
-            table.add_row(s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
-                          fmt_duration(s["age"]), ", ".join(s["observers"]) or "-", s.get("node", ""), key=s["id"])
-        if self.sessions:
-            table.move_cursor(row=min(row, len(self.sessions) - 1))
+        now = time.time()
+        self.query_one(ListTable).show([
+            Row(s["id"], (s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
+                          ", ".join(s["observers"]) or "-", s.get("node", "")),
+                s.get("started") or now - float(s["age"])) for s in self.sessions])
         if time.monotonic() > self._sticky_until:  # an answer to the user stays a while
             self._status("Enter: observe (read-only; q stops) · t: terminate with a reason" if self.sessions
                          else "No live session you may watch.")
@@ -72,7 +76,9 @@ class LiveScreen(Screen[None]):
     def _status(self, text: str, *, sticky: bool = False) -> None:
         if sticky:
             self._sticky_until = time.monotonic() + 5
-        self.query_one("#live-status", Static).update(text)
+        if text != self._status_text:  # an unchanged line is not redrawn
+            self._status_text = text
+            self.query_one("#live-status", Static).update(text)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -16,6 +16,10 @@ from bastion.sessions.client import ClientSide
 from bastion.terminal.ptyproc import PtyProcess
 from bastion.terminal.relay import PtyEndpoint
 
+PUSH_COALESCE = 0.1
+"""Seconds over which changes to the approval requests become one ``queue.changed`` push (a burst of requests, a
+decision and its release): each push costs the menu one reload."""
+
 
 class MenuProcess:
     """One connection's menu: spawn it, serve its RPC until it exits."""
@@ -46,7 +50,7 @@ class MenuProcess:
             server = self.server
 
             def changed() -> None:
-                server.notify("queue.changed")
+                server.notify_soon("queue.changed", PUSH_COALESCE)
 
             listeners.add(changed)
             try:

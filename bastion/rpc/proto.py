@@ -3,6 +3,10 @@
 Frames are a 4-byte big-endian length followed by a UTF-8 JSON object. Requests are
 ``{"id": int, "method": str, "params": {...}}``; replies ``{"id": int, "result": ...}`` or
 ``{"id": int, "error": {"code": str, "message": str}}``. The daemon may also push ``{"event": str, "data": {...}}``.
+
+Every request gets a reply: one the daemon cannot frame (over MAX_FRAME) is answered with the error ``too_large``;
+and a caller waits for it at most REPLY_TIMEOUT seconds (an RpcError ``timeout`` then), except for the calls that
+last as long as the operator wants (a session, a replay, a sign-in).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any
 
 MAX_FRAME = 64 * 1024
 HEADER = struct.Struct(">I")
+REPLY_TIMEOUT = 60.0  # seconds a menu waits for a reply before it says so (the daemon answers in milliseconds)
+UNTIMED = frozenset({"resource.open", "session.observe", "recording.play", "login.wait"})
+"""Methods whose reply comes when the operator is done: a session, an observation, a replay, a sign-in."""
 
 # Methods the daemon serves, with the parameter names each accepts (anything else is refused).
 METHODS: dict[str, frozenset[str]] = {
@@ -51,12 +58,25 @@ class RpcError(Exception):
         super().__init__(message)
 
 
+class FrameTooLarge(ValueError):
+    """A message that does not fit in one frame."""
+
+    def __init__(self, size: int):
+        self.size = size
+        super().__init__(f"RPC frame of {size} bytes exceeds {MAX_FRAME}")
+
+
 def encode(obj: dict[str, Any]) -> bytes:
-    """Frame one message; raises ValueError if it is too big."""
+    """Frame one message; raises FrameTooLarge (a ValueError) if it is too big."""
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) > MAX_FRAME:
-        raise ValueError(f"RPC frame of {len(body)} bytes exceeds {MAX_FRAME}")
+        raise FrameTooLarge(len(body))
     return HEADER.pack(len(body)) + body
+
+
+def reply_timeout(method: str, default: float = REPLY_TIMEOUT) -> float | None:
+    """How long a caller waits for the reply to ``method``; None: as long as it takes."""
+    return None if method in UNTIMED else default
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -71,8 +91,10 @@ class RpcClient:
     """Client used by the session process. Thread-safe; a reader thread routes replies to their callers and
     pushed events to ``on_event`` (called on the reader thread: it must not block)."""
 
-    def __init__(self, sock: socket.socket, on_event: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, sock: socket.socket, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 timeout: float = REPLY_TIMEOUT):
         self._sock = sock
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._next = 1
         self._waiting: dict[int, queue.Queue[dict[str, Any] | None]] = {}
@@ -118,7 +140,7 @@ class RpcClient:
                 q.put(None)
 
     def _request(self, method: str, params: dict[str, Any],
-                 reply_to: queue.Queue[dict[str, Any] | None] | None) -> None:
+                 reply_to: queue.Queue[dict[str, Any] | None] | None) -> int:
         """Number and send one request; its reply goes to ``reply_to`` (None: the reader drops it)."""
         with self._lock:
             if self._closed:
@@ -132,12 +154,20 @@ class RpcClient:
             except OSError as e:
                 self._waiting.pop(rid, None)
                 raise RpcError("closed", f"the bastion closed the broker channel ({e})") from None
+        return rid
 
     def call(self, method: str, **params: Any) -> Any:
-        """Send a request and wait for its reply."""
+        """Send a request and wait for its reply: never forever (a menu that waits takes no key), except for the
+        methods that last as long as the operator wants (UNTIMED)."""
         q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
-        self._request(method, params, q)
-        msg = q.get()
+        rid = self._request(method, params, q)
+        wait = reply_timeout(method, self.timeout)
+        try:
+            msg = q.get(timeout=wait)
+        except queue.Empty:
+            with self._lock:
+                self._waiting.pop(rid, None)  # a reply that comes after all is dropped by the reader
+            raise RpcError("timeout", f"the bastion did not answer ({method}) within {wait:g} s") from None
         if msg is None:
             raise RpcError("closed", "the bastion closed the broker channel")
         if "error" in msg:

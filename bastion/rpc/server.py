@@ -2,7 +2,8 @@
 
 The session process is treated as hostile: oversized, malformed, unknown or mistyped requests are refused with an
 error reply and logged; after too many, the channel is closed. Identity is never taken from a request: handlers act
-for the connection that spawned the session process.
+for the connection that spawned the session process. Every request is answered: a result too large for one frame
+becomes the error ``too_large`` (the menu shows it), never a reply that is silently not sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bastion.rpc.proto import HEADER, MAX_FRAME, METHODS, decode_body, encode
+from bastion.rpc.proto import HEADER, MAX_FRAME, METHODS, FrameTooLarge, decode_body, encode
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class BrokerServer:
         self.strikes = 0
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._due: dict[str, asyncio.TimerHandle] = {}  # coalesced pushes to come, by event
 
     async def serve(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
@@ -62,6 +64,8 @@ class BrokerServer:
         finally:
             for t in self._tasks:
                 t.cancel()
+            for handle in self._due.values():
+                handle.cancel()
             self._writer.close()
 
     def _accept(self, body: bytes) -> bool:
@@ -110,17 +114,51 @@ class BrokerServer:
         except Exception:  # a bug in a handler must not take the daemon down
             log.exception("broker[%s]: %s failed", self.who, method)
             reply = {"id": rid, "error": {"code": "internal", "message": "internal error (see daemon log)"}}
-        await self._send(reply)
+        await self._write(self._reply_frame(method, reply))
+
+    def _reply_frame(self, method: str, reply: dict[str, Any]) -> bytes:
+        """The framed reply; one that cannot be framed is answered with an error the menu shows."""
+        rid = reply["id"]
+        try:
+            return encode(reply)
+        except FrameTooLarge as e:
+            log.warning("broker[%s]: the reply to %s is %d bytes, over the frame limit of %d: answered too_large",
+                        self.who, method, e.size, MAX_FRAME)
+            return encode({"id": rid, "error": {
+                "code": "too_large",
+                "message": f"the answer to {method} is too large to send ({e.size} bytes; the limit is "
+                           f"{MAX_FRAME}): narrow it down"}})
+        except (TypeError, ValueError):
+            log.exception("broker[%s]: the reply to %s cannot be encoded", self.who, method)
+            return encode({"id": rid, "error": {"code": "internal", "message": "internal error (see daemon log)"}})
 
     def notify(self, event: str, data: dict[str, Any] | None = None) -> None:
         """Send an unsolicited event to the session process (fire and forget)."""
         self._spawn(self._send({"event": event, "data": data or {}}))
 
+    def notify_soon(self, event: str, within: float) -> None:
+        """Push ``event`` (no data) ``within`` seconds from now; the same event asked for meanwhile is this push:
+        each push costs the menu a reload, and one reload reads every change."""
+        if event not in self._due:
+            self._due[event] = asyncio.get_running_loop().call_later(within, self._push_due, event)
+
+    def _push_due(self, event: str) -> None:
+        del self._due[event]
+        self.notify(event)
+
     async def _send(self, obj: dict[str, Any]) -> None:
+        try:
+            frame = encode(obj)
+        except (TypeError, ValueError) as e:
+            log.warning("broker[%s]: cannot send %s: %s", self.who, "event" if "event" in obj else "reply", e)
+            return
+        await self._write(frame)
+
+    async def _write(self, frame: bytes) -> None:
         if self._writer is None or self._writer.is_closing():
             return
         try:
-            self._writer.write(encode(obj))
+            self._writer.write(frame)
             await self._writer.drain()
-        except (ConnectionError, ValueError) as e:
+        except ConnectionError as e:
             log.warning("broker[%s]: cannot send reply: %s", self.who, e)

@@ -48,6 +48,14 @@ class TuiDaemon:
     daemon: Services
     requests: ApprovalStore
     connect: Callable[[str], RpcClient]  # a session process's channel for this user (alice, bob, eve)
+    loop: asyncio.AbstractEventLoop | None = None  # the brokers' loop
+
+    def changed(self, rid: int) -> None:
+        """Request ``rid`` changed elsewhere (another node, as its notification says): every menu is pushed
+        ``queue.changed``, from the brokers' loop as in the daemon."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.daemon.approvals.remote_event,
+                                       {"kind": "approval", "id": rid, "node": "elsewhere"})
 
 
 @contextmanager
@@ -93,7 +101,7 @@ roles:
         menu = MenuHandlers(daemon, ctx, client, Broker(daemon, ctx, client))
         handlers = {"hello": menu.hello, "resources.list": menu.resources, "queue.list": menu.queue,
                     "requests.mine": menu.mine, "request.decide": menu.decide,
-                    "recordings.list": menu.recordings.listing}
+                    "recordings.list": menu.recordings.listing, "sessions.live": menu.live}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         server = BrokerServer(ours, handlers, user)
 
@@ -112,7 +120,7 @@ roles:
         return client
 
     try:
-        yield TuiDaemon(daemon, ApprovalStore(daemon.store), connect)
+        yield TuiDaemon(daemon, ApprovalStore(daemon.store), connect, loop)
     finally:
         for sock, client in clients:  # the session process goes away: its broker stops serving
             sock.shutdown(socket.SHUT_RDWR)  # (close alone does not wake the client's reader thread)
