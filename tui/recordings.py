@@ -45,15 +45,18 @@ class RecordingsScreen(Screen[None]):
     # "/" is a priority binding: the app runs it as the key arrives, before it hands the next keys to the focused
     # widget. As an ordinary binding it ran only once "/" had gone through the list and back up to the app, and
     # keys typed with it ("/user=bob" in one read: a paste, a fast typist on a slow link) had already gone to the
-    # list and were lost.
+    # list and were lost. End and Home are priority bindings too: the list's own End scrolls without moving the
+    # cursor, and the cursor on the last row is what asks the daemon for the next page.
     BINDINGS = [Binding("enter", "open", "Open"), Binding("/", "focus_filter", "Filter", priority=True),
-                Binding("escape", "back", "Back")]
+                Binding("escape", "back", "Back"), Binding("end", "last", "Last", show=False, priority=True),
+                Binding("home", "first", "First", show=False, priority=True)]
     AUTO_FOCUS = "#recordings"  # the list, not the filter box above it (which would say it has focus, briefly)
 
     def __init__(self, rpc: RpcClient):
         super().__init__()
         self.rpc = rpc
         self.rows: list[dict[str, Any]] = []
+        self.next = ""  # the daemon's cursor for the page after the rows shown ("": none)
         self.params: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
@@ -71,20 +74,56 @@ class RecordingsScreen(Screen[None]):
         self.reload()
 
     def reload(self) -> None:
+        """The first page of the list (the daemon sends a page at a time: the store may hold millions)."""
         try:
-            self.rows = self.rpc.call("recordings.list", **self.params)["sessions"]
+            reply = self.rpc.call("recordings.list", **self.params)
         except RpcError as e:
             self._status(str(e))
             return
+        self.rows, self.next = [], ""
+        self.query_one(DataTable).clear()
+        self._append(reply)
+
+    def _more(self) -> None:
+        """The next page, below the rows shown (the cursor reached the last one)."""
+        if not self.next:
+            return
+        try:
+            reply = self.rpc.call("recordings.list", **self.params, cursor=self.next)
+        except RpcError as e:
+            self._status(str(e))
+            return
+        self._append(reply)
+
+    def _append(self, reply: dict[str, Any]) -> None:
         table = self.query_one(DataTable)
-        table.clear()
-        for r in self.rows:
+        for r in reply["sessions"]:
             dur = f"{r['duration']:.0f}s" if r["duration"] is not None else "-"
             table.add_row(r["id"], r["user"], r["resource"], r["kind"], r["mode"],
                           (r["started_at"] or "")[:19].replace("T", " "), dur, r["outcome"], key=r["id"])
+        self.rows += reply["sessions"]
+        self.next = str(reply.get("next") or "")
         shown = " ".join(f"{k}={v}" for k, v in self.params.items())
-        self._status(f"{len(self.rows)} session(s)" + (f" · {shown}" if shown else "") +
+        more = " (more below)" if self.next else ""
+        self._status(f"{len(self.rows)} session(s){more}" + (f" · {shown}" if shown else "") +
                      " · Enter opens · / filters")
+
+    def action_last(self) -> None:
+        """To the last row shown (which asks for the next page, if there is one)."""
+        if self.focused is self.query_one("#rec-filter", Input):
+            raise SkipAction()  # End in the filter box moves its cursor
+        table = self.query_one(DataTable)
+        if table.row_count:
+            table.move_cursor(row=table.row_count - 1)
+
+    def action_first(self) -> None:
+        if self.focused is self.query_one("#rec-filter", Input):
+            raise SkipAction()
+        self.query_one(DataTable).move_cursor(row=0)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "recordings" and self.next and event.cursor_row >= len(self.rows) - 1:
+            self._more()
 
     def _status(self, text: str) -> None:
         self.query_one("#rec-status", Static).update(text)

@@ -54,3 +54,25 @@ async def test_keys_typed_with_the_slash_go_to_the_filter(bastion: TuiDaemon) ->
         await until(pilot, lambda: box.value == "resource=web/* since=7d")
         await pilot.press("enter")
         await until(pilot, lambda: "0 session(s) · resource=web/* since=7d" in status(app))
+
+
+async def test_the_list_pages_in_as_the_cursor_reaches_its_end(bastion: TuiDaemon) -> None:
+    """A store of any size: the first screen is one page, the next comes when the auditor scrolls to the end."""
+    from tests.unit.test_recordings_paging import fill
+
+    fill(bastion.daemon.store, 230)
+    app = MenuApp(bastion.connect("eve"))
+    async with app.run_test(size=(130, 30)) as pilot:
+        await until(pilot, lambda: app.auditor)
+        await pilot.press("f5")
+        await until(pilot, lambda: "100 session(s) (more below)" in status(app))
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 100
+        await pilot.press("end")
+        await until(pilot, lambda: "200 session(s) (more below)" in status(app))
+        await pilot.press("end")
+        await until(pilot, lambda: "230 session(s) ·" in status(app))
+        assert table.row_count == 230 and len(set(app.screen.rows[i]["id"] for i in range(230))) == 230
+        await pilot.press("end")
+        await pilot.pause()
+        assert table.row_count == 230  # the end of the list: nothing more is asked for
