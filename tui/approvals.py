@@ -176,7 +176,9 @@ class ApprovalsScreen(Screen[None]):
             return  # the outcome of the reviewer's last action stays in sight a while
         if not self.pending:
             self._status("Nothing waits for you.")
-        elif self._status_text == "Nothing waits for you.":
+        elif q.get("more_pending"):  # the oldest are shown whole; the rest come as these are decided
+            self._status(f"{q['more_pending']} more request(s) wait behind these · a: approve · d: deny")
+        elif self._status_text == "Nothing waits for you." or "more request(s)" in self._status_text:
             self._status("a: approve the selected request · d: deny it with a reason")
 
     def _selected(self) -> dict[str, Any] | None:

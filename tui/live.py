@@ -36,6 +36,7 @@ class LiveScreen(Screen[None]):
         self.sessions: list[dict[str, Any]] = []
         self._sticky_until = 0.0
         self._status_text = ""
+        self._more = ""  # how many live sessions the daemon left out of its answer (a frame holds so many)
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
@@ -54,7 +55,9 @@ class LiveScreen(Screen[None]):
 
     def reload(self) -> None:
         try:
-            self.sessions = self.rpc.call("sessions.live")["sessions"]
+            reply = self.rpc.call("sessions.live")
+            self.sessions = reply["sessions"]
+            self._more = f" · {reply['more']} more not listed" if reply.get("more") else ""
         except RpcError as e:
             self._status(f"cannot list live sessions: {e}")
             return
@@ -64,8 +67,8 @@ class LiveScreen(Screen[None]):
                           ", ".join(s["observers"]) or "-", s.get("node", "")),
                 s.get("started") or now - float(s["age"])) for s in self.sessions])
         if time.monotonic() > self._sticky_until:  # an answer to the user stays a while
-            self._status("Enter: observe (read-only; q stops) · t: terminate with a reason" if self.sessions
-                         else "No live session you may watch.")
+            self._status(("Enter: observe (read-only; q stops) · t: terminate with a reason" if self.sessions
+                          else "No live session you may watch.") + self._more)
 
     def _selected(self) -> dict[str, Any] | None:
         table = self.query_one(DataTable)

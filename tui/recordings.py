@@ -206,16 +206,23 @@ class RecordingScreen(Screen[None]):
         if s["command"]:
             facts.insert(1, f"command: {_short(s['command'], 100)}")
         self.query_one("#rec-facts", Static).update("\n".join(facts))
+        more = d.get("more") or {}
         markers = self.query_one("#rec-markers", DataTable)
         for t, label in d["markers"]:
             markers.add_row(_clock(t), _short(label, 90))
+        if more.get("markers"):
+            markers.add_row("…", f"{more['markers']} more: the replay has them all ([ ] jump between markers)")
         approvals = self.query_one("#rec-approvals", DataTable)
         for a in d["approvals"]:
             by = ", ".join(f"{x['reviewer']} ({'yes' if x['approve'] else 'no'})" for x in a["decisions"]) or "-"
             approvals.add_row(f"#{a['id']}", _short(a["text"], 40), a["rule"], a["status"], by)
+        if more.get("approvals"):
+            approvals.add_row("…", f"{more['approvals']} more (bastion audit)", "", "", "")
         events = self.query_one("#rec-events", DataTable)
         for ev in d["events"]:
             events.add_row(ev["ts"][:19].replace("T", " "), ev["actor"], ev["action"], ev["outcome"])
+        if more.get("events"):
+            events.add_row("…", f"{more['events']} more (bastion audit)", "", "")
         markers.focus()
 
     def action_play(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession
+from bastion.rpc.budget import fit
 from bastion.rpc.proto import LOG_LEVELS, LOGIN_METHODS
 from bastion.rpc.recordings import RecordingHandlers
 from bastion.rpc.server import Handler, RefusedRequest
@@ -115,10 +116,14 @@ class MenuHandlers:
     async def queue(self, params: dict[str, Any]) -> dict[str, Any]:
         self._reviewer()
         pending, history = await self.services.approvals.queue(self.ctx)
-        return {"pending": [r.as_dict() for r in pending], "history": [r.as_dict() for r in history]}
+        # pending requests are shown whole (a reviewer approves what it reads); those that do not fit are counted
+        shown, more = fit([r.as_dict() for r in pending], 0.6)
+        past, _ = fit([r.as_dict() for r in history], 0.2)
+        return {"pending": shown, "history": past, "more_pending": more}
 
     async def mine(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"requests": [r.as_dict() for r in await self.services.approvals.mine(self.ctx)]}
+        shown, more = fit([r.as_dict() for r in await self.services.approvals.mine(self.ctx)], 0.8)
+        return {"requests": shown, "more": more}
 
     async def revoke(self, params: dict[str, Any]) -> dict[str, Any]:
         self._reviewer()
@@ -145,7 +150,8 @@ class MenuHandlers:
         g = self.ctx.grants
         if not (g.review or g.audit):
             raise RefusedRequest("forbidden", "live sessions are for reviewers and auditors")
-        return {"sessions": await self.watch.listing()}
+        shown, more = fit(await self.watch.listing(), 0.8)
+        return {"sessions": shown, "more": more}
 
     def _watchable(self, sid: object) -> LiveSession:
         try:

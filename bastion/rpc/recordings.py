@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from bastion.context import ConnectionContext
+from bastion.rpc.budget import fit
 from bastion.rpc.proto import MAX_FRAME
 from bastion.rpc.server import RefusedRequest
 from bastion.services import Services
@@ -97,26 +98,34 @@ class RecordingHandlers:
         row, recording = await self._row(params.get("id"))
         store = self.services.store
 
-        def markers() -> list[list[Any]]:
+        def markers() -> tuple[list[list[Any]], int]:
             out: list[list[Any]] = []
+            total = 0
             try:
                 for ev in iter_events(recording):
-                    if ev.code == "m" and len(out) < 2000:
-                        out.append([round(ev.time, 3), ev.data[:500]])
+                    if ev.code == "m":
+                        total += 1
+                        if len(out) < 2000:
+                            out.append([round(ev.time, 3), ev.data[:500]])
             except (CastError, OSError):  # an active session on a node whose disk is not shared
                 pass
-            return out
+            return out, total
 
         approvals = await asyncio.to_thread(self.services.approvals.db.recent, session_id=row.id, limit=200)
         events = await asyncio.to_thread(store.audit_events, 200, session_id=row.id)
-        return {"session": _pick(row, DETAIL_KEYS), "markers": await asyncio.to_thread(markers),
-                "approvals": [{"id": a.id, "text": a.text[:500], "rule": a.rule, "status": a.status,
-                               "status_reason": a.status_reason[:300],
-                               "decisions": [{"reviewer": d.reviewer, "approve": d.approve,
-                                              "reason": d.reason[:300]} for d in a.decisions]}
-                              for a in approvals],
-                "events": [{"ts": e.ts.isoformat(), "actor": e.actor, "action": e.action, "outcome": e.outcome}
-                           for e in reversed(events)]}
+        found, total = await asyncio.to_thread(markers)
+        marks, _ = fit(found, 0.4)
+        more_markers = total - len(marks)
+        held, more_approvals = fit([{"id": a.id, "text": a.text[:500], "rule": a.rule, "status": a.status,
+                                     "status_reason": a.status_reason[:300],
+                                     "decisions": [{"reviewer": d.reviewer, "approve": d.approve,
+                                                    "reason": d.reason[:300]} for d in a.decisions]}
+                                    for a in approvals], 0.2)
+        said, more_events = fit([{"ts": e.ts.isoformat(), "actor": e.actor, "action": e.action,
+                                  "outcome": e.outcome} for e in reversed(events)], 0.1)
+        # the rest is in the replay (markers) and in `bastion audit` (approvals, events): the counts say so
+        return {"session": _pick(row, DETAIL_KEYS), "markers": marks, "approvals": held, "events": said,
+                "more": {"markers": more_markers, "approvals": more_approvals, "events": more_events}}
 
     async def play(self, params: dict[str, Any]) -> dict[str, Any]:
         row, recording = await self._row(params.get("id"))
