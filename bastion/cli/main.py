@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.cli.audit import register as register_audit
 from bastion.cli.common import config_path, load_for_command, open_store, parse_offset, setup_logging
 from bastion.config import ConfigError, load_config
+from bastion.store.rows import cursor_of, parse_cursor
 
 if TYPE_CHECKING:
     from bastion.store.rows import SessionRecord
@@ -45,7 +46,18 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     if got is None:
         return 1
     _, store = got
-    rows = store.sessions(limit=args.limit)
+    before = None
+    if args.before:
+        try:
+            before = parse_cursor(args.before)
+        except ValueError:
+            print(f"bastion sessions list: --before {args.before!r} is not a cursor this command printed",
+                  file=sys.stderr)
+            return 2
+    rows = store.sessions(limit=args.limit + 1, before=before)  # one more: is there a next page?
+    more, rows = len(rows) > args.limit, rows[:args.limit]
+    if more:  # on stderr: stdout stays the list (or the JSON) alone
+        print(f"more: bastion sessions list --before '{cursor_of(rows[-1])}'", file=sys.stderr)
     if args.json:
         json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
         print()
@@ -270,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl = ss.add_parser("list", help="list sessions, newest first")
     sl.add_argument("--config", dest="config_file")
     sl.add_argument("--json", action="store_true")
-    sl.add_argument("--limit", type=int, default=200)
+    sl.add_argument("--limit", type=int, default=200, help="sessions per page (default 200)")
+    sl.add_argument("--before", metavar="CURSOR", help="the page after the one that printed this cursor")
     sl.set_defaults(func=cmd_sessions_list)
 
     _add_keys(sub)
