@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 CHANNEL = "bastion_events"
+RESYNC = {"kind": "approval", "id": None, "node": ""}  # "requests may have changed": every queue screen reloads
 
 
 def conninfo(url: str) -> str:
@@ -45,16 +46,21 @@ class PgListener:
     def _run(self) -> None:
         import psycopg
 
+        lost = False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo(self.url), autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
+                    if lost:  # what was said while we were not listening is gone: screens reload once
+                        self._deliver(json.dumps(RESYNC))
+                        lost = False
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=1.0):
                             self._deliver(n.payload)
             except Exception as e:  # the database went away: say so, retry; waiters still poll
                 self.listening.clear()
+                lost = True
                 log.warning("LISTEN %s: %s; retrying in 5 s", CHANNEL, e)
                 self._stop.wait(5)
 
