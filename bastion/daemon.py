@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import signal
 import socket
@@ -22,10 +23,11 @@ from bastion.oversight.live import LiveRegistry
 from bastion.sandbox import make_sandbox, python_paths
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.services import Background, Services
+from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.server import BastionServer
 from bastion.store.db import Store
-from bastion.store.listen import PgListener
+from bastion.store.listen import CHANNEL, PgListener
 
 log = logging.getLogger(__name__)
 MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpc.proto)
@@ -56,11 +58,13 @@ def build_services(config: Config, background: Background | None = None) -> Serv
 
     services = Services(
         config=config, store=store, storage=storage,
-        approvals=ApprovalService(store, node, lambda: current().roles, bg.spawn),
+        approvals=ApprovalService(store, node, lambda: current().roles, bg.spawn, lambda ev: services.publish(ev)),
         live=LiveRegistry(), login=None,
         sandbox=sandbox, auditing=AuditWorker(config, store, storage), node=node, spawn=bg.spawn,
         menu_paths=python_paths(MENU_PACKAGES),  # what the sandboxed menu may read of the installation
-        player_paths=python_paths(("recorder",)))  # and the sandboxed player (F5, p)
+        player_paths=python_paths(("recorder",)),  # and the sandboxed player (F5, p)
+        publish=lambda event: bg.spawn(asyncio.to_thread(store.notify, CHANNEL, json.dumps(event))),
+        cluster=store.shared)
     if config.oidc is not None:  # it reads the running config at once (the client secret)
         services.login = LoginService(current, store)
     return services
@@ -137,23 +141,8 @@ class Daemon:
         return True
 
     def _remote_event(self, event: dict[str, Any]) -> None:
-        """Something another node published (LISTEN): approvals changed, or one of our sessions is to end or is
-        being observed from there."""
-        s = self.services
-        kind = event.get("kind")
-        if kind in ("terminate", "observe"):
-            live = s.live.get(str(event.get("id", "")))
-            if live is None or event.get("node") != s.node:
-                return
-            if kind == "terminate":
-                log.warning("terminating session %s of %s at the request of %s on another node", live.sid,
-                            live.user, event.get("by"))
-                live.terminate(str(event.get("by", "?"))[:255], str(event.get("reason", ""))[:500])
-            else:
-                live.tee.writer.marker(f"observed by {str(event.get('by', '?'))[:255]} "
-                                       f"(from node {str(event.get('from', '?'))[:255]})")
-            return
-        s.approvals.remote_event(event)
+        """Something another node published (LISTEN)."""
+        handle_event(self.services, event)
 
     async def _cluster_loop(self) -> None:
         """Beat; and take over the bookkeeping of nodes that stopped beating (crashed): their active sessions

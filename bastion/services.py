@@ -60,6 +60,9 @@ class Services:
     spawn: Callable[[Awaitable[Any]], None]
     menu_paths: list[Path] = field(default_factory=list)  # what the sandboxed menu may read of the installation
     player_paths: list[Path] = field(default_factory=list)  # and the sandboxed player
+    # tells every other process and node (approvals changed, end or observe a session carried elsewhere)
+    publish: Callable[[dict[str, Any]], None] = field(default=lambda event: None)
+    cluster: bool = False  # other processes or nodes share the store: their live sessions are listed too
 
     @property
     def server_name(self) -> str:

@@ -7,7 +7,6 @@ self-approval and a second decision by the same person inside the recording tran
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 from bastion.context import ConnectionContext
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
 from bastion.store.db import Store
-from bastion.store.listen import CHANNEL
 from bastion.store.rows import RequestRecord
 from policies.access import RoleLike, may_review
 from policies.engine import Decision
@@ -26,6 +24,7 @@ POLL = 1.0  # seconds between store checks while waiting (decisions taken by ano
 
 
 Spawn = Callable[[Any], None]  # runs an awaitable in the background (errors logged, never lost)
+Publish = Callable[[dict[str, Any]], None]  # tells the other processes and nodes (they get it as a remote event)
 
 
 def final_state(req: RequestRecord | None) -> tuple[str, str]:
@@ -38,8 +37,9 @@ class ApprovalService:
     """One per daemon: given the store, this node's name, the running config's roles (a getter: they change on
     reload) and a way to run background work -- not the daemon."""
 
-    def __init__(self, store: Store, node: str, roles: Callable[[], Mapping[str, RoleLike]], spawn: Spawn):
-        self.store, self.node, self.roles, self.spawn = store, node, roles, spawn
+    def __init__(self, store: Store, node: str, roles: Callable[[], Mapping[str, RoleLike]], spawn: Spawn,
+                 publish: Publish):
+        self.store, self.node, self.roles, self.spawn, self.publish = store, node, roles, spawn, publish
         self.db = ApprovalStore(store)
         self._waiters: dict[int, asyncio.Event] = {}
         self.listeners: set[Callable[[], None]] = set()
@@ -47,8 +47,7 @@ class ApprovalService:
     def _notify(self, rid: int | None = None) -> None:
         """Tell this node's reviewer screens, and (PostgreSQL) every other node, that requests changed."""
         if rid is not None:
-            payload = json.dumps({"kind": "approval", "id": rid, "node": self.node})
-            self.spawn(asyncio.to_thread(self.store.notify, CHANNEL, payload))
+            self.publish({"kind": "approval", "id": rid, "node": self.node})
         self._changed()
 
     def remote_event(self, event: dict[str, Any]) -> None:

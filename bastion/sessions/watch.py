@@ -4,7 +4,6 @@ and ending one with a reason the operator sees. Every step is an audit event."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
-from bastion.store.listen import CHANNEL
 from bastion.store.rows import SessionRecord
 from policies.access import may_watch
 
@@ -43,7 +41,7 @@ class Watch:
         """Active sessions that other nodes carry (several nodes share a PostgreSQL store) and this user may
         watch."""
         s = self.services
-        if not s.store.shared:
+        if not s.cluster:
             return []
         rows = await asyncio.to_thread(s.store.sessions, 500, outcome="active")
         return [r for r in rows if r.node != s.node and (sid is None or r.id == sid)
@@ -74,8 +72,7 @@ class Watch:
         ctx, s, sid = self.ctx, self.services, r.id
         await asyncio.to_thread(s.store.audit, ctx.username, "session.observe", "ok", resource=r.resource,
                                 session_id=sid, client_addr=ctx.peer, user=r.user, node=r.node)
-        await asyncio.to_thread(s.store.notify, CHANNEL, json.dumps(
-            {"kind": "observe", "id": sid, "by": ctx.username, "node": r.node, "from": s.node}))
+        s.publish({"kind": "observe", "id": sid, "by": ctx.username, "node": r.node, "from": s.node})
         log.info("%s: observing session %s of %s on node %s", ctx.who, sid, r.user, r.node)
 
         async def still_active() -> bool:
@@ -109,6 +106,5 @@ class Watch:
         ctx, s, sid = self.ctx, self.services, r.id
         await asyncio.to_thread(s.store.audit, ctx.username, "session.terminate", "ok", resource=r.resource,
                                 session_id=sid, client_addr=ctx.peer, user=r.user, reason=reason, node=r.node)
-        await asyncio.to_thread(s.store.notify, CHANNEL, json.dumps(
-            {"kind": "terminate", "id": sid, "by": ctx.username, "reason": reason, "node": r.node}))
+        s.publish({"kind": "terminate", "id": sid, "by": ctx.username, "reason": reason, "node": r.node})
         log.warning("%s: asked node %s to terminate session %s of %s: %s", ctx.who, r.node, sid, r.user, reason)

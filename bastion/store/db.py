@@ -153,10 +153,11 @@ class Store:
                 rec.chain = head.head = recording_link(rec.prev_chain, sid, sha256)
 
     def mark_interrupted(self, node: str) -> int:
-        """Sessions of ``node`` still ``active`` (the daemon died under them) become ``interrupted``."""
+        """Sessions of ``node`` (and of its connection processes, ``node/PID``) still ``active`` -- the daemon or
+        the process died under them -- become ``interrupted``."""
         n = 0
         with self.tx() as s:
-            for row in s.scalars(select(Session).where(Session.outcome == "active", Session.node == node)):
+            for row in s.scalars(select(Session).where(Session.outcome == "active", of_node(Session.node, node))):
                 row.outcome = "interrupted"
                 row.ended_at = row.ended_at or now()
                 row.message = "the bastion stopped while this session was active"
@@ -300,6 +301,12 @@ def _session_record(sess: Session, rec: Recording | None) -> SessionRecord:
         client_addr=sess.client_addr, node=sess.node, started_at=_aware(sess.started_at),
         ended_at=_aware(sess.ended_at), outcome=sess.outcome, exit_status=sess.exit_status, message=sess.message,
         recording=rec.path if rec else None, sha256=rec.sha256 if rec else None)
+
+
+def of_node(column: Any, node: str) -> Any:
+    """``column`` names ``node`` or one of its connection processes (``node/PID``)."""
+    literal = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return or_(column == node, column.like(literal + "/%", escape="\\"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
