@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from bastion.store.listen import CHANNEL, PgListener
 log = logging.getLogger(__name__)
 MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpc.proto)
 RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "recordings", "log_dir", "sandbox", "oidc",
-                "cluster")
+                "cluster", "processes")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -42,11 +43,27 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
     return ensure_private_key(path, "bastion host key")
 
 
-def build_services(config: Config, background: Background | None = None) -> Services:
+def node_name(config: Config) -> str:
+    """This node's name in the store (its connection processes are ``NAME/PID``)."""
+    return config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
+
+
+def server_options(config: Config, host_keys: list[asyncssh.SSHKey]) -> dict[str, Any]:
+    """How every connection is served, by this process or by a connection process of its own."""
+    lim, oidc = config.limits, config.oidc
+    # the SSH login timeout: above the longest keyboard-interactive device flow when OIDC is on
+    login_timeout = max(lim.login_timeout, oidc.login_timeout + 30) if oidc is not None else lim.login_timeout
+    return dict(server_host_keys=host_keys, login_timeout=login_timeout, agent_forwarding=False,
+                x11_forwarding=False, allow_pty=True, line_editor=False, encoding=None, keepalive_interval=60,
+                allow_scp=False, config=[], encryption_algs=CIPHERS,
+                send_server_host_keys=True)  # clients learn every listed key: host key rotation without a flag day
+
+
+def build_services(config: Config, background: Background | None = None, *, node: str | None = None) -> Services:
     """The daemon's shared parts for ``config``, not yet started (no migration, no listening)."""
     bg = background or Background()
     store = Store(config.database_url)
-    node = config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
+    node = node or node_name(config)
     sandbox = make_sandbox(config.sandbox.mode, config.sandbox.user)  # checked with the config
     if not sandbox.active:
         log.warning("session processes run without a sandbox (sandbox.mode %s%s)", config.sandbox.mode,
@@ -70,6 +87,33 @@ def build_services(config: Config, background: Background | None = None) -> Serv
     return services
 
 
+def reload_services(s: Services, *, audit: bool = True) -> bool:
+    """Re-read the config file (SIGHUP, ``systemctl reload``) without dropping anyone: new connections and new
+    sessions use the new users, keys, roles, resources and policies; open sessions keep the policy they opened
+    with; connections keep the roles they logged in with. A config with problems is refused as a whole and the
+    running one stays. Listening address, host keys, database, recordings directory, logs, sandbox, OIDC and
+    processes change only with a restart."""
+    old = s.config
+    try:
+        new = load_config(old.path, check_files=True)
+    except ConfigError as e:
+        log.error("reload refused; the running config stays:\n%s", e)
+        if audit:
+            s.spawn(asyncio.to_thread(s.store.audit, "bastion", "config.reload", "refused",
+                                      problems=e.problems[:20]))
+        return False
+    fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+    if fixed:
+        log.warning("reload: %s change only with a restart; the running values stay", ", ".join(fixed))
+        new = dataclasses.replace(new, **{f: getattr(old, f) for f in fixed})
+    s.config = new
+    log.info("reloaded %s: %d resources, %d local users, %d roles", new.path, len(new.resources),
+             len(new.users), len(new.roles))
+    if audit:  # once per node: its connection processes reload quietly
+        s.spawn(asyncio.to_thread(s.store.audit, "bastion", "config.reload", "ok", kept=fixed))
+    return True
+
+
 class Daemon:
     """Owns the services and the listening SSH server."""
 
@@ -78,6 +122,9 @@ class Daemon:
         self.counter = ConnectionCounter()
         self.keys = UserKeys(config.user_keys)
         self.server: asyncssh.SSHAcceptor | None = None
+        # what another node said reaches this process's sessions (the node process of per-connection processes
+        # passes it on to them instead)
+        self.on_event: Callable[[dict[str, Any]], None] = lambda event: handle_event(self.services, event)
         self._listener: PgListener | None = None
         self._cluster: asyncio.Task[None] | None = None
 
@@ -85,13 +132,9 @@ class Daemon:
     def config(self) -> Config:
         return self.services.config
 
-    def _login_timeout(self) -> float:
-        """SSH login timeout: above the longest keyboard-interactive device flow when OIDC is on."""
-        lim, oidc = self.config.limits, self.config.oidc
-        return max(lim.login_timeout, oidc.login_timeout + 30) if oidc is not None else lim.login_timeout
-
-    async def start(self) -> None:
-        """Migrate the store, mark sessions of a previous run interrupted, and listen."""
+    async def start(self, *, listen: bool = True) -> None:
+        """Migrate the store, mark sessions of a previous run interrupted, and listen (unless the node's
+        connections are served by processes of their own: then this is the node process, which keeps the books)."""
         s = self.services
         await asyncio.to_thread(s.store.migrate)
         n = await asyncio.to_thread(s.store.mark_interrupted, s.node)
@@ -105,44 +148,26 @@ class Daemon:
             self._listener = PgListener(s.store.url, self._remote_event)
             self._listener.start()
         self._cluster = asyncio.create_task(self._cluster_loop())
+        if not listen:
+            return
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
         self.server = await asyncssh.create_server(
             lambda: BastionServer(s, self.counter, lambda: self.keys), self.config.listen.host,
-            self.config.listen.port, server_host_keys=host_keys, login_timeout=self._login_timeout(),
-            agent_forwarding=False, x11_forwarding=False, allow_pty=True, line_editor=False, encoding=None,
-            keepalive_interval=60, allow_scp=False, reuse_address=True, config=[], encryption_algs=CIPHERS,
-            send_server_host_keys=True)  # clients learn every listed key: host key rotation without a flag day
+            self.config.listen.port, reuse_address=True, **server_options(self.config, host_keys))
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))
 
     def reload(self) -> bool:
-        """Re-read the config file (SIGHUP, ``systemctl reload``) without dropping anyone: new connections and new
-        sessions use the new users, keys, roles, resources and policies; open sessions keep the policy they opened
-        with; connections keep the roles they logged in with. A config with problems is refused as a whole and the
-        running one stays. Listening address, host keys, database, recordings directory, logs, sandbox and OIDC
-        change only with a restart."""
-        s, old = self.services, self.config
-        try:
-            new = load_config(old.path, check_files=True)
-        except ConfigError as e:
-            log.error("reload refused; the running config stays:\n%s", e)
-            s.spawn(asyncio.to_thread(s.store.audit, "bastion", "config.reload", "refused",
-                                      problems=e.problems[:20]))
+        """Re-read the config file (SIGHUP, ``systemctl reload``); see :func:`reload_services`."""
+        if not reload_services(self.services):
             return False
-        fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
-        if fixed:
-            log.warning("reload: %s change only with a restart; the running values stay", ", ".join(fixed))
-            new = dataclasses.replace(new, **{f: getattr(old, f) for f in fixed})
-        s.config = new
-        self.keys = UserKeys(new.user_keys)
-        log.info("reloaded %s: %d resources, %d local users, %d roles", new.path, len(new.resources),
-                 len(new.users), len(new.roles))
-        s.spawn(asyncio.to_thread(s.store.audit, "bastion", "config.reload", "ok", kept=fixed))
+        self.keys = UserKeys(self.config.user_keys)
         return True
 
     def _remote_event(self, event: dict[str, Any]) -> None:
-        """Something another node published (LISTEN)."""
-        handle_event(self.services, event)
+        """Something another node published (LISTEN); the node process of per-connection processes passes it on."""
+        self.on_event(event)
+
 
     async def _cluster_loop(self) -> None:
         """Beat; and take over the bookkeeping of nodes that stopped beating (crashed): their active sessions

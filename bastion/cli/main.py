@@ -35,6 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     setup_logging(args.verbose, cfg.log_dir)
+    if cfg.processes == "per-connection":
+        from bastion.workers.supervisor import serve as serve_forked
+
+        return serve_forked(cfg)
     from bastion.daemon import serve
 
     asyncio.run(serve(cfg))

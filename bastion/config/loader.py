@@ -148,7 +148,7 @@ def _config(path: Path, schema: FileSchema, lines: LineMap) -> Config:
         oidc=schema.oidc,
         recordings=schema.recordings,
         audit=schema.audit,
-        cluster=schema.cluster,
+        cluster=schema.cluster, processes=schema.processes,
         lines=lines,
     )
 

@@ -1,0 +1,121 @@
+"""A connection process: one SSH connection, served exactly as the single-process daemon serves it, in a process
+of its own (forked by the supervisor, so it starts with everything imported and costs little memory). The kernel
+schedules it like any other: an operator typing here never waits behind another's bulk output, and the node's
+connections spread over every core.
+
+It dies with the supervisor (PR_SET_PDEATHSIG): a daemon killed with ``kill -9`` takes its sessions with it, as
+before, and the next start marks them interrupted. On SIGTERM it closes its connection; its sessions end and are
+recorded as ended. Its node name is ``NODE/PID``, so the books of a crashed one are closed by the node process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import asyncssh
+
+from bastion.config import Config
+from bastion.daemon import build_services, reload_services, server_options
+from bastion.sessions.events import handle_event
+from bastion.ssh.admission import ConnectionCounter, UserKeys
+from bastion.ssh.server import BastionServer
+from bastion.workers.hub import HubClient
+
+log = logging.getLogger(__name__)
+DRAIN = 60.0  # seconds a closed connection's sessions get to close their books
+
+
+class Refused(ConnectionCounter):
+    """The supervisor counted this connection over a limit: it is told so at its first auth request."""
+
+    def admit(self, ip: str, max_total: int, max_per_source: int) -> bool:
+        return False
+
+
+class ClosedToNode:
+    """What the session broker calls when a recording is closed: the node process signs and indexes it."""
+
+    def __init__(self, hub: HubClient) -> None:
+        self.hub = hub
+
+    async def closed(self, sid: str) -> None:
+        self.hub.send({"to": "node", "kind": "closed", "id": sid})
+
+
+def die_with_parent() -> None:
+    """SIGKILL when the process that forked this one dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("cannot tie this connection process to the daemon's life")
+
+
+def run(config: Config, conn: socket.socket, hub: socket.socket, node: str, refused: bool,
+        host_keys: list[asyncssh.SSHKey]) -> int:
+    """The process's whole life (it then exits)."""
+    die_with_parent()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    return asyncio.run(_serve(config, conn, hub, node, refused, host_keys))
+
+
+async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, node: str, refused: bool,
+                 host_keys: list[asyncssh.SSHKey]) -> int:
+    services = build_services(config, node=node)
+    hub = HubClient(hub_sock)
+    services.publish, services.cluster = hub.publish, True
+    services.auditing = ClosedToNode(hub)  # type: ignore[assignment]  # a narrower "recording closed" than AuditWorker
+    keys = UserKeys(config.user_keys)
+
+    def on_message(msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if isinstance(event, dict):
+            handle_event(services, event)
+
+    def reload() -> None:
+        nonlocal keys
+        if reload_services(services, audit=False):
+            keys = UserKeys(services.config.user_keys)
+
+    await hub.start(on_message)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    counter = Refused() if refused else ConnectionCounter()
+    ssh: asyncssh.SSHServerConnection | None = None
+    try:
+        conn.setblocking(False)
+        ssh = await asyncssh.run_server(conn, server_factory=lambda: BastionServer(services, counter, lambda: keys),
+                                        **server_options(config, host_keys))
+        loop.add_signal_handler(signal.SIGTERM, ssh.close)
+        await ssh.wait_closed()
+    except (OSError, asyncssh.Error) as e:  # the client went away or failed to log in: logged by the server
+        log.debug("connection ended before it was served: %s", e)
+    hub.send({"to": "supervisor", "kind": "released"})  # the connection is gone: it no longer counts
+    await _drain(hub)
+    services.store.engine.dispose()
+    return 0
+
+
+async def _drain(hub: HubClient) -> None:
+    """Let the connection's sessions close their books (store rows, recordings, audit events) before exiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN
+    while loop.time() < deadline:
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
+                and t is not hub.reader]
+        if not rest:
+            break
+        await asyncio.wait(rest, timeout=max(0.0, deadline - loop.time()))
+    hub.stop()
+
+
+def exit_now(code: int) -> None:
+    """Leave without the parent's exit handlers (they are the supervisor's business)."""
+    logging.shutdown()
+    os._exit(code)
