@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bastion.config import Config
 from bastion.context import ConnectionContext
@@ -22,6 +22,30 @@ from bastion.store.identities import Identities
 from policies.access import grants_for
 
 log = logging.getLogger(__name__)
+
+
+class PendingCounter(Protocol):
+    async def take(self, ip: str, limit: int) -> bool: ...
+    def give_back(self, ip: str) -> None: ...
+
+
+class PendingLogins:
+    """Device flows pending per source address, held to ``max_pending_per_source`` (in this process; a daemon of
+    connection processes counts them in its supervisor instead)."""
+
+    def __init__(self) -> None:
+        self.pending: Counter[str] = Counter()
+
+    async def take(self, ip: str, limit: int) -> bool:
+        if self.pending[ip] >= limit:
+            return False
+        self.pending[ip] += 1
+        return True
+
+    def give_back(self, ip: str) -> None:
+        self.pending[ip] -= 1
+        if self.pending[ip] <= 0:
+            del self.pending[ip]
 
 
 class LoginRefused(Exception):
@@ -42,30 +66,28 @@ class LoginService:
             secret = Path(first.resolve(cfg.client_secret_file)).read_text().strip()
         self.client = OidcClient(cfg, secret)
         self.identities = Identities(store, reserved=set(first.users))
-        self.pending: Counter[str] = Counter()
+        self.pending: PendingCounter = PendingLogins()
 
     async def start(self, ctx: ConnectionContext) -> DeviceCode:
         """A new device code for this connection (LoginRefused when this source has too many pending)."""
         ip = ctx.peer.rsplit(":", 1)[0]
-        if self.pending[ip] >= self.cfg.max_pending_per_source:
+        if not await self.pending.take(ip, self.cfg.max_pending_per_source):
             await self._audit(ctx, "refused", reason="too many pending logins from this address")
             raise LoginRefused("too many sign-ins are pending from your address; finish or cancel one first")
         try:
             code = await self.client.start_device_flow()
         except OidcError as e:
+            self.pending.give_back(ip)
             log.error("%s: OIDC login cannot start: %s", ctx.who, e)
             await self._audit(ctx, "error", reason=str(e))
             raise LoginRefused("the identity provider cannot be reached; try again later") from None
-        self.pending[ip] += 1
         ctx.login_ip = ip
         return code
 
     def _done(self, ctx: ConnectionContext) -> None:
         ip = ctx.login_ip
         if ip is not None:
-            self.pending[ip] -= 1
-            if self.pending[ip] <= 0:
-                del self.pending[ip]
+            self.pending.give_back(ip)
             ctx.login_ip = None
 
     async def finish(self, ctx: ConnectionContext, code: DeviceCode, *, method: str,

@@ -48,6 +48,20 @@ class ClosedToNode:
         self.hub.send({"to": "node", "kind": "closed", "id": sid})
 
 
+class PendingLoginsOfNode:
+    """Device flows pending per source address, counted by the supervisor for all the node's connections."""
+
+    def __init__(self, hub: HubClient) -> None:
+        self.hub = hub
+
+    async def take(self, ip: str, limit: int) -> bool:
+        answer = await self.hub.ask({"kind": "login.take", "ip": ip, "limit": limit})
+        return bool(answer and answer.get("ok"))  # no answer: refused (fail closed)
+
+    def give_back(self, ip: str) -> None:
+        self.hub.send({"to": "supervisor", "kind": "login.give", "ip": ip})
+
+
 def die_with_parent() -> None:
     """SIGKILL when the process that forked this one dies."""
     try:
@@ -71,6 +85,8 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, n
     hub = HubClient(hub_sock)
     services.publish, services.cluster = hub.publish, True
     services.auditing = ClosedToNode(hub)  # type: ignore[assignment]  # a narrower "recording closed" than AuditWorker
+    if services.login is not None:
+        services.login.pending = PendingLoginsOfNode(hub)
     keys = UserKeys(config.user_keys)
 
     def on_message(msg: dict[str, Any]) -> None:

@@ -77,6 +77,8 @@ class HubClient:
         self.sock = sock
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
 
     async def start(self, on_message: Callable[[dict[str, Any]], None]) -> None:
         self.sock.setblocking(False)
@@ -95,7 +97,11 @@ class HubClient:
                 msg = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(msg, dict):
+            if isinstance(msg, dict) and isinstance(msg.get("answer"), int):
+                fut = self._asked.pop(msg["answer"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif isinstance(msg, dict):
                 try:
                     on_message(msg)
                 except Exception:
@@ -109,6 +115,19 @@ class HubClient:
     def send(self, msg: dict[str, Any]) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(line(msg))
+
+    async def ask(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
+        """Ask the supervisor; its answer (None if none comes)."""
+        self._next += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[self._next] = fut
+        self.send({"to": "supervisor", "ask": self._next, **msg})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._asked.pop(self._next, None)
 
     def publish(self, event: dict[str, Any]) -> None:
         """To every other process of the node (and, through the node process, to other nodes)."""

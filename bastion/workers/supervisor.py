@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.config import Config, ConfigError, load_config
@@ -42,6 +42,7 @@ class Child:
     peer: Peer
     node: str
     ip: str | None  # counted against the limits (None: refused, not counted)
+    logins: list[str] = field(default_factory=list)  # source addresses of its pending sign-ins
 
 
 class Supervisor:
@@ -55,6 +56,7 @@ class Supervisor:
         self.node: Child | None = None
         self.total = 0
         self.per_ip: Counter[str] = Counter()
+        self.pending_logins: Counter[str] = Counter()
         self.ready = False
         self.stopping = False
         self.signals: list[int] = []
@@ -160,8 +162,25 @@ class Supervisor:
                 continue
             self._drop(c)
             self._release(c)
+            for ip in c.logins:  # its sign-ins in progress end with it
+                self.pending_logins[ip] -= 1
             if self.node is not None:
                 self.node.peer.send({"kind": "exited", "node": c.node, "status": status})
+
+    def logins(self, c: Child, msg: dict[str, Any]) -> None:
+        """Pending sign-ins per source address, for all connection processes (the OIDC login service asks)."""
+        ip = str(msg.get("ip", ""))[:64]
+        if msg["kind"] == "login.give":
+            if ip in c.logins:
+                c.logins.remove(ip)
+                self.pending_logins[ip] -= 1
+            return
+        limit = msg.get("limit")
+        ok = isinstance(limit, int) and self.pending_logins[ip] < limit
+        if ok:
+            self.pending_logins[ip] += 1
+            c.logins.append(ip)
+        c.peer.send({"answer": msg.get("ask"), "ok": ok})
 
     def _release(self, c: Child) -> None:
         """The connection no longer counts against the limits (closed; its process may still be closing books)."""
@@ -185,6 +204,8 @@ class Supervisor:
             self.ready = True
         elif to == "supervisor" and msg.get("kind") == "released" and sender in self.children:
             self._release(self.children[sender])
+        elif to == "supervisor" and msg.get("kind") in ("login.take", "login.give") and sender in self.children:
+            self.logins(self.children[sender], msg)
         elif to in ("all", "children") and isinstance(msg.get("event"), dict):
             for c in list(self.children.values()):
                 if c.pid != sender:

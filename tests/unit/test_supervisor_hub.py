@@ -1,0 +1,78 @@
+"""The supervisor's side of the hub, without forking: what one connection process publishes reaches every other and
+the node process, what the node process hears from other nodes reaches every connection process, and pending
+sign-ins are counted per source address across all of them (a process that dies gives its back)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.config import load_config
+from bastion.workers.hub import Peer
+from bastion.workers.supervisor import Child, Supervisor
+from tests.unit.test_menu_handlers import CONFIG
+
+
+class Ends:
+    def __init__(self, n: int) -> None:
+        self.pairs = [socket.socketpair() for _ in range(n)]
+
+    def peer(self, i: int) -> Peer:
+        return Peer(self.pairs[i][0], f"p{i}")
+
+    def got(self, i: int) -> list[dict[str, Any]]:
+        far = self.pairs[i][1]
+        far.setblocking(False)
+        data = b""
+        try:
+            while chunk := far.recv(65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        return [json.loads(x) for x in data.splitlines()]
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> Supervisor:
+    (tmp_path / "bastion.yaml").write_text(CONFIG)
+    return Supervisor(load_config(tmp_path / "bastion.yaml", check_files=False))
+
+
+def test_events_go_to_everyone_else(sup: Supervisor) -> None:
+    ends = Ends(3)
+    sup.node = Child(100, ends.peer(0), "n", None)
+    sup.children = {101: Child(101, ends.peer(1), "n/101", "192.0.2.1"),
+                    102: Child(102, ends.peer(2), "n/102", "192.0.2.1")}
+    event = {"kind": "approval", "id": 7, "node": "n/101"}
+    sup.route(101, {"to": "all", "event": event})
+    assert ends.got(2) == [{"event": event}] and ends.got(1) == []  # not back to the sender
+    assert ends.got(0) == [{"to": "all", "event": event}]  # the node process passes it on to other nodes
+    remote = {"kind": "terminate", "id": "s", "node": "n/102"}
+    sup.route(100, {"to": "children", "event": remote})
+    assert ends.got(1) == [{"event": remote}] and ends.got(2) == [{"event": remote}] and ends.got(0) == []
+    sup.route(101, {"to": "node", "kind": "closed", "id": "s1"})
+    assert ends.got(0) == [{"to": "node", "kind": "closed", "id": "s1"}]
+    sup.route(101, {"to": "supervisor", "kind": "ready"})  # only the node process says that
+    assert not sup.ready
+
+
+def test_pending_sign_ins_are_counted_across_processes(sup: Supervisor) -> None:
+    ends = Ends(2)
+    a, b = Child(201, ends.peer(0), "n/201", "192.0.2.9"), Child(202, ends.peer(1), "n/202", "192.0.2.9")
+    sup.children = {201: a, 202: b}
+    take = {"to": "supervisor", "kind": "login.take", "ip": "192.0.2.9", "limit": 2}
+    sup.route(201, take | {"ask": 1})
+    sup.route(202, take | {"ask": 1})
+    sup.route(202, take | {"ask": 2})
+    assert [m["ok"] for m in ends.got(0)] == [True] and [m["ok"] for m in ends.got(1)] == [True, False]
+    sup.route(201, {"to": "supervisor", "kind": "login.give", "ip": "192.0.2.9"})
+    sup.route(201, {"to": "supervisor", "kind": "login.give", "ip": "192.0.2.9"})  # twice: counted once
+    sup.route(202, take | {"ask": 3})
+    assert [m["ok"] for m in ends.got(1)] == [True]
+    sup.route(201, take | {"ask": 2, "limit": "2"})  # a limit that is not a number: refused
+    assert [m["ok"] for m in ends.got(0)] == [False]
+    assert sup.pending_logins["192.0.2.9"] == 2
