@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ class ApprovalService:
     def __init__(self, store: Store, node: str, roles: Callable[[], Mapping[str, RoleLike]], spawn: Spawn,
                  publish: Publish):
         self.store, self.node, self.roles, self.spawn, self.publish = store, node, roles, spawn, publish
+        self.process = f"{node}/{os.getpid()}"  # what this process publishes, it does not hear back
         self.db = ApprovalStore(store)
         self._waiters: dict[int, asyncio.Event] = {}
         self.listeners: set[Callable[[], None]] = set()
@@ -47,12 +49,12 @@ class ApprovalService:
     def _notify(self, rid: int | None = None) -> None:
         """Tell this node's reviewer screens, and (PostgreSQL) every other node, that requests changed."""
         if rid is not None:
-            self.publish({"kind": "approval", "id": rid, "node": self.node})
+            self.publish({"kind": "approval", "id": rid, "node": self.node, "process": self.process})
         self._changed()
 
     def remote_event(self, event: dict[str, Any]) -> None:
-        """Another node created, decided or ended a request."""
-        if event.get("kind") != "approval" or event.get("node") == self.node:
+        """Another node, or another connection process of this one, created, decided or ended a request."""
+        if event.get("kind") != "approval" or event.get("process") == self.process:
             return
         rid = event.get("id")
         if isinstance(rid, int):

@@ -39,13 +39,13 @@ class Watch:
         return live
 
     async def remote(self, sid: str | None = None) -> list[SessionRecord]:
-        """Active sessions that other nodes carry (several nodes share a PostgreSQL store) and this user may
-        watch."""
+        """Active sessions that other nodes -- or other connection processes of this node -- carry (they share the
+        store) and this user may watch."""
         s = self.services
         if not s.cluster:
             return []
         rows = await asyncio.to_thread(s.store.sessions, 500, outcome="active")
-        return [r for r in rows if r.node != s.node and (sid is None or r.id == sid)
+        return [r for r in rows if s.live.get(r.id) is None and (sid is None or r.id == sid)
                 and may_watch(self.ctx.grants, s.config.roles, r.resource)]
 
     async def listing(self) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,12 +152,15 @@ class Store:
                 rec.closed_at = now()
                 rec.chain = head.head = recording_link(rec.prev_chain, sid, sha256)
 
-    def mark_interrupted(self, node: str) -> int:
-        """Sessions of ``node`` (and of its connection processes, ``node/PID``) still ``active`` -- the daemon or
-        the process died under them -- become ``interrupted``."""
+    def mark_interrupted(self, node: str, *, ids: Collection[str] | None = None) -> int:
+        """Sessions of ``node`` still ``active`` -- the daemon (or, with ``ids``, the connection process that
+        carried these) died under them -- become ``interrupted``."""
         n = 0
+        q = select(Session).where(Session.outcome == "active", of_node(Session.node, node))
+        if ids is not None:
+            q = q.where(Session.id.in_(list(ids)))
         with self.tx() as s:
-            for row in s.scalars(select(Session).where(Session.outcome == "active", of_node(Session.node, node))):
+            for row in s.scalars(q):
                 row.outcome = "interrupted"
                 row.ended_at = row.ended_at or now()
                 row.message = "the bastion stopped while this session was active"

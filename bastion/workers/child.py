@@ -5,7 +5,8 @@ connections spread over every core.
 
 It dies with the supervisor (PR_SET_PDEATHSIG): a daemon killed with ``kill -9`` takes its sessions with it, as
 before, and the next start marks them interrupted. On SIGTERM it closes its connection; its sessions end and are
-recorded as ended. Its node name is ``NODE/PID``, so the books of a crashed one are closed by the node process.
+recorded as ended. It tells the node process which sessions it carries, so that if it dies their books are
+closed there (interrupted, recordings chained as far as they got).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.daemon import build_services, reload_services, server_options
+from bastion.oversight.live import LiveRegistry, LiveSession
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.server import BastionServer
@@ -36,6 +38,23 @@ class Refused(ConnectionCounter):
 
     def admit(self, ip: str, max_total: int, max_per_source: int) -> bool:
         return False
+
+
+class ReportingLive(LiveRegistry):
+    """This process's live sessions, each also announced to the node process (which closes their books if this
+    process dies)."""
+
+    def __init__(self, hub: HubClient) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def add(self, live: LiveSession) -> None:
+        super().add(live)
+        self.hub.send({"to": "node", "kind": "live.add", "id": live.sid})
+
+    def remove(self, sid: str) -> None:
+        super().remove(sid)
+        self.hub.send({"to": "node", "kind": "live.remove", "id": sid})
 
 
 class ClosedToNode:
@@ -62,28 +81,30 @@ class PendingLoginsOfNode:
         self.hub.send({"to": "supervisor", "kind": "login.give", "ip": ip})
 
 
-def die_with_parent() -> None:
-    """SIGKILL when the process that forked this one dies."""
+def die_with_parent(name: str) -> None:
+    """SIGKILL when the process that forked this one dies; ``name`` is what ps and top show for it."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, name.encode()[:15])  # PR_SET_NAME
     except (OSError, AttributeError):
-        log.warning("cannot tie this connection process to the daemon's life")
+        log.warning("cannot tie this process to the daemon's life")
 
 
-def run(config: Config, conn: socket.socket, hub: socket.socket, node: str, refused: bool,
+def run(config: Config, conn: socket.socket, hub: socket.socket, refused: bool,
         host_keys: list[asyncssh.SSHKey]) -> int:
     """The process's whole life (it then exits)."""
-    die_with_parent()
+    die_with_parent("bastion-conn")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    return asyncio.run(_serve(config, conn, hub, node, refused, host_keys))
+    return asyncio.run(_serve(config, conn, hub, refused, host_keys))
 
 
-async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, node: str, refused: bool,
+async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, refused: bool,
                  host_keys: list[asyncssh.SSHKey]) -> int:
-    services = build_services(config, node=node)
+    services = build_services(config)
     hub = HubClient(hub_sock)
-    services.publish, services.cluster = hub.publish, True
+    services.publish, services.cluster, services.live = hub.publish, True, ReportingLive(hub)
     services.auditing = ClosedToNode(hub)  # type: ignore[assignment]  # a narrower "recording closed" than AuditWorker
     if services.login is not None:
         services.login.pending = PendingLoginsOfNode(hub)
@@ -108,6 +129,9 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, n
         conn.setblocking(False)
         ssh = await asyncssh.run_server(conn, server_factory=lambda: BastionServer(services, counter, lambda: keys),
                                         **server_options(config, host_keys))
+        # asyncssh announces the host keys after auth only to connections it accepted itself (run_server returns
+        # at auth, before it would): say them here, so clients learn the next key of a rotation
+        ssh.send_server_host_keys()
         loop.add_signal_handler(signal.SIGTERM, ssh.close)
         await ssh.wait_closed()
     except (OSError, asyncssh.Error) as e:  # the client went away or failed to log in: logged by the server

@@ -2,8 +2,9 @@
 the books of a previous run, heartbeats and the cluster's bookkeeping, chain signing, indexing, retention -- and
 the bridge between this node's processes and other nodes (LISTEN/NOTIFY when they share a PostgreSQL store).
 
-A connection process that ends (crashed or killed) is reported by the supervisor; sessions it left ``active`` are
-marked interrupted (their recordings chained as far as they got) and its pending requests cancelled."""
+Each connection process announces the sessions it carries; when one ends (crashed or killed; the supervisor says
+so), those it left ``active`` are marked interrupted (their recordings chained as far as they got) and the requests
+they held cancelled."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config, hub: socket.socket) -> int:
-    die_with_parent()
+    die_with_parent("bastion-node")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     return asyncio.run(_serve(config, hub))
@@ -49,13 +50,22 @@ async def _serve(config: Config, hub_sock: socket.socket) -> int:
         if event.get("origin") != origin:
             hub.send({"to": "children", "event": event})
 
+    carried: dict[int, set[str]] = {}  # connection process -> the live sessions it carries
+
     def on_message(msg: dict[str, Any]) -> None:
+        kind, pid, sid = msg.get("kind"), msg.get("from"), msg.get("id")
         if msg.get("to") == "all" and isinstance(msg.get("event"), dict):
             to_other_nodes(msg["event"])  # a connection process's news, for the other nodes
-        elif msg.get("kind") == "closed" and isinstance(msg.get("id"), str):
-            s.spawn(s.auditing.closed(msg["id"]))
-        elif msg.get("kind") == "exited" and isinstance(msg.get("node"), str):
-            s.spawn(_ended(daemon, msg["node"]))
+        elif kind == "closed" and isinstance(sid, str):
+            s.spawn(s.auditing.closed(sid))
+        elif kind == "live.add" and isinstance(pid, int) and isinstance(sid, str):
+            carried.setdefault(pid, set()).add(sid)
+        elif kind == "live.remove" and isinstance(pid, int) and isinstance(sid, str):
+            carried.get(pid, set()).discard(sid)
+        elif kind == "exited" and isinstance(pid, int):
+            left = carried.pop(pid, set())
+            if left:
+                s.spawn(_ended(daemon, pid, left))
 
     s.publish = publish
     daemon.on_event = from_other_nodes  # LISTEN feeds the hub, not this process
@@ -73,14 +83,15 @@ async def _serve(config: Config, hub_sock: socket.socket) -> int:
     return 0
 
 
-async def _ended(daemon: Daemon, node: str) -> None:
-    """A connection process is gone: whatever it left open is closed in the books."""
+async def _ended(daemon: Daemon, pid: int, sids: set[str]) -> None:
+    """A connection process ended with these sessions live: close their books."""
     s = daemon.services
-    n = await asyncio.to_thread(s.store.mark_interrupted, node)
-    ids = await asyncio.to_thread(s.approvals.db.cancel_pending, node=node,
-                                  reason="the connection's process ended while the request was pending")
-    if n or ids:
-        log.warning("connection process %s ended with %d active session(s) and %d pending request(s): closed",
-                    node, n, len(ids))
+    n = await asyncio.to_thread(s.store.mark_interrupted, s.node, ids=sids)
+    ids: list[int] = []
+    for sid in sids:
+        ids += await asyncio.to_thread(s.approvals.db.cancel_pending, session_id=sid,
+                                       reason="the connection's process ended while the request was pending")
+    log.warning("connection process %d ended with %d active session(s) and %d pending request(s): closed",
+                pid, n, len(ids))
     for rid in ids:
         s.publish({"kind": "approval", "id": rid, "node": s.node})

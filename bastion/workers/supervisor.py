@@ -122,7 +122,7 @@ class Supervisor:
         config, keys = self.config, self.host_keys
 
         def body(hub: socket.socket) -> int:
-            return connection.run(config, conn, hub, f"{self.base}/{os.getpid()}", over, keys)
+            return connection.run(config, conn, hub, over, keys)
 
         pid, peer = self._fork("connection process", body)
         conn.close()
@@ -165,7 +165,7 @@ class Supervisor:
             for ip in c.logins:  # its sign-ins in progress end with it
                 self.pending_logins[ip] -= 1
             if self.node is not None:
-                self.node.peer.send({"kind": "exited", "node": c.node, "status": status})
+                self.node.peer.send({"kind": "exited", "from": pid, "status": status})
 
     def logins(self, c: Child, msg: dict[str, Any]) -> None:
         """Pending sign-ins per source address, for all connection processes (the OIDC login service asks)."""
@@ -213,7 +213,7 @@ class Supervisor:
             if to == "all" and not from_node and self.node is not None:
                 self.node.peer.send(msg)
         elif to == "node" and self.node is not None and not from_node:
-            self.node.peer.send(msg)
+            self.node.peer.send(msg | {"from": sender})
 
     def read_peer(self, pid: int) -> None:
         c = self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
