@@ -1,6 +1,8 @@
-"""Bulk output: `cat` of a large file through a recorded brokered session vs straight to the same sshd.
+"""Bulk output: `cat` of a large file through a recorded brokered session vs straight to the same sshd; then
+``--parallel N`` sessions at once, whose total throughput against one session's shows whether the bastion uses
+more than one core.
 
-    .venv/bin/python bench/bulk.py [--mb 200]
+    .venv/bin/python bench/bulk.py [--mb 200] [--parallel 4]
 """
 
 from __future__ import annotations
@@ -27,10 +29,29 @@ def timed(argv: list[str], expect: int) -> float:
     return took
 
 
+def together(argvs: list[list[str]], expect: int) -> float:
+    """Seconds until every one of ``argvs`` has delivered ``expect`` bytes, started at once."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for a in argvs]
+    got = []
+    for p in procs:  # read each to the end (the others keep streaming into their pipes meanwhile)
+        assert p.stdout is not None
+        n = 0
+        while chunk := p.stdout.read(1 << 20):
+            n += len(chunk)
+        p.wait()
+        got.append(n)
+    took = time.perf_counter() - t0
+    if got != [expect] * len(argvs):
+        raise RuntimeError(f"parallel runs delivered {got}, not {expect} each")
+    return took
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=4)
     args = ap.parse_args()
     with bastion_env() as env:
         data = env.dir / "bulk.txt"
@@ -42,6 +63,7 @@ def main() -> int:
         paths = {"direct ssh to the sshd": env.direct("cat", str(data), tty=False),
                  "bastion exec, recorded": env.via_bastion("plain", "--", f"cat {data}", tty=False)}
         best = {name: min(timed(argv, size) for _ in range(args.runs)) for name, argv in paths.items()}
+        par = {name: together([argv] * args.parallel, size) for name, argv in paths.items()} if args.parallel else {}
         casts = sorted((env.dir / "state" / "recordings").rglob("*.cast"))
         cast_mb = casts[-1].stat().st_size / 1e6 if casts else 0.0
     base = size / best["direct ssh to the sshd"] / 1e6
@@ -49,6 +71,11 @@ def main() -> int:
     print(table(f"Bulk output: cat of {size / 1e6:.0f} MB (best of {args.runs}) on {machine()}",
                 ["path", "seconds", "MB/s", "ratio to direct"], rows))
     print(f"recording of the last run: {cast_mb:.0f} MB\n")
+    if par:
+        rows = [(name, t, args.parallel * size / t / 1e6, args.parallel * size / t / (size / best[name]))
+                for name, t in par.items()]
+        print(table(f"{args.parallel} at once: cat of {size / 1e6:.0f} MB each",
+                    ["path", "seconds", "total MB/s", "total / one session's"], rows))
     return 0
 
 

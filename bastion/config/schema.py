@@ -122,7 +122,7 @@ class FileSchema(StrictModel):
     kubectl: str | None = None  # the kubectl binary for kubernetes resources (default: found on PATH)
     # "per-connection": every SSH connection is served by a process of its own (forked from the daemon), so one
     # operator's bulk output never slows another's typing and the node uses every core; "one": all in one process
-    processes: Literal["per-connection", "one"] = "one"
+    processes: Literal["per-connection", "one"] = "per-connection"
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
@@ -157,7 +157,7 @@ class Config:
     recordings: RecordingsModel = field(default_factory=RecordingsModel)
     audit: AuditModel = field(default_factory=AuditModel)
     cluster: ClusterModel = field(default_factory=ClusterModel)
-    processes: str = "one"
+    processes: str = "per-connection"
     lines: LineMap = field(default_factory=dict, repr=False)
 
     @property

@@ -53,7 +53,8 @@ def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, 
                  extra_resources: str = "", limits: str = "", extra_policies: str = "",
                  extra_top: str = "", extra_roles: str = "") -> Path:
     cfg = d / "bastion.yaml"
-    if os.environ.get("BASTION_TEST_PROCESSES") and "processes:" not in extra_top:  # run a suite both ways
+    # BASTION_TEST_PROCESSES=one runs a suite with the whole daemon in one process (the default is per-connection)
+    if os.environ.get("BASTION_TEST_PROCESSES") and "processes:" not in extra_top:
         extra_top += f"processes: {os.environ['BASTION_TEST_PROCESSES']}\n"
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
              "dave": "[reviewers]", "eve": "[auditors]"}

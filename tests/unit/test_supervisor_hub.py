@@ -55,7 +55,7 @@ def test_events_go_to_everyone_else(sup: Supervisor) -> None:
     sup.route(100, {"to": "children", "event": remote})
     assert ends.got(1) == [{"event": remote}] and ends.got(2) == [{"event": remote}] and ends.got(0) == []
     sup.route(101, {"to": "node", "kind": "closed", "id": "s1"})
-    assert ends.got(0) == [{"to": "node", "kind": "closed", "id": "s1"}]
+    assert ends.got(0) == [{"to": "node", "kind": "closed", "id": "s1", "from": 101}]  # the sender, for the books
     sup.route(101, {"to": "supervisor", "kind": "ready"})  # only the node process says that
     assert not sup.ready
 
