@@ -59,10 +59,11 @@ def server_options(config: Config, host_keys: list[asyncssh.SSHKey]) -> dict[str
                 send_server_host_keys=True)  # clients learn every listed key: host key rotation without a flag day
 
 
-def build_services(config: Config, background: Background | None = None, *, node: str | None = None) -> Services:
+def build_services(config: Config, background: Background | None = None, *, node: str | None = None,
+                   pool_size: int | None = None) -> Services:
     """The daemon's shared parts for ``config``, not yet started (no migration, no listening)."""
     bg = background or Background()
-    store = Store(config.database_url)
+    store = Store(config.database_url, pool_size=pool_size)
     node = node or node_name(config)
     sandbox = make_sandbox(config.sandbox.mode, config.sandbox.user)  # checked with the config
     if not sandbox.active:

@@ -63,6 +63,9 @@ class Services:
     # tells every other process and node (approvals changed, end or observe a session carried elsewhere)
     publish: Callable[[dict[str, Any]], None] = field(default=lambda event: None)
     cluster: bool = False  # other processes or nodes share the store: their live sessions are listed too
+    # a session id this process is about to carry (True) or no longer carries (False): a node of connection
+    # processes closes the books of those a dead process carried
+    carrying: Callable[[str, bool], None] = field(default=lambda sid, on: None)
 
     @property
     def server_name(self) -> str:

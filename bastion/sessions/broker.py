@@ -64,6 +64,7 @@ class Broker:
         client.opening = True
         client.relay.hold()
         sid = new_session_id()
+        self.services.carrying(sid, True)  # from its first request for approval to its last row
         try:
             access = None
             if decision.request is not None:
@@ -85,6 +86,7 @@ class Broker:
         finally:
             client.opening = False
             client.relay.detach()
+            self.services.carrying(sid, False)
 
     async def _access(self, name: str, sid: str, terms: RequestTerms, reason: str,
                       command: str | None) -> str | Outcome:

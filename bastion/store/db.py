@@ -51,11 +51,15 @@ def new_session_id() -> str:
 class Store:
     """Access to the bastion's database (SQLite by default, PostgreSQL by URL)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, pool_size: int | None = None):
+        """``pool_size``: database connections this process keeps (a connection process needs one or two; many of
+        them must not exhaust the server's connections)."""
         self.url = url
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        elif pool_size is not None:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -5,8 +5,9 @@ connections spread over every core.
 
 It dies with the supervisor (PR_SET_PDEATHSIG): a daemon killed with ``kill -9`` takes its sessions with it, as
 before, and the next start marks them interrupted. On SIGTERM it closes its connection; its sessions end and are
-recorded as ended. It tells the node process which sessions it carries, so that if it dies their books are
-closed there (interrupted, recordings chained as far as they got).
+recorded as ended. It tells the node process which sessions it carries, from the first request for approval to
+the last row, so that if it dies their books are closed there (interrupted, recordings chained as far as they got,
+requests cancelled).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.daemon import build_services, reload_services, server_options
-from bastion.oversight.live import LiveRegistry, LiveSession
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.server import BastionServer
@@ -31,6 +31,7 @@ from bastion.workers.hub import HubClient
 
 log = logging.getLogger(__name__)
 DRAIN = 60.0  # seconds a closed connection's sessions get to close their books
+REFUSED_LOGIN_TIMEOUT = 10.0  # a refused connection is told at its first auth request, or dropped after this
 
 
 class Refused(ConnectionCounter):
@@ -38,23 +39,6 @@ class Refused(ConnectionCounter):
 
     def admit(self, ip: str, max_total: int, max_per_source: int) -> bool:
         return False
-
-
-class ReportingLive(LiveRegistry):
-    """This process's live sessions, each also announced to the node process (which closes their books if this
-    process dies)."""
-
-    def __init__(self, hub: HubClient) -> None:
-        super().__init__()
-        self.hub = hub
-
-    def add(self, live: LiveSession) -> None:
-        super().add(live)
-        self.hub.send({"to": "node", "kind": "live.add", "id": live.sid})
-
-    def remove(self, sid: str) -> None:
-        super().remove(sid)
-        self.hub.send({"to": "node", "kind": "live.remove", "id": sid})
 
 
 class ClosedToNode:
@@ -75,7 +59,9 @@ class PendingLoginsOfNode:
 
     async def take(self, ip: str, limit: int) -> bool:
         answer = await self.hub.ask({"kind": "login.take", "ip": ip, "limit": limit})
-        return bool(answer and answer.get("ok"))  # no answer: refused (fail closed)
+        if answer is None:  # no answer: refused (fail closed), and whatever it may have counted is given back
+            self.give_back(ip)
+        return bool(answer and answer.get("ok"))
 
     def give_back(self, ip: str) -> None:
         self.hub.send({"to": "supervisor", "kind": "login.give", "ip": ip})
@@ -89,22 +75,30 @@ def die_with_parent(name: str) -> None:
         libc.prctl(15, name.encode()[:15])  # PR_SET_NAME
     except (OSError, AttributeError):
         log.warning("cannot tie this process to the daemon's life")
+    if os.getppid() == 1:  # the daemon died before the tie was made: nothing to serve for
+        exit_now(1)
 
 
 def run(config: Config, conn: socket.socket, hub: socket.socket, refused: bool,
         host_keys: list[asyncssh.SSHKey]) -> int:
     """The process's whole life (it then exits)."""
     die_with_parent("bastion-conn")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    # Ctrl-C in a foreground daemon reaches the whole process group: the supervisor ends this one properly; a
+    # reload or stop before the loop's own handlers exist is ignored, not fatal
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return asyncio.run(_serve(config, conn, hub, refused, host_keys))
 
 
 async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, refused: bool,
                  host_keys: list[asyncssh.SSHKey]) -> int:
-    services = build_services(config)
+    services = build_services(config, pool_size=2)
     hub = HubClient(hub_sock)
-    services.publish, services.cluster, services.live = hub.publish, True, ReportingLive(hub)
+    services.publish, services.cluster = hub.publish, True
+    services.carrying = lambda sid, on: hub.send({"to": "node", "kind": "live.add" if on else "live.remove",
+                                                  "id": sid})
     services.auditing = ClosedToNode(hub)  # type: ignore[assignment]  # a narrower "recording closed" than AuditWorker
     if services.login is not None:
         services.login.pending = PendingLoginsOfNode(hub)
@@ -127,8 +121,9 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, r
     ssh: asyncssh.SSHServerConnection | None = None
     try:
         conn.setblocking(False)
+        options = server_options(config, host_keys) | ({"login_timeout": REFUSED_LOGIN_TIMEOUT} if refused else {})
         ssh = await asyncssh.run_server(conn, server_factory=lambda: BastionServer(services, counter, lambda: keys),
-                                        **server_options(config, host_keys))
+                                        **options)
         # asyncssh announces the host keys after auth only to connections it accepted itself (run_server returns
         # at auth, before it would): say them here, so clients learn the next key of a rotation
         ssh.send_server_host_keys()

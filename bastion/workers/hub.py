@@ -22,12 +22,17 @@ def line(msg: dict[str, Any]) -> bytes:
 
 
 class Peer:
-    """The supervisor's end of one child's socketpair (blocking sends with a short timeout, buffered reads)."""
+    """The supervisor's end of one child's socketpair: non-blocking reads of whole lines, and sends that never
+    block (what the child does not take now waits in ``out``; a child that takes nothing for long is dropped)."""
+
+    MAX_OUT = 1 << 20
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock, self.name = sock, name
-        self.sock.settimeout(2.0)
+        self.sock.setblocking(False)
         self._buf = b""
+        self.out = bytearray()
+        self.stuck = False  # it let MAX_OUT pile up: the supervisor ends it
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -36,7 +41,7 @@ class Peer:
         """The complete messages that arrived (None: the child's end is closed)."""
         try:
             data = self.sock.recv(65536)
-        except (BlockingIOError, TimeoutError):
+        except BlockingIOError:
             return []
         except OSError:
             return None
@@ -48,7 +53,7 @@ class Peer:
             raw, self._buf = self._buf.split(b"\n", 1)
             try:
                 msg = json.loads(raw)
-            except ValueError:
+            except Exception:  # not JSON, or JSON nested to break the parser: dropped, said once
                 log.warning("hub: ignoring a malformed message from %s", self.name)
                 continue
             if isinstance(msg, dict):
@@ -58,13 +63,27 @@ class Peer:
             self._buf = b""
         return out
 
-    def send(self, msg: dict[str, Any]) -> bool:
-        try:
-            self.sock.sendall(line(msg))
-            return True
-        except OSError as e:  # gone, or not reading: it misses this one (waiters still poll the store)
-            log.warning("hub: cannot tell %s: %s", self.name, e)
-            return False
+    def send(self, msg: dict[str, Any]) -> None:
+        self.out += line(msg)
+        if len(self.out) > self.MAX_OUT:
+            log.warning("hub: %s takes nothing; dropping it", self.name)
+            self.out.clear()
+            self.stuck = True
+            return
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what waits; True when nothing does any more."""
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except BlockingIOError:
+                return False
+            except OSError:  # gone: what it would have been told no longer matters
+                self.out.clear()
+                break
+            del self.out[:n]
+        return True
 
     def close(self) -> None:
         self.sock.close()
@@ -95,7 +114,8 @@ class HubClient:
                 return
             try:
                 msg = json.loads(raw)
-            except ValueError:
+            except Exception:  # a malformed line is dropped; the reader goes on
+                log.warning("hub: ignoring a malformed message")
                 continue
             if isinstance(msg, dict) and isinstance(msg.get("answer"), int):
                 fut = self._asked.pop(msg["answer"], None)
@@ -119,15 +139,16 @@ class HubClient:
     async def ask(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
         """Ask the supervisor; its answer (None if none comes)."""
         self._next += 1
+        rid = self._next
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._asked[self._next] = fut
-        self.send({"to": "supervisor", "ask": self._next, **msg})
+        self._asked[rid] = fut
+        self.send({"to": "supervisor", "ask": rid, **msg})
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
         finally:
-            self._asked.pop(self._next, None)
+            self._asked.pop(rid, None)
 
     def publish(self, event: dict[str, Any]) -> None:
         """To every other process of the node (and, through the node process, to other nodes)."""

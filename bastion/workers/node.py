@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 def run(config: Config, hub: socket.socket) -> int:
     die_with_parent("bastion-node")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGHUP):  # the supervisor stops it; a reload during migration is no death
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return asyncio.run(_serve(config, hub))
 
 
@@ -75,9 +77,11 @@ async def _serve(config: Config, hub_sock: socket.socket) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_services(s))
     await stop.wait()
+    for pid, sids in list(carried.items()):  # the supervisor stops last: whatever is still carried was cut off
+        if sids:
+            await _ended(daemon, pid, sids)
     await daemon.stop()
     hub.stop()
     return 0

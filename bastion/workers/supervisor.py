@@ -33,7 +33,9 @@ from bastion.workers.hub import Peer
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 300.0  # seconds the node process may take to migrate the store and start
 SETTLE = 0.5  # seconds a connection over the limits waits for closed ones to say so before it is refused
-STOP_GRACE = 30.0  # seconds connection processes get to close their sessions on SIGTERM
+MAX_PARKED = 64  # connections waiting so at once (more: closed)
+MAX_REFUSING = 16  # processes saying "too many connections" at once (more: the socket is closed)
+STOP_GRACE = 20.0  # seconds connection processes get to close their sessions on SIGTERM (systemd waits 30)
 
 
 @dataclass
@@ -41,8 +43,9 @@ class Child:
     pid: int
     peer: Peer
     node: str
-    ip: str | None  # counted against the limits (None: refused, not counted)
+    ip: str | None  # counted against the limits (None: refused, or released: not counted)
     logins: list[str] = field(default_factory=list)  # source addresses of its pending sign-ins
+    refused: bool = False  # only says "too many connections"
 
 
 class Supervisor:
@@ -57,6 +60,7 @@ class Supervisor:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.pending_logins: Counter[str] = Counter()
+        self.parked: list[tuple[socket.socket, str, float]] = []
         self.ready = False
         self.stopping = False
         self.signals: list[int] = []
@@ -65,16 +69,30 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
 
     # -- processes --------------------------------------------------------------------------------------
-    def _fork(self, what: str, body: Any) -> tuple[int, Peer]:
-        """Fork a process running ``body(hub_end)``; the supervisor keeps the other end of its hub."""
+    def _fork(self, what: str, body: Any) -> tuple[int, Peer] | None:
+        """Fork a process running ``body(hub_end)``; the supervisor keeps the other end of its hub. None when the
+        system cannot fork now (out of processes or memory): the caller refuses what it was for."""
         if threading.active_count() != 1:
             log.error("the supervisor has %d threads: forking it is not safe", threading.active_count())
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:
+            log.error("cannot start a %s: %s", what, e)
+            return None
         gc.freeze()  # the objects that exist now stay shared with the child (no copy-on-write by the collector)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error("cannot start a %s: %s", what, e)
+            ours.close()
+            theirs.close()
+            return None
         if pid == 0:
             code = 1
             try:
+                for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):  # until the child has its own handlers:
+                    signal.signal(sig, signal.SIG_IGN)  # a reload or a stop in these first milliseconds is no death
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 self._forget(ours)
                 code = body(theirs)
             except BaseException:
@@ -100,8 +118,15 @@ class Supervisor:
         keep.close()
 
     def start_node(self) -> None:
-        pid, peer = self._fork("node process", lambda hub: node_process.run(self.config, hub))
-        self.node = Child(pid, peer, self.base, None)
+        forked = self._fork("node process", lambda hub: node_process.run(self.config, hub))
+        if forked is None:
+            self.stopping = True
+            return
+        self.node = Child(forked[0], forked[1], self.base, None)
+
+    def _over(self, ip: str) -> bool:
+        lim = self.config.limits
+        return self.total >= lim.max_connections or self.per_ip[ip] >= lim.max_connections_per_source
 
     def accept(self, lsock: socket.socket) -> None:
         try:
@@ -109,38 +134,51 @@ class Supervisor:
         except OSError:
             return
         ip = str(addr[0])
-        lim = self.config.limits
-        over = self.total >= lim.max_connections or self.per_ip[ip] >= lim.max_connections_per_source
-        if over:  # a connection that just closed may not have said so yet (a health check's): hear the hub first
-            self.settle(ip, SETTLE)
-            over = self.total >= lim.max_connections or self.per_ip[ip] >= lim.max_connections_per_source
-        if over and (self.total >= 2 * lim.max_connections or self.per_ip[ip] >= 2 * lim.max_connections_per_source):
-            conn.close()  # far over: not even a process to say so
+        if not self._over(ip):
+            self.serve(conn, ip, refused=False)
+        elif len(self.parked) < MAX_PARKED:
+            # a connection that just closed may not have said so yet (a health check's): look again in a moment,
+            # never holding up the others meanwhile
+            self.parked.append((conn, ip, time.monotonic() + SETTLE))
+        else:
+            conn.close()
+
+    def unpark(self) -> None:
+        """Parked connections: served once under the limits, refused (said so) when their moment is up."""
+        now, keep = time.monotonic(), []
+        for conn, ip, until in self.parked:
+            if not self._over(ip):
+                self.serve(conn, ip, refused=False)
+            elif now >= until:
+                self.refuse(conn, ip)
+            else:
+                keep.append((conn, ip, until))
+        self.parked = keep
+
+    def refuse(self, conn: socket.socket, ip: str) -> None:
+        """Over the limits: a short-lived process says so in the SSH protocol (the client shows the reason), unless
+        too many are saying it already (then the socket is just closed: nobody floods the node with processes)."""
+        log.warning("refusing connection from %s: connection limit reached", ip)
+        if sum(1 for c in self.children.values() if c.refused) >= MAX_REFUSING:
+            conn.close()
             return
-        if over:
-            log.warning("refusing connection from %s: connection limit reached", ip)
+        self.serve(conn, ip, refused=True)
+
+    def serve(self, conn: socket.socket, ip: str, *, refused: bool) -> None:
         config, keys = self.config, self.host_keys
 
         def body(hub: socket.socket) -> int:
-            return connection.run(config, conn, hub, over, keys)
+            return connection.run(config, conn, hub, refused, keys)
 
-        pid, peer = self._fork("connection process", body)
+        forked = self._fork("connection process", body)
         conn.close()
-        self.children[pid] = Child(pid, peer, f"{self.base}/{pid}", None if over else ip)
-        if not over:
+        if forked is None:
+            return
+        pid, peer = forked
+        self.children[pid] = Child(pid, peer, f"{self.base}/{pid}", None if refused else ip, refused=refused)
+        if not refused:
             self.total += 1
             self.per_ip[ip] += 1
-
-    def settle(self, ip: str, seconds: float) -> None:
-        """Read the hub (not the listeners) for up to ``seconds`` or until ``ip`` is under the limits again."""
-        lim = self.config.limits
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and (self.total >= lim.max_connections
-                                                or self.per_ip[ip] >= lim.max_connections_per_source):
-            for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
-                if key.data[0] == "peer":
-                    self.read_peer(key.data[1])
-            self.reap()
 
     def reap(self) -> None:
         while True:
@@ -150,9 +188,10 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
             if self.node is not None and pid == self.node.pid:
                 if not self.stopping:
-                    log.error("the node process ended (status %d); stopping", status)
+                    log.error("the node process ended (%s); stopping", _ended_how(code))
                     self.stopping = True
                 self._drop(self.node)
                 self.node = None
@@ -160,10 +199,13 @@ class Supervisor:
             c = self.children.pop(pid, None)
             if c is None:
                 continue
+            self.read_peer(pid, c)  # what it said before it went (its sessions, its closed recordings) counts
             self._drop(c)
             self._release(c)
             for ip in c.logins:  # its sign-ins in progress end with it
-                self.pending_logins[ip] -= 1
+                self._give(ip)
+            if code != 0:
+                log.warning("connection process %d ended (%s)", pid, _ended_how(code))
             if self.node is not None:
                 self.node.peer.send({"kind": "exited", "from": pid, "status": status})
 
@@ -173,7 +215,7 @@ class Supervisor:
         if msg["kind"] == "login.give":
             if ip in c.logins:
                 c.logins.remove(ip)
-                self.pending_logins[ip] -= 1
+                self._give(ip)
             return
         limit = msg.get("limit")
         ok = isinstance(limit, int) and self.pending_logins[ip] < limit
@@ -181,6 +223,11 @@ class Supervisor:
             self.pending_logins[ip] += 1
             c.logins.append(ip)
         c.peer.send({"answer": msg.get("ask"), "ok": ok})
+
+    def _give(self, ip: str) -> None:
+        self.pending_logins[ip] -= 1
+        if self.pending_logins[ip] <= 0:
+            del self.pending_logins[ip]
 
     def _release(self, c: Child) -> None:
         """The connection no longer counts against the limits (closed; its process may still be closing books)."""
@@ -215,17 +262,25 @@ class Supervisor:
         elif to == "node" and self.node is not None and not from_node:
             self.node.peer.send(msg | {"from": sender})
 
-    def read_peer(self, pid: int) -> None:
-        c = self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
+    def read_peer(self, pid: int, c: Child | None = None) -> None:
+        c = c or self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
         if c is None:
             return
-        msgs = c.peer.read()
-        if msgs is None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(c.peer.sock)
-            return
-        for msg in msgs:
-            self.route(pid, msg)
+        for _ in range(64):  # what it has sent, within reason (the others get their turn)
+            msgs = c.peer.read()
+            if msgs is None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(c.peer.sock)
+                return
+            if not msgs:
+                return
+            for msg in msgs:
+                self.route(pid, msg)
+
+    def flush_peer(self, pid: int) -> None:
+        c = self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
+        if c is not None and c.peer.flush():
+            self.sel.modify(c.peer.sock, selectors.EVENT_READ, ("peer", pid))
 
     # -- signals ----------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -295,15 +350,33 @@ class Supervisor:
         return self.shutdown()
 
     def turn(self, timeout: float) -> None:
-        for key, _ in self.sel.select(timeout):
+        """One round: whatever is ready, parked connections, the dead. Nothing one peer sends can stop it."""
+        for key, events in self.sel.select(0.05 if self.parked else timeout):
             what, arg = key.data
-            if what == "listen":
-                self.accept(arg)
-            elif what == "peer":
-                self.read_peer(arg)
-            else:
-                self.handle_signals()
+            try:
+                if what == "listen":
+                    self.accept(arg)
+                elif what == "peer" and events & selectors.EVENT_WRITE:
+                    self.flush_peer(arg)
+                elif what == "peer":
+                    self.read_peer(arg)
+                else:
+                    self.handle_signals()
+            except Exception:
+                log.exception("supervisor: handling %s failed; going on", what)
+                if what == "peer" and arg in self.children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(arg, signal.SIGKILL)  # a peer that breaks the supervisor is not kept
+        self.unpark()
         self.reap()
+        for c in [*self.children.values(), *([self.node] if self.node else [])]:
+            if c.peer.stuck:
+                c.peer.stuck = False
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c.pid, signal.SIGKILL)
+            elif c.peer.out:  # wake when it can take more
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.modify(c.peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("peer", c.pid))
 
     def shutdown(self) -> int:
         log.info("shutting down")
@@ -322,6 +395,9 @@ class Supervisor:
         for c in list(self.children.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5  # reaped, so the node process hears of them before it stops
+        while self.children and time.monotonic() < deadline:
+            self.turn(0.1)
         if self.node is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.node.pid, signal.SIGTERM)
@@ -329,6 +405,10 @@ class Supervisor:
         while (self.children or self.node is not None) and time.monotonic() < deadline:
             self.turn(0.2)
         return 1 if failed else 0
+
+
+def _ended_how(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def serve(config: Config) -> int:

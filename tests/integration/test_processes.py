@@ -151,3 +151,26 @@ def _copy_of_web(text: str) -> str:
             break
         body.append(ln)
     return "\n".join(body) + "\n"
+
+
+def test_a_request_held_by_a_dead_connection_process_is_cancelled(env: BastionEnv) -> None:
+    """Killed while its operator waits for a reviewer: the request cannot be approved into nobody's session."""
+    from bastion.store.approvals import ApprovalStore
+
+    store = Store(load_config(env.config).database_url)
+    approvals = ApprovalStore(store)
+    client = exec_client(env, "chmod 600 /nonexistent")  # held for a reviewer by the web policy
+    try:
+        deadline = time.monotonic() + 30
+        while not (pending := approvals.pending()):
+            assert time.monotonic() < deadline, "the command was never held"
+            time.sleep(0.1)
+        (pid,) = connection_processes(env, 1)
+        os.kill(pid, signal.SIGKILL)
+        while (req := approvals.get(pending[0].id)) is not None and req.status == "pending":
+            assert time.monotonic() < deadline + 30, "the dead process's request stayed pending"
+            time.sleep(0.1)
+        assert req is not None and req.status == "cancelled"
+    finally:
+        client.kill()
+        client.wait()

@@ -4,6 +4,7 @@ sign-ins are counted per source address across all of them (a process that dies 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -76,3 +77,50 @@ def test_pending_sign_ins_are_counted_across_processes(sup: Supervisor) -> None:
     sup.route(201, take | {"ask": 2, "limit": "2"})  # a limit that is not a number: refused
     assert [m["ok"] for m in ends.got(0)] == [False]
     assert sup.pending_logins["192.0.2.9"] == 2
+
+
+def test_a_peer_survives_what_a_hostile_child_sends() -> None:
+    ours, theirs = socket.socketpair()
+    peer = Peer(ours, "hostile")
+    theirs.sendall(b"not json\n" + b"[" * 60000 + b"]" * 60000 + b"\n" + b'{"to": "node"}\n')
+    got: list[dict[str, Any]] = []
+    for _ in range(50):
+        got += peer.read() or []
+    assert got == [{"to": "node"}]  # the malformed and the deeply nested lines are dropped, the rest goes on
+
+
+def test_a_child_that_reads_nothing_never_blocks_the_supervisor() -> None:
+    ours, theirs = socket.socketpair()
+    peer = Peer(ours, "asleep")
+    for i in range(100000):  # far more than the socket buffer: sends return at once
+        peer.send({"event": {"kind": "approval", "id": i, "pad": "x" * 200}})
+        if peer.stuck:
+            break
+    assert peer.stuck and not peer.out  # it is dropped, not waited for
+
+
+def test_over_the_limit_a_connection_waits_a_moment_then_is_refused(sup: Supervisor,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[tuple[str, bool]] = []
+    monkeypatch.setattr(sup, "serve", lambda conn, ip, refused: served.append((ip, refused)))
+    sup.total, sup.per_ip["192.0.2.5"] = 2, 2
+    sup.config = dataclasses.replace(sup.config, limits=sup.config.limits.model_copy(
+        update={"max_connections_per_source": 2}))
+
+    class Listener:
+        def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+            return socket.socket(), ("192.0.2.5", 4000)
+
+    sup.accept(Listener())  # type: ignore[arg-type]
+    assert served == [] and len(sup.parked) == 1  # not refused at once: a closed one may not have said so yet
+    sup.per_ip["192.0.2.5"] = 1  # ...and now it has
+    sup.unpark()
+    assert served == [("192.0.2.5", False)] and sup.parked == []
+    sup.per_ip["192.0.2.5"] = 2
+    sup.accept(Listener())  # type: ignore[arg-type]
+    sup.parked = [(c, ip, 0.0) for c, ip, _ in sup.parked]  # its moment is up
+    sup.unpark()
+    assert served[-1] == ("192.0.2.5", True)
+    for _ in range(100):  # a flood: parked up to a bound, the rest closed at once
+        sup.accept(Listener())  # type: ignore[arg-type]
+    assert len(sup.parked) == 64
