@@ -19,8 +19,6 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.config import Config, ConfigError, load_config
@@ -29,6 +27,7 @@ from bastion.sdnotify import monotonic_usec, notify
 from bastion.workers import child as connection
 from bastion.workers import node as node_process
 from bastion.workers.hub import Peer
+from bastion.workers.router import Child, Router
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 300.0  # seconds the node process may take to migrate the store and start
@@ -38,30 +37,14 @@ MAX_REFUSING = 16  # processes saying "too many connections" at once (more: the 
 STOP_GRACE = 20.0  # seconds connection processes get to close their sessions on SIGTERM (systemd waits 30)
 
 
-@dataclass
-class Child:
-    pid: int
-    peer: Peer
-    node: str
-    ip: str | None  # counted against the limits (None: refused, or released: not counted)
-    logins: list[str] = field(default_factory=list)  # source addresses of its pending sign-ins
-    refused: bool = False  # only says "too many connections"
-
-
-class Supervisor:
+class Supervisor(Router):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.base = node_name(config)
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
-        self.sel = selectors.DefaultSelector()
+        super().__init__()
         self.listeners: list[socket.socket] = []
-        self.children: dict[int, Child] = {}
-        self.node: Child | None = None
-        self.total = 0
-        self.per_ip: Counter[str] = Counter()
-        self.pending_logins: Counter[str] = Counter()
         self.parked: list[tuple[socket.socket, str, float]] = []
-        self.ready = False
         self.stopping = False
         self.signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -209,78 +192,10 @@ class Supervisor:
             if self.node is not None:
                 self.node.peer.send({"kind": "exited", "from": pid, "status": status})
 
-    def logins(self, c: Child, msg: dict[str, Any]) -> None:
-        """Pending sign-ins per source address, for all connection processes (the OIDC login service asks)."""
-        ip = str(msg.get("ip", ""))[:64]
-        if msg["kind"] == "login.give":
-            if ip in c.logins:
-                c.logins.remove(ip)
-                self._give(ip)
-            return
-        limit = msg.get("limit")
-        ok = isinstance(limit, int) and self.pending_logins[ip] < limit
-        if ok:
-            self.pending_logins[ip] += 1
-            c.logins.append(ip)
-        c.peer.send({"answer": msg.get("ask"), "ok": ok})
-
-    def _give(self, ip: str) -> None:
-        self.pending_logins[ip] -= 1
-        if self.pending_logins[ip] <= 0:
-            del self.pending_logins[ip]
-
-    def _release(self, c: Child) -> None:
-        """The connection no longer counts against the limits (closed; its process may still be closing books)."""
-        if c.ip is not None:
-            self.total -= 1
-            self.per_ip[c.ip] -= 1
-            if self.per_ip[c.ip] <= 0:
-                del self.per_ip[c.ip]
-            c.ip = None
-
     def _drop(self, c: Child) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(c.peer.sock)
         c.peer.close()
-
-    # -- the hub ----------------------------------------------------------------------------------------
-    def route(self, sender: int, msg: dict[str, Any]) -> None:
-        to = msg.get("to")
-        from_node = self.node is not None and sender == self.node.pid
-        if to == "supervisor" and from_node and msg.get("kind") == "ready":
-            self.ready = True
-        elif to == "supervisor" and msg.get("kind") == "released" and sender in self.children:
-            self._release(self.children[sender])
-        elif to == "supervisor" and msg.get("kind") in ("login.take", "login.give") and sender in self.children:
-            self.logins(self.children[sender], msg)
-        elif to in ("all", "children") and isinstance(msg.get("event"), dict):
-            for c in list(self.children.values()):
-                if c.pid != sender:
-                    c.peer.send({"event": msg["event"]})
-            if to == "all" and not from_node and self.node is not None:
-                self.node.peer.send(msg)
-        elif to == "node" and self.node is not None and not from_node:
-            self.node.peer.send(msg | {"from": sender})
-
-    def read_peer(self, pid: int, c: Child | None = None) -> None:
-        c = c or self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
-        if c is None:
-            return
-        for _ in range(64):  # what it has sent, within reason (the others get their turn)
-            msgs = c.peer.read()
-            if msgs is None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self.sel.unregister(c.peer.sock)
-                return
-            if not msgs:
-                return
-            for msg in msgs:
-                self.route(pid, msg)
-
-    def flush_peer(self, pid: int) -> None:
-        c = self.children.get(pid) or (self.node if self.node is not None and self.node.pid == pid else None)
-        if c is not None and c.peer.flush():
-            self.sel.modify(c.peer.sock, selectors.EVENT_READ, ("peer", pid))
 
     # -- signals ----------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
