@@ -44,7 +44,7 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
 
 
 def node_name(config: Config) -> str:
-    """This node's name in the store (its connection processes are ``NAME/PID``)."""
+    """This node's name in the store (its connection processes carry it too)."""
     return config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
 
 
@@ -88,25 +88,30 @@ def build_services(config: Config, background: Background | None = None, *, node
     return services
 
 
+def reread(old: Config) -> tuple[Config, list[str]]:
+    """The config file as it is now, but with the running values of what changes only with a restart; and the
+    names of those that were changed in the file (ConfigError when the file has problems)."""
+    new = load_config(old.path, check_files=True)
+    fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+    return dataclasses.replace(new, **{f: getattr(old, f) for f in fixed}), fixed
+
+
 def reload_services(s: Services, *, audit: bool = True) -> bool:
     """Re-read the config file (SIGHUP, ``systemctl reload``) without dropping anyone: new connections and new
     sessions use the new users, keys, roles, resources and policies; open sessions keep the policy they opened
     with; connections keep the roles they logged in with. A config with problems is refused as a whole and the
     running one stays. Listening address, host keys, database, recordings directory, logs, sandbox, OIDC and
     processes change only with a restart."""
-    old = s.config
     try:
-        new = load_config(old.path, check_files=True)
+        new, fixed = reread(s.config)
     except ConfigError as e:
         log.error("reload refused; the running config stays:\n%s", e)
         if audit:
             s.spawn(asyncio.to_thread(s.store.audit, "bastion", "config.reload", "refused",
                                       problems=e.problems[:20]))
         return False
-    fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
     if fixed:
         log.warning("reload: %s change only with a restart; the running values stay", ", ".join(fixed))
-        new = dataclasses.replace(new, **{f: getattr(old, f) for f in fixed})
     s.config = new
     log.info("reloaded %s: %d resources, %d local users, %d roles", new.path, len(new.resources),
              len(new.users), len(new.roles))

@@ -23,7 +23,6 @@ from bastion.rpc.signin import SignInHandlers
 from bastion.services import Services
 from bastion.sessions.broker import Broker
 from bastion.sessions.client import ClientSide
-from bastion.sessions.events import same_node
 from bastion.sessions.watch import NotWatchable, Watch
 from bastion.store.approvals import DecisionRefused
 
@@ -181,7 +180,7 @@ class MenuHandlers:
                     reason = await self.watch.observe_remote(self.client, r, path)
                 finally:
                     self.client.opening = False
-                where = "" if same_node(r.node, self.services.node) else f" (node {r.node})"
+                where = "" if r.node == self.services.node else f" (node {r.node})"
                 return {"ok": True, "message": f"{r.user}@{r.resource}{where}: {reason}",
                         "session_id": r.id}
         live = self._watchable(sid)
@@ -202,7 +201,7 @@ class MenuHandlers:
             if remote:
                 r = remote[0]
                 await self.watch.terminate_remote(r, reason)
-                if same_node(r.node, self.services.node):  # another process of this node: it ends it now
+                if r.node == self.services.node:  # another process of this node: it ends it now
                     return {"ok": True, "message": f"terminated {r.user}@{r.resource} ({r.id})"}
                 return {"ok": True, "message": f"terminating {r.user}@{r.resource} on node {r.node}"}
         live = self._watchable(sid)

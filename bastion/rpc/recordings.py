@@ -4,13 +4,11 @@ audit events), and a replay on the auditor's own terminal."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from bastion.context import ConnectionContext
 from bastion.rpc.budget import fit
-from bastion.rpc.proto import MAX_FRAME
 from bastion.rpc.server import RefusedRequest
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
@@ -25,7 +23,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 100  # sessions per reply at most: a screenful or two
 LIST_COMMAND = 500  # characters of a session's command in the list
-REPLY_BUDGET = MAX_FRAME // 2  # and a page ends before its reply nears the RPC frame limit, whatever the rows hold
 LIST_KEYS = ("id", "user", "resource", "kind", "mode", "command", "started_at", "duration", "outcome", "exit_status")
 DETAIL_KEYS = ("id", "user", "resource", "kind", "mode", "command", "client_addr", "started_at", "ended_at",
                "duration", "outcome", "exit_status", "message", "sha256")
@@ -64,17 +61,8 @@ class RecordingHandlers:
             self.services.store.sessions, PAGE + 1, user=params.get("user") or None,
             resource=params.get("resource") or None, since=since, outcome=params.get("outcome") or None,
             policy=policy, before=before)
-        page: list[dict[str, Any]] = []
-        size = 0
-        for r in rows[:PAGE]:  # one more was read only to know whether there is a next page
-            item = _pick(r, LIST_KEYS) | {"recorded": bool(r.recording)}
-            if r.command is not None:
-                item["command"] = r.command[:LIST_COMMAND]  # the whole of it is in the session's detail
-            n = len(json.dumps(item))  # long commands or names: the page ends before the frame limit
-            if page and size + n > REPLY_BUDGET:
-                break
-            page.append(item)
-            size += n
+        items = [_listed(r) for r in rows[:PAGE]]  # one more was read only to know whether there is a next page
+        page, _ = fit(items, 0.5)  # long commands or names: the page ends before the frame limit
         more = len(page) < len(rows)
         return {"sessions": page, "next": cursor_of(rows[len(page) - 1]) if more else ""}
 
@@ -142,6 +130,14 @@ class RecordingHandlers:
         finally:
             client.opening = False
         return {"ok": True, "message": f"replay of {row.id} closed", "session_id": row.id}
+
+
+def _listed(r: SessionRecord) -> dict[str, Any]:
+    """A session as F5 lists it (the whole command is in its detail)."""
+    item = _pick(r, LIST_KEYS) | {"recorded": bool(r.recording)}
+    if r.command is not None:
+        item["command"] = r.command[:LIST_COMMAND]
+    return item
 
 
 def _pick(row: SessionRecord, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -11,11 +11,6 @@ from bastion.services import Services
 log = logging.getLogger(__name__)
 
 
-def same_node(a: str, b: str) -> bool:
-    """Two connection processes (``node/PID``) of one node."""
-    return a.split("/", 1)[0] == b.split("/", 1)[0]
-
-
 def handle_event(services: Services, event: dict[str, Any]) -> None:
     """Act on one published event (the same for every transport: LISTEN, the node's process hub)."""
     kind = event.get("kind")
@@ -30,6 +25,5 @@ def handle_event(services: Services, event: dict[str, Any]) -> None:
         log.warning("terminating session %s of %s at the request of %s in another process", live.sid, live.user, by)
         live.terminate(by, str(event.get("reason", ""))[:500])
         return
-    origin = str(event.get("from", "?"))[:255]
-    live.tee.writer.marker(f"observed by {by}" if same_node(origin, services.node)
-                           else f"observed by {by} (from node {origin.split('/', 1)[0]})")
+    origin = str(event.get("from", "?"))[:255]  # another node, or another connection process of this one
+    live.tee.writer.marker(f"observed by {by}" if origin == services.node else f"observed by {by} (from node {origin})")

@@ -13,7 +13,6 @@ from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
-from bastion.sessions.events import same_node
 from bastion.store.rows import SessionRecord
 from policies.access import may_watch
 
@@ -80,7 +79,7 @@ class Watch:
             row = await asyncio.to_thread(s.store.session, sid)
             return row is not None and row.outcome == "active"
 
-        title = f"{r.user}@{r.resource}" + ("" if same_node(r.node, s.node) else f" on node {r.node}")
+        title = f"{r.user}@{r.resource}" + ("" if r.node == s.node else f" on node {r.node}")
         return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from bastion.store.db import Store, _aware, now, of_node
+from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest
 from bastion.store.rows import AccessGrant, DecisionRecord, RequestRecord
 
@@ -143,12 +143,11 @@ class ApprovalStore:
             return [_record(r, self._decisions(s, r.id)) for r in s.scalars(q)]
 
     def cancel_pending(self, *, node: str | None = None, session_id: str | None = None, reason: str) -> list[int]:
-        """Cancel pending requests of a node or one of its processes (restart, crash) or of a session (it ended);
-        returns their ids."""
+        """Cancel pending requests of a node (restart, crash) or of a session (it ended); returns their ids."""
         with self.store.tx() as s:
             q = select(ApprovalRequest).where(ApprovalRequest.status == "pending")
-            if node is not None:  # the node's own and its connection processes' (node/PID)
-                q = q.where(of_node(ApprovalRequest.node, node))
+            if node is not None:
+                q = q.where(ApprovalRequest.node == node)
             if session_id is not None:
                 q = q.where(ApprovalRequest.session_id == session_id)
             ids = []

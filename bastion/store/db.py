@@ -160,7 +160,7 @@ class Store:
         """Sessions of ``node`` still ``active`` -- the daemon (or, with ``ids``, the connection process that
         carried these) died under them -- become ``interrupted``."""
         n = 0
-        q = select(Session).where(Session.outcome == "active", of_node(Session.node, node))
+        q = select(Session).where(Session.outcome == "active", Session.node == node)
         if ids is not None:
             q = q.where(Session.id.in_(list(ids)))
         with self.tx() as s:
@@ -308,12 +308,6 @@ def _session_record(sess: Session, rec: Recording | None) -> SessionRecord:
         client_addr=sess.client_addr, node=sess.node, started_at=_aware(sess.started_at),
         ended_at=_aware(sess.ended_at), outcome=sess.outcome, exit_status=sess.exit_status, message=sess.message,
         recording=rec.path if rec else None, sha256=rec.sha256 if rec else None)
-
-
-def of_node(column: Any, node: str) -> Any:
-    """``column`` names ``node`` or one of its connection processes (``node/PID``)."""
-    literal = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return or_(column == node, column.like(literal + "/%", escape="\\"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion.ssh.admission import ConnectionCounter
 from bastion.workers.hub import Peer
 
 
@@ -16,7 +17,6 @@ from bastion.workers.hub import Peer
 class Child:
     pid: int
     peer: Peer
-    node: str
     ip: str | None  # counted against the limits (None: refused, or released: not counted)
     logins: list[str] = field(default_factory=list)  # source addresses of its pending sign-ins
     refused: bool = False  # only says "too many connections"
@@ -30,8 +30,7 @@ class Router:
         self.children: dict[int, Child] = {}
         self.node: Child | None = None
         self.pending_logins: Counter[str] = Counter()
-        self.total = 0  # connections counted against the limits
-        self.per_ip: Counter[str] = Counter()
+        self.counter = ConnectionCounter()  # connections counted against the limits, as the one-process daemon does
         self.ready = False
 
     def route(self, sender: int, msg: dict[str, Any]) -> None:
@@ -95,9 +94,6 @@ class Router:
     def _release(self, c: Child) -> None:
         """The connection no longer counts against the limits (closed; its process may still be closing books)."""
         if c.ip is not None:
-            self.total -= 1
-            self.per_ip[c.ip] -= 1
-            if self.per_ip[c.ip] <= 0:
-                del self.per_ip[c.ip]
+            self.counter.release(c.ip)
             c.ip = None
 

@@ -10,7 +10,6 @@ already imported (``gc.freeze`` keeps those pages shared), and a connection cost
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
@@ -21,8 +20,8 @@ import threading
 import time
 from typing import Any
 
-from bastion.config import Config, ConfigError, load_config
-from bastion.daemon import RESTART_ONLY, ensure_host_key, node_name
+from bastion.config import Config, ConfigError
+from bastion.daemon import ensure_host_key, reread
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.workers import child as connection
 from bastion.workers import node as node_process
@@ -40,7 +39,6 @@ STOP_GRACE = 20.0  # seconds connection processes get to close their sessions on
 class Supervisor(Router):
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.base = node_name(config)
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
         super().__init__()
         self.listeners: list[socket.socket] = []
@@ -105,11 +103,12 @@ class Supervisor(Router):
         if forked is None:
             self.stopping = True
             return
-        self.node = Child(forked[0], forked[1], self.base, None)
+        self.node = Child(forked[0], forked[1], None)
 
-    def _over(self, ip: str) -> bool:
+    def _admit(self, ip: str) -> bool:
+        """Count one more connection from ``ip`` unless that passes a limit."""
         lim = self.config.limits
-        return self.total >= lim.max_connections or self.per_ip[ip] >= lim.max_connections_per_source
+        return self.counter.admit(ip, lim.max_connections, lim.max_connections_per_source)
 
     def accept(self, lsock: socket.socket) -> None:
         try:
@@ -117,7 +116,7 @@ class Supervisor(Router):
         except OSError:
             return
         ip = str(addr[0])
-        if not self._over(ip):
+        if self._admit(ip):
             self.serve(conn, ip, refused=False)
         elif len(self.parked) < MAX_PARKED:
             # a connection that just closed may not have said so yet (a health check's): look again in a moment,
@@ -130,7 +129,7 @@ class Supervisor(Router):
         """Parked connections: served once under the limits, refused (said so) when their moment is up."""
         now, keep = time.monotonic(), []
         for conn, ip, until in self.parked:
-            if not self._over(ip):
+            if self._admit(ip):
                 self.serve(conn, ip, refused=False)
             elif now >= until:
                 self.refuse(conn, ip)
@@ -148,6 +147,7 @@ class Supervisor(Router):
         self.serve(conn, ip, refused=True)
 
     def serve(self, conn: socket.socket, ip: str, *, refused: bool) -> None:
+        """A connection process for ``conn`` (counted by the caller unless ``refused``)."""
         config, keys = self.config, self.host_keys
 
         def body(hub: socket.socket) -> int:
@@ -156,12 +156,11 @@ class Supervisor(Router):
         forked = self._fork("connection process", body)
         conn.close()
         if forked is None:
+            if not refused:
+                self.counter.release(ip)
             return
         pid, peer = forked
-        self.children[pid] = Child(pid, peer, f"{self.base}/{pid}", None if refused else ip, refused=refused)
-        if not refused:
-            self.total += 1
-            self.per_ip[ip] += 1
+        self.children[pid] = Child(pid, peer, None if refused else ip, refused=refused)
 
     def reap(self) -> None:
         while True:
@@ -214,13 +213,11 @@ class Supervisor(Router):
     def reload(self) -> None:
         notify("RELOADING=1", monotonic_usec(), "STATUS=reloading the config")
         try:
-            new = load_config(self.config.path, check_files=True)
+            self.config, _ = reread(self.config)
         except ConfigError as e:
             log.error("reload refused; the running config stays:\n%s", e)
             notify("READY=1", "STATUS=serving; the last reload was refused (see the log)")
             return
-        fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.config, f)]
-        self.config = dataclasses.replace(new, **{f: getattr(self.config, f) for f in fixed})
         for c in [*self.children.values(), *([self.node] if self.node else [])]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, signal.SIGHUP)  # each re-reads it (and says what it kept)

@@ -45,9 +45,9 @@ def sup(tmp_path: Path) -> Supervisor:
 
 def test_events_go_to_everyone_else(sup: Supervisor) -> None:
     ends = Ends(3)
-    sup.node = Child(100, ends.peer(0), "n", None)
-    sup.children = {101: Child(101, ends.peer(1), "n/101", "192.0.2.1"),
-                    102: Child(102, ends.peer(2), "n/102", "192.0.2.1")}
+    sup.node = Child(100, ends.peer(0), None)
+    sup.children = {101: Child(101, ends.peer(1), "192.0.2.1"),
+                    102: Child(102, ends.peer(2), "192.0.2.1")}
     event = {"kind": "approval", "id": 7, "node": "n/101"}
     sup.route(101, {"to": "all", "event": event})
     assert ends.got(2) == [{"event": event}] and ends.got(1) == []  # not back to the sender
@@ -63,7 +63,7 @@ def test_events_go_to_everyone_else(sup: Supervisor) -> None:
 
 def test_pending_sign_ins_are_counted_across_processes(sup: Supervisor) -> None:
     ends = Ends(2)
-    a, b = Child(201, ends.peer(0), "n/201", "192.0.2.9"), Child(202, ends.peer(1), "n/202", "192.0.2.9")
+    a, b = Child(201, ends.peer(0), "192.0.2.9"), Child(202, ends.peer(1), "192.0.2.9")
     sup.children = {201: a, 202: b}
     take = {"to": "supervisor", "kind": "login.take", "ip": "192.0.2.9", "limit": 2}
     sup.route(201, take | {"ask": 1})
@@ -103,7 +103,7 @@ def test_over_the_limit_a_connection_waits_a_moment_then_is_refused(sup: Supervi
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     served: list[tuple[str, bool]] = []
     monkeypatch.setattr(sup, "serve", lambda conn, ip, refused: served.append((ip, refused)))
-    sup.total, sup.per_ip["192.0.2.5"] = 2, 2
+    sup.counter.total, sup.counter.per_ip["192.0.2.5"] = 2, 2
     sup.config = dataclasses.replace(sup.config, limits=sup.config.limits.model_copy(
         update={"max_connections_per_source": 2}))
 
@@ -113,10 +113,10 @@ def test_over_the_limit_a_connection_waits_a_moment_then_is_refused(sup: Supervi
 
     sup.accept(Listener())  # type: ignore[arg-type]
     assert served == [] and len(sup.parked) == 1  # not refused at once: a closed one may not have said so yet
-    sup.per_ip["192.0.2.5"] = 1  # ...and now it has
+    sup.counter.total, sup.counter.per_ip["192.0.2.5"] = 1, 1  # ...and now it has
     sup.unpark()
     assert served == [("192.0.2.5", False)] and sup.parked == []
-    sup.per_ip["192.0.2.5"] = 2
+    sup.counter.total, sup.counter.per_ip["192.0.2.5"] = 2, 2
     sup.accept(Listener())  # type: ignore[arg-type]
     sup.parked = [(c, ip, 0.0) for c, ip, _ in sup.parked]  # its moment is up
     sup.unpark()
