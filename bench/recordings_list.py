@@ -89,15 +89,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
     from bastion.config import load_config
-    from bastion.context import ConnectionContext
     from bastion.oversight.live import LiveRegistry
-    from bastion.rpc.menu import MenuHandlers
     from bastion.sandbox import make_sandbox
     from bastion.services import Services
-    from bastion.sessions.broker import Broker
-    from bastion.sessions.client import ClientSide
-    from bastion.terminal.relay import Relay
-    from tests.unit.test_menu_handlers import Chan, FakeApprovals
+    from tests.support.menu import menu_for
+    from tests.unit.test_menu_handlers import FakeApprovals
 
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as d:
         (Path(d) / "bastion.yaml").write_text(CONFIG)
@@ -112,10 +108,7 @@ def main() -> int:
             services = Services(config=cfg, store=store, storage=None, approvals=FakeApprovals(),  # type: ignore[arg-type]
                                 live=LiveRegistry(), login=None, sandbox=make_sandbox("off", None),
                                 auditing=None, node="bench", spawn=lambda aw: None)  # type: ignore[arg-type]
-            ctx = ConnectionContext("127.0.0.1:1", "bastion")
-            ctx.set_identity("eve", cfg.users["eve"].groups, roles=cfg.roles, source="local")
-            client = ClientSide(Chan(), Relay(Chan()), "xterm", 80, 24)
-            listing = MenuHandlers(services, ctx, client, Broker(services, ctx, client)).table()["recordings.list"]
+            listing = menu_for(services, "eve").table()["recordings.list"]
 
             for name, t, size in screens(listing, args.runs):
                 rows.append((f"{n:,} sessions", name, t * 1e3, size, filled if name == "first screen" else 0.0))

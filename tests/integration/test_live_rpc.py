@@ -9,35 +9,13 @@ from typing import Any
 import pytest
 
 from bastion.config import load_config
-from bastion.context import ConnectionContext
 from bastion.daemon import build_services
 from bastion.oversight.live import LiveSession
-from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.server import RefusedRequest
-from bastion.services import Services
-from bastion.sessions.broker import Broker
-from bastion.sessions.client import ClientSide
 from bastion.terminal.relay import Relay, Tee
 from recorder.asciicast import CastWriter
 from tests.integration.conftest import BastionEnv
-
-
-class Chan:
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def as_user(services: Services, name: str) -> MenuHandlers:
-    ctx = ConnectionContext("127.0.0.1:1", services.server_name)
-    ctx.set_identity(name, services.config.users[name].groups, roles=services.config.roles, source="local")
-    client = ClientSide(Chan(), Relay(Chan()), None, 80, 24)
-    return MenuHandlers(services, ctx, client, Broker(services, ctx, client))
+from tests.support.menu import NoChannel, menu_for
 
 
 async def refused(coro: Any) -> str:
@@ -52,9 +30,10 @@ async def test_only_reviewers_and_auditors_watch_and_only_auditors_replay(bastio
     writer = CastWriter(tmp_path / "x.cast", 80, 24, title="x")
     stopped: list[str] = []
     live = LiveSession("20261129-000000-aaaaaaaaaaaa", "carol", "web", "ssh", "interactive", None, "", "n",
-                       tee=Tee(writer), relay=Relay(Chan()), notify=stopped.append, stop=lambda: stopped.append("x"))
+                       tee=Tee(writer), relay=Relay(NoChannel()), notify=stopped.append,
+                       stop=lambda: stopped.append("x"))
     daemon.live.add(live)
-    alice, bob, eve = (as_user(daemon, u) for u in ("alice", "bob", "eve"))
+    alice, bob, eve = (menu_for(daemon, u, term_type=None) for u in ("alice", "bob", "eve"))
     assert await refused(alice.live({})) == "forbidden"
     for who in (alice,):  # an operator: the same answer for a real session id and a made-up one
         assert await refused(who.terminate({"id": live.sid, "reason": "x"})) == "not_found"

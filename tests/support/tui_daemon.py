@@ -18,29 +18,12 @@ import asyncssh
 from textual.pilot import Pilot
 
 from bastion.config import load_config
-from bastion.context import ConnectionContext
 from bastion.daemon import build_services
-from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.proto import RpcClient
 from bastion.rpc.server import BrokerServer
 from bastion.services import Services
-from bastion.sessions.broker import Broker
-from bastion.sessions.client import ClientSide
 from bastion.store.approvals import ApprovalStore
-from bastion.terminal.relay import Relay
-
-
-class NoChannel:
-    """The menu's own channel: these handlers never write to it (no session is opened here)."""
-
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from tests.support.menu import menu_for
 
 
 @dataclass
@@ -95,10 +78,7 @@ roles:
     served: list[concurrent.futures.Future[None]] = []
 
     def connect(user: str) -> RpcClient:
-        ctx = ConnectionContext("127.0.0.1:1", daemon.server_name)
-        ctx.set_identity(user, daemon.config.users[user].groups, roles=daemon.config.roles, source="local")
-        client = ClientSide(NoChannel(), Relay(NoChannel()), None, 80, 24)
-        menu = MenuHandlers(daemon, ctx, client, Broker(daemon, ctx, client))
+        menu = menu_for(daemon, user, term_type=None)
         handlers = {"hello": menu.hello, "resources.list": menu.resources, "queue.list": menu.queue,
                     "requests.mine": menu.mine, "request.decide": menu.decide,
                     "recordings.list": menu.recordings.listing, "sessions.live": menu.live}

@@ -15,15 +15,12 @@ import pytest
 from bastion.config import Config, load_config
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveRegistry
-from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.server import RefusedRequest
 from bastion.sandbox import make_sandbox
 from bastion.services import Services
-from bastion.sessions.broker import Broker
-from bastion.sessions.client import ClientSide
 from bastion.store.approvals import DecisionRefused
 from bastion.store.rows import SessionRecord
-from bastion.terminal.relay import Relay
+from tests.support.menu import menu_for as menu
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 CONFIG = f"""\
@@ -118,17 +115,6 @@ class FakeApprovals:
         return FakeRequest(id=rid)
 
 
-class Chan:
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     (tmp_path / "bastion.yaml").write_text(CONFIG)
@@ -140,15 +126,6 @@ def services(config: Config) -> Services:
     return Services(config=config, store=FakeStore(), storage=None, approvals=FakeApprovals(),
                     live=LiveRegistry(), login=None, sandbox=make_sandbox("off", None), auditing=None,
                     node="test-node", spawn=lambda aw: None)
-
-
-def menu(services: Services, user: str | None, *, pending: bool = False) -> MenuHandlers:
-    ctx = ConnectionContext("192.0.2.7:40000", services.server_name)
-    if user is not None:
-        ctx.set_identity(user, services.config.users[user].groups, roles=services.config.roles, source="local")
-    ctx.pending_login = pending
-    client = ClientSide(Chan(), Relay(Chan()), "xterm", 80, 24)
-    return MenuHandlers(services, ctx, client, Broker(services, ctx, client))
 
 
 async def refused(coro: Any) -> str:

@@ -10,17 +10,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from bastion.context import ConnectionContext
 from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.proto import MAX_FRAME, encode
 from bastion.rpc.server import RefusedRequest
 from bastion.services import Services
-from bastion.sessions.broker import Broker
-from bastion.sessions.client import ClientSide
 from bastion.store.db import Store
 from bastion.store.models import Session
-from bastion.terminal.relay import Relay
-from tests.unit.test_menu_handlers import Chan, config, services  # noqa: F401  (fixtures)
+from tests.support.menu import menu_for
+from tests.unit.test_menu_handlers import config, services  # noqa: F401  (fixtures)
 
 
 def fill(store: Store, n: int, *, command: str = "id", user: str = "alice") -> list[str]:
@@ -45,13 +42,6 @@ def real(services: Services, tmp_path: Path) -> Services:  # noqa: F811
     return services
 
 
-def auditor(services: Services) -> MenuHandlers:  # noqa: F811
-    ctx = ConnectionContext("192.0.2.7:40000", services.server_name)
-    ctx.set_identity("eve", services.config.users["eve"].groups, roles=services.config.roles, source="local")
-    client = ClientSide(Chan(), Relay(Chan()), "xterm", 80, 24)
-    return MenuHandlers(services, ctx, client, Broker(services, ctx, client))
-
-
 async def pages(menu: MenuHandlers, **filters: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     params: dict[str, str] = dict(filters)
@@ -66,7 +56,7 @@ async def pages(menu: MenuHandlers, **filters: str) -> list[dict[str, Any]]:
 
 async def test_every_session_once_newest_first(real: Services) -> None:
     ids = fill(real.store, 250)
-    got = await pages(auditor(real))
+    got = await pages(menu_for(real, "eve"))
     seen = [s["id"] for page in got for s in page["sessions"]]
     assert len(got) == 3 and [len(p["sessions"]) for p in got] == [100, 100, 50]
     assert seen == sorted(ids, reverse=True)  # ties in start time broken by id: none lost, none twice
@@ -75,13 +65,13 @@ async def test_every_session_once_newest_first(real: Services) -> None:
 async def test_filters_hold_across_pages(real: Services) -> None:
     fill(real.store, 120, user="alice")
     bob = fill(real.store, 130, user="bob")
-    seen = [s["id"] for page in await pages(auditor(real), user="bob") for s in page["sessions"]]
+    seen = [s["id"] for page in await pages(menu_for(real, "eve"), user="bob") for s in page["sessions"]]
     assert sorted(seen) == sorted(bob)
 
 
 async def test_long_rows_end_a_page_early_never_past_the_frame_limit(real: Services) -> None:
     ids = fill(real.store, 150, command="é" * 4000)  # escaped in JSON: six bytes each
-    got = await pages(auditor(real))
+    got = await pages(menu_for(real, "eve"))
     assert len(got) > 2 and sum(len(p["sessions"]) for p in got) == len(ids)
     assert all(len(s["command"]) == 500 for p in got for s in p["sessions"])
 
@@ -89,5 +79,5 @@ async def test_long_rows_end_a_page_early_never_past_the_frame_limit(real: Servi
 @pytest.mark.parametrize("cursor", ["nope", "2026-11-01T00:00:00|", "2026-11-01T00:00:00|abc", "x|y", "|" * 3])
 async def test_a_cursor_it_did_not_give_is_refused(real: Services, cursor: str) -> None:
     with pytest.raises(RefusedRequest) as e:
-        await auditor(real).table()["recordings.list"]({"cursor": cursor})
+        await menu_for(real, "eve").table()["recordings.list"]({"cursor": cursor})
     assert e.value.code == "bad_request"

@@ -10,23 +10,14 @@ from typing import Any
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession
 from bastion.rpc.budget import fit
-from bastion.rpc.menu import MenuHandlers
 from bastion.rpc.proto import MAX_FRAME, encode
 from bastion.services import Services
-from bastion.sessions.broker import Broker
-from bastion.sessions.client import ClientSide
 from bastion.terminal.relay import Relay, Tee
 from recorder.asciicast import CastWriter
-from tests.unit.test_menu_handlers import Chan, FakeRequest, config, services  # noqa: F401  (fixtures)
+from tests.support.menu import NoChannel, menu_for
+from tests.unit.test_menu_handlers import FakeRequest, config, services  # noqa: F401  (fixtures)
 
 HUGE = "rm -rf /srv/" + "é" * 3000  # 6 bytes a character once escaped... or 2 in UTF-8: either way, large
-
-
-def as_user(services: Services, user: str) -> MenuHandlers:  # noqa: F811
-    ctx = ConnectionContext("192.0.2.7:40000", services.server_name)
-    ctx.set_identity(user, services.config.users[user].groups, roles=services.config.roles, source="local")
-    client = ClientSide(Chan(), Relay(Chan()), "xterm", 80, 24)
-    return MenuHandlers(services, ctx, client, Broker(services, ctx, client))
 
 
 def frame(reply: dict[str, Any]) -> int:
@@ -50,7 +41,7 @@ async def test_the_queue_fits_and_counts_what_waits_behind(services: Services) -
         return pending, pending[:50]
 
     services.approvals.queue = queue  # type: ignore[method-assign]
-    reply = await as_user(services, "bob").table()["queue.list"]({})
+    reply = await menu_for(services, "bob").table()["queue.list"]({})
     assert frame(reply) < MAX_FRAME
     assert reply["more_pending"] == 300 - len(reply["pending"]) > 0
     assert all(r["text"] == HUGE for r in reply["pending"])  # shown whole: a reviewer approves what it reads
@@ -61,9 +52,9 @@ async def test_live_sessions_fit(services: Services, tmp_path: Path) -> None:  #
     writer = CastWriter(tmp_path / "x.cast", 80, 24, title="x")
     for i in range(400):
         services.live.add(LiveSession(f"2026{i:08d}-aaaa", "alice", "web", "ssh", "exec", HUGE, "192.0.2.1:1", "n",
-                                      tee=Tee(writer), relay=Relay(Chan()), notify=lambda t: None,
+                                      tee=Tee(writer), relay=Relay(NoChannel()), notify=lambda t: None,
                                       stop=lambda: None))
-    reply = await as_user(services, "bob").table()["sessions.live"]({})
+    reply = await menu_for(services, "bob").table()["sessions.live"]({})
     assert frame(reply) < MAX_FRAME and reply["more"] == 400 - len(reply["sessions"]) > 0
     writer.close()
 
@@ -81,7 +72,7 @@ async def test_a_recordings_detail_fits_and_counts_its_markers(services: Service
         writer.marker(f"policy: allow: {HUGE[:400]} {i}")
     store.start_session("20261201-000000-aaaaaaaaaaaa", user="alice", resource="web", kind="ssh", mode="exec",
                         command="x", client_addr="", node="n", recording_path=path)  # active: its file is read here
-    reply = await as_user(services, "eve").table()["recording.detail"]({"id": "20261201-000000-aaaaaaaaaaaa"})
+    reply = await menu_for(services, "eve").table()["recording.detail"]({"id": "20261201-000000-aaaaaaaaaaaa"})
     assert frame(reply) < MAX_FRAME
     assert reply["more"]["markers"] == 3000 - len(reply["markers"]) > 0
     writer.close()
