@@ -12,8 +12,10 @@ load process is left on the target before it measures the next path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -114,15 +116,33 @@ class Load:
 
 
 def no_load_left(env: Env, timeout: float = 20) -> None:
-    """Every ``yes`` of the load has died with its session (a survivor would skew every later figure)."""
-    deadline = time.monotonic() + timeout
+    """Every ``yes`` of the load has died with its session (a survivor would skew every later figure), and the
+    indexing of the load's recordings (niced, but hundreds of MB of ``yes``) is not left to run under the next
+    path's figures: it is stopped (a real daemon would finish it in the background)."""
+    deadline, quiet_since = time.monotonic() + timeout, None
     while True:
+        for p in env.bastion_pids():
+            if b"bastion.audit.indexing" in _cmdline(p):
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
         left = [p for p in _tree(env.target.proc.pid) if _comm(p) == "yes"]
-        if not left:
-            return
+        left += [p for p in env.bastion_pids() if b"bastion.audit.indexing" in _cmdline(p)]
+        if not left:  # quiet for a second: the daemon queues the next recording's indexer after one ends
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 1.0:
+                return
+        else:
+            quiet_since = None
         if time.monotonic() > deadline:
             raise RuntimeError(f"load processes outlived their sessions on the target: {left}")
         time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _comm(pid: int) -> str:

@@ -88,9 +88,13 @@ class AuditWorker:
             self.indexed.clear()
             await self._index(sid)
 
+    def indexer(self, sid: str) -> list[str]:
+        """The command that indexes (and uploads) one recording."""
+        return ["nice", "-n", "10", sys.executable, "-m", "bastion.audit.indexing", "--config", str(self.config.path),
+                sid]
+
     async def _index(self, sid: str) -> None:
-        cmd = ["nice", "-n", "10", sys.executable, "-m", "bastion.audit.indexing", "--config", str(self.config.path),
-               sid]
+        cmd = self.indexer(sid)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -100,6 +104,10 @@ class AuditWorker:
             return
         try:
             _, err = await asyncio.wait_for(proc.communicate(), INDEX_TIMEOUT)
+        except asyncio.CancelledError:  # the daemon stops: so does its indexer (the next start queues it again)
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         except TimeoutError:
             proc.kill()
             await proc.wait()
