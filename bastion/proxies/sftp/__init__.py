@@ -1,0 +1,1 @@
+"""SFTP (protocol version 3, as OpenSSH speaks it) packet codec for the file-transfer proxy."""
