@@ -62,6 +62,10 @@ class Rule:
     names: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()          # Kubernetes non-resource URLs (globs)
     max_rows: int | None = None          # SQL writes: the rows a statement may touch before ``action`` applies
+    # File transfers (policies/transfer.py): the operations a rule names (upload, download, remove, ...); with it,
+    # ``paths`` are globs on absolute file paths instead of Kubernetes URLs
+    transfer: tuple[str, ...] = ()
+    max_bytes: int | None = None         # uploads/downloads: the rule applies only to a known size above this
 
     @property
     def _shell_fields(self) -> bool:
@@ -73,22 +77,33 @@ class Rule:
 
     @property
     def _kube_fields(self) -> bool:
-        return bool(self.verbs or self.api_resources or self.api_groups or self.namespaces or self.names or self.paths)
+        """``paths`` alone is a Kubernetes field (non-resource URLs); with ``transfer`` it belongs to the transfer."""
+        return bool(self.verbs or self.api_resources or self.api_groups or self.namespaces or self.names
+                    or (self.paths and not self.transfer))
+
+    @property
+    def _transfer_fields(self) -> bool:
+        return bool(self.transfer or self.max_bytes is not None)
 
     @property
     def for_sql(self) -> bool:
-        """False for rules that only make sense for shell commands or Kubernetes requests."""
-        return not (self._shell_fields or self._kube_fields)
+        """False for rules that only make sense for shell commands, Kubernetes requests or file transfers."""
+        return not (self._shell_fields or self._kube_fields or self._transfer_fields)
 
     @property
     def for_shell(self) -> bool:
-        """False for rules that only make sense for SQL or Kubernetes requests."""
-        return not (self._sql_fields or self._kube_fields)
+        """False for rules that only make sense for SQL, Kubernetes requests or file transfers."""
+        return not (self._sql_fields or self._kube_fields or self._transfer_fields)
 
     @property
     def for_kube(self) -> bool:
-        """False for rules that only make sense for shell commands or SQL."""
-        return not (self._shell_fields or self._sql_fields)
+        """False for rules that only make sense for shell commands, SQL or file transfers."""
+        return not (self._shell_fields or self._sql_fields or self._transfer_fields)
+
+    @property
+    def for_transfer(self) -> bool:
+        """False for rules that only make sense for shell commands, SQL or Kubernetes requests."""
+        return not (self._shell_fields or self._sql_fields or self._kube_fields)
 
     def matches_kube(self, req: KubeRequest) -> bool:
         """Every named field must match; ``delete`` also covers ``deletecollection``."""
@@ -158,8 +173,8 @@ class PolicySet:
     rules: tuple[Rule, ...] = ()
 
     def applicable(self, kind: str, groups: frozenset[str], resource: str) -> list[Rule]:
-        """The rules of ``kind`` (shell, sql, kube) that apply to these groups on this resource, in order; kept per
-        (kind, groups, resource) because every command line of a session asks the same question."""
+        """The rules of ``kind`` (shell, sql, kube, transfer) that apply to these groups on this resource, in order;
+        kept per (kind, groups, resource) because every command line of a session asks the same question."""
         cache: dict[tuple[str, frozenset[str], str], list[Rule]] = self.__dict__.setdefault("_applicable", {})
         key = (kind, groups, resource)
         hit = cache.get(key)

@@ -42,7 +42,10 @@ class RuleModel(StrictModel):
     api_groups: list[str] = []   # Kubernetes: "" is the core group
     namespaces: list[str] = []   # Kubernetes: globs
     names: list[str] = []        # Kubernetes: object names (globs)
-    paths: list[str] = []        # Kubernetes: non-resource URLs (globs), e.g. /metrics
+    paths: list[str] = []        # Kubernetes: non-resource URLs (globs), e.g. /metrics; with transfer: file paths
+    # File transfers (SFTP requests, scp/rsync/git in the exec form): the operations the rule names
+    transfer: list[Literal["upload", "download", "remove", "rename", "chmod", "mkdir", "rmdir", "symlink"]] = []
+    max_bytes: Annotated[int, Field(ge=0)] | None = None  # uploads/downloads: applies to a known size above this
 
     @model_validator(mode="after")
     def _max_rows(self) -> RuleModel:
@@ -55,16 +58,31 @@ class RuleModel(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _max_bytes(self) -> RuleModel:
+        """A size limit only means something for uploads and downloads (the only transfers with a size), and only
+        with an action that says what happens above it."""
+        if self.max_bytes is not None:
+            if not {"upload", "download"} & set(self.transfer):
+                raise ValueError("max_bytes applies to transfer: [upload, download] (one of them at least)")
+            if self.action not in ("block", "require_approval"):
+                raise ValueError("max_bytes needs action block or require_approval (what happens over the size)")
+        return self
+
+    @model_validator(mode="after")
     def _one_kind(self) -> RuleModel:
-        """A rule mixing shell, SQL and Kubernetes matchers could never match anything: say so instead."""
+        """A rule mixing shell, SQL, Kubernetes and transfer matchers could never match anything: say so instead.
+        ``paths`` is a transfer field in a rule with ``transfer`` and a Kubernetes field otherwise."""
+        kube = "Kubernetes (verbs/api_resources/api_groups/namespaces/names" + ("" if self.transfer else "/paths") + ")"
         kinds = [k for k, on in (("shell (programs/args)", self.programs or self.args),
                                  ("SQL (statements/tables/traits/functions)",
                                   self.statements or self.tables or self.traits or self.functions),
-                                 ("Kubernetes (verbs/api_resources/api_groups/namespaces/names/paths)",
-                                  self.verbs or self.api_resources or self.api_groups or self.namespaces
-                                  or self.names or self.paths)) if on]
+                                 (kube, self.verbs or self.api_resources or self.api_groups or self.namespaces
+                                  or self.names or (self.paths and not self.transfer)),
+                                 ("transfer (transfer/paths/max_bytes)", self.transfer)) if on]
         if len(kinds) > 1:
             raise ValueError(f"a rule matches one kind of command; this one mixes {' and '.join(kinds)}")
+        if self.transfer and any(not p.startswith(("/", "*")) for p in self.paths):
+            raise ValueError("a transfer rule's paths are globs on absolute file paths (start with / or *)")
         return self
 
     @field_validator("command")
@@ -92,5 +110,6 @@ def policy_set(name: str, p: PolicyModel) -> PolicySet:
              tuple(r.approvers.roles) if r.approvers else (), r.approvers.count if r.approvers else 1, r.timeout,
              tuple(r.statements), tuple(t.lower() for t in r.tables), tuple(r.traits),
              tuple(f.lower() for f in r.functions), tuple(r.verbs), tuple(a.lower() for a in r.api_resources),
-             tuple(r.api_groups), tuple(r.namespaces), tuple(r.names), tuple(r.paths), r.max_rows)
+             tuple(r.api_groups), tuple(r.namespaces), tuple(r.names), tuple(r.paths), r.max_rows,
+             tuple(r.transfer), r.max_bytes)
         for r in p.rules))
