@@ -28,6 +28,7 @@ class ConnectionContext:
         self.pending_login = False  # proved an unknown key: only the TUI's OIDC login is open to it
         self.proven_key: asyncssh.SSHKey | None = None  # the key whose signature authenticated this connection
         self.login_ip: str | None = None  # set while a device flow of this connection counts as pending
+        self.target: str | None = None  # ``alice+web1``: every session of this connection opens ``web1``
 
     def set_identity(self, name: str, groups: Iterable[str], *, roles: Mapping[str, RoleLike], source: str) -> None:
         """The connection now acts as ``name`` with ``groups``; ``roles`` (the running config's) give its grants."""

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from recorder.sink import BackgroundSink, FileSink, Sink
+from recorder.transferlog import KIND as TRANSFER_KIND
+from recorder.transferlog import describe as describe_record
 
 __all__ = ["PROMPT_RE", "Cast", "CastError", "CastWriter", "EchoGuard", "Event", "iter_events", "read_cast",
            "read_header"]
@@ -461,6 +463,11 @@ def _parse_header(path: Path, line: str) -> dict[str, Any]:
         raise CastError(f"{path}:1: not an asciicast header: {e}") from None
     if not isinstance(header, dict):
         raise CastError(f"{path}:1: not an asciicast header (expected a JSON object)")
+    if header.get("kind") == TRANSFER_KIND and header.get("version") == 1:
+        # a transfer log (recorder.transferlog) reads as a cast of its operations, one line each, so that
+        # every player, search and export shows it
+        return {"version": 2, "width": 160, "height": 40, "timestamp": header.get("timestamp", 0),
+                "title": str(header.get("title", "")), "env": {}, "transfer": True}
     if header.get("version") != 2:
         raise CastError(f"{path}:1: unsupported asciicast version {header.get('version')!r} (expected 2)")
     for k in ("width", "height"):
@@ -491,7 +498,22 @@ def _open(path: Path) -> IO[str]:
         raise CastError(f"{path}: cannot read: {e.strerror or e}") from e
 
 
-def _events(path: Path, f: IO[str], report: _Report | None) -> Iterator[Event]:
+def _transfer_events(line: str) -> list[Event]:
+    """A transfer log's line as cast events: each operation a line of output and a marker; the end's totals."""
+    rec = json.loads(line)
+    if not isinstance(rec, dict):
+        raise ValueError("expected a transfer log record (a JSON object)")
+    t = rec.get("t", 0.0)
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"bad record time {t!r}")
+    text = describe_record(rec)
+    if "marker" in rec:
+        return [Event(float(t), "m", str(rec["marker"]))]
+    events = [Event(float(t), "o", text + "\r\n")]
+    return events + ([Event(float(t), "m", text)] if "op" in rec else [])
+
+
+def _events(path: Path, f: IO[str], report: _Report | None, transfer: bool = False) -> Iterator[Event]:
     bad: tuple[int, str] | None = None  # a bad line is "truncated" only if nothing follows it
     for n, line in enumerate(f, start=2):
         if bad is not None and report is not None:
@@ -502,7 +524,10 @@ def _events(path: Path, f: IO[str], report: _Report | None) -> Iterator[Event]:
                 report.errors.append(f"{path}:{n}: skipped blank line")
             continue
         try:
-            yield _parse_event(line)
+            if transfer:
+                yield from _transfer_events(line)
+            else:
+                yield _parse_event(line)
         except ValueError as e:
             bad = (n, str(e))
     if bad is not None and report is not None:
@@ -522,8 +547,8 @@ def iter_events(path: Path | str, errors: list[str] | None = None) -> Iterator[E
     path = Path(path)
     report = _Report(errors if errors is not None else [])
     with _open(path) as f:
-        _parse_header(path, f.readline())
-        yield from _events(path, f, report)
+        header = _parse_header(path, f.readline())
+        yield from _events(path, f, report, bool(header.get("transfer")))
 
 
 def read_cast(path: Path | str) -> Cast:
@@ -532,5 +557,5 @@ def read_cast(path: Path | str) -> Cast:
     report = _Report()
     with _open(path) as f:
         header = _parse_header(path, f.readline())
-        events = list(_events(path, f, report))
+        events = list(_events(path, f, report, bool(header.get("transfer"))))
     return Cast(header, events, report.truncated, report.errors)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from recorder.asciicast import Event, iter_events
+from recorder.transferlog import describe, is_transfer_log, iter_records
 
 __all__ = ["IndexRow", "ScreenLines", "index_rows"]
 
@@ -162,5 +163,9 @@ def rows_from_events(events: Iterable[Event]) -> Iterator[IndexRow]:
 
 
 def index_rows(path: Path | str, errors: list[str] | None = None) -> Iterator[IndexRow]:
-    """The index rows of a recording file; a damaged tail is skipped (and described in ``errors``)."""
+    """The index rows of a recording file; a damaged tail is skipped (and described in ``errors``). A transfer
+    log's operations are judged acts, like a cast's markers: each is a ``marker`` row (file names, hashes,
+    decisions), found by ``audit search --only commands``."""
+    if is_transfer_log(path):
+        return (IndexRow(float(r.get("t", 0.0)), "marker", describe(r)) for r in iter_records(path, errors))
     return rows_from_events(iter_events(path, errors))

@@ -15,6 +15,7 @@ from bastion.store.db import Store
 from bastion.store.search import index_recording
 from recorder.seekindex import build, save
 from recorder.storage import RecordingStorage, StorageError, is_remote
+from recorder.transferlog import is_transfer_log
 
 
 def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
@@ -28,7 +29,7 @@ def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframe
     n = index_recording(store, sid, str(path))
     if is_remote(ref):
         return n
-    if keyframes:
+    if keyframes and not is_transfer_log(path):  # a transfer log has no screen to seek in
         save(build(path), path)
     if storage.remote and row.sha256:  # closed and chained: its content is final
         store.set_recording_path(sid, storage.upload(path))

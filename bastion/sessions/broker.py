@@ -15,11 +15,13 @@ from bastion.services import Services
 from bastion.sessions.brokered import BrokeredSession
 from bastion.sessions.client import ClientSide
 from bastion.sessions.timeouts import fmt_seconds
+from bastion.sessions.transfers import judge_exec_transfers
 from bastion.store.approvals import ACCESS_RULE
 from bastion.store.db import new_session_id
 from bastion.targets import target_class
 from policies.access import RequestTerms, decide_open
 from policies.engine import Action, Decision, evaluate
+from policies.transfer import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,20 @@ class Broker:
     def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide):
         self.services, self.ctx, self.client = services, ctx, client
 
-    async def open(self, name: str, *, command: str | None, reason: str = "") -> Outcome:
+    async def open(self, name: str, *, command: str | None, reason: str = "", subsystem: str | None = None) -> Outcome:
         """Check access (asking reviewers first where access is granted on request), judge the command, connect
-        to the target, attach it to the relay with recording, wait for its end."""
+        to the target, attach it to the relay with recording, wait for its end. ``subsystem`` (``sftp``): a
+        transfer session, judged request by request at the protocol."""
         ctx, client, store = self.ctx, self.client, self.services.store
-        mode = "exec" if command is not None else "interactive"
+        mode = subsystem or ("exec" if command is not None else "interactive")
         decision = decide_open(ctx.grants, name, self.services.config.resources)
         if not decision.allowed and decision.request is None:
             await asyncio.to_thread(store.audit, ctx.username, "session.open", "denied", resource=name[:255],
                                     client_addr=ctx.peer, mode=mode, reason=decision.reason)
             log.info("%s: open %r denied: %s", ctx.who, name[:64], decision.reason)
             return Outcome(False, decision.reason)
+        if subsystem is not None and self.services.config.resources[name].kind != "ssh":
+            return Outcome(False, f"{name}: {subsystem} is for ssh resources only")
         if client.opening:
             return Outcome(False, "a session is already open on this connection")
         client.opening = True
@@ -73,12 +78,16 @@ class Broker:
                     return got
                 access = got
             verdict: Decision | None = None
+            transfers: list[Transfer] = []
             if command is not None:
                 verdict = self._judge(name, command)
+                if not client.pty:  # scp -t, rsync --server, git-upload-pack: file transfers too
+                    verdict, transfers = await judge_exec_transfers(
+                        self.services.config, name, command, ctx.groups, verdict)
                 refusal = await self._enforce_exec(name, sid, verdict)
                 if refusal is not None:
                     return refusal
-            run = BrokeredSession(self.services, ctx, client, name, sid, command)
+            run = BrokeredSession(self.services, ctx, client, name, sid, command, subsystem, transfers)
             ended = await run.run(verdict, access)
             if ended.error is not None:
                 return Outcome(False, ended.error)

@@ -8,11 +8,13 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession
+from bastion.proxies.sftp.files import record_of
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.sessions.hooks import SessionHooks
@@ -21,7 +23,11 @@ from bastion.targets import make_target
 from bastion.targets.base import OpenRequest, Target, TargetError, TargetExit
 from bastion.terminal.relay import Tee
 from policies.engine import Decision
+from policies.transfer import Transfer, is_transfer_command
 from recorder.asciicast import CastWriter
+from recorder.recording import Recording
+from recorder.transferlog import SUFFIX as TRANSFER_SUFFIX
+from recorder.transferlog import TransferLog
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +47,22 @@ class BrokeredSession:
     """Session ``sid``: ``name`` opened for the operator of ``client``, interactive or running ``command``."""
 
     def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide, name: str, sid: str,
-                 command: str | None):
+                 command: str | None, subsystem: str | None = None, transfers: Sequence[Transfer] = ()):
         self.services, self.ctx, self.client = services, ctx, client
-        self.name, self.sid, self.command = name, sid, command
-        self.mode = "exec" if command is not None else "interactive"
+        self.name, self.sid, self.command, self.subsystem = name, sid, command, subsystem
+        self.transfers = transfers  # the exec form's, judged with their paths resolved on the target
+        self.mode = subsystem or ("exec" if command is not None else "interactive")
         self.res = services.config.resources[name]
-        sid_path = Path(sid[:4]) / sid[4:6] / sid[6:8] / f"{sid}.cast"
+        # files, not a screen: an sftp session, or a binary protocol on the exec form (scp -t, rsync --server)
+        self.transfer = subsystem is not None or (command is not None and not client.pty
+                                                  and is_transfer_command(command))
+        suffix = TRANSFER_SUFFIX if self.transfer else ".cast"
+        sid_path = Path(sid[:4]) / sid[4:6] / sid[6:8] / f"{sid}{suffix}"
         self.path = services.config.recordings_dir / sid_path
+        self.log: TransferLog | None = None
 
     async def run(self, verdict: Decision | None, access: str | None) -> Ended:
-        target = make_target(self.res.kind, self.client.relay)
+        target = make_target(self.res.kind, self.client.relay, self.subsystem)
         self.client.endpoints.add(target)
         try:
             writer = self._recording(verdict, access)
@@ -65,13 +77,18 @@ class BrokeredSession:
             self.client.endpoints.discard(target)
             self.client.live = None
 
-    def _recording(self, verdict: Decision | None, access: str | None) -> CastWriter | None:
+    def _recording(self, verdict: Decision | None, access: str | None) -> Recording | None:
         """The session's recording, opened before the target speaks; None when it cannot be written (no recording,
         no session)."""
         ctx, client = self.ctx, self.client
+        title = f"{ctx.username}@{self.name} ({self.mode})"
+        writer: Recording
         try:
-            writer = CastWriter(self.path, client.cols, client.rows, title=f"{ctx.username}@{self.name} ({self.mode})",
-                                env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"}, background=True)
+            if self.transfer:
+                writer = self.log = TransferLog(self.path, title=title, background=True)
+            else:
+                writer = CastWriter(self.path, client.cols, client.rows, title=title,
+                                    env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"}, background=True)
         except OSError as e:
             log.error("%s: cannot create recording %s: %s", ctx.who, self.path, e)
             return None
@@ -81,9 +98,13 @@ class BrokeredSession:
             writer.marker(access)
         if verdict is not None:
             writer.marker(f"policy: {verdict.summary()}")
+        if self.log is not None:
+            for t in self.transfers:  # the exec form's transfers, as judged before it ran
+                self.log.op({**record_of(t), "decision": verdict.action.label if verdict else "allow",
+                             "rule": verdict.rule if verdict else None})
         return writer
 
-    async def _open(self, target: Target, writer: CastWriter) -> str | None:
+    async def _open(self, target: Target, writer: Recording) -> str | None:
         """Attach the target to the relay (recorded from its first byte) and open it; why not, if it failed."""
         ctx, client, store = self.ctx, self.client, self.services.store
         hooks = SessionHooks(self.services, ctx, client, self.name, self.sid, writer)
@@ -95,7 +116,8 @@ class BrokeredSession:
             name=self.name, command=self.command, pty=client.pty, term_type=client.term_type or "dumb",
             cols=client.cols, rows=client.rows, user=ctx.username, groups=tuple(ctx.groups), session_id=self.sid,
             config=self.services.config, sandbox=self.services.sandbox,
-            hooks=hooks.proxy_hooks(proxied, interactive=self.command is None) if proxied else None)
+            hooks=hooks.proxy_hooks(proxied, interactive=self.mode == "interactive") if proxied else None,
+            subsystem=self.subsystem, record=self.log.op if self.log is not None else None)
         try:
             await target.open(req)
         except TargetError as e:
@@ -107,7 +129,7 @@ class BrokeredSession:
             return f"{self.name}: {e}"
         return None
 
-    async def _carry(self, target: Target, writer: CastWriter) -> Ended:
+    async def _carry(self, target: Target, writer: Recording) -> Ended:
         """The session runs: in the store, on the live list, under its time limit, until the target ends."""
         ctx, client, services = self.ctx, self.client, self.services
         await asyncio.to_thread(services.store.start_session, self.sid, user=ctx.username, resource=self.name,
@@ -139,7 +161,7 @@ class BrokeredSession:
         else:
             self.client.stderr(f"bastion: {text}\n")
 
-    async def _wind_down(self, live: LiveSession, writer: CastWriter) -> str:
+    async def _wind_down(self, live: LiveSession, writer: Recording) -> str:
         """Off the live list, detached, held requests cancelled, the recording closed (its SHA-256)."""
         services = self.services
         services.live.remove(self.sid)
@@ -152,7 +174,7 @@ class BrokeredSession:
         writer.marker(f"session {self.sid} ended")
         return await asyncio.to_thread(writer.close)  # waits for the disk: not on the loop
 
-    async def _record_end(self, live: LiveSession, end: TargetExit, writer: CastWriter, sha: str,
+    async def _record_end(self, live: LiveSession, end: TargetExit, writer: Recording, sha: str,
                           duration: float) -> Ended:
         """Close the session in the store (which chains its recording), queue its indexing."""
         ctx, services = self.ctx, self.services

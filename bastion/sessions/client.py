@@ -42,6 +42,7 @@ class ClientSide:
         self.observer: ReadOnlyView | None = None
         self.live: LiveSession | None = None  # the brokered session this channel carries now
         relay.on_interrupt = self.withdraw.set
+        relay.ctrl_c_withdraws = term_type is not None
 
     @property
     def pty(self) -> bool:

@@ -18,14 +18,15 @@ from bastion.terminal.cmdfilter import CommandFilter, secret_asks
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
 from policies.kube import KubeRequest
 from policies.psql import judge_psql_line
-from recorder.asciicast import CastWriter
+from policies.transfer import Transfer, evaluate_transfer
+from recorder.recording import Recording
 
 
 class SessionHooks:
     """The enforcement hooks of one brokered session ``sid`` on resource ``name``."""
 
     def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide, name: str, sid: str,
-                 writer: CastWriter):
+                 writer: Recording):
         self.services, self.ctx, self.client = services, ctx, client
         self.name, self.sid, self.writer = name, sid, writer
 
@@ -48,14 +49,15 @@ class SessionHooks:
                                               session_id=self.sid, client_addr=ctx.peer, **detail))
 
     def proxy_hooks(self, kind: str, *, interactive: bool) -> Hooks:
-        """What a protocol proxy (``sql``: the wire proxy, ``kube``: the API proxy) needs to judge, hold and record
-        the statements or requests of this session."""
+        """What a protocol proxy (``sql``: the wire proxy, ``kube``: the API proxy, ``transfer``: the SFTP gate)
+        needs to judge, hold and record the statements, requests or file operations of this session."""
         cfg, ctx, name, client = self.services.config, self.ctx, self.name, self.client
         res = cfg.resources[name]
         policy = cfg.policies.get(res.policy or "") or PolicySet("(none)")
 
         def note(d: Decision) -> None:
-            self.writer.marker(f"{kind}: {d.summary()}: {d.text}")
+            if kind != "transfer":  # a transfer's decision is on its own line of the transfer log
+                self.writer.marker(f"{kind}: {d.summary()}: {d.text}")
             if d.action != Action.ALLOW:
                 self._audit(f"{kind}.{d.action.label}", d.action.label, rule=d.rule, text=d.text[:4000])
 
@@ -77,6 +79,9 @@ class SessionHooks:
 
             def judge(req: KubeRequest) -> Decision:
                 return evaluate_kube(policy, req, groups=ctx.groups, resource=name, port_forward=forward)
+        elif kind == "transfer":
+            def judge(t: Transfer) -> Decision:
+                return evaluate_transfer(policy, t, groups=ctx.groups, resource=name)
         else:
             def judge(sql: str) -> Decision:
                 return evaluate_sql(policy, sql, groups=ctx.groups, resource=name)

@@ -29,6 +29,7 @@ bastion: ways to connect
   ssh -t {host} RESOURCE            open RESOURCE interactively (no menu)
   ssh {host} RESOURCE -- COMMAND    run COMMAND on RESOURCE (non-interactive, recorded)
   ssh {host}                        (from a terminal) the menu of the resources you may open
+  USER+RESOURCE as the user name    scp, sftp, rsync, git, ansible: e.g. sftp -P PORT alice+web1@HOST
 """
 
 
@@ -78,6 +79,7 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         self.term_type: str | None = None
         self.cols, self.rows = 80, 24
         self.command: str | None = None
+        self.subsystem: str | None = None
         self.menu: MenuProcess | None = None
         self.handlers: MenuHandlers | None = None
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +103,13 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        log.info("%s: refused subsystem %r", self.ctx.who, subsystem[:64])
+        """Only ``sftp``, and only with the target in the user name (``alice+web1``): there is no menu to pick
+        a target from. Judged at the protocol, request by request (:mod:`bastion.proxies.sftp`)."""
+        if subsystem == "sftp" and self.ctx.target is not None:
+            self.subsystem = subsystem
+            return True
+        log.info("%s: refused subsystem %r%s", self.ctx.who, subsystem[:64],
+                 "" if self.ctx.target is not None else " (no target in the user name, as in USER+RESOURCE)")
         return False
 
     def session_started(self) -> None:
@@ -180,6 +188,8 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
 
     async def _run(self, client: ClientSide) -> int:
         ctx, broker = self.ctx, Broker(self.services, self.ctx, client)
+        if ctx.target is not None:
+            return await self._run_target(client, broker, ctx.target)
         if self.command is None:
             if not client.pty:
                 client.stderr(USAGE.format(host=ctx.server_name))
@@ -202,7 +212,32 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
             client.stderr(f"bastion: {resource}: an interactive session needs a terminal (ssh -t).\n"
                           + USAGE.format(host=ctx.server_name))
             return 2
-        out = await broker.open(resource, command=cmd)
+        return await self._open(client, broker, resource, cmd)
+
+    async def _run_target(self, client: ClientSide, broker: Broker, resource: str) -> int:
+        """``ssh USER+RESOURCE@bastion``: the shell (with a terminal), the command, or sftp, on RESOURCE."""
+        ctx = self.ctx
+        if ctx.pending_login:
+            client.stderr("bastion: this key is not signed in. Sign in first, with a terminal: "
+                          f"ssh {ctx.server_name}\n")
+            return 1
+        if self.subsystem is not None:
+            return await self._open(client, broker, resource, None, subsystem=self.subsystem)
+        if self.command is not None and not await self._utf8(client, self.command):
+            return 1
+        if self.command is not None and not self.command.strip():  # a target would start a shell, unjudged
+            client.stderr(f"bastion: {resource}: an empty command; nothing was run\n")
+            return 2
+        if self.command is None and not client.pty:
+            client.stderr(f"bastion: {resource}: an interactive session needs a terminal (ssh -t).\n")
+            return 2
+        return await self._open(client, broker, resource, self.command)
+
+    async def _open(self, client: ClientSide, broker: Broker, resource: str, cmd: str | None,
+                    subsystem: str | None = None) -> int:
+        """Open ``resource`` and wait for its end; the exit status for the client."""
+        ctx = self.ctx
+        out = await broker.open(resource, command=cmd, subsystem=subsystem)
         if not out.ok:
             client.stderr(f"bastion: {out.message}\n")
             if client.gone:  # a hang-up (Ctrl-C, a killed client) while held or refused is normal

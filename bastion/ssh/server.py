@@ -1,6 +1,10 @@
 """The front door: per-connection asyncssh server callbacks -- connection limits, authentication (local users'
 keys, keys bound by an earlier OIDC login, a pending OIDC login, keyboard-interactive device flow) and session
-channels. Forwarding of every kind is refused."""
+channels. Forwarding of every kind is refused.
+
+A user name may name the target too: ``alice+web1`` logs in as ``alice`` and opens ``web1`` for every session of the
+connection (shell, exec, sftp), so that scp, sftp, rsync, git and Ansible reach a host through the bastion with no
+option of their own: each passes the user name through untouched. ``+`` is in no user or resource name."""
 
 from __future__ import annotations
 
@@ -20,6 +24,14 @@ from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.channel import BastionChannel, BastionSession
 
 log = logging.getLogger(__name__)
+TARGET_SEP = "+"
+
+
+def split_target(username: str) -> tuple[str, str | None]:
+    """``alice+web1`` -> ("alice", "web1"); ``alice`` -> ("alice", None); ``alice+`` -> ("alice", "") (no such
+    resource: refused when a session opens, like any unknown name)."""
+    login, sep, target = username.partition(TARGET_SEP)
+    return login, (target if sep else None)
 
 
 class BastionServer(asyncssh.SSHServer):
@@ -75,8 +87,10 @@ class BastionServer(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         if self._refused:
             raise asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
-        self._tried_user = re.sub(r"[^A-Za-z0-9._@-]", "?", username[:64])
-        self._username = username
+        self._tried_user = re.sub(r"[^A-Za-z0-9._@+-]", "?", username[:64])
+        self._username, target = split_target(username)
+        assert self.ctx is not None
+        self.ctx.target = target
         return True
 
     def password_auth_supported(self) -> bool:
@@ -90,6 +104,7 @@ class BastionServer(asyncssh.SSHServer):
         login (the binding, not the name, says who it is); else a pending login that may only run the TUI's
         device flow."""
         cfg, login = self.services.config, self.services.login
+        username = split_target(username)[0]
         user = cfg.users.get(username)
         local_ok = cfg.oidc is None or cfg.oidc.local_users
         if user is not None and not user.disabled and local_ok and self.keys().allowed(username, key):

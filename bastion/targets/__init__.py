@@ -5,6 +5,7 @@ from __future__ import annotations
 from bastion.targets.base import Target
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
+from bastion.targets.sftp import SftpEndpoint
 from bastion.targets.ssh import SshEndpoint
 from bastion.terminal.relay import Relay
 
@@ -17,6 +18,11 @@ def target_class(kind: str) -> type[Target]:
     return KINDS[kind]
 
 
-def make_target(kind: str, relay: Relay) -> Target:
-    """A new, unopened target of ``kind`` speaking through ``relay``."""
+def make_target(kind: str, relay: Relay, subsystem: str | None = None) -> Target:
+    """A new, unopened target of ``kind`` speaking through ``relay``; ``subsystem`` (``sftp``, ssh only): the
+    target's sftp server behind the bastion's judging proxy."""
+    if subsystem is not None:
+        if kind != "ssh" or subsystem != "sftp":
+            raise ValueError(f"no {subsystem} subsystem on {kind} resources")
+        return SftpEndpoint(relay)
     return KINDS[kind](relay)

@@ -40,7 +40,7 @@ class Hooks:
     """What a protocol proxy (SQL at the wire, Kubernetes at the API) needs to judge, hold and record the
     statements or requests of one session."""
 
-    judge: Callable[[Any], Decision]  # the statement text (SQL) or the parsed request (Kubernetes) -> a decision
+    judge: Callable[[Any], Decision]  # the statement (SQL), the request (Kubernetes), the transfer -> a decision
     hold: Callable[[Decision], Awaitable[dict[str, Any]]]  # ask reviewers; the request's final state
     note: Callable[[Decision], None]  # a marker in the recording (and an audit event unless allowed)
     withdraw: Callable[[], None]  # the operator withdrew what is held (Ctrl-C)
@@ -63,6 +63,8 @@ class OpenRequest:
     config: Config
     sandbox: Sandbox
     hooks: Hooks | None = None  # given to kinds with a protocol proxy (``proxied``)
+    subsystem: str | None = None  # ``sftp``: a transfer session, judged request by request
+    record: Callable[[dict[str, Any]], None] | None = None  # a transfer session's operations, to its log
 
     @property
     def resource(self) -> Resource:
@@ -73,7 +75,7 @@ class Target(Endpoint, Protocol):
     """A relay endpoint the broker opens for one session (see :class:`bastion.terminal.relay.Endpoint` for the
     byte-level half)."""
 
-    proxied: ClassVar[Literal["sql", "kube"] | None]  # judged at a protocol proxy, not by its command line
+    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None]  # judged at a protocol proxy, not by its command
 
     async def open(self, req: OpenRequest) -> None: ...
 

@@ -82,7 +82,7 @@ class KubectlExec(LocalClient):
     """The kubectl prompt on its own pty (``command`` None) or one kubectl line with pipes (stdin passed on)."""
 
     label = "kubectl"
-    proxied: ClassVar[Literal["sql", "kube"] | None] = "kube"
+    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = "kube"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)

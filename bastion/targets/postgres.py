@@ -33,7 +33,7 @@ class PsqlExec(LocalClient):
     (``command`` None) an interactive psql on its own pty."""
 
     label = "psql"
-    proxied: ClassVar[Literal["sql", "kube"] | None] = "sql"
+    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = "sql"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)

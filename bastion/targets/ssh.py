@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 import asyncssh
 
-from bastion.config import SshResource
+from bastion.config import Config, SshResource
 from bastion.config.resources import AnyResource as Resource
 from bastion.keyfiles import CIPHERS
 from bastion.targets.base import LineFilter, OpenRequest, TargetError, TargetExit
@@ -23,7 +23,7 @@ class _ClientSession(asyncssh.SSHClientSession):
         self.ep = ep
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        self.ep.relay.output(self.ep, data, stderr=datatype == asyncssh.EXTENDED_DATA_STDERR)
+        self.ep.received(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
 
     def exit_status_received(self, status: int) -> None:
         self.ep.exit_status = status
@@ -45,7 +45,8 @@ class _ClientSession(asyncssh.SSHClientSession):
 class SshEndpoint:
     """A relay endpoint that is a process on an SSH target."""
 
-    proxied: ClassVar[Literal["sql", "kube"] | None] = None
+    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = None
+    subsystem: ClassVar[str | None] = None  # a subsystem instead of a shell or a command (``sftp``)
 
     def __init__(self, relay: Relay):
         self.relay = relay
@@ -67,39 +68,18 @@ class SshEndpoint:
         """Connect with the pinned host key and the resource's key, and start a shell or the command."""
         res = req.resource
         assert isinstance(res, SshResource)
-        key_path = req.config.resolve(res.credential.private_key_file)
-        timeout = req.config.limits.target_connect_timeout
         command, pty, term_type, cols, rows = req.command, req.pty, req.term_type, req.cols, req.rows
         self.pty = pty
+        self.conn = await connect(req.config, res)
         try:
-            key = asyncssh.read_private_key(str(key_path))
-        except (OSError, ValueError, asyncssh.KeyImportError) as e:
-            log.error("cannot load credential for %s from %s: %s", res.host, key_path, e)
-            raise TargetError("the bastion cannot load this resource's credential (see daemon log)") from None
-        try:
-            self.conn = await asyncio.wait_for(asyncssh.connect(
-                res.host, res.port, username=res.user, client_keys=[key],
-                known_hosts=([asyncssh.import_public_key(res.host_key)], [], []),
-                agent_path=None, agent_forwarding=False, x11_forwarding=False, config=[],
-                preferred_auth="publickey", keepalive_interval=30, ignore_encrypted=True,
-                password_auth=False, kbdint_auth=False, gss_auth=False, host_based_auth=False,
-                connect_timeout=timeout, encryption_algs=CIPHERS), timeout + 1)
-        except asyncssh.HostKeyNotVerifiable:
-            log.error("host key of %s:%s does not match the pinned key", res.host, res.port)
-            raise TargetError("the target's host key does not match the pinned key; refusing to connect") from None
-        except asyncssh.PermissionDenied:
-            raise TargetError("the target refused the bastion's credential") from None
-        except TimeoutError:
-            raise TargetError(f"cannot connect to the target: no answer within {timeout:g} s") from None
-        except (OSError, asyncssh.Error) as e:
-            raise TargetError(f"cannot connect to the target: {str(e) or type(e).__name__}") from None
-        finally:
-            del key
-        try:
-            self.chan, _ = await self.conn.create_session(
-                lambda: _ClientSession(self), command, term_type=term_type if pty else None,
-                term_size=(cols, rows, 0, 0) if pty else None, request_pty=pty, encoding=None,
-                x11_forwarding=False)
+            if self.subsystem:
+                self.chan, _ = await self.conn.create_session(lambda: _ClientSession(self),
+                                                              subsystem=self.subsystem, encoding=None)
+            else:
+                self.chan, _ = await self.conn.create_session(
+                    lambda: _ClientSession(self), command, term_type=term_type if pty else None,
+                    term_size=(cols, rows, 0, 0) if pty else None, request_pty=pty, encoding=None,
+                    x11_forwarding=False)
         except (OSError, asyncssh.Error) as e:
             self.conn.close()
             raise TargetError(f"the target refused a session: {e}") from None
@@ -119,6 +99,10 @@ class SshEndpoint:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+    def received(self, data: bytes, stderr: bool) -> None:
+        """Bytes from the target, on their way to the operator."""
+        self.relay.output(self, data, stderr=stderr)
 
     # -- Endpoint protocol ------------------------------------------------------------------------------
     def _on_chan(self, op: Callable[[asyncssh.SSHClientChannel], object]) -> None:
@@ -161,3 +145,34 @@ class SshEndpoint:
         if self.chan is not None and self._paused:
             self._paused = False
             self.chan.resume_reading()
+
+
+async def connect(config: Config, res: SshResource) -> asyncssh.SSHClientConnection:
+    """A connection to an ssh resource with the pinned host key and the resource's key (held in memory only for
+    the handshake); :class:`TargetError` with a message for the operator when it cannot be made."""
+    key_path = config.resolve(res.credential.private_key_file)
+    timeout = config.limits.target_connect_timeout
+    try:
+        key = asyncssh.read_private_key(str(key_path))
+    except (OSError, ValueError, asyncssh.KeyImportError) as e:
+        log.error("cannot load credential for %s from %s: %s", res.host, key_path, e)
+        raise TargetError("the bastion cannot load this resource's credential (see daemon log)") from None
+    try:
+        return await asyncio.wait_for(asyncssh.connect(
+            res.host, res.port, username=res.user, client_keys=[key],
+            known_hosts=([asyncssh.import_public_key(res.host_key)], [], []),
+            agent_path=None, agent_forwarding=False, x11_forwarding=False, config=[],
+            preferred_auth="publickey", keepalive_interval=30, ignore_encrypted=True,
+            password_auth=False, kbdint_auth=False, gss_auth=False, host_based_auth=False,
+            connect_timeout=timeout, encryption_algs=CIPHERS), timeout + 1)
+    except asyncssh.HostKeyNotVerifiable:
+        log.error("host key of %s:%s does not match the pinned key", res.host, res.port)
+        raise TargetError("the target's host key does not match the pinned key; refusing to connect") from None
+    except asyncssh.PermissionDenied:
+        raise TargetError("the target refused the bastion's credential") from None
+    except TimeoutError:
+        raise TargetError(f"cannot connect to the target: no answer within {timeout:g} s") from None
+    except (OSError, asyncssh.Error) as e:
+        raise TargetError(f"cannot connect to the target: {str(e) or type(e).__name__}") from None
+    finally:
+        del key

@@ -21,7 +21,8 @@ from typing import Protocol
 from bastion.terminal.cmdfilter import CommandFilter
 from bastion.terminal.fairness import BULK_CHUNK, scheduler
 from bastion.terminal.ptyproc import PtyProcess, set_winsize
-from recorder.asciicast import CastWriter, EchoGuard
+from recorder.asciicast import EchoGuard
+from recorder.recording import Recording
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,10 @@ STDERR = 1  # asyncssh.EXTENDED_DATA_STDERR
 class Tee:
     """Records one brokered session: output as-is, input only once it is known to have been echoed."""
 
-    def __init__(self, writer: CastWriter):
+    def __init__(self, writer: Recording):
         self.writer = writer
+        # a transfer log's bytes are file contents, not a screen: observers are not sent them
+        self.observable = not str(writer.path).endswith(".jsonl")
         self.guard = EchoGuard()
         self._hidden = 0
         self.watchers: set[Callable[[bytes], None]] = set()  # live observers get the output as it is recorded
@@ -82,7 +85,7 @@ class Tee:
 
     def output(self, data: bytes) -> None:
         self.writer.output(data)
-        if self.watchers:
+        if self.watchers and self.observable:
             self._watch(data)
         for chunk in self.guard.feed_output(data, 0.0):
             self.writer.input(chunk)
@@ -110,6 +113,7 @@ class Relay:
         self._held: bytearray | None = bytearray()
         self._held_eof = False
         self.on_interrupt: Callable[[], None] | None = None  # Ctrl-C while input is held (withdraw)
+        self.ctrl_c_withdraws = True  # a terminal's Ctrl-C; without a terminal a 0x03 byte is data
         self.last_input = time.monotonic()  # when the client last typed (the idle timeout counts from it)
         self._bulk: deque[tuple[Endpoint, bytes, bool]] = deque()  # output waiting for its turn (fairness)
         self._bulk_paused: list[Endpoint] = []  # endpoints not read while their output waits
@@ -158,7 +162,9 @@ class Relay:
     def from_client(self, data: bytes) -> None:
         self.last_input = time.monotonic()
         if self._held is not None:
-            if b"\x03" in data and self.on_interrupt is not None:
+            # Ctrl-C withdraws what holds the opening -- typed on a terminal; without one the bytes are data (an
+            # sftp client's INIT carries a 3)
+            if self.ctrl_c_withdraws and b"\x03" in data and self.on_interrupt is not None:
                 self.on_interrupt()
                 return
             self._held += data

@@ -1,0 +1,149 @@
+"""What the SFTP gate knows of requests and open files: the transfers a request does (its paths resolved on the
+target), and each open file's size and SHA-256 as its bytes go by."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.proxies.sftp import packets as P
+from policies.engine import Decision
+from policies.transfer import HARD_LINK, Transfer
+
+Resolve = Callable[[str, bool], Awaitable[str]]  # (path, follow the last symlink) -> the target's absolute path
+RealPath = Callable[[str], Awaitable[str | None]]  # the target's realpath of a path, None if it has none
+
+
+@dataclass
+class Tracked:
+    """A request whose reply the gate waits for."""
+
+    kind: str  # init | op | read | close
+    transfer: Transfer | None = None
+    decision: Decision | None = None
+    handle: bytes | None = None
+    offset: int | None = None
+
+
+@dataclass
+class OpenFile:
+    """A file opened for upload or download: its bytes are counted and hashed in order. Writes or reads out of
+    order (a client that does not go front to back) leave the size right and the hash unknown."""
+
+    transfer: Transfer
+    decision: Decision
+    size: int = 0
+    checked: int = 0  # the size at which it was last judged (rules with max_bytes)
+    refused: Decision | None = None  # over a limit: every further request on it is refused
+    pending: Decision | None = None  # over a limit that needs a reviewer: the next write waits for one
+    _sha: Any = field(default_factory=hashlib.sha256)
+    _next: int = 0
+    _in_order: bool = True
+
+    def _add(self, offset: int, data: bytes) -> None:
+        if offset == self._next:
+            self._sha.update(data)
+            self._next += len(data)
+        elif data:
+            self._in_order = False
+        self.size = max(self.size, offset + len(data))
+
+    def wrote(self, offset: int, data: bytes) -> None:
+        self._add(offset, data)
+
+    def read(self, offset: int, data: bytes) -> None:
+        self._add(offset, data)
+
+    def summary(self) -> dict[str, Any]:
+        return {**record_of(self.transfer), "size": self.size,
+                "sha256": self._sha.hexdigest() if self._in_order and self._next == self.size else None,
+                "decision": self.decision.action.label, "rule": self.decision.rule}
+
+
+def record_of(t: Transfer) -> dict[str, Any]:
+    """A transfer as a line of the transfer log."""
+    out: dict[str, Any] = {"op": t.op, "path": t.path}
+    if t.other:
+        out["other"] = t.other
+    if t.size is not None:
+        out["size"] = t.size
+    if t.detail:
+        out["detail"] = t.detail
+    return out
+
+
+def attrs_detail(a: P.Attrs | None) -> str:
+    """What a SETSTAT changes, in words the policy's shell equivalent understands."""
+    if a is None:
+        return ""
+    parts = []
+    if a.permissions is not None:
+        parts.append(f"mode {a.permissions & 0o7777:04o}")
+    if a.uid is not None:
+        parts.append(f"owner {a.uid}:{a.gid}")
+    if a.size is not None:
+        parts.append(f"size {a.size}")
+    if a.atime is not None:
+        parts.append("times")
+    return ", ".join(parts)
+
+
+async def transfer_of(req: P.Request, resolve: Resolve, files: Mapping[bytes, OpenFile]) -> list[Transfer] | None:
+    """The transfers ``req`` does, strictest judged; None for a request the gate refuses outright (an unknown
+    handle's attributes)."""
+    t, ext = req.type, req.extension
+    path = req.path or ""
+    if t == P.FXP_OPEN:
+        real = await resolve(path, True)
+        flags = req.pflags or 0
+        writes = flags & (P.FXF_WRITE | P.FXF_APPEND | P.FXF_CREAT | P.FXF_TRUNC)
+        ops = (["upload"] if writes else []) + (["download"] if flags & P.FXF_READ or not writes else [])
+        return [Transfer(op, real) for op in ops]
+    if t == P.FXP_REMOVE:
+        return [Transfer("remove", await resolve(path, False))]
+    if t == P.FXP_RENAME or ext == "posix-rename@openssh.com":
+        return [Transfer("rename", await resolve(path, False), await resolve(req.path2 or "", False))]
+    if t == P.FXP_MKDIR:
+        return [Transfer("mkdir", await resolve(path, False))]
+    if t == P.FXP_RMDIR:
+        return [Transfer("rmdir", await resolve(path, False))]
+    if t == P.FXP_SYMLINK:
+        link = await resolve(path, False)
+        points = posixpath.normpath(posixpath.join(posixpath.dirname(link), req.path2 or ""))
+        return [Transfer("symlink", link, points)]
+    if ext == "hardlink@openssh.com":  # path: the existing file, path2: the new name
+        return [Transfer("symlink", await resolve(req.path2 or "", False), await resolve(path, True),
+                         detail=HARD_LINK)]
+    if t in (P.FXP_SETSTAT, P.FXP_FSETSTAT) or ext == "lsetstat@openssh.com":
+        if t == P.FXP_FSETSTAT:
+            f = files.get(req.handle or b"")
+            if f is None:
+                return None
+            real = f.transfer.path
+        else:
+            real = await resolve(path, ext != "lsetstat@openssh.com")
+        detail = attrs_detail(req.attrs)
+        out = [Transfer("chmod", real, detail=detail)]
+        if req.attrs is not None and req.attrs.size is not None:  # truncating a file changes its contents
+            out.append(Transfer("upload", real, size=req.attrs.size))
+        return out
+    return None
+
+
+async def resolve(realpath: RealPath, path: str, follow: bool = True) -> str | None:
+    """``path`` absolute on the target: symlinks resolved there (with ``follow`` the last component too); a path
+    that does not exist yet is its parent's real path plus its name. None when even the parent cannot be
+    resolved."""
+    if follow:
+        real = await realpath(path)
+        if real is not None:
+            return posixpath.normpath(real)
+    parent, name = posixpath.split(path.rstrip("/") or "/")
+    if name in ("", ".", ".."):
+        real = await realpath(path)
+        return posixpath.normpath(real) if real is not None else None
+    real_parent = await realpath(parent or ".")
+    return posixpath.join(posixpath.normpath(real_parent), name) if real_parent is not None else None

@@ -1,0 +1,33 @@
+"""What a brokered session writes its recording through, whichever the format: a terminal cast
+(:class:`recorder.asciicast.CastWriter`) or a transfer log (:class:`recorder.transferlog.TransferLog`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class Recording(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    def output(self, data: bytes) -> None: ...
+
+    def input(self, data: bytes) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def marker(self, label: str) -> None: ...
+
+    def wait_written(self, upto: int, timeout: float = 10.0) -> bool: ...
+
+    def close(self) -> str: ...

@@ -1,0 +1,346 @@
+"""Operators' own tools through the bastion (issue 20), end to end with the stock clients against a real sshd: the
+target goes in the user name (``alice+web-files@bastion``), and scp (SFTP and ``-O``), sftp, rsync and git work
+unmodified, judged by the same policy as the other forms, recorded as transfer logs, held for reviewers.
+
+Every file operation is checked on the target's disk: a refused one must not have happened, an allowed one must
+have happened exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.config import load_config
+from bastion.store.approvals import ApprovalStore
+from bastion.store.db import Store
+from tests.integration.conftest import BastionEnv, own_bastion
+
+pytestmark = pytest.mark.slow
+
+POLICY = """\
+  files:
+    default: allow
+    rules:
+      - {name: no-rm, programs: [rm, unlink, shred, rmdir], action: block, reason: deleting files is not allowed}
+      - name: chmod-needs-approval
+        programs: [chmod, chown, chgrp]
+        action: require_approval
+        approvers: {roles: [reviewers], count: 1}
+        timeout: 120
+        reason: permission changes need a reviewer's approval
+      - name: protected-needs-approval
+        transfer: [upload, rename, symlink, mkdir]
+        paths: ["/tmp/own-tools-protected/**"]
+        action: require_approval
+        approvers: {roles: [reviewers], count: 1}
+        timeout: 120
+        reason: writing into the protected directory needs a reviewer
+      - name: no-big-uploads
+        transfer: [upload]
+        max_bytes: 3000000
+        action: block
+        reason: uploads over 3 MB are not allowed
+"""
+PROTECTED = Path("/tmp/own-tools-protected")
+
+
+def resources(env: BastionEnv) -> str:
+    t = env.target
+    return f"""\
+  web-files:
+    kind: ssh
+    description: real sshd, transfer policy
+    host: 127.0.0.1
+    port: {t.port}
+    user: {t.user}
+    credential: {{private_key_file: {env.target_key}}}
+    host_key: "{t.host_key_public}"
+    policy: files
+"""
+
+
+@pytest.fixture(scope="module")
+def env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
+    d = tmp_path_factory.mktemp("owntools")
+    with own_bastion(bastion_env, d, extra_resources=resources(bastion_env), extra_policies=POLICY) as e:
+        yield e
+
+
+@pytest.fixture()
+def work() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="owntools-", dir="/tmp"))
+    PROTECTED.mkdir(exist_ok=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(PROTECTED, ignore_errors=True)
+
+
+def opts(env: BastionEnv, user: str) -> list[str]:
+    return ["-F", "/dev/null", "-i", str(env.keys[user]), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "BatchMode=yes"]
+
+
+def dest(user: str, resource: str = "web-files") -> str:
+    return f"{user}+{resource}@127.0.0.1"
+
+
+def scp(env: BastionEnv, *args: str, user: str = "alice", legacy: bool = False,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["scp", *opts(env, user), "-P", str(env.port), *(["-O"] if legacy else []), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def sftp(env: BastionEnv, batch: str, user: str = "alice", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sftp", *opts(env, user), "-P", str(env.port), "-b", "-", dest(user)], input=batch,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def sftp_bg(env: BastionEnv, work: Path, batch: str, user: str = "alice") -> subprocess.Popen[str]:
+    """sftp running ``batch`` in the background (to be decided by a reviewer meanwhile)."""
+    f = work / f"batch-{time.monotonic_ns()}"
+    f.write_text(batch)
+    return subprocess.Popen(["sftp", *opts(env, user), "-P", str(env.port), "-b", str(f), dest(user)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ssh_cmd(env: BastionEnv, user: str = "alice") -> str:
+    return " ".join(["ssh", *opts(env, user), "-p", str(env.port)])
+
+
+def transfer_log(env: BastionEnv, mode: str) -> list[dict[str, object]]:
+    """The newest closed transfer session's log lines (mode: sftp or exec)."""
+    store = Store(load_config(env.config).database_url)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = [s for s in store.sessions(limit=20) if s.mode == mode and s.recording and s.sha256]
+        if rows:
+            path = Path(rows[0].recording)
+            assert path.suffix == ".jsonl", path
+            lines = [json.loads(x) for x in path.read_text().splitlines()]
+            assert lines[0]["kind"] == "transfer" and lines[-1].get("end") is True
+            return lines[1:]
+        time.sleep(0.2)
+    raise AssertionError(f"no closed {mode} session")
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- scp / sftp
+
+def test_scp_up_and_down_in_sftp_mode_recorded_with_hashes(env: BastionEnv, work: Path) -> None:
+    src = work / "up.bin"
+    src.write_bytes(os.urandom(300_000))
+    out = scp(env, str(src), f"{dest('alice')}:{work}/landed.bin")
+    assert out.returncode == 0, out.stderr
+    assert (work / "landed.bin").read_bytes() == src.read_bytes()
+    ops = transfer_log(env, "sftp")
+    up = [o for o in ops if o.get("op") == "upload" and o.get("path") == f"{work}/landed.bin"]
+    assert up and up[-1]["size"] == 300_000 and up[-1]["sha256"] == sha(src) and up[-1]["result"] == "ok"
+    back = work / "back.bin"
+    out = scp(env, f"{dest('alice')}:{work}/landed.bin", str(back))
+    assert out.returncode == 0, out.stderr
+    assert back.read_bytes() == src.read_bytes()
+    ops = transfer_log(env, "sftp")
+    down = [o for o in ops if o.get("op") == "download" and o.get("path") == f"{work}/landed.bin"]
+    assert down and down[-1]["sha256"] == sha(src)
+
+
+def test_scp_legacy_protocol_through_the_exec_form(env: BastionEnv, work: Path) -> None:
+    src = work / "legacy.txt"
+    src.write_text("legacy scp\n" * 1000)
+    out = scp(env, str(src), f"{dest('alice')}:{work}/legacy-landed.txt", legacy=True)
+    assert out.returncode == 0, out.stderr
+    assert (work / "legacy-landed.txt").read_text() == src.read_text()
+    out = scp(env, f"{dest('alice')}:{work}/legacy-landed.txt", str(work / "legacy-back.txt"), legacy=True)
+    assert out.returncode == 0, out.stderr
+    assert (work / "legacy-back.txt").read_text() == src.read_text()
+    ops = transfer_log(env, "exec")
+    assert any(o.get("op") == "download" and o.get("path") == f"{work}/legacy-landed.txt" for o in ops), ops
+
+
+def test_sftp_put_get_rename_mkdir_and_listing(env: BastionEnv, work: Path) -> None:
+    src = work / "a.txt"
+    src.write_text("alpha\n")
+    out = sftp(env, f"put {src} {work}/b.txt\nget {work}/b.txt {work}/c.txt\nrename {work}/b.txt {work}/d.txt\n"
+                    f"mkdir {work}/sub\nls {work}\n")
+    assert out.returncode == 0, out.stderr
+    assert (work / "d.txt").read_text() == "alpha\n" and not (work / "b.txt").exists()
+    assert (work / "c.txt").read_text() == "alpha\n" and (work / "sub").is_dir()
+    assert "d.txt" in out.stdout
+    ops = transfer_log(env, "sftp")
+    assert [o["op"] for o in ops if "op" in o] == ["upload", "download", "rename", "mkdir"], ops
+    assert all(o.get("result") == "ok" for o in ops if "op" in o)
+
+
+@pytest.mark.parametrize("batch", [
+    "rm {f}",
+    "rm {w}/../{wn}/victim",  # a path with .. is resolved on the target, not read as written
+    "rm {w}/link-to-dir/victim",  # through a symlink to the directory
+])
+def test_sftp_remove_is_a_delete_under_no_rm(env: BastionEnv, work: Path, batch: str) -> None:
+    victim = work / "victim"
+    victim.write_text("still here")
+    (work / "link-to-dir").symlink_to(work)
+    out = sftp(env, batch.format(f=victim, w=work, wn=work.name))
+    assert out.returncode != 0
+    assert victim.read_text() == "still here"
+    assert "rule 'no-rm'" in out.stderr and "deleting files is not allowed" in out.stderr, out.stderr
+    ops = transfer_log(env, "sftp")
+    assert any(o.get("op") == "remove" and o.get("path") == str(victim) and o.get("decision") == "blocked"
+               for o in ops), ops
+
+
+def test_rmdir_and_a_rename_over_a_file_are_judged_too(env: BastionEnv, work: Path) -> None:
+    (work / "emptydir").mkdir()
+    out = sftp(env, f"rmdir {work}/emptydir\n")
+    assert out.returncode != 0 and (work / "emptydir").is_dir()
+    assert "rule 'no-rm'" in out.stderr
+
+
+def test_upload_into_a_protected_path_waits_for_a_reviewer(env: BastionEnv, work: Path) -> None:
+    src = work / "conf"
+    src.write_text("setting = 1\n")
+    target = PROTECTED / "app.conf"
+    proc = sftp_bg(env, work, f"put {src} {target}\n")
+    approvals = ApprovalStore(Store(load_config(env.config).database_url))
+    rid = None
+    deadline = time.monotonic() + 20
+    while rid is None and time.monotonic() < deadline:
+        rid = next((r.id for r in approvals.pending() if r.requester == "alice" and str(target) in r.text), None)
+        time.sleep(0.1)
+    assert rid is not None, "the upload was not held"
+    time.sleep(0.5)
+    assert not target.exists()  # held: nothing landed yet
+    approvals.decide(rid, "bob", True, "")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert target.read_text() == "setting = 1\n"
+    assert "waiting for approval" in err
+
+
+def test_upload_into_a_protected_path_denied_never_lands(env: BastionEnv, work: Path) -> None:
+    src = work / "conf"
+    src.write_text("setting = 2\n")
+    target = PROTECTED / "denied.conf"
+    proc = sftp_bg(env, work, f"put {src} {target}\n")
+    approvals = ApprovalStore(Store(load_config(env.config).database_url))
+    rid = None
+    deadline = time.monotonic() + 20
+    while rid is None and time.monotonic() < deadline:
+        rid = next((r.id for r in approvals.pending() if r.requester == "alice" and str(target) in r.text), None)
+        time.sleep(0.1)
+    assert rid is not None
+    approvals.decide(rid, "bob", False, "not today")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert not target.exists()
+
+
+def test_a_symlink_into_the_protected_path_does_not_escape_the_rule(env: BastionEnv, work: Path) -> None:
+    (work / "sneaky").symlink_to(PROTECTED)
+    src = work / "x"
+    src.write_text("x\n")
+    proc = sftp_bg(env, work, f"put {src} {work}/sneaky/planted\n")
+    approvals = ApprovalStore(Store(load_config(env.config).database_url))
+    deadline = time.monotonic() + 20
+    held = None
+    while held is None and time.monotonic() < deadline:
+        held = next((r for r in approvals.pending() if r.requester == "alice" and "planted" in r.text), None)
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert held is not None and str(PROTECTED / "planted") in held.text
+    assert not (PROTECTED / "planted").exists()
+
+
+def test_an_upload_over_max_bytes_is_refused(env: BastionEnv, work: Path) -> None:
+    src = work / "big"
+    src.write_bytes(b"\0" * 5_000_000)
+    out = scp(env, str(src), f"{dest('alice')}:{work}/big-landed")
+    assert out.returncode != 0
+    assert "no-big-uploads" in out.stderr
+    landed = work / "big-landed"
+    assert not landed.exists() or landed.stat().st_size < 5_000_000
+
+
+# ---------------------------------------------------------------------------------------------------- rsync / git
+
+def test_rsync_up_and_down(env: BastionEnv, work: Path) -> None:
+    src = work / "tree"
+    (src / "deep").mkdir(parents=True)
+    (src / "one").write_text("1\n")
+    (src / "deep" / "two").write_text("2\n")
+    out = subprocess.run(["rsync", "-a", "-e", ssh_cmd(env), f"{src}/", f"{dest('alice')}:{work}/copied/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (work / "copied" / "deep" / "two").read_text() == "2\n"
+    out = subprocess.run(["rsync", "-a", "-e", ssh_cmd(env), f"{dest('alice')}:{work}/copied/", f"{work}/back/"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (work / "back" / "one").read_text() == "1\n"
+
+
+def test_rsync_delete_is_a_delete(env: BastionEnv, work: Path) -> None:
+    (work / "src").mkdir()
+    (work / "dst").mkdir()
+    (work / "dst" / "keep-me").write_text("k")
+    out = subprocess.run(["rsync", "-a", "--delete", "-e", ssh_cmd(env), f"{work}/src/",
+                          f"{dest('alice')}:{work}/dst/"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "no-rm" in out.stderr
+    assert (work / "dst" / "keep-me").exists()
+
+
+def test_git_clone_through_the_bastion(env: BastionEnv, work: Path) -> None:
+    repo = work / "repo.git"
+    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=main", str(repo)], check=True)
+    seed = work / "seed"
+    subprocess.run(["git", "init", "-q", str(seed)], check=True)
+    (seed / "README").write_text("hello\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(seed)]
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "seed"], check=True)
+    subprocess.run([*git, "push", "-q", str(repo), "HEAD:refs/heads/main"], check=True)
+    out = subprocess.run(["git", "clone", "-q", f"{dest('alice')}:{repo}", str(work / "clone")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "GIT_SSH_COMMAND": f"{ssh_cmd(env)}"})
+    assert out.returncode == 0, out.stderr
+    assert (work / "clone" / "README").read_text() == "hello\n"
+
+
+# ---------------------------------------------------------------------------------------------------- the door
+
+def test_target_in_the_user_name_obeys_the_roles(env: BastionEnv, work: Path) -> None:
+    out = sftp(env, "ls /\n", user="mallory")  # mallory has no role on files
+    assert out.returncode != 0
+    out = scp(env, str(work), f"{dest('alice', 'secret-db')}:/tmp/x")  # a resource alice may not open
+    assert out.returncode != 0
+
+
+def test_exec_and_shell_with_the_target_in_the_user_name(env: BastionEnv, work: Path) -> None:
+    out = subprocess.run(["ssh", *opts(env, "alice"), "-p", str(env.port), dest("alice"), f"ls {work}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    victim = work / "victim"
+    victim.write_text("v")
+    out = subprocess.run(["ssh", *opts(env, "alice"), "-p", str(env.port), dest("alice"), f"rm -f {victim}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no-rm" in out.stderr and victim.exists()
+
+
+def test_sftp_without_a_target_is_refused(env: BastionEnv) -> None:
+    out = subprocess.run(["sftp", *opts(env, "alice"), "-P", str(env.port), "-b", "-", "alice@127.0.0.1"],
+                         input="ls /\n", capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
