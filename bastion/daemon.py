@@ -26,14 +26,15 @@ from bastion.sdnotify import monotonic_usec, notify
 from bastion.services import Background, Services
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
+from bastion.ssh.jump import JumpHost
 from bastion.ssh.server import BastionServer
 from bastion.store.db import Store
 from bastion.store.listen import CHANNEL, PgListener
 
 log = logging.getLogger(__name__)
 MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpc.proto)
-RESTART_ONLY = ("listen", "host_keys", "database_url", "recordings_dir", "recordings", "log_dir", "sandbox", "oidc",
-                "cluster", "processes")
+RESTART_ONLY = ("listen", "host_keys", "host_ca_key", "database_url", "recordings_dir", "recordings", "log_dir",
+                "sandbox", "oidc", "cluster", "processes")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -41,6 +42,18 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
     if not path.exists():
         log.warning("creating new host key %s", path)
     return ensure_private_key(path, "bastion host key")
+
+
+def ensure_host_ca(config: Config) -> asyncssh.SSHKey:
+    """The host CA that signs ``ssh -J`` host certificates, created once if missing."""
+    return ensure_private_key(config.host_ca, "bastion host CA")
+
+
+def jump_host(services: Services, host_keys: list[asyncssh.SSHKey], keys: Callable[[], UserKeys]) -> JumpHost:
+    """How this process serves ``ssh -J`` (the CA was created at start: only read here)."""
+    config = services.config
+    return JumpHost(services, host_keys[0], asyncssh.read_private_key(str(config.host_ca)),
+                    server_options(config, host_keys), keys)
 
 
 def node_name(config: Config) -> str:
@@ -157,8 +170,10 @@ class Daemon:
         if not listen:
             return
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
+        ensure_host_ca(self.config)
+        jump = jump_host(s, host_keys, lambda: self.keys)
         self.server = await asyncssh.create_server(
-            lambda: BastionServer(s, self.counter, lambda: self.keys), self.config.listen.host,
+            lambda: BastionServer(s, self.counter, lambda: self.keys, jump), self.config.listen.host,
             self.config.listen.port, reuse_address=True, **server_options(self.config, host_keys))
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))

@@ -1,4 +1,4 @@
-"""The ``bastion`` command: serve, demo, check-config, sessions, replay, audit, keys, policy."""
+"""The ``bastion`` command: serve, demo, check-config, sessions, replay, audit, keys, policy, ca."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion.cli.audit import register as register_audit
+from bastion.cli.ca import register as register_ca
 from bastion.cli.common import config_path, load_for_command, open_store, parse_offset, setup_logging
 from bastion.config import ConfigError, load_config
 from bastion.store.rows import cursor_of, parse_cursor
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(sub)
     _add_replay(sub)
     register_audit(sub)
+    register_ca(sub)
     return p
 
 

@@ -149,6 +149,7 @@ def _config(path: Path, schema: FileSchema, lines: LineMap) -> Config:
         recordings=schema.recordings,
         audit=schema.audit,
         cluster=schema.cluster, processes=schema.processes,
+        host_ca_key=resolve_path(path, schema.host_ca_key) if schema.host_ca_key else None,
         lines=lines,
     )
 

@@ -110,6 +110,9 @@ class FileSchema(StrictModel):
 
     listen: Listen = Listen()
     host_keys: list[str] = Field(min_length=1)
+    # signs the host certificates of ``ssh -J`` sessions (created on first start; ``bastion ca`` prints the line
+    # for known_hosts); default: host_ca_ed25519 beside the first host key
+    host_ca_key: str | None = None
     database: str = "sqlite:///bastion.db"
     recordings_dir: str = "recordings"
     recordings: RecordingsModel = RecordingsModel()
@@ -158,6 +161,7 @@ class Config:
     audit: AuditModel = field(default_factory=AuditModel)
     cluster: ClusterModel = field(default_factory=ClusterModel)
     processes: str = "per-connection"
+    host_ca_key: Path | None = None
     lines: LineMap = field(default_factory=dict, repr=False)
 
     @property
@@ -175,6 +179,11 @@ class Config:
             secret = self.resolve(s3.secret_access_key_file).read_text().strip()
         return RecordingStorage(self.recordings_dir, S3Settings(
             s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.access_key_id, secret, s3.cache_max_mb << 20))
+
+    @property
+    def host_ca(self) -> Path:
+        """The host CA's key: ``host_ca_key``, or host_ca_ed25519 beside the first host key."""
+        return self.host_ca_key or self.host_keys[0].parent / "host_ca_ed25519"
 
     def resolve(self, p: str) -> Path:
         """Resolve a path from the config relative to the config file's directory."""

@@ -22,6 +22,8 @@ from bastion.oidc.login import LoginRefused
 from bastion.services import Services
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.channel import BastionChannel, BastionSession
+from bastion.ssh.jump import JumpHost
+from policies.access import decide_open
 
 log = logging.getLogger(__name__)
 TARGET_SEP = "+"
@@ -37,8 +39,9 @@ def split_target(username: str) -> tuple[str, str | None]:
 class BastionServer(asyncssh.SSHServer):
     """One connection's callbacks."""
 
-    def __init__(self, services: Services, counter: ConnectionCounter, keys: Callable[[], UserKeys]):
-        self.services, self.counter, self.keys = services, counter, keys
+    def __init__(self, services: Services, counter: ConnectionCounter, keys: Callable[[], UserKeys],
+                 jump: JumpHost | None = None):
+        self.services, self.counter, self.keys, self.jump = services, counter, keys, jump
         self.conn: asyncssh.SSHServerConnection | None = None
         self.ctx: ConnectionContext | None = None
         self.sessions = 0
@@ -185,8 +188,25 @@ class BastionServer(asyncssh.SSHServer):
         assert isinstance(chan, BastionChannel)
         return chan, BastionSession(self.services, self.ctx)
 
-    def connection_requested(self, *args: Any) -> bool:
-        return False
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        """``ssh -J``: a permitted ssh resource is served by the bastion itself (:mod:`bastion.ssh.jump`); every
+        other destination is refused like an unknown resource, and audited."""
+        ctx = self.ctx
+        assert ctx is not None
+        dest = f"{dest_host[:255]}:{dest_port}"
+        name = self.jump.destination(dest_host, dest_port) if self.jump is not None and ctx.username else None
+        decision = decide_open(ctx.grants, name, self.services.config.resources) if name is not None else None
+        if name is None or decision is None or not (decision.allowed or decision.request is not None):
+            reason = f"no such resource or not permitted: {dest_host[:255]}"
+            log.info("%s: refused a forwarding to %s", ctx.who, dest)
+            self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username or "?", "forward.open",
+                                                  "denied", client_addr=ctx.peer, destination=dest, reason=reason))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        assert self.jump is not None
+        log.info("%s: -J to %s: served as %s", ctx.who, dest, name)
+        self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username, "forward.open", "ok",
+                                              resource=name, client_addr=ctx.peer, destination=dest, mode="jump"))
+        return self.jump.bridge(ctx, name)
 
     def server_requested(self, *args: Any) -> bool:
         return False
@@ -196,3 +216,54 @@ class BastionServer(asyncssh.SSHServer):
 
     def unix_server_requested(self, *args: Any) -> bool:
         return False
+
+
+class InnerServer(BastionServer):
+    """The SSH server inside an ``ssh -J`` channel: the resource is fixed (the channel's destination), and only a
+    key of the outer connection's user logs in, as that user; whatever user name the client sends is ignored."""
+
+    def __init__(self, services: Services, counter: ConnectionCounter, keys: Callable[[], UserKeys],
+                 outer: ConnectionContext, target: str):
+        super().__init__(services, counter, keys)
+        self.outer, self.target = outer, target
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        super().connection_made(conn)
+        self.ctx = ConnectionContext(f"{self.outer.peer} -J {self.target}", self.services.server_name)
+        self.ctx.target = self.target
+
+    def begin_auth(self, username: str) -> bool:
+        super().begin_auth(username)
+        assert self.ctx is not None
+        self.ctx.target = self.target  # the destination decides, not the inner user name
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """The outer user's own key (a local user's listed keys, or a key bound to the same OIDC identity)."""
+        outer, cfg, login = self.outer, self.services.config, self.services.login
+        if outer.source == "local":
+            user = cfg.users.get(outer.username)
+            ok = user is not None and not user.disabled and self.keys().allowed(outer.username, key)
+        elif login is not None:
+            public = key.export_public_key().decode().strip()
+            bound = await asyncio.to_thread(login.identities.lookup, key.get_fingerprint("sha256"), public)
+            ok = bound is not None and bound.name == outer.username
+        else:
+            ok = False
+        if ok:
+            self._candidates[key.public_data] = ("jump", outer.username)
+        return ok
+
+    def auth_completed(self) -> None:
+        assert self.conn is not None and self.ctx is not None
+        ctx, s, outer = self.ctx, self.services, self.outer
+        ctx.set_identity(outer.username, outer.groups, roles=s.config.roles, source=outer.source)
+        log.info("%s: logged in through -J to %s", ctx.who, self.target)
+        s.spawn(asyncio.to_thread(s.store.audit, outer.username, "login", "ok", client_addr=outer.peer,
+                                  method="jump", resource=self.target))
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no forwarding inside -J")

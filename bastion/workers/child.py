@@ -23,7 +23,7 @@ from typing import Any
 import asyncssh
 
 from bastion.config import Config
-from bastion.daemon import build_services, reload_services, server_options
+from bastion.daemon import build_services, jump_host, reload_services, server_options
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.server import BastionServer
@@ -122,8 +122,9 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, r
     try:
         conn.setblocking(False)
         options = server_options(config, host_keys) | ({"login_timeout": REFUSED_LOGIN_TIMEOUT} if refused else {})
-        ssh = await asyncssh.run_server(conn, server_factory=lambda: BastionServer(services, counter, lambda: keys),
-                                        **options)
+        jump = jump_host(services, host_keys, lambda: keys)
+        ssh = await asyncssh.run_server(
+            conn, server_factory=lambda: BastionServer(services, counter, lambda: keys, jump), **options)
         # asyncssh announces the host keys after auth only to connections it accepted itself (run_server returns
         # at auth, before it would): say them here, so clients learn the next key of a rotation
         ssh.send_server_host_keys()

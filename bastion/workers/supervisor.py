@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bastion.config import Config, ConfigError
-from bastion.daemon import ensure_host_key, reread
+from bastion.daemon import ensure_host_ca, ensure_host_key, reread
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.workers import child as connection
 from bastion.workers import node as node_process
@@ -40,6 +40,7 @@ class Supervisor(Router):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
+        ensure_host_ca(config)  # connection processes read it (ssh -J host certificates)
         super().__init__()
         self.listeners: list[socket.socket] = []
         self.parked: list[tuple[socket.socket, str, float]] = []

@@ -344,3 +344,92 @@ def test_sftp_without_a_target_is_refused(env: BastionEnv) -> None:
     out = subprocess.run(["sftp", *opts(env, "alice"), "-P", str(env.port), "-b", "-", "alice@127.0.0.1"],
                          input="ls /\n", capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------------- ssh -J
+
+def jump_config(env: BastionEnv, work: Path, inner_user: str = "alice") -> Path:
+    """An ssh config as an operator would write it: the bastion as jump host, web-files behind it, checked
+    against the bastion's host CA (``bastion ca``) with StrictHostKeyChecking=yes."""
+    ca = env.bastion("ca")
+    assert ca.returncode == 0 and ca.stdout.startswith("@cert-authority "), ca.stderr
+    assert "web-files" in ca.stdout.split()[1].split(",")
+    (work / "known_hosts").write_text(ca.stdout)
+    cfg = work / "ssh_config"
+    cfg.write_text(f"""\
+Host bastion
+  HostName 127.0.0.1
+  Port {env.port}
+  User alice
+  IdentityFile {env.keys['alice']}
+  IdentitiesOnly yes
+  IdentityAgent none
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  BatchMode yes
+Host web-files not-a-resource
+  User deploy
+  IdentityFile {env.keys[inner_user]}
+  IdentitiesOnly yes
+  IdentityAgent none
+  StrictHostKeyChecking yes
+  UserKnownHostsFile {work / 'known_hosts'}
+  LogLevel ERROR
+  BatchMode yes
+""")
+    return cfg
+
+
+def test_ssh_j_is_brokered_judged_and_recorded(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work)
+    out = subprocess.run(["ssh", "-F", str(cfg), "-J", "bastion", "web-files", f"echo via-j; ls {work}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "via-j" in out.stdout and "ssh_config" in out.stdout
+    victim = work / "victim"
+    victim.write_text("v")
+    out = subprocess.run(["ssh", "-F", str(cfg), "-J", "bastion", "web-files", f"rm -f {victim}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no-rm" in out.stderr and victim.exists(), out.stderr
+    store = Store(load_config(env.config).database_url)
+    rows = [s for s in store.sessions(limit=10) if s.command == f"echo via-j; ls {work}"]
+    assert rows and rows[0].resource == "web-files" and rows[0].user == "alice" and rows[0].recording
+
+
+def test_scp_over_ssh_j(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work)
+    src = work / "over-j.txt"
+    src.write_text("through the jump\n")
+    out = subprocess.run(["scp", "-F", str(cfg), "-J", "bastion", str(src), f"web-files:{work}/landed-j.txt"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (work / "landed-j.txt").read_text() == "through the jump\n"
+
+
+def test_ssh_j_to_anything_else_is_refused_and_audited(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work)
+    out = subprocess.run(["ssh", "-F", str(cfg), "-J", "bastion", "root@not-a-resource", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    for dest in ("not-a-resource:22", f"127.0.0.1:{env.target.port}", "127.0.0.1:1", "secret-db:22"):
+        out = subprocess.run(["ssh", "-F", str(cfg), "-W", dest, "bastion"], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode != 0, dest
+    store = Store(load_config(env.config).database_url)
+    denied = [e for e in store.audit_events(limit=50) if e.action == "forward.open" and e.outcome == "denied"]
+    assert any("not-a-resource" in str(e.detail) for e in denied), denied
+
+
+def test_ssh_j_inner_login_needs_the_same_users_key(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work, inner_user="bob")  # bob's key inside alice's jump: refused
+    out = subprocess.run(["ssh", "-F", str(cfg), "-J", "bastion", "web-files", "echo no"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "no" not in out.stdout.split()
+
+
+def test_port_forwarding_stays_off(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work)
+    out = subprocess.run(["ssh", "-F", str(cfg), "-o", "ExitOnForwardFailure=yes", "-N", "-R", "0:127.0.0.1:1",
+                          "bastion"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode != 0
