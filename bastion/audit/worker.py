@@ -12,6 +12,7 @@ from typing import Any
 
 from bastion.config import Config
 from bastion.store.db import Store
+from recorder.archive import archive_root, prune_archive
 from recorder.storage import RecordingStorage, is_remote
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class AuditWorker:
                 done = await asyncio.to_thread(prune, self.store, days, self.storage)
                 if done:
                     log.info("retention: pruned %d recording(s) older than %g days", len(done), days)
+                gone = await asyncio.to_thread(prune_archive, archive_root(self.config.recordings_dir), days)
+                if gone:
+                    log.info("retention: pruned %d archived file(s) not sent for %g days", len(gone), days)
             except Exception:
                 log.exception("retention: pruning failed")
             await asyncio.sleep(PRUNE_EVERY)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion.audit.indexing import index_session
-from bastion.cli.common import open_store, when_arg
+from bastion.cli.common import load_for_command, open_store, when_arg
 from recorder.storage import StorageError, is_remote
 
 if TYPE_CHECKING:
@@ -180,6 +180,35 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    """An archived file's bytes, by the SHA-256 a transfer log (``audit search``, F5) names; checked again on the
+    way out: bytes that no longer match their hash are refused, not handed over."""
+    from recorder.archive import archive_root, archived_path, file_sha256
+
+    cfg = load_for_command(args, check_files=False)
+    if cfg is None:
+        return 1
+    try:
+        path = archived_path(archive_root(cfg.recordings_dir), args.sha256.lower())
+        digest = file_sha256(path)
+    except ValueError as e:
+        print(f"bastion: {e}", file=sys.stderr)
+        return 2
+    except OSError:
+        print(f"bastion: no archived file with SHA-256 {args.sha256} (archiving off, pruned, or never sent)",
+              file=sys.stderr)
+        return 1
+    if digest != args.sha256.lower():
+        print(f"bastion: the archived file {path} was modified (it hashes to {digest}); refused", file=sys.stderr)
+        return 1
+    data = path.read_bytes()
+    if args.out:
+        Path(args.out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the ``audit`` command group to the top-level parser's subcommands."""
     a = sub.add_parser("audit", help="search recordings, verify and sign the audit trail")
@@ -219,6 +248,10 @@ def register(sub: Any) -> None:
     p = add("prune", cmd_prune, "apply the retention: remove old recordings, keep them named in the chain")
     p.add_argument("--days", type=float, help="override recordings.retention_days")
     p.add_argument("--dry-run", action="store_true")
+
+    p = add("archive", cmd_archive, "the archived contents of a transferred file, by its SHA-256")
+    p.add_argument("sha256")
+    p.add_argument("--out", "-o", help="write to this file instead of standard output")
 
     p = add("index", cmd_index, "build the search index and seek keyframes of one recording")
     p.add_argument("session")

@@ -146,7 +146,7 @@ def _config(path: Path, schema: FileSchema, lines: LineMap) -> Config:
         sandbox=schema.sandbox,
         kubectl=str(resolve_path(path, schema.kubectl)) if schema.kubectl else None,
         oidc=schema.oidc,
-        recordings=schema.recordings,
+        recordings=schema.recordings, transfers=schema.transfers,
         audit=schema.audit,
         cluster=schema.cluster, processes=schema.processes,
         host_ca_key=resolve_path(path, schema.host_ca_key) if schema.host_ca_key else None,

@@ -26,6 +26,14 @@ class SshCredential(StrictModel):
     private_key_file: str
 
 
+class TransfersModel(StrictModel):
+    """File transfers (sftp, scp, rsync, git): with ``archive`` the contents of each uploaded and downloaded file
+    are kept by their SHA-256 beside the recordings, up to ``max_archive_bytes`` per file."""
+
+    archive: bool = False
+    max_archive_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
+
+
 class SshResource(TimeLimits):
     kind: Literal["ssh"]
     description: str = ""
@@ -35,6 +43,7 @@ class SshResource(TimeLimits):
     user: Annotated[str, Field(min_length=1, max_length=64)]
     credential: SshCredential
     host_key: str
+    transfers: TransfersModel | None = None  # default: the top-level ``transfers``
 
 
 class PgCredential(StrictModel):

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from bastion.config.base import GROUP_RE, NAME_RE, StrictModel, TimeLimits
 from bastion.config.problems import LineMap, line_for
-from bastion.config.resources import AnyResource, Resource
+from bastion.config.resources import AnyResource, Resource, TransfersModel
 from bastion.config.rules import PolicyModel
 from policies.engine import PolicySet
 from recorder.storage import RecordingStorage, S3Settings
@@ -116,6 +116,7 @@ class FileSchema(StrictModel):
     database: str = "sqlite:///bastion.db"
     recordings_dir: str = "recordings"
     recordings: RecordingsModel = RecordingsModel()
+    transfers: TransfersModel = TransfersModel()
     audit: AuditModel = AuditModel()
     cluster: ClusterModel = ClusterModel()
     log_dir: str | None = None
@@ -158,6 +159,7 @@ class Config:
     oidc: OidcModel | None = None
     kubectl: str | None = None
     recordings: RecordingsModel = field(default_factory=RecordingsModel)
+    transfers: TransfersModel = field(default_factory=TransfersModel)
     audit: AuditModel = field(default_factory=AuditModel)
     cluster: ClusterModel = field(default_factory=ClusterModel)
     processes: str = "per-connection"

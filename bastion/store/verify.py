@@ -24,7 +24,9 @@ from sqlalchemy import select
 from bastion.store.chain import AUDIT, GENESIS, RECORDINGS, audit_link, head_message, recording_link
 from bastion.store.db import Store, now
 from bastion.store.models import AuditEvent, ChainHead, ChainSignature, Recording, Session
-from recorder.storage import RecordingStorage, StorageError
+from recorder.archive import archive_root, archived_path, file_sha256
+from recorder.storage import RecordingStorage, StorageError, is_remote
+from recorder.transferlog import is_transfer_log, iter_records
 
 __all__ = ["Problem", "Report", "load_private_key", "load_public_key", "sign_heads", "verify"]
 
@@ -166,6 +168,8 @@ def _verify_recordings(s: Any, rep: Report, head: ChainHead | None, check_files:
             rep.problems.append(Problem("modified", RECORDINGS, where,
                                         f"{path} was modified: its SHA-256 is {digest[:16]}..., "
                                         f"the chain holds {(rec.sha256 or '')[:16]}..."))
+        elif is_transfer_log(path) and not is_remote(path):
+            _verify_archived(rep, where, Path(path), archive_root(storage.root))
     _check_head(rep, RECORDINGS, head, expected - 1, prev)
     for sid, outcome in s.execute(select(Recording.session_id, Session.outcome)
                                   .join(Session, Session.id == Recording.session_id)
@@ -251,3 +255,25 @@ def _verify_signature(s: Any, rep: Report, chain: str, links: dict[int, str],
         else:
             rep.notes.append(f"{chain}: head #{g.seq} signed by {kid} at {g.signed_at:%Y-%m-%d %H:%M:%S} matches")
         return
+
+
+def _verify_archived(rep: Report, where: str, log: Path, root: Path) -> None:
+    """Each file a (verified, hence trustworthy) transfer log says was archived is there, with its SHA-256."""
+    for rec in iter_records(log):
+        sha = rec.get("sha256")
+        if not rec.get("archived") or not isinstance(sha, str):
+            continue
+        try:
+            kept = archived_path(root, sha)
+            digest = file_sha256(kept)
+        except ValueError:
+            rep.problems.append(Problem("altered", RECORDINGS, where, "an archived file's hash is not a SHA-256"))
+            continue
+        except OSError:
+            rep.problems.append(Problem("missing", RECORDINGS, where,
+                                        f"the archived contents of {rec.get('path')} ({sha[:16]}...) are gone"))
+            continue
+        if digest != sha:
+            rep.problems.append(Problem("modified", RECORDINGS, where,
+                                        f"the archived contents of {rec.get('path')} were modified: {kept} hashes to "
+                                        f"{digest[:16]}..., the log holds {sha[:16]}..."))

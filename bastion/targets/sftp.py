@@ -7,9 +7,11 @@ from __future__ import annotations
 import logging
 from typing import ClassVar, Literal
 
+from bastion.config import SshResource
 from bastion.proxies.sftp.gate import SftpGate
 from bastion.targets.base import OpenRequest, TargetError
 from bastion.targets.ssh import SshEndpoint
+from recorder.archive import Spool, archive_root
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,12 @@ class SftpEndpoint(SshEndpoint):
     async def open(self, req: OpenRequest) -> None:
         if req.hooks is None or req.record is None:
             raise TargetError("an sftp session needs its policy hooks and its transfer log")
+        res = req.resource
+        settings = (res.transfers if isinstance(res, SshResource) else None) or req.config.transfers
+        root = archive_root(req.config.recordings_dir)
+        spool = (lambda: Spool(root, settings.max_archive_bytes)) if settings.archive else None
         self.gate = SftpGate(req.hooks, to_target=super().write, to_client=lambda b: self.relay.output(self, b),
-                             say=self._say, record=req.record, end=self._end)
+                             say=self._say, record=req.record, end=self._end, spool=spool)
         await super().open(req)
 
     def _say(self, text: str) -> None:

@@ -65,6 +65,7 @@ def resources(env: BastionEnv) -> str:
     credential: {{private_key_file: {env.target_key}}}
     host_key: "{t.host_key_public}"
     policy: files
+    transfers: {{archive: true, max_archive_bytes: 1000000}}
 """
 
 
@@ -273,6 +274,47 @@ def test_an_upload_over_max_bytes_is_refused(env: BastionEnv, work: Path) -> Non
     assert "no-big-uploads" in out.stderr
     landed = work / "big-landed"
     assert not landed.exists() or landed.stat().st_size < 5_000_000
+
+
+def test_archived_contents_are_retrievable_and_tamper_evident(env: BastionEnv, work: Path) -> None:
+    src = work / "kept.bin"
+    src.write_bytes(os.urandom(200_000))
+    big = work / "too-big.bin"
+    big.write_bytes(os.urandom(1_500_000))
+    out = sftp(env, f"put {src} {work}/kept-landed.bin\nput {big} {work}/big-landed.bin\n")
+    assert out.returncode == 0, out.stderr
+    ops = {o["path"]: o for o in transfer_log(env, "sftp") if o.get("op") == "upload"}
+    kept, over = ops[f"{work}/kept-landed.bin"], ops[f"{work}/big-landed.bin"]
+    assert kept["archived"] is True and kept["sha256"] == sha(src)
+    assert over["archived"] is False and "max_archive_bytes" in over["archive_note"] and over["sha256"] == sha(big)
+    got = env.bastion("audit", "archive", sha(src), "--out", str(work / "from-archive"))
+    assert got.returncode == 0, got.stderr
+    assert (work / "from-archive").read_bytes() == src.read_bytes()
+    assert env.bastion("audit", "verify").returncode == 0
+    stored = env.dir / "state" / "recordings" / "archive" / sha(src)[:2] / sha(src)
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        checked = env.bastion("audit", "verify")
+        assert checked.returncode != 0 and "archived contents" in checked.stdout + checked.stderr
+        assert env.bastion("audit", "archive", sha(src)).returncode != 0  # modified bytes are not handed over
+    finally:
+        stored.write_bytes(original)
+
+
+def test_audit_search_finds_transfers_by_name_and_hash(env: BastionEnv, work: Path) -> None:
+    src = work / "findme-unique-name.txt"
+    src.write_text("find me\n")
+    out = scp(env, str(src), f"{dest('alice')}:{work}/findme-unique-name.txt")
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 30
+    hits = ""
+    while time.monotonic() < deadline:
+        hits = env.bastion("audit", "search", "findme-unique-name").stdout
+        if "findme-unique-name" in hits and sha(src) in env.bastion("audit", "search", sha(src)).stdout:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not found: {hits}")
 
 
 # ---------------------------------------------------------------------------------------------------- rsync / git

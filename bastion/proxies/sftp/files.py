@@ -12,6 +12,7 @@ from typing import Any
 from bastion.proxies.sftp import packets as P
 from policies.engine import Decision
 from policies.transfer import HARD_LINK, Transfer
+from recorder.archive import Spool
 
 Resolve = Callable[[str, bool], Awaitable[str]]  # (path, follow the last symlink) -> the target's absolute path
 RealPath = Callable[[str], Awaitable[str | None]]  # the target's realpath of a path, None if it has none
@@ -39,11 +40,14 @@ class OpenFile:
     checked: int = 0  # the size at which it was last judged (rules with max_bytes)
     refused: Decision | None = None  # over a limit: every further request on it is refused
     pending: Decision | None = None  # over a limit that needs a reviewer: the next write waits for one
+    spool: Spool | None = None  # its bytes, on their way to the archive (archiving on)
     _sha: Any = field(default_factory=hashlib.sha256)
     _next: int = 0
     _in_order: bool = True
 
     def _add(self, offset: int, data: bytes) -> None:
+        if self.spool is not None:
+            self.spool.write(offset, data)
         if offset == self._next:
             self._sha.update(data)
             self._next += len(data)
@@ -57,10 +61,21 @@ class OpenFile:
     def read(self, offset: int, data: bytes) -> None:
         self._add(offset, data)
 
-    def summary(self) -> dict[str, Any]:
-        return {**record_of(self.transfer), "size": self.size,
-                "sha256": self._sha.hexdigest() if self._in_order and self._next == self.size else None,
-                "decision": self.decision.action.label, "rule": self.decision.rule}
+    def summary(self, complete: bool = True) -> dict[str, Any]:
+        """Its line in the transfer log; ``complete``: the transfer ended well (the archive keeps it)."""
+        sha = self._sha.hexdigest() if self._in_order and self._next == self.size else None
+        out = {**record_of(self.transfer), "size": self.size, "sha256": sha,
+               "decision": self.decision.action.label, "rule": self.decision.rule}
+        if self.spool is not None:
+            kept = self.spool.keep(sha) if complete else None
+            if not complete:
+                self.spool.abandon("the transfer did not complete")
+            out["archived"] = kept is not None
+            if kept is not None:
+                out["sha256"] = kept
+            elif self.spool.refused:
+                out["archive_note"] = self.spool.refused
+        return out
 
 
 def record_of(t: Transfer) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bastion.proxies.sftp import packets as P
 from bastion.proxies.sftp.files import OpenFile, Tracked, record_of, resolve, transfer_of
 from policies.engine import Action, Decision
 from policies.transfer import Transfer
+from recorder.archive import Spool
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class SftpGate:
     stderr; ``record`` appends an operation to the session's transfer log; ``end`` closes the session."""
 
     def __init__(self, hooks: Hooks, *, to_target: Callable[[bytes], None], to_client: Callable[[bytes], None],
-                 say: Callable[[str], None], record: Callable[[dict[str, Any]], None], end: Callable[[str], None]):
+                 say: Callable[[str], None], record: Callable[[dict[str, Any]], None], end: Callable[[str], None],
+                 spool: Callable[[], Spool] | None = None):
         self.hooks, self.to_target, self.to_client = hooks, to_target, to_client
+        self.spool = spool  # archiving on: where each file's bytes go
         self.say, self.record, self.end = say, record, end
         self._from_client, self._from_target = P.Framer(), P.Framer()
         self._queue: deque[bytes] = deque()
@@ -277,7 +280,8 @@ class SftpGate:
         ok = reply.type != P.FXP_STATUS or reply.code == P.FX_OK
         if t.kind == "op" and t.transfer is not None and t.decision is not None:
             if reply.type == P.FXP_HANDLE and reply.handle is not None and t.transfer.op in ("upload", "download"):
-                self._files[reply.handle] = OpenFile(t.transfer, t.decision)
+                self._files[reply.handle] = OpenFile(t.transfer, t.decision,
+                                                     spool=self.spool() if self.spool is not None else None)
                 return
             self.record({**record_of(t.transfer), "decision": t.decision.action.label, "rule": t.decision.rule,
                          "result": "ok" if ok else (reply.message or f"status {reply.code}")})
@@ -288,7 +292,7 @@ class SftpGate:
         elif t.kind == "close":
             f = self._files.pop(t.handle or b"", None)
             if f is not None:
-                self.record({**f.summary(), "result": "ok" if ok else (reply.message or f"status {reply.code}")})
+                self.record({**f.summary(ok), "result": "ok" if ok else (reply.message or f"status {reply.code}")})
 
     # -- the end --------------------------------------------------------------------------------------
     def _fail(self, why: str) -> None:
@@ -305,6 +309,6 @@ class SftpGate:
     def close(self) -> None:
         """The session ended: files still open are recorded as they got."""
         for f in self._files.values():
-            self.record({**f.summary(), "result": "not closed"})
+            self.record({**f.summary(False), "result": "not closed"})
         self._files.clear()
         self._closed = True
