@@ -55,11 +55,16 @@ class Transfer:
     other: str = ""
     size: int | None = None
     detail: str = ""
+    # the exec form (scp -O, rsync, git): the names of the files come over the protocol, out of sight, so the
+    # transfer may touch any path at or below ``path``; a rule on any of them applies
+    tree: bool = False
 
     def describe(self) -> str:
         """The one line shown in markers, audit events and the reviewer queue (and bound by an approval)."""
         if self.op in ("rename", "symlink"):
             text = f"{self.op} {self.path} -> {self.other}"
+        elif self.tree:
+            text = f"{self.op} {self.path} (any file at or below it)"
         else:
             text = f"{self.op} {self.path}"
         extra = [d for d in (self.detail, _size(self.size) if self.size is not None else "") if d]
@@ -70,6 +75,8 @@ class Transfer:
         q = shlex.quote
         simple = {"upload": "scp -t --", "download": "scp -f --", "remove": "rm --", "mkdir": "mkdir --",
                   "rmdir": "rmdir --"}
+        if self.tree:
+            simple = {**simple, "upload": "scp -r -t --", "download": "scp -r -f --", "remove": "rm -r --"}
         if self.op in simple:
             return f"{simple[self.op]} {q(self.path)}"
         if self.op == "rename":
@@ -105,6 +112,16 @@ def path_matches(pattern: str, path: str) -> bool:
     return False
 
 
+def may_match_below(pattern: str, directory: str) -> bool:
+    """Whether ``pattern`` could match ``directory`` or a path below it (conservative: a pattern whose fixed
+    prefix is not a path, ``*/x``, could)."""
+    if path_matches(pattern, directory):
+        return True
+    cut = min((i for i, ch in enumerate(pattern) if ch in "*?["), default=len(pattern))
+    prefix, d = pattern[:cut], directory.rstrip("/") + "/"
+    return prefix.startswith(d) or d.startswith(prefix)
+
+
 def _normalized(path: str) -> bool:
     return path.startswith("/") and "\0" not in path and posixpath.normpath(path) == path and \
         not path.startswith("//")
@@ -131,14 +148,16 @@ def _paths(t: Transfer) -> list[str]:
     if t.op == "rename":
         return [t.path, t.other]
     if t.op == "symlink":
-        return [t.path, posixpath.normpath(posixpath.join(posixpath.dirname(t.path), t.other))]
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(t.path), t.other))
+        return [t.path, "/" + target.lstrip("/")]  # POSIX keeps a leading "//": the kernel does not
     return [t.path]
 
 
 def _rule_matches(rule: Rule, t: Transfer) -> bool:
     if t.op not in rule.transfer:
         return False
-    if rule.paths and not any(path_matches(p, path) for p in rule.paths for path in _paths(t)):
+    if rule.paths and not any((may_match_below if t.tree else path_matches)(p, path) for p in rule.paths
+                              for path in _paths(t)):
         return False
     if rule.max_bytes is not None and t.op in ("upload", "download") and (t.size is None or
                                                                            t.size <= rule.max_bytes):
@@ -321,7 +340,9 @@ def _scp(args: Sequence[str]) -> list[Transfer]:
     paths = [exec_path(args[i]) for i in s.operands]
     if to and len(paths) != 1 or not paths:
         raise TransferParseError("scp: -t takes one path, -f one at least")
-    return [Transfer("upload" if to else "download", p) for p in paths]
+    # an upload's file names come in the protocol (into a directory, or -r): any path at or below; a download
+    # of a named file is that file, of a directory (-r) all below it
+    return [Transfer("upload" if to else "download", p, tree=to or s.has("-r")) for p in paths]
 
 
 _GIT_LONG = {"strict": NONE, "no-strict": NONE, "timeout": REQUIRED, "stateless-rpc": NONE,
@@ -337,7 +358,7 @@ def _git(sub: str, args: Sequence[str]) -> list[Transfer]:
         raise TransferParseError(f"git {sub}: {s.error}")
     if len(s.operands) != 1:
         raise TransferParseError(f"git {sub}: one repository path")
-    return [Transfer(GIT_SUBCOMMANDS[sub], exec_path(args[s.operands[0]]))]
+    return [Transfer(GIT_SUBCOMMANDS[sub], exec_path(args[s.operands[0]]), tree=True)]
 
 
 # rsync --server: the short options its client puts in the one cluster (options.c, server_options()), less those
@@ -434,15 +455,16 @@ def _rsync(args: Sequence[str]) -> list[Transfer]:
         raise TransferParseError("rsync: an upload goes into one path, a download needs one at least")
     targets = [exec_path(p) for p in paths]
     if "sender" in opts:
-        out = [Transfer("download", p) for p in targets]
+        out = [Transfer("download", p, tree=True) for p in targets]
         if "remove-source-files" in opts or "remove-sent-files" in opts:
-            out += [Transfer("remove", p) for p in targets]
+            out += [Transfer("remove", p, tree=True) for p in targets]
         return out
-    out = [Transfer("upload", targets[0])]
+    out = [Transfer("upload", targets[0], tree=True)]
     if "backup-dir" in opts:
         backup = opts["backup-dir"]
         out.append(Transfer("upload", exec_path(backup if backup.startswith(("/", "~")) else
-                                                posixpath.join(paths[0], backup))))
-    if any(name.startswith("delete") for name in opts):
-        out.append(Transfer("remove", targets[0]))
+                                                posixpath.join(paths[0], backup)), tree=True))
+    # --delete*: files missing from the source go; --force: a non-empty directory in the way of a file goes
+    if any(name.startswith("delete") for name in opts) or "force" in opts:
+        out.append(Transfer("remove", targets[0], tree=True))
     return out

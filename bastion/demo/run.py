@@ -83,6 +83,7 @@ DEMO_SHELL = """\
     credential:
       private_key_file: keys/demo-target-credential
     host_key: {host_key}
+    transfers: {{archive: true}}     # the contents of files sent to and from it are kept (bastion audit archive)
   demo-shell-strict:
     kind: ssh
     description: "The same sandboxed shell with an allow-list policy: anything not listed waits for a reviewer"
@@ -122,6 +123,13 @@ DEMO_SHELL_POLICIES = """\
         approvers: {{roles: [reviewers], count: 1}}
         timeout: 900
         reason: permission changes need a reviewer's approval
+      - name: config-uploads-need-approval
+        transfer: [upload, rename, symlink, mkdir, chmod]
+        paths: ["/etc/**", "/home/demo/.ssh/**"]
+        action: require_approval
+        approvers: {{roles: [reviewers], count: 1}}
+        timeout: 900
+        reason: files under /etc and ~/.ssh change how the host runs and who logs in
   demo-shell-strict:
     default: require_approval   # what is not listed below waits for one reviewer
     rules:
@@ -266,7 +274,7 @@ def start_parts(state: Path, port: int) -> DemoParts:
     return parts
 
 
-def banner(state: Path, port: int, cfg_path: Path, *, shell: bool) -> str:
+def banner(state: Path, port: int, cfg_path: Path, *, shell: bool, tools: str = "") -> str:
     """How to connect: printed once the demo runs."""
     k = state / "keys"
     exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
@@ -288,6 +296,7 @@ bastion demo is running (state in {state})
   cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
 {request_line}\
+{tools}\
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
 
@@ -332,7 +341,12 @@ def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], N
             print(e)
             return 1
         setup_logging(cfg.log_dir)
-        text = banner(state, port, cfg_path, shell=parts.shell is not None)
+        tools = ""
+        if parts.shell is not None:
+            from bastion.demo.tools import tools_lines, write_ssh_config
+
+            tools = tools_lines(state, port, write_ssh_config(state, port, cfg))
+        text = banner(state, port, cfg_path, shell=parts.shell is not None, tools=tools)
         asyncio.run(serve_demo(cfg, parts.shell, (target_port, host_key, client_key), text))
     finally:
         parts.stop()

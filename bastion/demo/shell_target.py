@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SHELL_USERS = ("bastion-demo", "nobody")  # a root demo's shell runs as the first of these that exists
 HOME = Path("/home/demo")  # the shell's home, inside the sandbox
 PS1 = r"demo-shell:\w\$ "
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 
 
 class DemoShell:
@@ -98,6 +99,8 @@ class _TargetSession(asyncssh.SSHServerSession):
         self.command: str | None = None
         self.pty: PtyProcess | None = None
         self.proc: asyncio.subprocess.Process | None = None
+        self._early: list[bytes] = []  # what the client sent before the process started (an sftp client's INIT)
+        self._early_eof = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
         self.chan = chan
@@ -111,6 +114,14 @@ class _TargetSession(asyncssh.SSHServerSession):
 
     def exec_requested(self, command: str) -> bool:
         self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """sftp: OpenSSH's sftp-server, in the same sandbox as the shell (it sees the same files)."""
+        server = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
+        if subsystem != "sftp" or server is None:
+            return False
+        self.command = server
         return True
 
     def session_started(self) -> None:
@@ -159,6 +170,13 @@ class _TargetSession(asyncssh.SSHServerSession):
             *self.shell.wrap(["/bin/sh", "-c", self.command], None), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={}, cwd="/", start_new_session=True)
 
+        assert self.proc.stdin is not None
+        for data in self._early:
+            self.proc.stdin.write(data)
+        self._early.clear()
+        if self._early_eof:
+            self.proc.stdin.close()
+
         async def pump(stream: asyncio.StreamReader, datatype: int | None) -> None:
             while chunk := await stream.read(65536):
                 assert self.chan is not None
@@ -176,10 +194,14 @@ class _TargetSession(asyncssh.SSHServerSession):
                 pass
         elif self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.write(data)
+        elif self.pty is None and self.proc is None:
+            self._early.append(data)
 
     def eof_received(self) -> bool:
         if self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.close()
+        else:
+            self._early_eof = True
         return True
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:

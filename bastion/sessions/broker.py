@@ -81,9 +81,9 @@ class Broker:
             transfers: list[Transfer] = []
             if command is not None:
                 verdict = self._judge(name, command)
-                if not client.pty:  # scp -t, rsync --server, git-upload-pack: file transfers too
-                    verdict, transfers = await judge_exec_transfers(
-                        self.services.config, name, command, ctx.groups, verdict)
+                # scp -t, rsync --server, git-upload-pack: file transfers too (with a terminal or without)
+                verdict, transfers = await judge_exec_transfers(self.services.config, name, command, ctx.groups,
+                                                                verdict)
                 refusal = await self._enforce_exec(name, sid, verdict)
                 if refusal is not None:
                     return refusal

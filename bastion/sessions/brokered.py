@@ -54,7 +54,7 @@ class BrokeredSession:
         self.mode = subsystem or ("exec" if command is not None else "interactive")
         self.res = services.config.resources[name]
         # files, not a screen: an sftp session, or a binary protocol on the exec form (scp -t, rsync --server)
-        self.transfer = subsystem is not None or (command is not None and not client.pty
+        self.transfer = subsystem is not None or (command is not None and not client.pty and self.res.kind == "ssh"
                                                   and is_transfer_command(command))
         suffix = TRANSFER_SUFFIX if self.transfer else ".cast"
         sid_path = Path(sid[:4]) / sid[4:6] / sid[6:8] / f"{sid}{suffix}"

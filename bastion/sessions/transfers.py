@@ -24,11 +24,13 @@ async def judge_exec_transfers(config: Config, name: str, command: str, groups: 
     """The exec command's decision with its transfers judged too (the strictest wins), and the transfers with
     their resolved paths (for the recording). ``verdict``: the command's own decision (None: no policy)."""
     res = config.resources[name]
+    if not isinstance(res, SshResource):  # SQL, kubectl: judged at their own proxies
+        return verdict, []
     try:
         transfers = exec_transfers(command)
     except TransferParseError as e:
         return _refusal(command, f"refused: the transfer command cannot be read with certainty ({e})"), []
-    if not transfers or res.policy is None or not isinstance(res, SshResource):
+    if not transfers or res.policy is None:
         return verdict, transfers or []
     try:
         real = await resolve_on_target(config, res, {p for t in transfers for p in _paths(t)})

@@ -6,6 +6,7 @@ symlink to ``/etc`` is judged as ``/etc``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import asyncssh
@@ -15,11 +16,21 @@ from bastion.proxies.sftp.files import resolve
 from bastion.targets.base import TargetError
 from bastion.targets.ssh import connect
 
+RESOLVE_TIMEOUT = 20.0  # seconds for the sftp lookups, beyond the connection's own timeout
+
 
 async def resolve_on_target(config: Config, res: SshResource, paths: Iterable[str]) -> dict[str, str]:
     """Each path (``~/...`` relative to the home, or absolute) as the target resolves it. :class:`TargetError`
     when the target cannot be asked (no sftp subsystem, unreachable) or a path cannot be resolved: the caller
     refuses what it cannot judge."""
+    try:
+        return await asyncio.wait_for(_resolve_all(config, res, list(paths)),
+                                      config.limits.target_connect_timeout + RESOLVE_TIMEOUT)
+    except TimeoutError:
+        raise TargetError("the target did not resolve the paths in time") from None
+
+
+async def _resolve_all(config: Config, res: SshResource, paths: list[str]) -> dict[str, str]:
     conn = await connect(config, res)
     try:
         try:

@@ -7,7 +7,7 @@ import hashlib
 import posixpath
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bastion.proxies.sftp import packets as P
 from policies.engine import Decision
@@ -27,6 +27,7 @@ class Tracked:
     decision: Decision | None = None
     handle: bytes | None = None
     offset: int | None = None
+    append: bool = False  # an OPEN with APPEND: the server writes at the end, whatever the offsets say
 
 
 @dataclass
@@ -41,11 +42,14 @@ class OpenFile:
     refused: Decision | None = None  # over a limit: every further request on it is refused
     pending: Decision | None = None  # over a limit that needs a reviewer: the next write waits for one
     spool: Spool | None = None  # its bytes, on their way to the archive (archiving on)
+    append: bool = False  # opened with APPEND: each write adds its length, at the end (offsets are ignored)
     _sha: Any = field(default_factory=hashlib.sha256)
     _next: int = 0
     _in_order: bool = True
 
     def _add(self, offset: int, data: bytes) -> None:
+        if self.append:
+            offset = self._next if self._in_order else self.size
         if self.spool is not None:
             self.spool.write(offset, data)
         if offset == self._next:
@@ -106,45 +110,85 @@ def attrs_detail(a: P.Attrs | None) -> str:
     return ", ".join(parts)
 
 
-async def transfer_of(req: P.Request, resolve: Resolve, files: Mapping[bytes, OpenFile]) -> list[Transfer] | None:
-    """The transfers ``req`` does, strictest judged; None for a request the gate refuses outright (an unknown
-    handle's attributes)."""
+class Unresolvable(Exception):
+    """A path the target cannot resolve: judged as nothing, refused (fail closed)."""
+
+
+class Where(Protocol):
+    """What :func:`transfer_of` asks of the session: paths as the target sees them, and what it did so far."""
+
+    @property
+    def files(self) -> Mapping[bytes, OpenFile]: ...  # the open files, by handle
+
+    made: set[str]  # files uploaded and directories made by this session (their modes are the upload's own)
+
+    async def resolve(self, path: str, follow: bool) -> str: ...  # absolute, or Unresolvable
+
+    async def exists(self, real: str) -> bool: ...  # anything at this path (not following a last symlink)
+
+
+UNUSUAL_MODE = 0o7002  # setuid, setgid, sticky, world-writable: a mode that is a decision of its own
+SPECIAL_BITS = 0o7000  # what the server's umask does not take away from a new file's mode (setuid, setgid, sticky)
+
+
+def _mode_change(real: str, a: P.Attrs | None) -> list[Transfer]:
+    """The mode given with a new file or directory (OPEN, MKDIR; the server applies its umask), as a chmod when
+    it carries setuid, setgid or sticky bits."""
+    if a is None or a.permissions is None or not a.permissions & SPECIAL_BITS:
+        return []
+    return [Transfer("chmod", real, detail=f"mode {a.permissions & 0o7777:04o}")]
+
+
+async def _setstat(req: P.Request, where: Where) -> list[Transfer] | None:
+    t, ext, a = req.type, req.extension, req.attrs
+    if t == P.FXP_FSETSTAT:
+        f = where.files.get(req.handle or b"")
+        if f is None:
+            return None
+        real = f.transfer.path
+    else:
+        real = await where.resolve(req.path or "", ext != "lsetstat@openssh.com")
+    own = real in where.made and a is not None and a.uid is None and a.size is None and \
+        not (a.permissions or 0) & UNUSUAL_MODE
+    if own:  # scp -p, sftp put -p, scp -r: the mode and times of what this session just sent are part of it
+        return []
+    out = [Transfer("chmod", real, detail=attrs_detail(a))]
+    if a is not None and a.size is not None:  # truncating a file changes its contents
+        out.append(Transfer("upload", real, size=a.size))
+    return out
+
+
+async def transfer_of(req: P.Request, where: Where) -> list[Transfer] | None:
+    """The transfers ``req`` does, each judged (the strictest decides; none: nothing to judge); None for a request
+    the gate refuses outright (an unknown handle's attributes). Unresolvable: a path the target cannot resolve."""
     t, ext = req.type, req.extension
-    path = req.path or ""
+    path, resolve = req.path or "", where.resolve
     if t == P.FXP_OPEN:
         real = await resolve(path, True)
         flags = req.pflags or 0
         writes = flags & (P.FXF_WRITE | P.FXF_APPEND | P.FXF_CREAT | P.FXF_TRUNC)
         ops = (["upload"] if writes else []) + (["download"] if flags & P.FXF_READ or not writes else [])
-        return [Transfer(op, real) for op in ops]
+        return [Transfer(op, real) for op in ops] + _mode_change(real, req.attrs)
     if t == P.FXP_REMOVE:
         return [Transfer("remove", await resolve(path, False))]
     if t == P.FXP_RENAME or ext == "posix-rename@openssh.com":
-        return [Transfer("rename", await resolve(path, False), await resolve(req.path2 or "", False))]
+        src, dst = await resolve(path, False), await resolve(req.path2 or "", False)
+        replaced = [Transfer("remove", dst)] if await where.exists(dst) else []  # what it lands on is gone
+        return [Transfer("rename", src, dst), *replaced]
     if t == P.FXP_MKDIR:
-        return [Transfer("mkdir", await resolve(path, False))]
+        real = await resolve(path, False)
+        return [Transfer("mkdir", real), *_mode_change(real, req.attrs)]
     if t == P.FXP_RMDIR:
         return [Transfer("rmdir", await resolve(path, False))]
     if t == P.FXP_SYMLINK:
         link = await resolve(path, False)
         points = posixpath.normpath(posixpath.join(posixpath.dirname(link), req.path2 or ""))
-        return [Transfer("symlink", link, points)]
+        return [Transfer("symlink", link, "/" + points.lstrip("/"))]  # POSIX keeps "//", the kernel does not
     if ext == "hardlink@openssh.com":  # path: the existing file, path2: the new name
         return [Transfer("symlink", await resolve(req.path2 or "", False), await resolve(path, True),
                          detail=HARD_LINK)]
     if t in (P.FXP_SETSTAT, P.FXP_FSETSTAT) or ext == "lsetstat@openssh.com":
-        if t == P.FXP_FSETSTAT:
-            f = files.get(req.handle or b"")
-            if f is None:
-                return None
-            real = f.transfer.path
-        else:
-            real = await resolve(path, ext != "lsetstat@openssh.com")
-        detail = attrs_detail(req.attrs)
-        out = [Transfer("chmod", real, detail=detail)]
-        if req.attrs is not None and req.attrs.size is not None:  # truncating a file changes its contents
-            out.append(Transfer("upload", real, size=req.attrs.size))
-        return out
+        return await _setstat(req, where)
     return None
 
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bastion.proxies.sftp import packets as P
-from bastion.proxies.sftp.files import OpenFile, Tracked, record_of, resolve, transfer_of
+from bastion.proxies.sftp.files import OpenFile, Tracked, Unresolvable, record_of, resolve, transfer_of
 from policies.engine import Action, Decision
 from policies.transfer import Transfer
 from recorder.archive import Spool
@@ -80,8 +80,12 @@ class SftpGate:
         self._next_own = OWN_IDS
         self._tracked: dict[int, Tracked] = {}  # client request id -> what its reply completes
         self._files: dict[bytes, OpenFile] = {}  # handle -> the open file's transfer
-        self._home: str | None = None
+        self.made: set[str] = set()  # uploaded files and made directories (Where.made)
         self._closed = False
+
+    @property
+    def files(self) -> dict[bytes, OpenFile]:
+        return self._files
 
     # -- bytes in -------------------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -143,13 +147,13 @@ class SftpGate:
             self._deny(req.id, f.refused)
             return True
         if req.type == P.FXP_WRITE and req.data is not None and req.offset is not None:
-            end = req.offset + len(req.data)
+            end = (f.size if f.append else req.offset) + len(req.data)
             if end > f.checked + RECHECK and not self._recheck(f, end):
                 return False  # waits for a reviewer, in order: the worker holds it
-            f.wrote(req.offset, req.data)
             if f.refused is not None:
                 self._deny(req.id, f.refused)
                 return True
+            f.wrote(req.offset, req.data)
         elif req.type == P.FXP_READ:
             self._tracked[req.id] = Tracked("read", handle=req.handle, offset=req.offset)
         elif req.type == P.FXP_CLOSE:
@@ -207,9 +211,18 @@ class SftpGate:
             self.say(f"the SFTP extension {req.extension!r} is not allowed through the bastion (it cannot be judged)")
             self.to_client(P.status(req.id, P.FX_OP_UNSUPPORTED, "not allowed by the bastion"))
             return
-        transfers = await transfer_of(req, self._resolve, self._files)
+        try:
+            transfers = await transfer_of(req, self)
+        except Unresolvable as e:
+            d = Decision(Action.BLOCK, None, f"refused: the path {e} cannot be resolved on the target", str(e))
+            self.hooks.note(d)
+            self._deny(req.id, d)
+            return
         if transfers is None:
             self.to_client(P.status(req.id, P.FX_OP_UNSUPPORTED, "not allowed by the bastion"))
+            return
+        if not transfers:  # nothing to judge (the mode of a file this session just sent)
+            self.to_target(pkt)
             return
         decisions = [self.hooks.judge(t) for t in transfers]
         d = max(decisions, key=lambda x: x.action)
@@ -221,7 +234,8 @@ class SftpGate:
             return
         if d.action == Action.WARN:
             self.say(f"warning: {d.text}: rule {d.rule!r}: {d.reason}")
-        self._tracked[req.id] = Tracked("op", transfer=transfers[0], decision=d)
+        self._tracked[req.id] = Tracked("op", transfer=transfers[0], decision=d,
+                                        append=req.type == P.FXP_OPEN and bool((req.pflags or 0) & P.FXF_APPEND))
         self.to_target(pkt)
 
     async def _allowed(self, d: Decision) -> bool:
@@ -237,29 +251,39 @@ class SftpGate:
         self.say(f"{d.text}: refused by {by}: {d.reason}")
 
     # -- paths ----------------------------------------------------------------------------------------
-    async def _resolve(self, path: str, follow: bool) -> str:
-        """``path`` as the target sees it, absolute (:func:`resolve`); one the target cannot resolve at all is
-        judged as written, made absolute lexically against the home."""
-        if self._home is None:
-            self._home = await self._realpath(".") or "/"
+    async def resolve(self, path: str, follow: bool) -> str:
+        """``path`` as the target sees it, absolute (:func:`resolve`). One the target cannot resolve (a loop of
+        symlinks deeper than its REALPATH follows, a parent that does not exist) is not judged as written: the
+        request is refused (:class:`Unresolvable`)."""
         real = await resolve(self._realpath, path, follow)
-        return real if real is not None else posixpath.normpath(posixpath.join(self._home, path))
+        if real is None:
+            raise Unresolvable(path)
+        return "/" + real.lstrip("/")
+
+    async def exists(self, real: str) -> bool:
+        """Whether anything is at ``real`` (LSTAT: a symlink itself counts)."""
+        reply = await self._ask(lambda rid: P.lstat(rid, real))
+        return reply.type == P.FXP_ATTRS
 
     async def _realpath(self, path: str) -> str | None:
+        reply = await self._ask(lambda rid: P.realpath(rid, path))
+        if reply.type == P.FXP_NAME and reply.names:
+            return posixpath.normpath(reply.names[0][0])
+        return None
+
+    async def _ask(self, packet: Callable[[int], bytes]) -> P.Reply:
+        """A request of the gate's own to the target (REALPATH, LSTAT), with an id the client may not use."""
         rid = self._next_own
         self._next_own = OWN_IDS + (self._next_own - OWN_IDS + 1) % 0xFFFF
         fut: asyncio.Future[P.Reply] = asyncio.get_running_loop().create_future()
         self._own[rid] = fut
-        self.to_target(P.realpath(rid, path))
+        self.to_target(packet(rid))
         try:
-            reply = await asyncio.wait_for(fut, 30)
+            return await asyncio.wait_for(fut, 30)
         except TimeoutError:
             raise SessionEnded("the target did not answer a path lookup within 30 s") from None
         finally:
             self._own.pop(rid, None)
-        if reply.type == P.FXP_NAME and reply.names:
-            return posixpath.normpath(reply.names[0][0])
-        return None
 
     # -- server replies -------------------------------------------------------------------------------
     def _reply(self, pkt: bytes, reply: P.Reply) -> None:
@@ -279,8 +303,10 @@ class SftpGate:
         """What a reply completes: an open file's handle, a read's data, a closed file's record, an op's result."""
         ok = reply.type != P.FXP_STATUS or reply.code == P.FX_OK
         if t.kind == "op" and t.transfer is not None and t.decision is not None:
+            if ok and t.transfer.op in ("upload", "mkdir"):
+                self.made.add(t.transfer.path)
             if reply.type == P.FXP_HANDLE and reply.handle is not None and t.transfer.op in ("upload", "download"):
-                self._files[reply.handle] = OpenFile(t.transfer, t.decision,
+                self._files[reply.handle] = OpenFile(t.transfer, t.decision, append=t.append,
                                                      spool=self.spool() if self.spool is not None else None)
                 return
             self.record({**record_of(t.transfer), "decision": t.decision.action.label, "rule": t.decision.rule,
