@@ -7,15 +7,7 @@ import argparse
 from typing import Any
 
 from bastion.cli.common import load_for_command
-from bastion.config import Config, SshResource
-
-
-def known_hosts_line(config: Config, public_key: str) -> str:
-    """``@cert-authority`` for the names a ``-J`` destination may be given by: each ssh resource's name and host
-    (the certificate of each inner connection names the resource it serves)."""
-    names = sorted({n for name, r in config.resources.items() if isinstance(r, SshResource)
-                    for n in (name, r.host)})
-    return f"@cert-authority {','.join(names) or '*'} {public_key.strip()}"
+from bastion.ssh.jump import known_hosts_line
 
 
 def cmd_ca(args: argparse.Namespace) -> int:

@@ -24,13 +24,21 @@ from typing import Any
 
 import asyncssh
 
-from bastion.config import SshResource
+from bastion.config import Config, SshResource
 from bastion.context import ConnectionContext
 from bastion.services import Services
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 
 log = logging.getLogger(__name__)
 CERT_LIFETIME = 24 * 3600.0
+
+
+def known_hosts_line(config: Config, public_key: str) -> str:
+    """``@cert-authority`` for the names a ``-J`` destination may be given by: each ssh resource's name and host
+    (the certificate of each inner connection names the resource it serves)."""
+    names = sorted({n for name, r in config.resources.items() if isinstance(r, SshResource)
+                    for n in (name, r.host)})
+    return f"@cert-authority {','.join(names) or '*'} {public_key.strip()}"
 
 
 class JumpHost:
