@@ -40,7 +40,7 @@ PASS_EXT = frozenset({"statvfs@openssh.com", "fstatvfs@openssh.com", "fsync@open
                       "expand-path@openssh.com", "home-directory", "users-groups-by-id@openssh.com"})
 JUDGED_EXT = frozenset({"posix-rename@openssh.com", "hardlink@openssh.com", "lsetstat@openssh.com"})
 OWN_IDS = 0xFFFF0000  # the gate's own requests to the target (REALPATH) use ids from here up
-RECHECK = 1 << 20  # an open file's growing size is judged again every MiB (rules with max_bytes)
+RECHECK = 128 * 1024  # an open file's growing size is judged again every 128 KiB (rules with max_bytes)
 
 
 class Hooks(Protocol):
