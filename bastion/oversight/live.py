@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion.terminal.relay import Relay, Tee
+from bastion.terminal.relay import Relay
+from bastion.terminal.tee import Tee
 from recorder.asciicast import CastError, read_header
 from recorder.seekindex import complete_events, events_from, paint
 

@@ -21,7 +21,7 @@ from bastion.sessions.hooks import SessionHooks
 from bastion.sessions.timeouts import duration_timers, time_limit
 from bastion.targets import make_target
 from bastion.targets.base import OpenRequest, Target, TargetError, TargetExit
-from bastion.terminal.relay import Tee
+from bastion.terminal.tee import Tee
 from policies.engine import Decision
 from policies.transfer import Transfer, is_transfer_command
 from recorder.asciicast import CastWriter

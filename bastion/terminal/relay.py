@@ -21,8 +21,7 @@ from typing import Protocol
 from bastion.terminal.cmdfilter import CommandFilter
 from bastion.terminal.fairness import BULK_CHUNK, scheduler
 from bastion.terminal.ptyproc import PtyProcess, set_winsize
-from recorder.asciicast import EchoGuard
-from recorder.recording import Recording
+from bastion.terminal.tee import Tee
 
 log = logging.getLogger(__name__)
 
@@ -51,55 +50,6 @@ class ClientChannel(Protocol):
 
 
 STDERR = 1  # asyncssh.EXTENDED_DATA_STDERR
-
-
-class Tee:
-    """Records one brokered session: output as-is, input only once it is known to have been echoed."""
-
-    def __init__(self, writer: Recording):
-        self.writer = writer
-        # a transfer log's bytes are file contents, not a screen: observers are not sent them
-        self.observable = not str(writer.path).endswith(".jsonl")
-        self.guard = EchoGuard()
-        self._hidden = 0
-        self.watchers: set[Callable[[bytes], None]] = set()  # live observers get the output as it is recorded
-
-    def _watch(self, data: bytes) -> None:
-        for w in list(self.watchers):
-            try:
-                w(data)
-            except Exception:  # an observer's failure is never the observed session's
-                log.exception("observer failed")
-                self.watchers.discard(w)
-
-    def said(self, data: bytes) -> None:
-        """The bastion's own words on the operator's terminal: recorded and observed like output."""
-        self.writer.output(data)
-        self._watch(data)
-
-    def input(self, data: bytes, echo: bool | None) -> None:
-        if not self.observable:  # a transfer log counts and hashes the bytes: no echo to guess, no screen
-            self.writer.input(data)
-            return
-        self.guard.set_echo_known(echo)
-        for chunk in self.guard.feed_input(data, 0.0):
-            self.writer.input(chunk)
-        self._note_hidden()
-
-    def output(self, data: bytes) -> None:
-        self.writer.output(data)
-        if not self.observable:
-            return
-        if self.watchers:
-            self._watch(data)
-        for chunk in self.guard.feed_output(data, 0.0):
-            self.writer.input(chunk)
-        self._note_hidden()
-
-    def _note_hidden(self) -> None:
-        if self.guard.hidden_count != self._hidden:
-            self._hidden = self.guard.hidden_count
-            self.writer.marker("input not recorded: typed while echo was off")
 
 
 class Relay:
