@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
+from bastion.audit.transfers import transfer_totals
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalDecision, ApprovalRequest, AuditEvent, ChainHead, Recording, Session
 from recorder.storage import RecordingStorage
@@ -62,6 +63,7 @@ def build_report(store: Store, since: datetime, until: datetime) -> dict[str, An
             })
         out["approvals"] = approvals
         out["chain_heads"] = {h.name: {"seq": h.seq, "head": h.head} for h in s.scalars(select(ChainHead))}
+    out["transfers"] = transfer_totals(out["sessions"])
     out["summary"] = {"sessions": len(out["sessions"]), "blocked": len(out["blocked"]),
                       "approvals": len(out["approvals"]), "approved": sum(a["status"] == "approved"
                                                                           for a in out["approvals"]),
@@ -75,7 +77,8 @@ CSV_COLUMNS = ["record", "time", "user", "resource", "session", "action", "outco
 
 
 def report_csv(rep: dict[str, Any]) -> str:
-    """One CSV: a ``record`` column says what each row is (session, blocked, approval, termination, pruned)."""
+    """One CSV: a ``record`` column says what each row is (session, blocked, approval, termination, transfers,
+    pruned)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore")
     w.writeheader()
@@ -97,6 +100,11 @@ def report_csv(rep: dict[str, Any]) -> str:
         w.writerow({"record": "termination", "time": t["time"], "user": t["user"], "resource": t["resource"],
                     "session": t["session"], "action": "session.terminate", "outcome": "terminated",
                     "text": t["reason"], "approvers": t["by"]})
+    for t in rep.get("transfers", []):
+        w.writerow({"record": "transfers", "user": t["user"], "resource": t["resource"],
+                    "detail": f"{t['sessions']} sessions; up {t['files_up']} files {t['bytes_up']} bytes; "
+                              f"down {t['files_down']} files {t['bytes_down']} bytes"
+                              + (f"; {t['unread']} logs not read" if t["unread"] else "")})
     for p in rep["pruned"]:
         w.writerow({"record": "pruned", "time": p["time"], "session": p["session"], "action": "recording.pruned",
                     "detail": f"sha256 {p['sha256']}"})

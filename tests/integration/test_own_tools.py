@@ -475,3 +475,19 @@ def test_port_forwarding_stays_off(env: BastionEnv, work: Path) -> None:
     out = subprocess.run(["ssh", "-F", str(cfg), "-o", "ExitOnForwardFailure=yes", "-N", "-R", "0:127.0.0.1:1",
                           "bastion"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode != 0
+
+
+def test_audit_report_counts_bytes_up_and_down(env: BastionEnv, work: Path) -> None:
+    before = json.loads(env.bastion("audit", "report", "--format", "json").stdout or "{}").get("transfers", [])
+    was = next((t for t in before if t["user"] == "alice" and t["resource"] == "web-files"), None)
+    src = work / "counted.bin"
+    src.write_bytes(os.urandom(123_456))
+    assert scp(env, str(src), f"{dest('alice')}:{work}/counted.bin").returncode == 0
+    assert scp(env, f"{dest('alice')}:{work}/counted.bin", str(work / "counted-back.bin")).returncode == 0
+    transfer_log(env, "sftp")  # closed and chained
+    rep = env.bastion("audit", "report", "--format", "json")
+    assert rep.returncode == 0, rep.stderr
+    row = next(t for t in json.loads(rep.stdout)["transfers"] if t["user"] == "alice" and t["resource"] == "web-files")
+    assert row["bytes_up"] - (was["bytes_up"] if was else 0) >= 123_456
+    assert row["bytes_down"] - (was["bytes_down"] if was else 0) >= 123_456
+    assert row["files_up"] - (was["files_up"] if was else 0) >= 1
