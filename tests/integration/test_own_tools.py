@@ -23,6 +23,9 @@ from bastion.config import load_config
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
+from tests.support.review import approve
+from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 
@@ -491,3 +494,36 @@ def test_audit_report_counts_bytes_up_and_down(env: BastionEnv, work: Path) -> N
     assert row["bytes_up"] - (was["bytes_up"] if was else 0) >= 123_456
     assert row["bytes_down"] - (was["bytes_down"] if was else 0) >= 123_456
     assert row["files_up"] - (was["files_up"] if was else 0) >= 1
+
+
+def test_a_shell_over_ssh_j_is_filtered_like_the_direct_form(env: BastionEnv, work: Path) -> None:
+    cfg = jump_config(env, work)
+    victim = work / "victim"
+    victim.write_text("v")
+    with Terminal(["ssh", "-F", str(cfg), "-t", "-J", "bastion", "web-files"], cols=100, rows=30) as t:
+        t.wait_for_raw(r"[#$] \Z")
+        t.send("echo inside-$((6*7))\r")
+        t.wait_for(r"inside-42")
+        t.send(f"rm -f {victim}\r")
+        t.wait_for(r"no-rm")
+        t.send("exit\r")
+        t.wait_exit()
+    assert victim.exists()
+
+
+def test_a_held_upload_is_approved_in_the_reviewers_queue(env: BastionEnv, work: Path) -> None:
+    src = work / "reviewed.conf"
+    src.write_text("reviewed = yes\n")
+    target = PROTECTED / "reviewed.conf"
+    with Terminal(ssh_argv(env.keys["bob"], env.port, "bob", tty=True), cols=140, rows=30) as bob:
+        bob.wait_for(r"roles: .*reviewers")
+        bob.send_key("f2")
+        bob.wait_for(r"Pending approval requests")
+        proc = sftp_bg(env, work, f"put {src} {target}\n")
+        bob.wait_for(rf"alice\s+web-files\s+upload {target}", timeout=20)  # live, without a keypress
+        assert not target.exists()
+        shown = approve(bob)
+        assert f"upload {target}" in shown and "requester: alice" in shown
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert target.read_text() == "reviewed = yes\n" and "approved by bob" in err
