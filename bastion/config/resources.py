@@ -44,6 +44,8 @@ class SshResource(TimeLimits):
     credential: SshCredential
     host_key: str
     transfers: TransfersModel | None = None  # default: the top-level ``transfers``
+    # ports on the target's loopback that ``ssh -L`` may reach through the bastion (each connection audited)
+    forwarding: list[Annotated[int, Field(ge=1, le=65535)]] = []
 
 
 class PgCredential(StrictModel):

@@ -22,6 +22,7 @@ from bastion.oidc.login import LoginRefused
 from bastion.services import Services
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.channel import BastionChannel, BastionSession
+from bastion.ssh.forward import ForwardBridge, allowed_port
 from bastion.ssh.jump import JumpHost
 from policies.access import decide_open
 
@@ -194,6 +195,8 @@ class BastionServer(asyncssh.SSHServer):
         ctx = self.ctx
         assert ctx is not None
         dest = f"{dest_host[:255]}:{dest_port}"
+        if ctx.target is not None and ctx.username:  # -L on alice+web1 (or inside -J): the resource's own ports
+            return self._forward(ctx, ctx.target, dest_host, dest_port)
         name = self.jump.destination(dest_host, dest_port) if self.jump is not None and ctx.username else None
         decision = decide_open(ctx.grants, name, self.services.config.resources) if name is not None else None
         if name is None or decision is None or not (decision.allowed or decision.request is not None):
@@ -207,6 +210,21 @@ class BastionServer(asyncssh.SSHServer):
         self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username, "forward.open", "ok",
                                               resource=name, client_addr=ctx.peer, destination=dest, mode="jump"))
         return self.jump.bridge(ctx, name)
+
+    def _forward(self, ctx: ConnectionContext, name: str, host: str, port: int) -> ForwardBridge:
+        """A port the resource lists, on its loopback, for a user who may open it now; else refused, audited."""
+        res = self.services.config.resources.get(name)
+        decision = decide_open(ctx.grants, name, self.services.config.resources)
+        dest = f"{host[:255]}:{port}"
+        if not decision.allowed or not allowed_port(res, host, port):
+            reason = f"forwarding to {dest} is not allowed on {name[:64]}"
+            self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username, "forward.open", "denied",
+                                                  resource=name[:255], client_addr=ctx.peer, destination=dest,
+                                                  reason=reason))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username, "forward.open", "ok",
+                                              resource=name, client_addr=ctx.peer, destination=dest, mode="local"))
+        return ForwardBridge(self.services, ctx, name, port)
 
     def server_requested(self, *args: Any) -> bool:
         return False
@@ -265,5 +283,3 @@ class InnerServer(BastionServer):
         s.spawn(asyncio.to_thread(s.store.audit, outer.username, "login", "ok", client_addr=outer.peer,
                                   method="jump", resource=self.target))
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
-        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no forwarding inside -J")

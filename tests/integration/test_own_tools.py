@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,10 @@ from bastion.config import load_config
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
+from tests.support.keys import free_port
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
+from tests.support.sshd import SshdTarget, start_sshd
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
@@ -54,10 +58,11 @@ POLICY = """\
         reason: uploads over 3 MB are not allowed
 """
 PROTECTED = Path("/tmp/own-tools-protected")
+ECHO_PORT = free_port()  # a service on the target's loopback that web-files lets ssh -L reach
 
 
-def resources(env: BastionEnv) -> str:
-    t = env.target
+def resources(env: BastionEnv, target: SshdTarget | None = None) -> str:
+    t = target or env.target
     return f"""\
   web-files:
     kind: ssh
@@ -69,14 +74,21 @@ def resources(env: BastionEnv) -> str:
     host_key: "{t.host_key_public}"
     policy: files
     transfers: {{archive: true, max_archive_bytes: 1000000}}
+    forwarding: [{ECHO_PORT}]
 """
 
 
 @pytest.fixture(scope="module")
 def env(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
     d = tmp_path_factory.mktemp("owntools")
-    with own_bastion(bastion_env, d, extra_resources=resources(bastion_env), extra_policies=POLICY) as e:
-        yield e
+    # web-files' own sshd: the same credential, and local forwarding on (for the resource's forwarding ports)
+    target = start_sshd(d / "sshd", authorized_keys=[Path(f"{bastion_env.target_key}.pub").read_text().strip()],
+                        forwarding=True)
+    try:
+        with own_bastion(bastion_env, d, extra_resources=resources(bastion_env, target), extra_policies=POLICY) as e:
+            yield e
+    finally:
+        target.stop()
 
 
 @pytest.fixture()
@@ -527,3 +539,51 @@ def test_a_held_upload_is_approved_in_the_reviewers_queue(env: BastionEnv, work:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert target.read_text() == "reviewed = yes\n" and "approved by bob" in err
+
+
+def test_port_forwarding_reaches_only_the_listed_ports_and_is_audited(env: BastionEnv, work: Path) -> None:
+    server = socket.create_server(("127.0.0.1", ECHO_PORT))
+    served = threading.Thread(target=lambda: _echo_once(server), daemon=True)
+    served.start()
+    listed, unlisted = free_port(), free_port()
+    proc = subprocess.Popen(["ssh", *opts(env, "alice"), "-p", str(env.port), "-N",
+                             "-L", f"{listed}:localhost:{ECHO_PORT}", "-L", f"{unlisted}:localhost:{env.port}",
+                             dest("alice")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                c = socket.create_connection(("127.0.0.1", listed), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ssh -L did not listen"
+                time.sleep(0.2)
+        with c:
+            c.sendall(b"ping through the target\n")
+            assert c.recv(100) == b"ping through the target\n"
+        with socket.create_connection(("127.0.0.1", unlisted), timeout=10) as d:
+            d.settimeout(10)
+            assert d.recv(100) == b""  # the bastion refused the channel: ssh closes the local socket
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.close()
+    store = Store(load_config(env.config).database_url)
+    deadline = time.monotonic() + 10
+    while True:
+        events = [e for e in store.audit_events(limit=100) if e.action.startswith("forward.")]
+        closed = [e for e in events if e.action == "forward.close" and (e.detail or {}).get("port") == ECHO_PORT]
+        if closed:
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.2)
+    assert closed[0].detail["bytes_up"] == 24 and closed[0].detail["bytes_down"] == 24
+    assert any(e.action == "forward.open" and e.outcome == "denied" and str(env.port) in str(e.detail)
+               for e in events)
+
+
+def _echo_once(server: socket.socket) -> None:
+    conn, _ = server.accept()
+    with conn:
+        data = conn.recv(100)
+        conn.sendall(data)
