@@ -18,8 +18,8 @@ from recorder.sink import BackgroundSink, FileSink, Sink
 from recorder.transferlog import KIND as TRANSFER_KIND
 from recorder.transferlog import describe as describe_record
 
-__all__ = ["PROMPT_RE", "Cast", "CastError", "CastWriter", "EchoGuard", "Event", "iter_events", "read_cast",
-           "read_header"]
+__all__ = ["PROMPT_RE", "Cast", "CastError", "CastWriter", "EchoGuard", "Event", "iter_events", "parse_line",
+           "read_cast", "read_header"]
 
 
 class CastError(Exception):
@@ -511,6 +511,16 @@ def _transfer_events(line: str) -> list[Event]:
         return [Event(float(t), "m", str(rec["marker"]))]
     events = [Event(float(t), "o", text + "\r\n")]
     return events + ([Event(float(t), "m", text)] if "op" in rec else [])
+
+
+def parse_line(line: str) -> list[Event]:
+    """One line of a recording after its header, as events: a cast's event, or a transfer log's record (its
+    operations as lines of output); ValueError for anything else (a header, a damaged line)."""
+    if line.lstrip().startswith("{"):
+        if '"version"' in line[:40] and '"kind"' in line:
+            raise ValueError("a header, not an event")
+        return _transfer_events(line)
+    return [_parse_event(line)]
 
 
 def _events(path: Path, f: IO[str], report: _Report | None, transfer: bool = False) -> Iterator[Event]:

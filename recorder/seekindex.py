@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.asciicast import CastError, Event, _parse_event, read_header
+from recorder.asciicast import CastError, Event, parse_line, read_header
 
 __all__ = ["Keyframe", "SeekIndex", "build", "events_from", "load", "load_or_build", "save", "sidecar"]
 
@@ -64,10 +64,11 @@ def events_from(path: Path | str, offset: int) -> Iterator[tuple[int, Event]]:
         for raw in f:
             pos += len(raw)
             try:
-                ev = _parse_event(raw.decode("utf-8", "replace"))
+                evs = parse_line(raw.decode("utf-8", "replace"))
             except ValueError:
                 continue
-            yield pos, ev
+            for ev in evs:
+                yield pos, ev
 
 
 def complete_events(path: Path | str, offset: int, max_bytes: int = 1 << 20) -> tuple[int, list[Event]]:
@@ -85,7 +86,7 @@ def complete_events(path: Path | str, offset: int, max_bytes: int = 1 << 20) -> 
     events = []
     for raw in data[:end].splitlines():
         try:
-            events.append(_parse_event(raw.decode("utf-8", "replace")))
+            events += parse_line(raw.decode("utf-8", "replace"))
         except ValueError:
             continue
     return offset + end, events

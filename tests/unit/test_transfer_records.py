@@ -15,6 +15,7 @@ from policies.engine import Action, PolicySet, Rule
 from policies.transfer import Transfer, evaluate_transfer, may_match_below
 from recorder.archive import Spool, archived_path, file_sha256, prune_archive
 from recorder.asciicast import iter_events, read_cast, read_header
+from recorder.seekindex import complete_events
 from recorder.textindex import index_rows
 from recorder.transferlog import TransferLog, iter_records
 
@@ -61,6 +62,9 @@ def test_a_transfer_log_is_chained_json_lines_and_plays_as_a_cast(tmp_path: Path
     assert any(e.code == "m" and e.data.startswith("upload /srv/a b.txt") for e in events)
     assert not read_cast(path).errors
     assert any("sha256 " + "ab" * 32 in r.text for r in index_rows(path))
+    # an observer follows a live session from the file: the operations, not the header, reach its screen
+    _, live = complete_events(path, 0)
+    assert [e.code for e in live if e.code == "o"] == ["o", "o"] and "upload /srv/a b.txt" in live[1].data
 
 
 def test_the_archive_keeps_bytes_by_hash_once(tmp_path: Path) -> None:
