@@ -56,6 +56,11 @@ POLICY = """\
         max_bytes: 3000000
         action: block
         reason: uploads over 3 MB are not allowed
+      - name: no-big-downloads
+        transfer: [download]
+        max_bytes: 4000000
+        action: block
+        reason: downloads over 4 MB are not allowed
 """
 PROTECTED = Path("/tmp/own-tools-protected")
 ECHO_PORT = free_port()  # a service on the target's loopback that web-files lets ssh -L reach
@@ -330,6 +335,18 @@ def test_audit_search_finds_transfers_by_name_and_hash(env: BastionEnv, work: Pa
             return
         time.sleep(0.5)
     raise AssertionError(f"not found: {hits}")
+
+
+def test_a_download_over_max_bytes_is_refused_at_open(env: BastionEnv, work: Path) -> None:
+    big = work / "big-on-target.bin"
+    big.write_bytes(os.urandom(4_500_000))
+    out = scp(env, f"{dest('alice')}:{big}", str(work / "got.bin"))
+    assert out.returncode != 0 and "no-big-downloads" in out.stderr, out.stderr
+    assert not (work / "got.bin").exists() or (work / "got.bin").stat().st_size < 4_500_000
+    grows = work / "grows.bin"
+    grows.write_bytes(os.urandom(100_000))
+    ok = scp(env, f"{dest('alice')}:{grows}", str(work / "small.bin"))
+    assert ok.returncode == 0 and (work / "small.bin").read_bytes() == grows.read_bytes(), ok.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- rsync / git

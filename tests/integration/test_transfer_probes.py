@@ -686,3 +686,19 @@ def test_honest_preserve_times_is_not_held(env: BastionEnv, work: Path, how: str
     rc, err, held = run_denying(env, argv, stdin)
     assert not held and rc == 0, err
     assert (work / "p-out").stat().st_mtime == 1_000_000_000
+
+
+def test_a_file_that_grows_after_it_was_opened_is_judged_as_it_is_read(env: BastionEnv, work: Path,
+                                                                      raw: Callable[[], Raw]) -> None:
+    """Opened small (allowed), grown past no-big-downloads' 4 MB on the target, then read past it: refused."""
+    f = work / "grows"
+    f.write_bytes(b"x" * 100_000)
+    r = raw()
+    h = r.call(req(P.FXP_OPEN, 1, path=str(f), pflags=R, attrs=P.Attrs()))
+    assert h.type == P.FXP_HANDLE
+    with open(f, "ab") as grow:
+        grow.write(b"y" * 5_000_000)
+    first = r.call(req(P.FXP_READ, 2, handle=h.handle, offset=0, length=32768))
+    assert first.type == P.FXP_DATA
+    late = r.call(req(P.FXP_READ, 3, handle=h.handle, offset=4_500_000, length=32768))
+    assert late.type == P.FXP_STATUS and late.code == P.FX_PERMISSION_DENIED and "no-big-downloads" in late.message

@@ -126,6 +126,8 @@ class Where(Protocol):
 
     async def exists(self, real: str) -> bool: ...  # anything at this path (not following a last symlink)
 
+    async def size(self, real: str) -> int | None: ...  # the size of the file there, if known
+
 
 UNUSUAL_MODE = 0o7002  # setuid, setgid, sticky, world-writable: a mode that is a decision of its own
 SPECIAL_BITS = 0o7000  # what the server's umask does not take away from a new file's mode (setuid, setgid, sticky)
@@ -168,7 +170,9 @@ async def transfer_of(req: P.Request, where: Where) -> list[Transfer] | None:
         flags = req.pflags or 0
         writes = flags & (P.FXF_WRITE | P.FXF_APPEND | P.FXF_CREAT | P.FXF_TRUNC)
         ops = (["upload"] if writes else []) + (["download"] if flags & P.FXF_READ or not writes else [])
-        return [Transfer(op, real) for op in ops] + _mode_change(real, req.attrs)
+        size = await where.size(real) if "download" in ops else None  # max_bytes rules judge it at once
+        return [Transfer(op, real, size=size if op == "download" else None) for op in ops] + \
+            _mode_change(real, req.attrs)
     if t == P.FXP_REMOVE:
         return [Transfer("remove", await resolve(path, False))]
     if t == P.FXP_RENAME or ext == "posix-rename@openssh.com":

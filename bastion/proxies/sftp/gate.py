@@ -154,7 +154,14 @@ class SftpGate:
                 self._deny(req.id, f.refused)
                 return True
             f.wrote(req.offset, req.data)
-        elif req.type == P.FXP_READ:
+        elif req.type == P.FXP_READ and req.offset is not None:
+            end = req.offset + (req.length or 0)  # a file that grew since it was opened is judged as it goes
+            if f.transfer.op == "download" and end > max(f.checked, f.transfer.size or 0) + RECHECK and \
+                    not self._recheck(f, end):
+                return False
+            if f.refused is not None:
+                self._deny(req.id, f.refused)
+                return True
             self._tracked[req.id] = Tracked("read", handle=req.handle, offset=req.offset)
         elif req.type == P.FXP_CLOSE:
             self._tracked[req.id] = Tracked("close", handle=req.handle)
@@ -184,7 +191,7 @@ class SftpGate:
             while self._queue and not self._closed:
                 pkt = self._queue.popleft()
                 req = P.parse_request(pkt)  # parsed once already: it cannot fail now
-                f = self._files.get(req.handle or b"") if req.type == P.FXP_WRITE else None
+                f = self._files.get(req.handle or b"") if req.type in (P.FXP_WRITE, P.FXP_READ) else None
                 if (f is not None and f.pending is not None) or not self._fast(pkt):
                     await self._judged(req, pkt)
         except SessionEnded as e:
@@ -200,7 +207,7 @@ class SftpGate:
     async def _judged(self, req: P.Request, pkt: bytes) -> None:
         """A request that changes or reads a file: resolve, judge, hold or refuse, forward."""
         assert req.id is not None
-        if req.type == P.FXP_WRITE:  # an open file grown past a held size
+        if req.type in (P.FXP_WRITE, P.FXP_READ):  # an open file grown past a held size
             f = self._files[req.handle or b""]
             if f.pending is not None and not await self._allowed(f.pending):
                 self._refuse_file(f, f.pending)
@@ -259,6 +266,11 @@ class SftpGate:
         if real is None:
             raise Unresolvable(path)
         return "/" + real.lstrip("/")
+
+    async def size(self, real: str) -> int | None:
+        """The size of the file at ``real`` (STAT), if the target says."""
+        reply = await self._ask(lambda rid: P.stat(rid, real))
+        return reply.attrs.size if reply.type == P.FXP_ATTRS and reply.attrs is not None else None
 
     async def exists(self, real: str) -> bool:
         """Whether anything is at ``real`` (LSTAT: a symlink itself counts)."""
