@@ -263,16 +263,38 @@ def _program(word: str) -> str:
     return base
 
 
+def _remote_side(program: str, args: Sequence[str]) -> bool:
+    """Whether ``program args`` is the remote side of a transfer as its client starts it over SSH (``scp -t``/
+    ``-f``, ``rsync --server``, git's pack programs, an sftp server) -- not the same programs used for something
+    else on the target (``rsync -a a b``, ``git log``, ``rsync --version``), which are ordinary commands."""
+    prog = posixpath.basename(program)
+    if prog in SFTP_SERVERS:
+        return True
+    if prog == "scp":
+        return any(a.startswith("-") and not a.startswith("--") and ("t" in a or "f" in a) for a in args)
+    if prog == "rsync":
+        return "--server" in args
+    if prog.startswith("git-"):
+        return prog.removeprefix("git-") in GIT_SUBCOMMANDS
+    if prog != "git":
+        return False
+    rest = iter(args)
+    for a in rest:  # the subcommand: the first word that is not a global option (or the value of -c, -C)
+        if a in ("-c", "-C"):
+            next(rest, None)
+        elif not a.startswith("-"):
+            return a in GIT_SUBCOMMANDS
+    return False
+
+
 def is_transfer_command(command: str) -> bool:
-    """Whether an exec command starts a transfer program (scp, rsync, git's pack programs, an sftp server): what
-    :func:`exec_transfers` reads rather than returns None for, by its first word alone; it says nothing about
-    whether the line is acceptable (a wrapper in front, ``sudo scp``, is not a transfer and is refused there)."""
+    """Whether an exec command is, as a whole, the remote side of a transfer (recorded as a transfer log, judged
+    as transfers); it says nothing about whether the line is acceptable (see :func:`exec_transfers`)."""
     try:
         words = shlex.split(command)
     except ValueError:
         return False
-    prog = posixpath.basename(words[0]) if words else ""
-    return prog in _PROGRAMS and (prog != "git" or (len(words) > 1 and words[1] in GIT_SUBCOMMANDS))
+    return bool(words) and _remote_side(words[0], words[1:])
 
 
 def exec_transfers(command: str) -> list[Transfer] | None:
@@ -307,21 +329,18 @@ def exec_transfers(command: str) -> list[Transfer] | None:
 
 
 def _refuse_hidden(command: str) -> None:
-    """A transfer program somewhere else in the line (behind a wrapper, after ``;``, inside ``sh -c``, a git
-    option before the subcommand) cannot be judged as a transfer: raise. A mere mention (``grep rsync log``)
-    passes."""
+    """The remote side of a transfer somewhere else in the line (behind a wrapper, after ``;``, a git option before
+    the subcommand) cannot be judged as a transfer: raise. Anything else -- a mention (``grep rsync log``), the same
+    programs used otherwise (``rsync -a a b``), a line the shell engine cannot see through (judged there, as
+    strictly as the policy allows) -- is an ordinary command."""
     try:
         line = parse_line(command, interactive=False, terminal=False)
-    except ShellParseError as e:
-        raise TransferParseError(f"a line naming a transfer program cannot be parsed: {e}") from None
+    except ShellParseError:
+        return  # the shell engine refuses it with its own reason
     for cmd in line.commands:
-        git_pack = bool(cmd.args) and (cmd.args[0] in GIT_SUBCOMMANDS or cmd.args[0].startswith("-") and
-                                       any(a in GIT_SUBCOMMANDS for a in cmd.args))  # git -c X=Y upload-pack
-        if cmd.program in _PROGRAMS - {"git"} or (cmd.program == "git" and git_pack):
+        if _remote_side(cmd.program, cmd.args):
             where = f"behind {', '.join(cmd.wrappers)}" if cmd.wrappers else "not as the whole command"
             raise TransferParseError(f"{cmd.program} {where}: only a transfer program alone can be judged")
-    if line.opaque:
-        raise TransferParseError(f"a line naming a transfer program is opaque ({'; '.join(line.opaque)})")
 
 
 _SCP = Grammar("vrpdqtf")

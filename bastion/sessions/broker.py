@@ -138,7 +138,8 @@ class Broker:
             await asyncio.to_thread(store.audit, ctx.username, "command.blocked", "blocked", resource=name,
                                     client_addr=ctx.peer, rule=d.rule, text=d.text, mode="exec")
             log.info("%s: blocked on %s by rule %s: %r", ctx.who, name, d.rule, d.text[:200])
-            return Outcome(False, f"blocked by rule {d.rule!r}: {d.reason}")
+            # no rule: the engine refused what it cannot judge (its reason says so); there is no rule None
+            return Outcome(False, f"blocked by rule {d.rule!r}: {d.reason}" if d.rule else d.reason)
         if d.action == Action.WARN:
             self.client.stderr(f"bastion: warning (rule {d.rule!r}): {d.reason}\n")
             return None

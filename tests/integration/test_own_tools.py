@@ -46,7 +46,7 @@ POLICY = """\
         reason: permission changes need a reviewer's approval
       - name: protected-needs-approval
         transfer: [upload, rename, symlink, mkdir]
-        paths: ["/tmp/own-tools-protected/**"]
+        paths: ["{protected}/**"]
         action: require_approval
         approvers: {roles: [reviewers], count: 1}
         timeout: 120
@@ -62,7 +62,9 @@ POLICY = """\
         action: block
         reason: downloads over 4 MB are not allowed
 """
-PROTECTED = Path("/tmp/own-tools-protected")
+# the protected directory: its own per test process (two test runs on one machine must not share it)
+PROTECTED = Path(f"/tmp/own-tools-protected-{os.getpid()}")
+POLICY = POLICY.replace("{protected}", str(PROTECTED))
 ECHO_PORT = free_port()  # a service on the target's loopback that web-files lets ssh -L reach
 
 

@@ -334,7 +334,7 @@ def test_symlink_loop_budget_makes_the_gate_judge_as_written(env: BastionEnv, wo
     assert landed() == []
 
 
-@pytest.mark.parametrize("target", ["//tmp/own-tools-protected", "/tmp/own-tools-protected"])
+@pytest.mark.parametrize("target", ["/" + str(PROTECTED), str(PROTECTED)])
 def test_symlink_into_the_protected_path_is_held(env: BastionEnv, work: Path, target: str) -> None:
     """A symlink pointing into the protected path is a `symlink` transfer rule match; `//tmp/...` (POSIX keeps a
     leading `//` in normpath) slips past the glob."""

@@ -186,8 +186,14 @@ def test_real_client_command_lines(command: str, expected: list[tuple[str, str]]
     assert is_transfer_command(command)
 
 
-@pytest.mark.parametrize("command", ["ls -la", "grep scp /var/log/x", "git log --grep upload-pack", "cat rsyncd.conf",
-                                     "git --version", "echo hi | wc -l"])
+@pytest.mark.parametrize("command", [
+    "ls -la", "grep scp /var/log/x", "git log --grep upload-pack", "cat rsyncd.conf", "git --version",
+    "echo hi | wc -l",
+    # the same programs used on the target for something else: ordinary commands, judged by the shell engine
+    "rsync --version", "rsync -a /srv/a/ /srv/b/", "rsync -r . /x", "scp -r x", "git -C /srv/r log",
+    # a line the shell engine cannot see through: judged there, as strictly as the policy allows
+    "sh -c 'scp -t /etc'",
+])
 def test_not_a_transfer(command: str) -> None:
     assert exec_transfers(command) is None and not is_transfer_command(command)
 
@@ -201,13 +207,13 @@ HOSTILE = [
     "rsync --server -r --filter='merge /etc/x' . /x", "rsync --server -r -f'. /etc/x' . /x",
     "rsync --server -r --exclude-from=/etc/shadow . /x", "rsync --server -rT/tmp . /x",
     "rsync --server -slogDtpre.iLsfxCIvu", "rsync --server --sender -rLe.iLsfx . /x", "rsync --server -r . a b",
-    "rsync --server -r --frobnicate . /x", "rsync --server -r . /x --rsync-path=y", "rsync -r . /x",
+    "rsync --server -r --frobnicate . /x", "rsync --server -r . /x --rsync-path=y",
     "rsync --server --sender -r --copy-unsafe-links . /x", "rsync --server -r --suffix=/../../etc/x . /x",
     "scp -S evil -t x", "scp -t x; rm -rf /", "scp -t x && id", "scp -t x > /etc/passwd", "scp -t $HOME",
     "scp -f /var/log/*.log", "scp -t `id`", "scp -t \"$(id)\"", "scp -o ProxyCommand=x -t y", "scp -3 -t x",
-    "scp -F cfg -f x", "scp -i key -t x", "scp -t", "scp -t a b", "scp -t -f x", "scp -r x", "scp -t ../../etc",
+    "scp -F cfg -f x", "scp -i key -t x", "scp -t", "scp -t a b", "scp -t -f x", "scp -t ../../etc",
     "scp -t /srv/../etc", "scp -t '~root/.ssh'", "scp --help -t x", "env scp -t /etc", "sudo scp -t /etc",
-    "nice -n5 rsync --server . /x", "sh -c 'scp -t /etc'", "/tmp/scp -t x", "./scp -t x",
+    "nice -n5 rsync --server . /x", "/tmp/scp -t x", "./scp -t x",
     "git-upload-pack --upload-pack=x /r", "git-upload-pack '~root/x'", "git-upload-pack", "git-upload-pack a b",
     "git -c core.sshCommand=x upload-pack /r", "git upload-pack -c x /r", "git-upload-archive --remote=x /r",
     "sftp-server", "/usr/lib/openssh/sftp-server", "internal-sftp", "/usr/lib/openssh/sftp-server -d /",
