@@ -153,11 +153,17 @@ def _paths(t: Transfer) -> list[str]:
     return [t.path]
 
 
+def _matches(pattern: str, path: str, below: bool) -> bool:
+    """``below``: the act reaches everything under ``path`` too -- the exec form's unseen file names, and the
+    source of a rename (renaming ``/srv`` moves ``/srv/app/secrets`` with it)."""
+    return may_match_below(pattern, path) if below else path_matches(pattern, path)
+
+
 def _rule_matches(rule: Rule, t: Transfer) -> bool:
     if t.op not in rule.transfer:
         return False
-    if rule.paths and not any((may_match_below if t.tree else path_matches)(p, path) for p in rule.paths
-                              for path in _paths(t)):
+    if rule.paths and not any(_matches(p, path, t.tree or (t.op == "rename" and path == t.path))
+                              for p in rule.paths for path in _paths(t)):
         return False
     if rule.max_bytes is not None and t.op in ("upload", "download") and (t.size is None or
                                                                            t.size <= rule.max_bytes):

@@ -702,3 +702,9 @@ def test_a_file_that_grows_after_it_was_opened_is_judged_as_it_is_read(env: Bast
     assert first.type == P.FXP_DATA
     late = r.call(req(P.FXP_READ, 3, handle=h.handle, offset=4_500_000, length=32768))
     assert late.type == P.FXP_STATUS and late.code == P.FX_PERMISSION_DENIED and "no-big-downloads" in late.message
+
+
+def test_renaming_the_protected_directory_away_is_held(env: BastionEnv, work: Path) -> None:
+    """Renaming a directory moves everything below it (its parents likewise: see test_transfer_records)."""
+    rc, err, held = run_denying(env, sftp_argv(env), f"rename {PROTECTED} {work}/moved-out\n")
+    assert held and (PROTECTED / "secret").is_file() and not (work / "moved-out").exists(), err

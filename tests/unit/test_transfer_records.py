@@ -45,6 +45,14 @@ def test_an_exec_upload_into_a_directory_meets_a_rule_below_it() -> None:
     assert (tree.action, tree.rule) == (Action.REQUIRE_APPROVAL, "prot") and one.action == Action.ALLOW
 
 
+def test_renaming_a_parent_directory_moves_what_a_rule_protects() -> None:
+    rule = Rule("prot", Action.REQUIRE_APPROVAL, transfer=("rename",), paths=("/srv/app/secrets/**",))
+    policy = PolicySet("p", Action.ALLOW, (rule,))
+    parent = evaluate_transfer(policy, Transfer("rename", "/srv/app", "/srv/old"), groups=(), resource="r")
+    sibling = evaluate_transfer(policy, Transfer("rename", "/srv/web", "/srv/old"), groups=(), resource="r")
+    assert parent.action == Action.REQUIRE_APPROVAL and sibling.action == Action.ALLOW
+
+
 def test_a_transfer_log_is_chained_json_lines_and_plays_as_a_cast(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     log = TransferLog(path, title="alice@web1 (sftp)")
