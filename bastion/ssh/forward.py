@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -40,6 +41,7 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
+        self.on_close: Callable[[], None] | None = None  # the connection counts its forwarded channels
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
@@ -90,3 +92,6 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._conn.close()
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None

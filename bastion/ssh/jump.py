@@ -95,6 +95,7 @@ class InnerBridge(asyncssh.SSHTCPSession[bytes]):
         self._early: list[bytes] = []
         self._eof = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.on_close: Callable[[], None] | None = None  # the connection counts its forwarded channels
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
@@ -151,6 +152,9 @@ class InnerBridge(asyncssh.SSHTCPSession[bytes]):
             self._pipe.close()
         else:
             self._ours.close()
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
 
 
 class _Pipe(asyncio.Protocol):

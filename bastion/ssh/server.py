@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -23,11 +23,13 @@ from bastion.services import Services
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.channel import BastionChannel, BastionSession
 from bastion.ssh.forward import ForwardBridge, allowed_port
-from bastion.ssh.jump import JumpHost
+from bastion.ssh.jump import InnerBridge, JumpHost
 from policies.access import decide_open
 
 log = logging.getLogger(__name__)
 TARGET_SEP = "+"
+MAX_FORWARDED = 64  # forwarded channels (-J hops, -L connections) open at once on one connection
+_Counted = TypeVar("_Counted", ForwardBridge, InnerBridge)
 
 
 def split_target(username: str) -> tuple[str, str | None]:
@@ -46,6 +48,7 @@ class BastionServer(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.ctx: ConnectionContext | None = None
         self.sessions = 0
+        self.forwarded = 0  # -J hops and -L channels open now
         self._ip: str | None = None  # counted against the limits (released when the connection goes)
         self._tried_user: str | None = None
         self._username: str | None = None
@@ -195,8 +198,11 @@ class BastionServer(asyncssh.SSHServer):
         ctx = self.ctx
         assert ctx is not None
         dest = f"{dest_host[:255]}:{dest_port}"
+        if self.forwarded >= MAX_FORWARDED:  # each -J hop is a whole SSH server, each -L a target connection
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            f"at most {MAX_FORWARDED} forwarded channels per connection")
         if ctx.target is not None and ctx.username:  # -L on alice+web1 (or inside -J): the resource's own ports
-            return self._forward(ctx, ctx.target, dest_host, dest_port)
+            return self._counted(self._forward(ctx, ctx.target, dest_host, dest_port))
         name = self.jump.destination(dest_host, dest_port) if self.jump is not None and ctx.username else None
         decision = decide_open(ctx.grants, name, self.services.config.resources) if name is not None else None
         if name is None or decision is None or not (decision.allowed or decision.request is not None):
@@ -209,7 +215,16 @@ class BastionServer(asyncssh.SSHServer):
         log.info("%s: -J to %s: served as %s", ctx.who, dest, name)
         self.services.spawn(asyncio.to_thread(self.services.store.audit, ctx.username, "forward.open", "ok",
                                               resource=name, client_addr=ctx.peer, destination=dest, mode="jump"))
-        return self.jump.bridge(ctx, name)
+        return self._counted(self.jump.bridge(ctx, name))
+
+    def _counted(self, session: _Counted) -> _Counted:
+        self.forwarded += 1
+
+        def closed() -> None:
+            self.forwarded -= 1
+
+        session.on_close = closed
+        return session
 
     def _forward(self, ctx: ConnectionContext, name: str, host: str, port: int) -> ForwardBridge:
         """A port the resource lists, on its loopback, for a user who may open it now; else refused, audited."""

@@ -708,3 +708,29 @@ def test_renaming_the_protected_directory_away_is_held(env: BastionEnv, work: Pa
     """Renaming a directory moves everything below it (its parents likewise: see test_transfer_records)."""
     rc, err, held = run_denying(env, sftp_argv(env), f"rename {PROTECTED} {work}/moved-out\n")
     assert held and (PROTECTED / "secret").is_file() and not (work / "moved-out").exists(), err
+
+
+def test_forwarded_channels_per_connection_are_capped(env: BastionEnv) -> None:
+    """Each -J hop is a whole SSH server in the bastion: one connection may not open them without end."""
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    ssh.connect("127.0.0.1", port=env.port, username="alice", key_filename=str(env.keys["alice"]),
+                allow_agent=False, look_for_keys=False, timeout=20)
+    try:
+        transport = ssh.get_transport()
+        assert transport is not None
+        opened = [transport.open_channel("direct-tcpip", ("web-files", 22), ("127.0.0.1", 0), timeout=20)
+                  for _ in range(64)]
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_channel("direct-tcpip", ("web-files", 22), ("127.0.0.1", 0), timeout=20)
+        opened.pop().close()
+        deadline = time.monotonic() + 20
+        while True:  # a closed one makes room again
+            try:
+                transport.open_channel("direct-tcpip", ("web-files", 22), ("127.0.0.1", 0), timeout=20).close()
+                break
+            except paramiko.ChannelException:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        ssh.close()
