@@ -158,13 +158,15 @@ def bastion_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv
     keys = {u: make_keypair(d / f"key_{u}", u)[0] for u in ("alice", "bob", "mallory", "carol", "dave", "eve")}
     target_key, target_pub = make_keypair(d / "target_credential", "bastion-credential")
     target = start_sshd(d / "sshd", authorized_keys=[target_pub])
-    port = free_port()
-    cfg = write_config(d, port, keys, target, target_key)
-    log = d / "bastion.out"
-    proc = start_bastion(cfg, port, log)
-    env = BastionEnv(d, cfg, port, keys, target, target_key, proc, log)
-    try:
-        yield env
+    try:  # a daemon that fails to start must not leave the target's sshd behind
+        port = free_port()
+        cfg = write_config(d, port, keys, target, target_key)
+        log = d / "bastion.out"
+        proc = start_bastion(cfg, port, log)
+        env = BastionEnv(d, cfg, port, keys, target, target_key, proc, log)
+        try:
+            yield env
+        finally:
+            stop_bastion(proc)
     finally:
-        stop_bastion(proc)
         target.stop()
