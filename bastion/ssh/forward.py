@@ -22,6 +22,7 @@ from bastion.targets.ssh import connect
 
 log = logging.getLogger(__name__)
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+DRAIN_AT = 256 * 1024  # bytes buffered toward the target before the client is no longer read
 
 
 def allowed_port(res: Any, host: str, port: int) -> bool:
@@ -42,6 +43,11 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self.on_close: Callable[[], None] | None = None  # the connection counts its forwarded channels
+        # flow control both ways: the client's window full -> stop reading the target; the target's buffer
+        # full -> stop reading the client (a side that does not read must not grow the bastion's memory)
+        self._client_ready = asyncio.Event()
+        self._client_ready.set()
+        self._draining: asyncio.Task[None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self._chan = chan
@@ -60,6 +66,7 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
             while chunk := await reader.read(65536):
                 self._down += len(chunk)
                 self._chan.write(chunk)
+                await self._client_ready.wait()
         except (OSError, asyncssh.Error, TargetError) as e:
             why = f"failed: {e}"
         finally:
@@ -81,8 +88,38 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
         self._up += len(data)
         if self._writer is None:
             self._early.append(data)
-        else:
-            self._writer.write(data)
+            if sum(map(len, self._early)) > DRAIN_AT and self._chan is not None:
+                self._chan.pause_reading()  # resumed once the target connection takes it
+                self._draining = asyncio.get_running_loop().create_task(self._drain())
+            return
+        self._writer.write(data)
+        if self._draining is None and self._writer.channel.get_write_buffer_size() > DRAIN_AT:
+            assert self._chan is not None
+            self._chan.pause_reading()
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Wait until the target has taken what is buffered for it, then read the client again."""
+        try:
+            while self._writer is None and not self._task_done():
+                await asyncio.sleep(0.05)
+            if self._writer is not None:
+                await self._writer.drain()
+        except (OSError, asyncssh.Error):
+            pass
+        finally:
+            self._draining = None
+            if self._chan is not None:
+                self._chan.resume_reading()
+
+    def _task_done(self) -> bool:
+        return self._task is None or self._task.done()
+
+    def pause_writing(self) -> None:
+        self._client_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._client_ready.set()
 
     def eof_received(self) -> bool:
         if self._writer is not None:

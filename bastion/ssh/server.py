@@ -48,7 +48,6 @@ class BastionServer(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.ctx: ConnectionContext | None = None
         self.sessions = 0
-        self.forwarded = 0  # -J hops and -L channels open now
         self._ip: str | None = None  # counted against the limits (released when the connection goes)
         self._tried_user: str | None = None
         self._username: str | None = None
@@ -198,7 +197,7 @@ class BastionServer(asyncssh.SSHServer):
         ctx = self.ctx
         assert ctx is not None
         dest = f"{dest_host[:255]}:{dest_port}"
-        if self.forwarded >= MAX_FORWARDED:  # each -J hop is a whole SSH server, each -L a target connection
+        if self._root().forwarded >= MAX_FORWARDED:  # each -J hop is an SSH server, each -L a target connection
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             f"at most {MAX_FORWARDED} forwarded channels per connection")
         if ctx.target is not None and ctx.username:  # -L on alice+web1 (or inside -J): the resource's own ports
@@ -217,11 +216,17 @@ class BastionServer(asyncssh.SSHServer):
                                               resource=name, client_addr=ctx.peer, destination=dest, mode="jump"))
         return self._counted(self.jump.bridge(ctx, name))
 
+    def _root(self) -> ConnectionContext:
+        """The client's own connection: inside a -J hop, the outer one (the cap counts across hops)."""
+        assert self.ctx is not None
+        return self.ctx
+
     def _counted(self, session: _Counted) -> _Counted:
-        self.forwarded += 1
+        root = self._root()
+        root.forwarded += 1
 
         def closed() -> None:
-            self.forwarded -= 1
+            root.forwarded -= 1
 
         session.on_close = closed
         return session
@@ -273,6 +278,9 @@ class InnerServer(BastionServer):
 
     def kbdint_auth_supported(self) -> bool:
         return False
+
+    def _root(self) -> ConnectionContext:
+        return self.outer
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         """The outer user's own key (a local user's listed keys, or a key bound to the same OIDC identity)."""
