@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from recorder.asciicast import EchoGuard
 from recorder.recording import Recording
+from recorder.transferlog import is_transfer_log
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class Tee:
     def __init__(self, writer: Recording):
         self.writer = writer
         # a transfer log's bytes are file contents, not a screen: observers are not sent them
-        self.observable = not str(writer.path).endswith(".jsonl")
+        self.observable = not is_transfer_log(writer.path)
         self.guard = EchoGuard()
         self._hidden = 0
         self.watchers: set[Callable[[bytes], None]] = set()  # live observers get the output as it is recorded
