@@ -1,0 +1,129 @@
+"""Programs as the kernel runs them: the judgement of one exec reported by bastion-guard (docs/guard.md).
+
+A typed line is text a shell will interpret; an exec is a fact: this file, with this argv, is about to run. So the
+rules that judge typed lines (``programs``, ``args``, ``command``, ``groups``, ``resources``) judge an exec
+directly, without the shell parser's wrappers and opaque constructs: what a wrapper, an alias, a script or
+``awk system()`` starts is an exec of its own, judged when it happens. What stays unknowable is refused: a program
+that is neither a system program nor a copy of one, and the dynamic loader run as a program.
+
+Pure and I/O-free, like the rest of ``policies``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from policies.engine import Action, Decision, PolicySet, Rule
+from policies.shell import SimpleCommand
+
+LOADERS = ("ld-linux*.so*", "ld-*.so*", "ld.so", "ld-musl-*")
+UNKNOWN_RULE = "guard-unknown-program"
+LOADER_RULE = "guard-loader"
+MAX_CHAIN = 8
+
+
+class ExecError(ValueError):
+    """An exec report that does not have the shape of one (a guard bug or a forged frame): refused."""
+
+
+@dataclass(frozen=True)
+class Exec:
+    """One exec, as bastion-guard saw it at the exec stop (see docs/guard.md for where each field comes from)."""
+
+    exe: str
+    argv: tuple[str, ...]
+    cwd: str = ""
+    chain: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    trusted: bool = False
+    copy_of: str | None = None
+    first: bool = False
+
+    @classmethod
+    def from_report(cls, raw: Mapping[str, object]) -> Exec:
+        """An :class:`Exec` from the guard's ``X`` frame; :class:`ExecError` when a field is missing or mistyped."""
+        def strs(key: str) -> tuple[str, ...]:
+            v = raw.get(key, [])
+            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                raise ExecError(f"{key} is not a list of strings")
+            return tuple(v)
+
+        exe, cwd, copy_of = raw.get("exe"), raw.get("cwd", ""), raw.get("copy_of")
+        if not isinstance(exe, str) or not exe or not isinstance(cwd, str):
+            raise ExecError("exe or cwd missing")
+        if copy_of is not None and not isinstance(copy_of, str):
+            raise ExecError("copy_of is not a string")
+        names = strs("names")
+        base = exe.rsplit("/", 1)[-1]
+        return cls(exe=exe, argv=strs("argv"), cwd=cwd, chain=strs("chain")[:MAX_CHAIN],
+                   names=tuple(dict.fromkeys((base, *names))), trusted=raw.get("trusted") is True, copy_of=copy_of,
+                   first=raw.get("first") is True)
+
+    @property
+    def known(self) -> bool:
+        """A system program, or a byte-for-byte copy of one: something whose behaviour its names describe."""
+        return self.trusted or self.copy_of is not None
+
+    def describe(self) -> str:
+        """``/usr/bin/rm rm -f x [by bash ← sshd]``: the marker's and the reviewer's text."""
+        argv = shlex.join(self.argv) if self.argv else "(no argv)"
+        copy = f" (a copy of {self.copy_of})" if self.copy_of else ""
+        by = f" [by {' ← '.join(self.chain)}]" if self.chain else ""
+        return f"{self.exe}{copy} {argv}{by}"
+
+
+def _rule_like(name: str, action: Action, model: Rule | None, reason: str) -> Rule:
+    """A built-in rule, borrowing the approvers (and timeout) of ``model`` when it holds for approval."""
+    if model is None:
+        return Rule(name=name, action=action, reason=reason)
+    return replace(model, name=name, action=action, reason=reason, programs=(), args=(), command=None)
+
+
+def evaluate_exec(policy: PolicySet, ev: Exec, *, groups: Iterable[str], resource: str) -> Decision:
+    """Decide one exec for a user (``groups``) on ``resource``: the first matching rule under each of the
+    program's names, the strictest over the names; the policy's default when none matches; the built-in
+    refusals of unknown programs and of the dynamic loader before any of that can allow."""
+    gs = frozenset(groups)
+    text = ev.describe()
+    names = tuple(dict.fromkeys(n for n in (ev.exe.rsplit("/", 1)[-1], *ev.names) if n))
+    if ev.first:
+        return Decision(Action.ALLOW, None, "the session's own program (judged when the session opened)", text,
+                        ("first exec of the session",), programs=names)
+    applicable = policy.applicable("shell", gs, resource)
+    args = ev.argv[1:]
+    why: list[str] = []
+    best: tuple[Action, Rule | None, str] | None = None
+    for name in names:
+        cmd = SimpleCommand(program=name, args=args, argv=(name, *args))
+        rule = next((r for r in applicable if r.matches(cmd)), None)
+        if rule is not None:
+            action, reason = rule.action, rule.reason or f"{name} matches rule {rule.name!r}"
+            why.append(f"{name}: rule {rule.name!r} -> {action.label}")
+        else:
+            action, reason = policy.default, f"{name}: no rule matched; default is {policy.default.label}"
+            why.append(f"{name}: no rule -> default {policy.default.label}")
+        if best is None or action > best[0]:
+            best = (action, rule, reason)
+    assert best is not None
+    if any(fnmatch.fnmatchcase(n, p) for n in names for p in LOADERS):
+        strict, model = policy.strictest(gs, resource)
+        why.append(f"the dynamic loader runs a program without an exec -> strictest ({strict.label})")
+        if strict > best[0]:
+            best = (strict, _rule_like(LOADER_RULE, strict, model, "the dynamic loader runs a program the guard "
+                                       "cannot see (no exec of its own); treated as strictly as the policy allows"),
+                    "")
+    elif not ev.known and best[0] < Action.REQUIRE_APPROVAL:
+        model = next((r for r in applicable if r.action == Action.REQUIRE_APPROVAL), None)
+        action = Action.REQUIRE_APPROVAL if model is not None else Action.BLOCK
+        reason = (f"{ev.exe} is neither a system program nor a copy of one: the guard cannot know what it does"
+                  + ("; it needs a reviewer" if model is not None else ", and this policy names no approvers"))
+        why.append(f"unknown executable -> {action.label}")
+        best = (action, _rule_like(UNKNOWN_RULE, action, model, reason), "")
+    action, rule, reason = best
+    reason = reason or (rule.reason if rule is not None else "")
+    return Decision(action, rule.name if rule else None, reason, text, tuple(why),
+                    rule.approver_roles if rule else (), rule.approvals if rule else 0,
+                    rule.timeout if rule else 0.0, names)
