@@ -15,7 +15,7 @@ from enum import IntEnum
 from functools import cached_property
 
 from policies.kube import KubeRequest, guardrail, resource_matches
-from policies.shell import ParsedLine, ShellParseError, SimpleCommand, parse_line
+from policies.shell import WRITES_SENSITIVE, WRITES_UNSEEN, ParsedLine, ShellParseError, SimpleCommand, parse_line
 from policies.sql import SqlParseError, Statement, classify_sql
 
 
@@ -228,12 +228,16 @@ def _decide(action: Action, rule: Rule | None, reason: str, text: str, why: Sequ
 
 
 def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: str,
-             parsed: ParsedLine | None = None, interactive: bool = False, terminal: bool = True) -> Decision:
+             parsed: ParsedLine | None = None, interactive: bool = False, terminal: bool = True,
+             guarded: bool = False) -> Decision:
     """Decide a shell command line for a user (``groups``) on ``resource``.
 
     ``interactive``: the line was typed at an interactive shell's prompt (bash history expansion may rewrite it);
     ``terminal``: the command runs with a terminal attached (pagers and editors then read keys from the operator).
-    The exec form passes ``interactive=False`` and whether a pty was requested.
+    The exec form passes ``interactive=False`` and whether a pty was requested. ``guarded``: the line runs under
+    bastion-guard, which judges every program it starts as it starts: what the engine cannot see through about the
+    programs (scripts, ``bash -c``, ``eval``, interpreters) is left to it, and only the shell's own writes
+    (redirections) stay opaque here.
     """
     gs = frozenset(groups)
     applicable = policy.applicable("shell", gs, resource)
@@ -245,6 +249,10 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
         return _decide(action, None, f"the command cannot be parsed ({e}); refused", text,
                        [f"parse error: {e}"], ())
     why: list[str] = list(dict.fromkeys(line.steps))
+    if guarded and line.opaque:
+        seen = [o for o in line.opaque if not o.startswith((WRITES_UNSEEN, WRITES_SENSITIVE))]
+        line = replace(line, opaque=[o for o in line.opaque if o.startswith((WRITES_UNSEEN, WRITES_SENSITIVE))])
+        why += [f"left to bastion-guard (it judges each program as it runs): {o}" for o in seen]
     best: tuple[Action, Rule | None, str] = (Action.ALLOW, None, "")
     programs = [c.program for c in line.commands]
     if not line.commands and not line.opaque:

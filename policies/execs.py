@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from policies.engine import Action, Decision, PolicySet, Rule
-from policies.shell import SimpleCommand
+from policies.shell import ShellParseError, SimpleCommand, parse_line
 
 LOADERS = ("ld-linux*.so*", "ld-*.so*", "ld.so", "ld-musl-*")
 UNKNOWN_RULE = "guard-unknown-program"
@@ -127,3 +127,27 @@ def evaluate_exec(policy: PolicySet, ev: Exec, *, groups: Iterable[str], resourc
     return Decision(action, rule.name if rule else None, reason, text, tuple(why),
                     rule.approver_roles if rule else (), rule.approvals if rule else 0,
                     rule.timeout if rule else 0.0, names)
+
+
+def approved_commands(text: str) -> tuple[SimpleCommand, ...]:
+    """The simple commands of an exec-form command line a reviewer approved before the session opened: their execs
+    are what was approved, and are not held a second time. Nothing when the line does not parse."""
+    try:
+        return tuple(parse_line(text, terminal=False).commands)
+    except ShellParseError:
+        return ()
+
+
+def is_approved(ev: Exec, approved: Sequence[SimpleCommand]) -> bool:
+    """``ev`` is one of the approved commands: the same program (by any of its names) with the same arguments, or
+    any arguments where the approved line's could not be known (a variable, a glob: the reviewer saw those)."""
+    names = {ev.exe.rsplit("/", 1)[-1], *ev.names}
+    return any(cmd.program in names and (cmd.args_open or cmd.args == ev.argv[1:]) for cmd in approved)
+
+
+def judge_with_approval(d: Decision, ev: Exec, approved: Sequence[SimpleCommand], request: str) -> Decision:
+    """``d``, unless it would hold an exec the reviewer already approved as part of the session's command."""
+    if d.action != Action.REQUIRE_APPROVAL or not is_approved(ev, approved):
+        return d
+    return replace(d, action=Action.ALLOW, reason=f"approved with the session's command ({request})",
+                   explanation=(*d.explanation, "part of the approved command -> allow"))

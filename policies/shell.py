@@ -57,6 +57,11 @@ SENSITIVE_DIR = re.compile(r"(^|/)(\.git|hooks|\.ssh|\.config|\.gnupg)/?$")
 class ShellParseError(ValueError):
     """The text is not a complete, well-formed command line (unbalanced quotes, dangling operator...)."""
 
+# how the opaque constructs that are writes by the shell itself (not programs it runs) begin: bastion-guard sees
+# every program a line runs, never where the shell redirects (policies.engine.evaluate(guarded=True))
+WRITES_UNSEEN = "a redirection to "
+WRITES_SENSITIVE = "writes "
+
 
 @dataclass(frozen=True)
 class Word:
@@ -616,13 +621,14 @@ def _parse(text: str, ctx: _Ctx) -> ParsedLine:
             if op in ("<<",):
                 line.opaque.append("here-document")
             if target.substitution or target.expansion or target.glob:
-                line.opaque.append(f"a redirection to {target.raw}: where it writes cannot be seen")
+                line.opaque.append(f"{WRITES_UNSEEN}{target.raw}: where it writes cannot be seen")
             # a numeric word just before a redirection is the fd, not an argument
             fd = None
             if words and re.fullmatch(r"\d+", words[-1].raw) and not words[-1].quoted:
                 fd = words.pop().raw
             if op in (">", ">>", ">|", "&>", "&>>", "<>") and SENSITIVE_FILE.search(target.text):
-                line.opaque.append(f"writes {target.text}: a file that programs read as configuration or run")
+                line.opaque.append(f"{WRITES_SENSITIVE}{target.text}: a file that programs read as configuration or "
+                                   "run")
             if op in (">", ">>", ">|", "&>", "&>>") and fd in (None, "1") and \
                     target.text not in ("/dev/tty", "/dev/stdout", "/dev/stderr"):
                 out_redirected = True  # its output goes to a file: a pager in it does not page

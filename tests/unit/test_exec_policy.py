@@ -131,3 +131,38 @@ def test_a_deleting_name_is_never_allowed(exe_name: str, extra: list[str], argv:
         assert d.action == Action.BLOCK
     if not e.known:
         assert d.action >= Action.REQUIRE_APPROVAL
+
+
+def test_the_programs_of_an_approved_command_are_not_held_twice() -> None:
+    """The exec form's ``chmod 600 f && echo DONE`` was approved before the session opened: its chmod exec runs;
+    another chmod (other arguments) is held again; a block stays a block."""
+    from policies.execs import approved_commands, judge_with_approval
+
+    pre = approved_commands("chmod 600 /home/u/f && echo DONE")
+    same = ev("/usr/bin/chmod", "chmod", "600", "/home/u/f")
+    other = ev("/usr/bin/chmod", "chmod", "777", "/home/u/f")
+    assert judge_with_approval(judge(same), same, pre, "#1").action == Action.ALLOW
+    assert judge_with_approval(judge(other), other, pre, "#1").action == Action.REQUIRE_APPROVAL
+    rm = ev("/usr/bin/rm", "rm", "/home/u/f")
+    assert judge_with_approval(judge(rm), rm, approved_commands("rm /home/u/f"), "#1").action == Action.BLOCK
+    # a variable: the reviewer saw that its value was unknown
+    pre = approved_commands("chmod 600 $F")
+    assert judge_with_approval(judge(other), other, pre, "#1").action == Action.ALLOW
+    assert approved_commands("chmod 'unterminated") == ()
+
+
+@pytest.mark.parametrize(("line", "filtered", "guarded"), [
+    ("bash s.sh", Action.BLOCK, Action.ALLOW),            # the script's programs are judged as they run
+    ("eval \"$(echo cm0gZgo= | base64 -d)\"", Action.BLOCK, Action.ALLOW),
+    ("python3 -c 'print(1)'", Action.BLOCK, Action.ALLOW),
+    ("rm f", Action.BLOCK, Action.BLOCK),                 # a program a rule names is still refused at once
+    ("echo x > \"$F\"", Action.BLOCK, Action.BLOCK),        # the shell's own writes are not execs: still opaque
+    ("echo x > ~/.bashrc", Action.BLOCK, Action.BLOCK),
+    ("ls -la", Action.ALLOW, Action.ALLOW),
+])
+def test_a_guarded_exec_form_leaves_programs_to_the_guard(line: str, filtered: Action, guarded: Action) -> None:
+    from policies.engine import evaluate
+
+    for flag, want in ((False, filtered), (True, guarded)):
+        d = evaluate(POLICY, line, groups=("ops",), resource="web", terminal=False, guarded=flag)
+        assert d.action == want, (line, flag, d.explanation)
