@@ -16,7 +16,7 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +48,16 @@ class Sandbox:
             os.chown(path, self.uid, self.gid)
 
     def wrap(self, argv: list[str], *, home: Path, env: dict[str, str], ro_paths: Sequence[Path] = (),
-             home_at: Path | None = None, tmp: Path | None = None) -> list[str]:
+             home_at: Path | None = None, tmp: Path | None = None,
+             files: Mapping[Path, Path] | None = None) -> list[str]:
         """The argv that runs ``argv`` in the sandbox with exactly ``env`` and ``home`` as its only writable place.
 
         ``ro_paths`` are further directories it may read (the interpreter and packages of a Python session process);
         each appears at its own path, and nothing around it does. ``home_at``: where ``home`` appears inside (default:
         at its own path; elsewhere, the host path it comes from is not visible at all), which is also the working
         directory. ``tmp``: a host directory that is ``/tmp`` inside (default: an empty tmpfs, gone at exit), for
-        a sandbox whose /tmp must outlive it.
+        a sandbox whose /tmp must outlive it. ``files``: single files to show read-only, at the path (the key)
+        where they appear inside (bastion-guard for the demo's target).
         """
         if self.bwrap is None:
             return list(argv)
@@ -92,6 +94,9 @@ class Sandbox:
         for path in _outermost(ro_paths):
             parents(path)
             out += ["--ro-bind", str(path), str(path)]
+        for at, src in (files or {}).items():
+            parents(at)
+            out += ["--ro-bind", str(src), str(at)]
         inside = home if home_at is None else home_at
         if home_at is not None:
             parents(home_at)

@@ -46,6 +46,10 @@ class SshResource(TimeLimits):
     transfers: TransfersModel | None = None  # default: the top-level ``transfers``
     # ports on the target's loopback that ``ssh -L`` may reach through the bastion (each connection audited)
     forwarding: list[Annotated[int, Field(ge=1, le=65535)]] = []
+    # guard: every program a session executes is judged on the target by bastion-guard (docs/guard.md); filter:
+    # the typed lines of an interactive shell are judged (a script, an alias or awk system() is not seen)
+    enforce: Literal["filter", "guard"] = "filter"
+    guard_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/+-]{1,250}$")] = "/usr/local/bin/bastion-guard"
 
 
 class PgCredential(StrictModel):

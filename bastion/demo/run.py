@@ -84,6 +84,8 @@ DEMO_SHELL = """\
       private_key_file: keys/demo-target-credential
     host_key: {host_key}
     transfers: {{archive: true}}     # the contents of files sent to and from it are kept (bastion audit archive)
+    enforce: guard                 # every program a session executes is judged on the target (docs/guard.md)
+    guard_path: /opt/bastion/bastion-guard
   demo-shell-strict:
     kind: ssh
     description: "The same sandboxed shell with an allow-list policy: anything not listed waits for a reviewer"
@@ -117,6 +119,10 @@ DEMO_SHELL_POLICIES = """\
     default: allow
     rules:
 {no_deletion_shell}\
+      - name: no-escape
+        programs: [systemd-run, at, batch, crontab]
+        action: block
+        reason: these start programs outside the session, where the guard cannot judge them
       - name: chmod-needs-approval
         programs: [chmod, chown, chgrp]
         action: require_approval

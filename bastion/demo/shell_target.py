@@ -12,6 +12,7 @@ holds no credential, which is what the demo is there to show. Without a working 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import pwd
@@ -31,7 +32,22 @@ log = logging.getLogger(__name__)
 SHELL_USERS = ("bastion-demo", "nobody")  # a root demo's shell runs as the first of these that exists
 HOME = Path("/home/demo")  # the shell's home, inside the sandbox
 PS1 = r"demo-shell:\w\$ "
+GUARD_AT = Path("/opt/bastion/bastion-guard")  # where demo-shell's sessions find bastion-guard (guard_path)
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+
+
+def install_guard(root: Path) -> Path:
+    """bastion-guard for demo-shell (``enforce: guard``), as the Ansible role installs it on a target: the one file
+    of :mod:`guard.agent`, executable, not writable by the session's user. Shown in the sandbox at ``GUARD_AT``."""
+    spec = importlib.util.find_spec("guard.agent")
+    if spec is None or spec.origin is None:
+        raise SandboxError("bastion-guard (guard/agent.py) is not installed with the bastion")
+    dest = root / "bastion-guard"
+    tmp = dest.with_suffix(".new")
+    shutil.copyfile(spec.origin, tmp)
+    tmp.chmod(0o755)
+    tmp.replace(dest)
+    return dest
 
 
 class DemoShell:
@@ -46,6 +62,7 @@ class DemoShell:
         for d in (self.home, self.tmp):  # the sandbox user's own (the directory around them is not)
             d.mkdir(exist_ok=True, mode=0o700)
             sandbox.prepare(d)
+        self.guard = install_guard(root)
         try:
             self.user = pwd.getpwuid(sandbox.uid if sandbox.uid is not None else os.getuid()).pw_name
         except KeyError:
@@ -56,7 +73,8 @@ class DemoShell:
                 "LANG": "C.UTF-8", "USER": self.user, "LOGNAME": self.user, "SHELL": "/bin/bash", "PS1": PS1}
 
     def wrap(self, argv: list[str], term: str | None) -> list[str]:
-        return self.sandbox.wrap(argv, home=self.home, home_at=HOME, tmp=self.tmp, env=self.env(term))
+        return self.sandbox.wrap(argv, home=self.home, home_at=HOME, tmp=self.tmp, env=self.env(term),
+                                 files={GUARD_AT: self.guard})
 
     def check(self) -> None:
         """Run one command in the sandbox: SandboxError (with bwrap's complaint) when it cannot start here."""

@@ -127,7 +127,7 @@ class Broker:
             return None
         # with a pty (ssh -t) pagers and editors read the operator's keys: judged as such
         return evaluate(cfg.policies[res.policy], command, groups=self.ctx.groups, resource=name,
-                        terminal=self.client.pty)
+                        terminal=self.client.pty, guarded=getattr(res, "enforce", "filter") == "guard")
 
     async def _enforce_exec(self, name: str, sid: str, d: Decision | None) -> Outcome | None:
         """Block, warn or hold an exec-form command; None means go ahead."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bastion.config import SshResource
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession
 from bastion.proxies.sftp.files import record_of
@@ -22,7 +23,7 @@ from bastion.sessions.timeouts import duration_timers, time_limit
 from bastion.targets import make_target
 from bastion.targets.base import OpenRequest, Target, TargetError, TargetExit
 from bastion.terminal.tee import Tee
-from policies.engine import Decision
+from policies.engine import Action, Decision
 from policies.transfer import Transfer, is_transfer_command
 from recorder.asciicast import CastWriter
 from recorder.recording import Recording
@@ -62,13 +63,15 @@ class BrokeredSession:
         self.log: TransferLog | None = None
 
     async def run(self, verdict: Decision | None, access: str | None) -> Ended:
-        target = make_target(self.res.kind, self.client.relay, self.subsystem)
+        guard = isinstance(self.res, SshResource) and self.res.enforce == "guard"
+        target = make_target(self.res.kind, self.client.relay, self.subsystem, guard=guard)
         self.client.endpoints.add(target)
         try:
             writer = self._recording(verdict, access)
             if writer is None:
                 return Ended(f"{self.name}: the session cannot be recorded; refusing to open it")
-            failed = await self._open(target, writer)
+            approved = verdict if verdict is not None and verdict.action == Action.REQUIRE_APPROVAL else None
+            failed = await self._open(target, writer, approved)
             if failed is not None:
                 return Ended(failed)
             return await self._carry(target, writer)
@@ -104,8 +107,9 @@ class BrokeredSession:
                              "rule": verdict.rule if verdict else None})
         return writer
 
-    async def _open(self, target: Target, writer: Recording) -> str | None:
-        """Attach the target to the relay (recorded from its first byte) and open it; why not, if it failed."""
+    async def _open(self, target: Target, writer: Recording, approved: Decision | None = None) -> str | None:
+        """Attach the target to the relay (recorded from its first byte) and open it; why not, if it failed.
+        ``approved``: the exec-form command a reviewer approved before it opened (its programs are not held again)."""
         ctx, client, store = self.ctx, self.client, self.services.store
         hooks = SessionHooks(self.services, ctx, client, self.name, self.sid, writer)
         kind = target.line_filter(self.res, self.command, client.pty)
@@ -116,7 +120,8 @@ class BrokeredSession:
             name=self.name, command=self.command, pty=client.pty, term_type=client.term_type or "dumb",
             cols=client.cols, rows=client.rows, user=ctx.username, groups=tuple(ctx.groups), session_id=self.sid,
             config=self.services.config, sandbox=self.services.sandbox,
-            hooks=hooks.proxy_hooks(proxied, interactive=self.mode == "interactive") if proxied else None,
+            hooks=(hooks.proxy_hooks(proxied, interactive=self.mode == "interactive", approved=approved)
+                   if proxied else None),
             subsystem=self.subsystem, record=self.log.op if self.log is not None else None)
         try:
             await target.open(req)

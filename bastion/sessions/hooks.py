@@ -16,6 +16,7 @@ from bastion.sessions.client import ClientSide
 from bastion.targets.base import Hooks, LineFilter
 from bastion.terminal.cmdfilter import CommandFilter, secret_asks
 from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube, evaluate_sql
+from policies.execs import Exec, approved_commands, evaluate_exec, judge_with_approval
 from policies.kube import KubeRequest
 from policies.psql import judge_psql_line
 from policies.transfer import Transfer, evaluate_transfer
@@ -48,15 +49,19 @@ class SessionHooks:
         self.services.spawn(asyncio.to_thread(store.audit, ctx.username, action, outcome, resource=self.name,
                                               session_id=self.sid, client_addr=ctx.peer, **detail))
 
-    def proxy_hooks(self, kind: str, *, interactive: bool) -> Hooks:
-        """What a protocol proxy (``sql``: the wire proxy, ``kube``: the API proxy, ``transfer``: the SFTP gate)
-        needs to judge, hold and record the statements, requests or file operations of this session."""
+    def proxy_hooks(self, kind: str, *, interactive: bool, approved: Decision | None = None) -> Hooks:
+        """What a protocol proxy (``sql``: the wire proxy, ``kube``: the API proxy, ``transfer``: the SFTP gate,
+        ``exec``: bastion-guard's reports) needs to judge, hold and record the statements, requests, file operations
+        or programs of this session. ``approved``: the exec-form command a reviewer approved before the session
+        opened; the programs it names are not held a second time when they run."""
         cfg, ctx, name, client = self.services.config, self.ctx, self.name, self.client
         res = cfg.resources[name]
         policy = cfg.policies.get(res.policy or "") or PolicySet("(none)")
 
         def note(d: Decision) -> None:
-            if kind != "transfer":  # a transfer's decision is on its own line of the transfer log
+            if kind == "exec":  # every program the session runs: its marker is the exec itself
+                self.writer.marker(f"exec: {d.text}" + ("" if d.action == Action.ALLOW else f": {d.summary()}"))
+            elif kind != "transfer":  # a transfer's decision is on its own line of the transfer log
                 self.writer.marker(f"{kind}: {d.summary()}: {d.text}")
             if d.action != Action.ALLOW:
                 self._audit(f"{kind}.{d.action.label}", d.action.label, rule=d.rule, text=d.text[:4000])
@@ -79,6 +84,12 @@ class SessionHooks:
 
             def judge(req: KubeRequest) -> Decision:
                 return evaluate_kube(policy, req, groups=ctx.groups, resource=name, port_forward=forward)
+        elif kind == "exec":
+            pre = approved_commands(approved.text) if approved is not None else ()
+
+            def judge(ev: Exec) -> Decision:
+                d = evaluate_exec(policy, ev, groups=ctx.groups, resource=name)
+                return judge_with_approval(d, ev, pre, "approved before the session opened") if pre else d
         elif kind == "transfer":
             def judge(t: Transfer) -> Decision:
                 return evaluate_transfer(policy, t, groups=ctx.groups, resource=name)

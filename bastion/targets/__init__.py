@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bastion.targets.base import Target
+from bastion.targets.guarded import GuardEndpoint
 from bastion.targets.kube import KubectlExec
 from bastion.targets.postgres import PsqlExec
 from bastion.targets.sftp import SftpEndpoint
@@ -18,11 +19,16 @@ def target_class(kind: str) -> type[Target]:
     return KINDS[kind]
 
 
-def make_target(kind: str, relay: Relay, subsystem: str | None = None) -> Target:
+def make_target(kind: str, relay: Relay, subsystem: str | None = None, guard: bool = False) -> Target:
     """A new, unopened target of ``kind`` speaking through ``relay``; ``subsystem`` (``sftp``, ssh only): the
-    target's sftp server behind the bastion's judging proxy."""
+    target's sftp server behind the bastion's judging proxy; ``guard`` (ssh only, ``enforce: guard``): the shell or
+    command under bastion-guard, every program it executes judged."""
     if subsystem is not None:
         if kind != "ssh" or subsystem != "sftp":
             raise ValueError(f"no {subsystem} subsystem on {kind} resources")
         return SftpEndpoint(relay)
+    if guard:
+        if kind != "ssh":
+            raise ValueError(f"no guard on {kind} resources")
+        return GuardEndpoint(relay)
     return KINDS[kind](relay)

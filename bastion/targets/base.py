@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from policies.engine import Decision
 
 LineFilter = Literal["shell", "psql"]
+# what a protocol proxy judges: SQL at the wire, Kubernetes at the API, file operations, the execs bastion-guard reports
+Proxied = Literal["sql", "kube", "transfer", "exec"]
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Target(Endpoint, Protocol):
     """A relay endpoint the broker opens for one session (see :class:`bastion.terminal.relay.Endpoint` for the
     byte-level half)."""
 
-    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None]  # judged at a protocol proxy, not by its command
+    proxied: ClassVar[Proxied | None]  # judged at a protocol proxy, not by its command
 
     async def open(self, req: OpenRequest) -> None: ...
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import policies.kubectl as kubectl_line_module
@@ -26,7 +26,7 @@ from bastion.config.resources import AnyResource as Resource
 from bastion.proxies.kube.proxy import KubeProxy, Upstream
 from bastion.proxies.kube.tls import upstream_context
 from bastion.sandbox import Sandbox, find_kubectl
-from bastion.targets.base import LineFilter, OpenRequest, TargetError
+from bastion.targets.base import LineFilter, OpenRequest, Proxied, TargetError
 from bastion.targets.local import LocalClient
 from bastion.terminal.relay import Relay
 from policies.kubectl import KubectlLineError, kubectl_argv
@@ -82,7 +82,7 @@ class KubectlExec(LocalClient):
     """The kubectl prompt on its own pty (``command`` None) or one kubectl line with pipes (stdin passed on)."""
 
     label = "kubectl"
-    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = "kube"
+    proxied: ClassVar[Proxied | None] = "kube"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)

@@ -15,7 +15,7 @@ import asyncio
 import secrets
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from bastion.config import PgResource
 from bastion.config.resources import AnyResource as Resource
@@ -23,7 +23,7 @@ from bastion.proxies.pg.masking import MaskRule
 from bastion.proxies.pg.proxy import PgProxy
 from bastion.proxies.pg.upstream import Target
 from bastion.sandbox import find_psql
-from bastion.targets.base import LineFilter, OpenRequest, TargetError
+from bastion.targets.base import LineFilter, OpenRequest, Proxied, TargetError
 from bastion.targets.local import LocalClient
 from bastion.terminal.relay import Relay
 
@@ -33,7 +33,7 @@ class PsqlExec(LocalClient):
     (``command`` None) an interactive psql on its own pty."""
 
     label = "psql"
-    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = "sql"
+    proxied: ClassVar[Proxied | None] = "sql"
 
     def __init__(self, relay: Relay):
         super().__init__(relay)

@@ -5,11 +5,11 @@ bastion's own connection with the vaulted key."""
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from bastion.config import SshResource
 from bastion.proxies.sftp.gate import SftpGate
-from bastion.targets.base import OpenRequest, TargetError
+from bastion.targets.base import OpenRequest, Proxied, TargetError
 from bastion.targets.ssh import SshEndpoint
 from recorder.archive import Spool, archive_root
 
@@ -20,7 +20,7 @@ class SftpEndpoint(SshEndpoint):
     """The relay's endpoint for an sftp session: bytes from the client go through the gate, and so do the
     target's replies."""
 
-    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = "transfer"
+    proxied: ClassVar[Proxied | None] = "transfer"
     subsystem: ClassVar[str | None] = "sftp"
 
     def __init__(self, relay: object) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import asyncssh
 
 from bastion.config import Config, SshResource
 from bastion.config.resources import AnyResource as Resource
 from bastion.keyfiles import CIPHERS
-from bastion.targets.base import LineFilter, OpenRequest, TargetError, TargetExit
+from bastion.targets.base import LineFilter, OpenRequest, Proxied, TargetError, TargetExit
 from bastion.terminal.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _ClientSession(asyncssh.SSHClientSession):
 class SshEndpoint:
     """A relay endpoint that is a process on an SSH target."""
 
-    proxied: ClassVar[Literal["sql", "kube", "transfer"] | None] = None
+    proxied: ClassVar[Proxied | None] = None
     subsystem: ClassVar[str | None] = None  # a subsystem instead of a shell or a command (``sftp``)
 
     def __init__(self, relay: Relay):
@@ -68,8 +68,9 @@ class SshEndpoint:
         """Connect with the pinned host key and the resource's key, and start a shell or the command."""
         res = req.resource
         assert isinstance(res, SshResource)
-        command, pty, term_type, cols, rows = req.command, req.pty, req.term_type, req.cols, req.rows
-        self.pty = pty
+        term_type, cols, rows = req.term_type, req.cols, req.rows
+        command, pty = self._remote(req, res)
+        self.pty = req.pty
         self.conn = await connect(req.config, res)
         try:
             if self.subsystem:
@@ -83,6 +84,10 @@ class SshEndpoint:
         except (OSError, asyncssh.Error) as e:
             self.conn.close()
             raise TargetError(f"the target refused a session: {e}") from None
+
+    def _remote(self, req: OpenRequest, res: SshResource) -> tuple[str | None, bool]:
+        """What the target runs (None: the login shell) and whether it gets a pty: what the operator asked for."""
+        return req.command, req.pty
 
     async def wait(self) -> TargetExit:
         """Wait until the remote process ends and the connection is closed."""
