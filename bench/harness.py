@@ -74,7 +74,10 @@ class Env:
 
 
 @contextmanager
-def bastion_env(*, users: Sequence[str] = ("alice", "bob"), jump: bool = False) -> Iterator[Env]:
+def bastion_env(*, users: Sequence[str] = ("alice", "bob"), jump: bool = False,
+                guard: Path | None = None) -> Iterator[Env]:
+    """A target sshd, a daemon with the resource ``plain`` on it (and ``guarded``, the same under bastion-guard at
+    ``guard``, when given), and a jump sshd when ``jump``."""
     d = Path(tempfile.mkdtemp(prefix="bastion-bench-", dir="/tmp"))
     try:
         (d / "state").mkdir()
@@ -84,7 +87,13 @@ def bastion_env(*, users: Sequence[str] = ("alice", "bob"), jump: bool = False) 
         hop = start_sshd(d / "jump", authorized_keys=[target_pub], forwarding=True) if jump else None
         port = free_port()
         extra = PLAIN.format(port=target.port, user=target.user, key=target_key, host_key=target.host_key_public)
-        cfg = write_config(d, port, keys, target, target_key, extra_resources=extra, extra_roles=ROLE,
+        role = ROLE
+        if guard is not None:
+            extra += PLAIN.replace("plain:", "guarded:").format(
+                port=target.port, user=target.user, key=target_key, host_key=target.host_key_public)
+            extra += f"    enforce: guard\n    guard_path: {guard}\n"
+            role = ROLE.replace("[plain]", "[plain, guarded]")
+        cfg = write_config(d, port, keys, target, target_key, extra_resources=extra, extra_roles=role,
                            limits="limits: {max_connections: 2000, max_connections_per_source: 2000}\n")
         proc = start_bastion(cfg, port, d / "bastion.out")
         try:
