@@ -228,9 +228,10 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def is_trusted(exe: str, st: os.stat_result) -> bool:
-    """A file the session's user cannot have changed: root's, not group/world-writable, in a system tree."""
+    """A file the session's user cannot have changed: root's (or, for a session that is not root, another user's:
+    in a user namespace root's files show as the overflow uid), not group/world-writable, in a system tree."""
     return (
-        st.st_uid == 0
+        (st.st_uid == 0 or st.st_uid != os.getuid())
         and not st.st_mode & 0o022
         and exe.startswith(TRUSTED_PREFIXES)
         and " (deleted)" not in exe
@@ -515,7 +516,7 @@ class Guard:
             entry: pwd.struct_passwd | None = pwd.getpwuid(os.getuid())
         except KeyError:
             entry = None
-        shell = entry.pw_shell if entry and entry.pw_shell else "/bin/sh"
+        shell = _login_shell(entry)
         env = dict(os.environ)
         if start.term:
             env["TERM"] = start.term  # as sshd sets it for a pty; the start frame's env may still say otherwise
@@ -970,10 +971,61 @@ def _usable_std_fds() -> None:
                 os.close(null)
 
 
+def _login_shell(entry: pwd.struct_passwd | None) -> str:
+    """The session's shell: $SHELL as sshd (or the host's session launcher) set it, else the account's, else sh. A
+    sandbox may run the session as an account whose passwd shell is nologin while giving it a real $SHELL."""
+    env_shell = os.environ.get("SHELL", "")
+    if env_shell.startswith("/") and os.access(env_shell, os.X_OK) and not env_shell.endswith("nologin"):
+        return env_shell
+    return entry.pw_shell if entry and entry.pw_shell else "/bin/sh"
+
+
+def check() -> int:
+    """``--check``: run ``true`` under a real guard (this file, in a child process) and answer its exec reports, so
+    an installer learns on the target whether ptrace and the seccomp filter work there (exit 0) or why not (1)."""
+    import subprocess  # only here: the guard itself needs none of it
+
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--session", "check"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(encode_json("S", {"v": 1, "session": "check", "command": "exec true", "term": None,
+                                       "cols": 80, "rows": 24, "env": {}}))
+    proc.stdin.flush()
+    reader, execs, notices, status = FrameReader(), 0, [], None
+    deadline = time.monotonic() + 30
+    while status is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        data = os.read(proc.stdout.fileno(), READ_SIZE) if ready else b"."
+        if not data:
+            break
+        for kind, payload in (reader.feed(data) if data != b"." else []):
+            obj = json.loads(payload) if kind in "XNQ" else {}
+            if kind == "X" and not obj.get("cached"):
+                execs += 1
+                proc.stdin.write(encode_json("V", {"id": obj["id"], "allow": True, "cache": False}))
+                proc.stdin.flush()
+            elif kind == "N":
+                notices.append(str(obj.get("text", "")))
+            elif kind == "Q":
+                status = obj.get("status")
+    proc.kill()
+    _, err = proc.communicate()
+    if status == 0 and execs >= 1:
+        print(f"bastion-guard {VERSION}: supervision works here ({execs} exec(s) judged; Python "
+              f"{sys.version.split()[0]}, kernel {os.uname().release}, uid {os.getuid()})")
+        return 0
+    why = "; ".join(notices) or err.decode("utf-8", "replace").strip() or f"status {status}"
+    print(f"bastion-guard {VERSION}: sessions cannot be supervised here: {why}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--check"]:
+        return check()
     if len(args) != 2 or args[0] != "--session" or not _SESSION_ID.fullmatch(args[1]):
-        _log("usage: bastion-guard --session ID   (ID: 1 to 64 characters of A-Z a-z 0-9 . _ -)")
+        _log("usage: bastion-guard --session ID   (ID: 1 to 64 characters of A-Z a-z 0-9 . _ -)\n"
+             "       bastion-guard --check        (can sessions be supervised on this host?)")
         return 2
     _usable_std_fds()
     try:

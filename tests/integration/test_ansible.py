@@ -107,3 +107,30 @@ def start_bastion_from(venv: Path, cfg: Path, port: int, log: Path) -> subproces
         return start_bastion(cfg, port, log)
     finally:
         sys.executable = real
+
+
+def test_role_installs_bastion_guard_on_a_target(tmp_path: Path) -> None:
+    """site.yml's second play (group bastion_targets): bastion-guard lands root's and 0755 with the target's own
+    Python in its first line, `bastion-guard --check` passes there, and a second run changes nothing."""
+    prefix = tmp_path / "target"
+    (tmp_path / "inventory.yml").write_text(
+        "bastions:\n  hosts: {}\nbastion_targets:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n")
+    (tmp_path / "vars.json").write_text(json.dumps({"bastion_prefix": str(prefix)}))
+    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"), str(ROOT / "ansible/site.yml"),
+            "-e", f"@{tmp_path / 'vars.json'}", "-e", "ansible_become=false"]
+    aenv = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=aenv)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert "Check that bastion-guard can supervise" in first.stdout
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=aenv)
+    assert again.returncode == 0 and re.search(r"changed=0\s", again.stdout), again.stdout[-3000:]
+    guard = prefix / "usr/local/bin/bastion-guard"
+    st = guard.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid == 0 or os.geteuid() != 0)
+    text = guard.read_text()
+    assert text.startswith("#!/usr/bin/python3\n") and text.count("#!") == 1
+    assert text.split("\n", 1)[1] == (ROOT / "guard/agent.py").read_text().split("\n", 1)[1]
+    out = subprocess.run([str(guard), "--check"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "supervision works here" in out.stdout, out.stderr

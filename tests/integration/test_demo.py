@@ -135,6 +135,15 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             out, _ = chmod.communicate(timeout=30)
         assert chmod.returncode == 0 and out == "DONE\n"
         assert shell("stat -c %a victim").stdout == "600\n"
+        # demo-shell runs under bastion-guard: rm that the typed line never shows is stopped where it runs
+        with Terminal(ssh_argv(state / "keys" / "alice", port, "alice", "-t", "demo-shell"), cols=160) as t:
+            t.wait_for(r"demo-shell:~\$ *$", 30)
+            t.send("awk 'BEGIN{system(\"rm victim\")}'; echo awk-$?\r")
+            t.wait_for_raw(r"blocked by rule 'no-rm'.*exec: /usr/bin/rm rm victim \[by [^]]*awk", 30)
+            t.wait_for_raw(r"awk-\d+")
+            t.send("exit\r")
+            t.wait_exit(30)
+        assert shell("test -e victim").returncode == 0
         # demo-db: a local PostgreSQL behind the wire proxy; ssn masked; a write that touches more than one row
         # (whatever its WHERE says) is rolled back and waits for bob
         def db(text: str) -> subprocess.CompletedProcess[str]:

@@ -605,3 +605,28 @@ def test_bad_frames_before_the_start(guard, frames: bytes, rc: int) -> None:
     g.send_raw(frames)
     assert g.wait_exit() == rc
     assert [k for k, _ in g.frames if k != "N"] == ["H"] and g.execs == []
+
+
+def test_check_mode_says_whether_sessions_can_be_supervised_here() -> None:
+    """``bastion-guard --check`` (the Ansible task runs it on each target) runs ``true`` under a real guard."""
+    out = subprocess.run([sys.executable, str(AGENT), "--check"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "supervision works here" in out.stdout and "exec(s) judged" in out.stdout
+
+
+def test_the_session_shell_is_shell_from_the_environment_unless_it_is_nologin(tmp_path: Path) -> None:
+    """A sandbox may run the session as an account whose passwd shell is nologin, with a real $SHELL."""
+    from guard import agent as mod
+
+    entry = pwd.getpwuid(os.getuid())
+    for env_shell, want in (("/bin/sh", "/bin/sh"), ("/usr/sbin/nologin", entry.pw_shell), ("sh", entry.pw_shell),
+                            (str(tmp_path / "missing"), entry.pw_shell)):
+        old = os.environ.get("SHELL")
+        os.environ["SHELL"] = env_shell
+        try:
+            assert mod._login_shell(entry) == want
+        finally:
+            if old is None:
+                del os.environ["SHELL"]
+            else:
+                os.environ["SHELL"] = old
