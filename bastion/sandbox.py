@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# alternatives: the links that make awk, vi, editor... (Debian's update-alternatives) reach their programs
 ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
-             "inputrc", "terminfo")
+             "alternatives", "inputrc", "terminfo")
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin") or "/usr/bin/setpriv"  # must be visible in the sandbox
 
