@@ -307,3 +307,87 @@ def _descends(pid: int, ancestor: int) -> bool:
         if pid == ancestor:
             return True
     return False
+
+
+# -- the known limits, as docs/guard.md states them ---------------------------------------------------------------
+
+def test_a_setuid_program_runs_without_its_privilege(guarded: BastionEnv, work: Path) -> None:
+    """A setuid-root copy of id reports the session's own uid under the guard (no-new-privs): nothing gains root."""
+    if os.geteuid() != 0:
+        pytest.skip("making a setuid-root file needs root")
+    suid = work / "id-suid"
+    shutil.copy2("/usr/bin/id", suid)
+    os.chown(suid, 0, 0)
+    suid.chmod(0o4755)
+    out = run(guarded, f"{suid} -u")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(pwd.getpwnam(login_user()).pw_uid)
+
+
+def test_an_allowed_interpreter_can_still_delete_without_an_exec(guarded: BastionEnv, work: Path) -> None:
+    """The guard judges programs, not system calls: python3 is allowed here, and os.remove is not an exec. What an
+    auditor still has is the exec of python3 with its whole argv, in the recording."""
+    f = work / "f"
+    f.write_text("x\n")
+    own(f)
+    out = run(guarded, f"python3 -c 'import os; os.remove(\"{f}\")'")
+    assert out.returncode == 0, out.stderr
+    assert not f.exists()
+    sessions = json.loads(guarded.bastion("sessions", "list", "--json").stdout)
+    rec = next(Path(s["recording"]) for s in sessions if s["command"] and "os.remove" in s["command"])
+    assert any(e.code == "m" and e.data.startswith("exec: ") and "os.remove" in e.data
+               for e in read_cast(rec).events if "python3" in e.data)
+
+
+def test_a_nohup_background_job_is_still_in_the_tree_and_ends_with_the_session(guarded: BastionEnv,
+                                                                                 work: Path) -> None:
+    out = run(guarded, f"cd {work} && nohup sleep 300 > /dev/null 2>&1 & echo pid=$!")
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split("pid=")[1].split()[0])
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+        assert time.monotonic() < deadline, "a guarded session left a process running after it ended"
+        time.sleep(0.05)
+
+
+# -- transfers and -J under the guard ------------------------------------------------------------------------------
+
+def test_scp_and_rsync_exec_forms_run_under_the_guard(guarded: BastionEnv, work: Path, tmp_path: Path) -> None:
+    """scp -O and rsync run their remote side as a command: on a guarded resource that command is the guard's, and
+    the bytes pass through its frames unchanged."""
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(300_000))
+    opts = ["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
+    key = str(guarded.keys["alice"])
+    out = subprocess.run(["scp", "-O", *opts, "-P", str(guarded.port), "-i", key, str(src),
+                          f"alice+web-guarded@127.0.0.1:{work}/up.bin"], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert (work / "up.bin").read_bytes() == src.read_bytes()
+    if shutil.which("rsync"):
+        ssh = " ".join(["ssh", *opts, "-p", str(guarded.port), "-i", key])
+        out = subprocess.run(["rsync", "-a", "-e", ssh, str(src), f"alice+web-guarded@127.0.0.1:{work}/rs.bin"],
+                             capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        assert (work / "rs.bin").read_bytes() == src.read_bytes()
+
+
+def test_an_ssh_j_session_runs_under_the_guard(guarded: BastionEnv, work: Path, tmp_path: Path) -> None:
+    """ssh -J is served by the bastion itself like alice+web-guarded: its script's rm is stopped at the exec."""
+    ca = guarded.bastion("ca")
+    assert ca.returncode == 0, ca.stderr
+    (tmp_path / "known_hosts").write_text(ca.stdout)
+    cfg = tmp_path / "ssh_config"
+    common = "  IdentitiesOnly yes\n  IdentityAgent none\n  LogLevel ERROR\n  BatchMode yes\n"
+    cfg.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {guarded.port}\n  User alice\n"
+                   f"  IdentityFile {guarded.keys['alice']}\n  StrictHostKeyChecking no\n"
+                   f"  UserKnownHostsFile /dev/null\n{common}"
+                   f"Host web-guarded\n  User deploy\n  IdentityFile {guarded.keys['alice']}\n"
+                   f"  StrictHostKeyChecking yes\n  UserKnownHostsFile {tmp_path / 'known_hosts'}\n{common}")
+    f = work / "f"
+    f.write_text("keep\n")
+    (work / "s.sh").write_text(f"rm {f}\necho via-j-done\n")
+    out = subprocess.run(["ssh", "-F", str(cfg), "-J", "bastion", "web-guarded", f"bash {work}/s.sh"],
+                         capture_output=True, text=True, timeout=90)
+    assert "via-j-done" in out.stdout, out.stderr
+    assert "blocked by rule 'no-rm'" in out.stderr and f.exists()
