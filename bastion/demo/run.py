@@ -288,6 +288,7 @@ def banner(state: Path, port: int, cfg_path: Path, *, shell: bool, tools: str = 
     query = '"SELECT * FROM customers"'
     shell_lines = f"""\
   direct:    {ssh} -t alice@127.0.0.1 demo-shell     (sandboxed: sees nothing of {state})
+             every program it runs is judged under bastion-guard: try  awk 'BEGIN{{system("rm x")}}'  or a script
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
   allow-list: {ssh} alice@127.0.0.1 demo-shell-strict -- ls -la     (unlisted programs wait for a reviewer)
 """ if shell else ""
