@@ -22,6 +22,8 @@ from policies.psql import judge_psql_line
 from policies.transfer import Transfer, evaluate_transfer
 from recorder.recording import Recording
 
+MAX_EXEC_MARKER = 16384  # an argv may be 2 MiB; a loop of such execs must not fill the disk with markers
+
 
 class SessionHooks:
     """The enforcement hooks of one brokered session ``sid`` on resource ``name``."""
@@ -60,7 +62,9 @@ class SessionHooks:
 
         def note(d: Decision) -> None:
             if kind == "exec":  # every program the session runs: its marker is the exec itself
-                self.writer.marker(f"exec: {d.text}" + ("" if d.action == Action.ALLOW else f": {d.summary()}"))
+                text = d.text if len(d.text) <= MAX_EXEC_MARKER else \
+                    f"{d.text[:MAX_EXEC_MARKER]} [... {len(d.text) - MAX_EXEC_MARKER} more characters]"
+                self.writer.marker(f"exec: {text}" + ("" if d.action == Action.ALLOW else f": {d.summary()}"))
             elif kind != "transfer":  # a transfer's decision is on its own line of the transfer log
                 self.writer.marker(f"{kind}: {d.summary()}: {d.text}")
             if d.action != Action.ALLOW:
