@@ -154,16 +154,33 @@ def _set_not_dumpable() -> None:
 
 # clone(CLONE_UNTRACED) makes a child that PTRACE_O_TRACEFORK does not attach: it would run (and exec) unseen and
 # outlive the guard. A seccomp filter, inherited by the whole session, refuses that flag (EPERM) and clone3 (ENOSYS:
-# its flags are in memory a filter cannot read; libc falls back to clone). Per architecture the kernel may run:
-# (AUDIT_ARCH, syscall number mask, clone, clone3, offset of clone's flags (low 32 bits) in struct seccomp_data).
+# its flags are in memory a filter cannot read; libc falls back to clone).
+# A stopped guard judges nothing but ends nothing either: what already runs would go on after the session, and so
+# would the session if the sshd process that holds its channel were stopped. The same filter refuses (EPERM) the
+# stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: 19-22 on every architecture below) sent to the guard or to the
+# processes of the same user above it (by pid, by process group, or to -1: everything), to any pidfd, and as the
+# signal of a file descriptor's owner (fcntl F_SETSIG). Per architecture the kernel may run: (AUDIT_ARCH, syscall
+# number mask, clone, clone3, offset of clone's flags (low 32 bits) in struct seccomp_data, (syscall, index of its
+# signal argument) for kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo (their target is argument 0), the
+# fcntl syscalls).
 CLONE_UNTRACED = 0x00800000
-_X32_OFF = 0xBFFFFFFF  # x32 syscalls are x86_64 numbers with bit 30 set
+_X32_OFF = 0xBFFFFFFF  # x32 syscalls are x86_64 numbers with bit 30 set (its rt_sig*queueinfo are 524 and 536)
+_KILLS_X86_64 = ((62, 1), (200, 1), (234, 2), (129, 1), (297, 2), (524, 1), (536, 2))
+_KILLS_32 = ((37, 1), (238, 1), (270, 2), (178, 1), (335, 2))  # i386
+_KILLS_ARM = ((37, 1), (238, 1), (268, 2), (178, 1), (363, 2))
+_KILLS_GENERIC = ((129, 1), (130, 1), (131, 2), (138, 1), (240, 2))  # aarch64, riscv64
+_KILLS_PPC = ((37, 1), (208, 1), (250, 2), (177, 1), (322, 2))
 SECCOMP_ARCHES = {
-    "x86_64": ((0xC000003E, _X32_OFF, 56, 435, 16), (0x40000003, 0, 120, 435, 16)),  # x86_64 (and x32), i386
-    "aarch64": ((0xC00000B7, 0, 220, 435, 16), (0x40000028, 0, 120, 435, 16)),  # aarch64, arm
-    "riscv64": ((0xC00000F3, 0, 220, 435, 16),),
-    "ppc64le": ((0xC0000015, 0, 120, 435, 16),),
+    "x86_64": ((0xC000003E, _X32_OFF, 56, 435, 16, _KILLS_X86_64, (72,)),  # x86_64 (and x32)
+               (0x40000003, 0, 120, 435, 16, _KILLS_32, (55, 221))),  # i386
+    "aarch64": ((0xC00000B7, 0, 220, 435, 16, _KILLS_GENERIC, (25,)),
+                (0x40000028, 0, 120, 435, 16, _KILLS_ARM, (55, 221))),  # arm
+    "riscv64": ((0xC00000F3, 0, 220, 435, 16, _KILLS_GENERIC, (25,)),),
+    "ppc64le": ((0xC0000015, 0, 120, 435, 16, _KILLS_PPC, (55,)),),
 }
+PIDFD_SEND_SIGNAL = 424  # the same number everywhere
+STOP_SIGNALS = (19, 22)  # SIGSTOP .. SIGTTOU
+F_SETSIG = 10
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
@@ -172,29 +189,85 @@ _RET_ERRNO = 0x00050000
 _RET_KILL_PROCESS = 0x80000000
 
 
-def clone_filter(machine: str) -> list[tuple[int, int, int, int]]:
-    """The BPF program (code, jt, jf, k) for `machine` (os.uname().machine); KeyError when it is not known."""
-    ld, jeq, jset, alu_and, ret = 0x20, 0x15, 0x45, 0x54, 0x06
+def _arg(i: int) -> int:
+    """The offset of the low 32 bits of syscall argument `i` in struct seccomp_data (little-endian)."""
+    return 16 + 8 * i
+
+
+def _resolve(block: list[Any]) -> list[tuple[int, int, int, int]]:
+    """Instructions whose jump targets may be labels (strings in the list mark them) -> relative offsets."""
+    at: dict[str, int] = {}
+    insns: list[tuple[Any, ...]] = []
+    for item in block:
+        if isinstance(item, str):
+            at[item] = len(insns)
+        else:
+            insns.append(item)
+    out: list[tuple[int, int, int, int]] = []
+    for pc, (code, jt, jf, k) in enumerate(insns):
+        jt, jf = (at[t] - pc - 1 if isinstance(t, str) else t for t in (jt, jf))
+        k = at[k] - pc - 1 if isinstance(k, str) else k
+        assert 0 <= jt <= 255 and 0 <= jf <= 255 and k >= 0
+        out.append((code, jt, jf, k))
+    return out
+
+
+def clone_filter(machine: str, protect: tuple[int, ...] = ()) -> list[tuple[int, int, int, int]]:
+    """The BPF program (code, jt, jf, k) for `machine` (os.uname().machine); KeyError when it is not known.
+    `protect`: the targets (pids, negated process groups, -1) that no stop signal may be sent to."""
+    ld, jeq, jge, jgt, jset, ja, alu_and, ret = 0x20, 0x15, 0x35, 0x25, 0x45, 0x05, 0x54, 0x06
+    first_stop, last_stop = STOP_SIGNALS
     prog: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # A = arch
-    for arch, mask, clone, clone3, flags in SECCOMP_ARCHES[machine]:
-        block = [(ld, 0, 0, 0)] + ([(alu_and, 0, 0, mask)] if mask else []) + [  # A = nr
-            (jeq, 0, 1, clone3),
-            (ret, 0, 0, _RET_ERRNO | errno.ENOSYS),
-            (jeq, 0, 3, clone),
+    for arch, mask, clone, clone3, flags, kills, fcntls in SECCOMP_ARCHES[machine]:
+        block: list[Any] = [(ld, 0, 0, 0)] + ([(alu_and, 0, 0, mask)] if mask else []) + [  # A = nr
+            (jeq, "enosys", 0, clone3),
+            (jeq, 0, "kills", clone),
             (ld, 0, 0, flags),
-            (jset, 0, 1, CLONE_UNTRACED),
-            (ret, 0, 0, _RET_ERRNO | errno.EPERM),
-            (ret, 0, 0, _RET_ALLOW),
+            (jset, "eperm", "allow", CLONE_UNTRACED),
+            "kills",
         ]
-        prog.append((jeq, 0, len(block), arch))
-        prog += block
+        for i, (nr, sig) in enumerate(kills):  # a stop signal: to whom?
+            block += [(jeq, 0, f"k{i}", nr), (ld, 0, 0, _arg(sig)), (jge, 0, "allow", first_stop),
+                      (jgt, "allow", 0, last_stop), (ld, 0, 0, _arg(0)), (ja, 0, 0, "targets"), f"k{i}"]
+        block += [(jeq, 0, "fcntl", PIDFD_SEND_SIGNAL), (ld, 0, 0, _arg(1)), (jge, 0, "allow", first_stop),
+                  (jgt, "allow", "eperm", last_stop), "fcntl"]
+        for i, nr in enumerate(fcntls):
+            block += [(jeq, 0, f"f{i}", nr), (ld, 0, 0, _arg(1)), (jeq, 0, "allow", F_SETSIG), (ld, 0, 0, _arg(2)),
+                      (jge, 0, "allow", first_stop), (jgt, "allow", "eperm", last_stop), f"f{i}"]
+        block += [(ja, 0, 0, "allow"), "targets"]
+        block += [(jeq, "eperm", 0, target & 0xFFFFFFFF) for target in dict.fromkeys(protect)]
+        block += ["allow", (ret, 0, 0, _RET_ALLOW), "eperm", (ret, 0, 0, _RET_ERRNO | errno.EPERM),
+                  "enosys", (ret, 0, 0, _RET_ERRNO | errno.ENOSYS)]
+        code = _resolve(block)
+        prog.append((jeq, 0, len(code), arch))
+        prog += code
     prog.append((ret, 0, 0, _RET_KILL_PROCESS))  # an ABI the filter does not know
     return prog
 
 
+def _protected() -> tuple[int, ...]:
+    """This process and the processes of the same user above it (sshd's, which holds the channel), by pid and by
+    process group, and -1: what the session may not stop."""
+    out = [-1]
+    pid, uid = os.getpid(), os.getuid()
+    for _ in range(MAX_CHAIN):
+        if pid <= 1:
+            break
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f if b":" in line)
+            if int(fields[b"Uid"].split()[0]) != uid:
+                break
+            out += [pid, -os.getpgid(pid)]
+            pid = int(fields[b"PPid"])
+        except (OSError, KeyError, ValueError, IndexError):
+            break
+    return tuple(dict.fromkeys(out))
+
+
 def _install_clone_filter() -> None:
     """No new privileges (a traced process gets none anyway), then the filter, for this process and its children."""
-    prog = clone_filter(os.uname().machine)
+    prog = clone_filter(os.uname().machine, _protected())
     filters = (ctypes.c_ubyte * (8 * len(prog))).from_buffer_copy(b"".join(struct.pack("=HBBI", *i) for i in prog))
 
     class SockFprog(ctypes.Structure):
@@ -239,10 +312,12 @@ def is_trusted(exe: str, st: os.stat_result) -> bool:
 
 
 class ProgramIndex:
-    """The system program directories: every name of each file (aliases) and the trusted files by size."""
+    """The system program directories: every name of each file (aliases: by path through symlinks, and by inode,
+    which hard links share) and the trusted files by size."""
 
     def __init__(self, dirs: tuple[str, ...] = SYSTEM_DIRS) -> None:
         self.aliases: dict[str, set[str]] = {}
+        self.inode_names: dict[tuple[int, int], set[str]] = {}
         self.by_size: dict[int, list[str]] = {}
         seen: set[str] = set()
         for directory in dirs:
@@ -254,18 +329,22 @@ class ProgramIndex:
             for entry in entries:
                 try:
                     real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_dir, entry.name)
-                except OSError:
-                    continue
-                self.aliases.setdefault(real, set()).add(entry.name)
-                if real in seen:
-                    continue
-                seen.add(real)
-                try:
                     st = os.stat(real)
                 except OSError:
                     continue
-                if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022 and st.st_size > 0:
+                self.aliases.setdefault(real, set()).add(entry.name)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                self.inode_names.setdefault((st.st_dev, st.st_ino), set()).add(entry.name)
+                if real in seen:
+                    continue
+                seen.add(real)
+                if st.st_uid == 0 and not st.st_mode & 0o022 and st.st_size > 0:
                     self.by_size.setdefault(st.st_size, []).append(real)
+
+    def names_of(self, st: os.stat_result) -> set[str]:
+        """Every name of the file `st` in the system program directories (perl and perl5.36.0 are one file)."""
+        return self.inode_names.get((st.st_dev, st.st_ino), set())
 
     def copy_of(self, image: str, size: int) -> str | None:
         """The first trusted system file with the same bytes as `image` (a path such as /proc/PID/exe)."""
@@ -275,6 +354,16 @@ class ProgramIndex:
             if _same_bytes(image, candidate):
                 return candidate
         return None
+
+
+def _same_file(path: str, st: os.stat_result) -> bool:
+    """`path`, as the guard sees it, is the file `st`: a process in another mount namespace may show a system path
+    for another file (a bind mount of /usr/bin/rm on /usr/bin/ls: its exe reads /usr/bin/ls)."""
+    try:
+        here = os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _same_bytes(a: str, b: str) -> bool:
@@ -863,7 +952,9 @@ class Guard:
         names, trusted, copy_of = self._identify(pid, exe, st, argv)
         chain = list(proc.ancestry) + [self.parent_comm]
         proc.name = _program_name(exe)
-        key: tuple[object, ...] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, tuple(argv))
+        # the file as it is now (ctime: a copy rewritten in place, even with its mtime set back, is another
+        # program), under the name it ran by, with this argv
+        key: tuple[object, ...] = (exe, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tuple(argv))
         cached = key in self.cache
         self.next_id += 1
         exec_id = self.next_id
@@ -895,17 +986,22 @@ class Guard:
     def _identify(self, pid: int, exe: str, st: os.stat_result, argv: list[str]) -> tuple[list[str], bool, str | None]:
         if self.index is None:
             self.index = ProgramIndex()
-        trusted = is_trusted(exe, st)
+        trusted = is_trusted(exe, st) and _same_file(exe, st)
         names = {_program_name(exe)}
         if argv:
             names.add(_program_name(argv[0]).lstrip("-"))  # a login shell's -bash is bash
         names |= self.index.aliases.get(exe, set())
+        names |= self.index.names_of(st)
         copy_of = None
         if not trusted:
             copy_of = self.index.copy_of(f"/proc/{pid}/exe", st.st_size)
             if copy_of is not None:
                 names.add(_program_name(copy_of))
                 names |= self.index.aliases.get(copy_of, set())
+                try:
+                    names |= self.index.names_of(os.stat(copy_of))
+                except OSError:
+                    pass
         names.discard("")
         return sorted(names), trusted, copy_of
 

@@ -14,6 +14,7 @@ import pwd
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,7 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from guard.agent import MAX_FRAME, SECCOMP_ARCHES, FrameError, FrameReader, clone_filter, encode, encode_json
+from guard.agent import (
+    MAX_FRAME,
+    SECCOMP_ARCHES,
+    FrameError,
+    FrameReader,
+    ProgramIndex,
+    _protected,
+    clone_filter,
+    encode,
+    encode_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "guard" / "agent.py"
@@ -417,15 +428,158 @@ def test_no_child_escapes_the_trace(guard, tmp_path: Path) -> None:
     assert not any("echo" in x["names"] for x in g.execs)
 
 
+@pytest.mark.parametrize("protect", [(), (-1, 4_194_303, -4_194_303, 1234, -1234, 77, -77, 88, -88, 99, -99)])
 @pytest.mark.parametrize("machine", sorted(SECCOMP_ARCHES))
-def test_clone_filter_is_well_formed(machine: str) -> None:
-    prog = clone_filter(machine)
+def test_clone_filter_is_well_formed(machine: str, protect: tuple[int, ...]) -> None:
+    prog = clone_filter(machine, protect)
     assert len(prog) < 256 and prog[-1] == (0x06, 0, 0, 0x80000000)  # unknown ABIs are killed
-    for pc, (code, jt, jf, _) in enumerate(prog):
-        if code & 0x07 == 0x05:  # a jump lands inside the program
+    for pc, (code, jt, jf, k) in enumerate(prog):
+        if code == 0x05:  # ja: a jump lands inside the program
+            assert pc + 1 + k < len(prog)
+        elif code & 0x07 == 0x05:
             assert pc + 1 + max(jt, jf) < len(prog)
-    arches = [k for code, _, _, k in prog if code == 0x15 and k > 0xFFFF]
+    arches, pc = [], 1  # one block per ABI: its test of the arch skips to the next one
+    while pc < len(prog) - 1:
+        code, _, jf, k = prog[pc]
+        assert code == 0x15
+        arches.append(k)
+        block = prog[pc + 1:pc + 1 + jf]
+        eperm = [i for i, insn in enumerate(block) if insn == (0x06, 0, 0, 0x00050000 | 1)]
+        refused = {k for i, (code, jt, _, k) in enumerate(block) if code == 0x15 and jt and i + 1 + jt in eperm}
+        assert {t & 0xFFFFFFFF for t in protect} <= refused
+        pc += 1 + jf
     assert arches == [a[0] for a in SECCOMP_ARCHES[machine]]
+
+
+STOPS = """
+import ctypes, fcntl, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+guard = os.getppid()
+above = int(open(f"/proc/{guard}/status").read().split("PPid:")[1].split()[0])  # the wrapper that started it
+
+
+def tgkill():
+    if libc.tgkill(guard, guard, signal.SIGTTIN) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+for how, call in [
+    ("kill", lambda: os.kill(guard, signal.SIGSTOP)),
+    ("killpg", lambda: os.killpg(os.getpgid(guard), signal.SIGTSTP)),
+    ("tgkill", tgkill),
+    ("above", lambda: os.kill(above, signal.SIGTTOU)),
+    ("pidfd", lambda: signal.pidfd_send_signal(os.pidfd_open(guard), signal.SIGSTOP)),
+    ("f_setsig", lambda: fcntl.fcntl(0, 10, signal.SIGSTOP)),
+]:
+    try:
+        call()
+        print(how, "sent", flush=True)
+    except OSError as e:
+        print(how, e.errno, flush=True)
+child = os.fork()
+if child == 0:
+    signal.pause()
+    os._exit(0)
+os.kill(child, signal.SIGSTOP)  # its own child: job control as ever
+print("child", os.WIFSTOPPED(os.waitpid(child, os.WUNTRACED)[1]))
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+print("pidfd-own", signal.pidfd_send_signal(os.pidfd_open(os.getpid()), 0))
+"""
+# the guard under a process of the same user in a process group of its own: were the filter to let a stop signal
+# through, it would stop these two, not the test (kill(-1), which would stop every process of the user running the
+# tests, is checked in the filter's program above, never sent)
+WRAPPED = (sys.executable, "-c", "import os, subprocess, sys; os.setsid(); sys.exit(subprocess.call(sys.argv[1:]))",
+           sys.executable)
+
+
+def test_the_session_cannot_stop_its_guard(guard, tmp_path: Path) -> None:
+    """A stopped guard ends nothing: what runs would outlive the session. The session may not send a stop signal
+    to the guard or to the processes of its user above it (sshd's, which holds the channel); its own processes
+    stop and continue as ever."""
+    (tmp_path / "stops.py").write_text(STOPS)
+    g = guard(python=WRAPPED).start(f"{PY} stops.py")
+    try:
+        assert g.wait_exit() == 0, g.describe()
+    finally:
+        if g.hello is not None and not gone(g.hello["pid"]):  # a guard stopped after all: it ends here
+            os.kill(g.hello["pid"], signal.SIGKILL)
+    assert bytes(g.out).decode().splitlines() == [
+        "kill 1", "killpg 1", "tgkill 1", "above 1", "pidfd 1", "f_setsig 1", "child True",
+        "pidfd-own None"]
+
+
+def test_what_the_session_may_not_stop() -> None:
+    """The guard, its process group, the processes of its user above it and their groups, and -1 (everything)."""
+    protect = _protected()
+    assert protect[:3] == (-1, os.getpid(), -os.getpgid(0))
+    parent = os.getppid()
+    if Path(f"/proc/{parent}").stat().st_uid == os.getuid():
+        assert parent in protect and -os.getpgid(parent) in protect
+
+
+def test_a_hard_link_has_every_name_of_its_file(tmp_path: Path) -> None:
+    """perl and perl5.36.0 are one file (a hard link, not a symlink): a rule on either name holds for both."""
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    os.link(tmp_path / "tool", tmp_path / "tool-1.2")
+    (tmp_path / "other").write_text("#!/bin/sh\n")
+    index = ProgramIndex((str(tmp_path),))
+    assert index.names_of(os.stat(tmp_path / "tool-1.2")) == {"tool", "tool-1.2"}
+    assert index.names_of(os.stat(tmp_path / "other")) == {"other"}
+
+
+HARD_LINKED = [("bunzip2", "bzip2"), ("uncompress", "gunzip"), ("zipinfo", "unzip"), ("unxz", "xz"),
+               ("unzstd", "zstd")]  # harmless with --version (and stdin from /dev/null), hard links on Debian
+
+
+def _hard_linked_program() -> tuple[str, str] | None:
+    """Two names of one system program that are hard links of each other, not symlinks, if any here."""
+    perls = sorted(p.name for p in Path("/usr/bin").glob("perl5.*"))
+    for name, other in HARD_LINKED + [(p, "perl") for p in perls]:
+        try:
+            a, b = os.lstat(f"/usr/bin/{name}"), os.lstat(f"/usr/bin/{other}")
+        except OSError:
+            continue
+        if stat.S_ISREG(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return name, other
+    return None
+
+
+def test_an_exec_by_one_name_of_a_hard_link_reports_all(guard) -> None:
+    pair = _hard_linked_program()
+    if pair is None:
+        pytest.skip("no hard-linked system programs on this machine")
+    name, other = pair
+    g = guard(policy=lambda x: x["first"] or other not in x["names"]).start(f"/usr/bin/{name} --version </dev/null")
+    g.wait_exit()
+    x = g.exec_of(name)
+    assert other in x["names"], x
+
+
+def test_a_bind_mount_over_a_system_name_is_judged_by_its_file(guard, tmp_path: Path) -> None:
+    """In a mount namespace of its own (unshare -rm: no privilege needed where user namespaces are allowed) the
+    session can show rm's file under /usr/bin/ls; its exe reads /usr/bin/ls. It is judged by the file: rm."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user namespaces here")
+    (tmp_path / "f").write_text("keep")
+    ls, rm = shutil.which("ls"), shutil.which("rm")
+    g = guard(policy=deny_rm).start(f"unshare -rm sh -c 'mount --bind {rm} {ls} && {ls} f'; echo rc=$?")
+    assert g.wait_exit() == 0
+    assert (tmp_path / "f").read_text() == "keep"
+    x = next(x for x in g.execs if x["argv"] == [ls, "f"])
+    assert "rm" in x["names"] and x["trusted"] is False, x
+
+
+def test_a_copy_rewritten_in_place_is_judged_again(guard, tmp_path: Path) -> None:
+    """A cached verdict is for a file as it was: a copy of true, allowed and cached, then rewritten in place (its
+    mtime set back) is another program, judged again before it runs."""
+    g = guard(cache=True).start(
+        "cp /bin/true x; ./x; m=$(stat -c %y x); "
+        f"{PY} -c 'import sys; f = open(\"x\", \"r+b\"); f.seek(-1, 2); b = f.read(1); f.seek(-1, 2); "
+        f"f.write(bytes([b[0] ^ 1]))'; touch -d \"$m\" x; ./x; ./x")
+    assert g.wait_exit() == 0
+    xs = [x for x in g.execs if x["argv"] == ["./x"]]
+    assert [(x["cached"], x["copy_of"] is not None) for x in xs] == [(False, True), (False, False), (True, False)]
 
 
 def test_a_copy_is_judged_as_the_original(guard, tmp_path: Path) -> None:
