@@ -25,6 +25,39 @@ LOADER_RULE = "guard-loader"
 MAX_CHAIN = 8
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """`text` with every character that is not printable written as an escape (\\n, \\x1b, \\u202e; an
+    undecodable byte of a path or argv, carried as a lone surrogate, as \\xff): what a program's name or argv would
+    draw on a terminal (erase a line, move the cursor, reverse the text) is shown instead of done."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte it stands for
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def shown(word: str) -> str:
+    """One word (a path, an argument) as a shell would read it back: quoted when needed, and as $'...' with
+    escapes when it holds anything not printable, so that a reviewer reads what runs, not what it draws."""
+    if word.isprintable():
+        return shlex.quote(word)
+    return "$'" + visible(word.replace("\\", "\\\\").replace("'", "\\'")) + "'"
+
+
 class ExecError(ValueError):
     """An exec report that does not have the shape of one (a guard bug or a forged frame): refused."""
 
@@ -68,11 +101,12 @@ class Exec:
         return self.trusted or self.copy_of is not None
 
     def describe(self) -> str:
-        """``/usr/bin/rm rm -f x [by bash ← sshd]``: the marker's and the reviewer's text."""
-        argv = shlex.join(self.argv) if self.argv else "(no argv)"
-        copy = f" (a copy of {self.copy_of})" if self.copy_of else ""
-        by = f" [by {' ← '.join(self.chain)}]" if self.chain else ""
-        return f"{self.exe}{copy} {argv}{by}"
+        """``/usr/bin/rm rm -f x [by bash ← sshd]``: the marker's and the reviewer's text (every word :func:`shown`:
+        a newline, a terminal escape or an invisible character in a name or an argument is written out, not done)."""
+        argv = " ".join(shown(a) for a in self.argv) if self.argv else "(no argv)"
+        copy = f" (a copy of {shown(self.copy_of)})" if self.copy_of else ""
+        by = f" [by {' ← '.join(shown(c) for c in self.chain)}]" if self.chain else ""
+        return f"{shown(self.exe)}{copy} {argv}{by}"
 
 
 def _rule_like(name: str, action: Action, model: Rule | None, reason: str) -> Rule:
@@ -100,11 +134,11 @@ def evaluate_exec(policy: PolicySet, ev: Exec, *, groups: Iterable[str], resourc
         cmd = SimpleCommand(program=name, args=args, argv=(name, *args))
         rule = next((r for r in applicable if r.matches(cmd)), None)
         if rule is not None:
-            action, reason = rule.action, rule.reason or f"{name} matches rule {rule.name!r}"
-            why.append(f"{name}: rule {rule.name!r} -> {action.label}")
+            action, reason = rule.action, rule.reason or f"{shown(name)} matches rule {rule.name!r}"
+            why.append(f"{shown(name)}: rule {rule.name!r} -> {action.label}")
         else:
-            action, reason = policy.default, f"{name}: no rule matched; default is {policy.default.label}"
-            why.append(f"{name}: no rule -> default {policy.default.label}")
+            action, reason = policy.default, f"{shown(name)}: no rule matched; default is {policy.default.label}"
+            why.append(f"{shown(name)}: no rule -> default {policy.default.label}")
         if best is None or action > best[0]:
             best = (action, rule, reason)
     assert best is not None
@@ -118,7 +152,7 @@ def evaluate_exec(policy: PolicySet, ev: Exec, *, groups: Iterable[str], resourc
     elif not ev.known and best[0] < Action.REQUIRE_APPROVAL:
         model = next((r for r in applicable if r.action == Action.REQUIRE_APPROVAL), None)
         action = Action.REQUIRE_APPROVAL if model is not None else Action.BLOCK
-        reason = (f"{ev.exe} is neither a system program nor a copy of one: the guard cannot know what it does"
+        reason = (f"{shown(ev.exe)} is neither a system program nor a copy of one: the guard cannot know what it does"
                   + ("; it needs a reviewer" if model is not None else ", and this policy names no approvers"))
         why.append(f"unknown executable -> {action.label}")
         best = (action, _rule_like(UNKNOWN_RULE, action, model, reason), "")

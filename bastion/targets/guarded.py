@@ -21,7 +21,7 @@ from bastion.targets.base import Hooks, LineFilter, OpenRequest, Proxied, Target
 from bastion.targets.ssh import SshEndpoint
 from guard.agent import MAX_FRAME, FrameError, FrameReader, encode, encode_json
 from policies.engine import Action, Decision
-from policies.execs import Exec, ExecError
+from policies.execs import Exec, ExecError, visible
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 20.0
@@ -108,7 +108,7 @@ class GuardEndpoint(SshEndpoint):
             else:
                 self.hello.set()
         elif kind == "N":
-            text = str(_json(payload).get("text", ""))[:500]
+            text = visible(str(_json(payload).get("text", ""))[:500])  # it may quote a path or an argv
             log.info("bastion-guard: %s", text)
             if self.hooks is not None:
                 self.hooks.event(f"guard: {text}")

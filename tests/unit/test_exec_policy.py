@@ -166,3 +166,30 @@ def test_a_guarded_exec_form_leaves_programs_to_the_guard(line: str, filtered: A
     for flag, want in ((False, filtered), (True, guarded)):
         d = evaluate(POLICY, line, groups=("ops",), resource="web", terminal=False, guarded=flag)
         assert d.action == want, (line, flag, d.explanation)
+
+
+@pytest.mark.parametrize(("argv", "shown_as"), [
+    (("chmod", "600", "/tmp/a\r\x1b[2Kchmod 600 /tmp/b"), "chmod 600 $'/tmp/a\\r\\x1b[2Kchmod 600 /tmp/b'"),
+    (("ls", "a\nexec: /usr/bin/true true"), "ls $'a\\nexec: /usr/bin/true true'"),
+    (("ls", "caf\udce9"), "ls $'caf\\xe9'"),                 # an undecodable byte, as the byte
+    (("ls", "caf\u00e9"), "ls 'café'"),                       # a printable character stays itself
+    (("ls", "x\u202eyz"), "ls $'x\\u202eyz'"),               # right-to-left override: shown, not obeyed
+    (("ls", "a\u200bb"), "ls $'a\\u200bb'"),                 # zero-width space
+    (("ls", "it's \\x1b"), "ls 'it'\"'\"'s \\x1b'"),          # a backslash typed as text stays text
+    (("ls", "it's\t\\"), "ls $'it\\'s\\t\\\\'"),
+])
+def test_what_a_reviewer_reads_is_what_runs(argv: tuple[str, ...], shown_as: str) -> None:
+    """The marker's, the operator's and the reviewer's text never carries a control character, an escape sequence,
+    a line break or an invisible character from an argv or a path: each is written out, quoted as bash would."""
+    e = ev("/usr/bin/" + argv[0], *argv, chain=("ba\x1b]0;x\x07sh", "sshd"))
+    text = e.describe()
+    assert text == f"/usr/bin/{argv[0]} {shown_as} [by $'ba\\x1b]0;x\\x07sh' ← sshd]"
+    assert text.isprintable()
+
+
+def test_an_unknown_programs_reason_shows_its_path_written_out() -> None:
+    e = ev("/home/u/\x1b[2K\r/usr/bin/ls", "ls", trusted=False)
+    d = judge(e)
+    assert d.rule == UNKNOWN_RULE and d.text.isprintable() and d.reason.isprintable()
+    assert "$'/home/u/\\x1b[2K\\r/usr/bin/ls'" in d.text and "$'/home/u/\\x1b[2K\\r/usr/bin/ls'" in d.reason
+    assert all(w.isprintable() for w in d.explanation)
