@@ -173,9 +173,17 @@ def approved_commands(text: str) -> tuple[SimpleCommand, ...]:
 
 
 def is_approved(ev: Exec, approved: Sequence[SimpleCommand]) -> bool:
-    """``ev`` is one of the approved commands: the same program (by any of its names) with the same arguments, or
-    any arguments where the approved line's could not be known (a variable, a glob: the reviewer saw those)."""
-    names = {ev.exe.rsplit("/", 1)[-1], *ev.names}
+    """``ev`` is one of the approved commands: the same program (by a name of its file) with the same arguments,
+    or any arguments where the approved line's could not be known (a variable, a glob: the reviewer saw those).
+
+    The approved line names system programs: an unknown executable is never one of them (a ``./chmod`` of the
+    operator's is not the chmod the reviewer read), and argv[0], which the caller chooses (``exec -a chmod ./y``),
+    is not a name of the file unless the file has it too."""
+    if not ev.known:
+        return False
+    argv0 = ev.argv[0].rsplit("/", 1)[-1].lstrip("-") if ev.argv else ""
+    own = {ev.exe.rsplit("/", 1)[-1], (ev.copy_of or "").rsplit("/", 1)[-1]}
+    names = own | {n for n in ev.names if n != argv0}
     return any(cmd.program in names and (cmd.args_open or cmd.args == ev.argv[1:]) for cmd in approved)
 
 

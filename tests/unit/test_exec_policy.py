@@ -23,6 +23,10 @@ POLICY = PolicySet("guarded", Action.ALLOW, (
     Rule("admins-only-reboot", Action.BLOCK, programs=("reboot",), groups=("ops",)),
 ))
 NO_APPROVERS = PolicySet("blocky", Action.ALLOW, (Rule("no-rm", Action.BLOCK, programs=("rm",)),))
+HOLD_PYTHON = PolicySet("held-python", Action.ALLOW, (
+    Rule("chmod-needs-approval", Action.REQUIRE_APPROVAL, programs=("chmod", "python3"), approver_roles=REVIEW,
+         approvals=1),
+))
 
 
 def ev(exe: str, *argv: str, names: tuple[str, ...] = (), trusted: bool = True, copy_of: str | None = None,
@@ -149,6 +153,16 @@ def test_the_programs_of_an_approved_command_are_not_held_twice() -> None:
     pre = approved_commands("chmod 600 $F")
     assert judge_with_approval(judge(other), other, pre, "#1").action == Action.ALLOW
     assert approved_commands("chmod 'unterminated") == ()
+    # not the program the reviewer read: the operator's own ./chmod, or another file run with argv[0] "chmod"
+    pre = approved_commands("chmod 600 /home/u/f")
+    for program in (ev("/home/u/chmod", "./chmod", "600", "/home/u/f", trusted=False),
+                    ev("/home/u/y", "chmod", "600", "/home/u/f", names=("chmod",), trusted=False),
+                    ev("/usr/bin/python3", "chmod", "600", "/home/u/f", names=("chmod", "python3.11"))):
+        d = judge_with_approval(judge(program, HOLD_PYTHON), program, pre, "#1")
+        assert d.action == Action.REQUIRE_APPROVAL, program
+    # a copy of chmod is chmod
+    copy = ev("/home/u/c", "./c", "600", "/home/u/f", names=("chmod",), trusted=False, copy_of="/usr/bin/chmod")
+    assert judge_with_approval(judge(copy), copy, pre, "#1").action == Action.ALLOW
 
 
 @pytest.mark.parametrize(("line", "filtered", "guarded"), [
