@@ -25,6 +25,7 @@ from policies.execs import Exec, ExecError, visible
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 20.0
+WIND_DOWN = 5.0  # seconds the programs held for reviewers get to be withdrawn when the session ends
 MAX_EARLY = 4096  # what a target says before the guard's hello (a shell's "not found"), kept for the message
 
 
@@ -199,6 +200,13 @@ class GuardEndpoint(SshEndpoint):
 
     async def wait(self) -> TargetExit:
         end = await super().wait()
+        pending = [t for t in self.tasks if not t.done()]
+        if pending and self.hooks is not None:
+            # what waits for a reviewer ends with the session: withdrawn (as a held command line is when its
+            # operator hangs up), its waits ended in order; a cancelled wait left the request to be cancelled by the
+            # session's end instead, and a task of it behind that kept this connection's process for a minute
+            self.hooks.withdraw()
+            await asyncio.wait(pending, timeout=WIND_DOWN)
         for task in list(self.tasks):
             task.cancel()
         if self.broken is not None:
