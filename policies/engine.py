@@ -227,6 +227,19 @@ def _decide(action: Action, rule: Rule | None, reason: str, text: str, why: Sequ
                     rule.timeout if rule else 0.0, tuple(programs))
 
 
+def judge_command(policy: PolicySet, applicable: Sequence[Rule], cmd: SimpleCommand, why: list[str],
+                  label: str | None = None) -> tuple[Action, Rule | None, str]:
+    """One simple command: the first applicable rule that matches it, else the policy's default; the step is added
+    to ``why`` (``label``: how to name the program there, default its name)."""
+    name = cmd.program if label is None else label
+    rule = next((r for r in applicable if r.matches(cmd)), None)
+    if rule is not None:
+        why.append(f"{name}: rule {rule.name!r} -> {rule.action.label}")
+        return rule.action, rule, rule.reason or f"{name} matches rule {rule.name!r}"
+    why.append(f"{name}: no rule -> default {policy.default.label}")
+    return policy.default, None, f"{name}: no rule matched; default is {policy.default.label}"
+
+
 def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: str,
              parsed: ParsedLine | None = None, interactive: bool = False, terminal: bool = True,
              guarded: bool = False) -> Decision:
@@ -258,13 +271,7 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
     if not line.commands and not line.opaque:
         return _decide(Action.ALLOW, None, "nothing to run", text, ["empty command"], programs)
     for cmd in line.commands:
-        rule = next((r for r in applicable if r.matches(cmd)), None)
-        if rule is not None:
-            action, reason = rule.action, rule.reason or f"{cmd.program} matches rule {rule.name!r}"
-            why.append(f"{cmd.program}: rule {rule.name!r} -> {action.label}")
-        else:
-            action, reason = policy.default, f"{cmd.program}: no rule matched; default is {policy.default.label}"
-            why.append(f"{cmd.program}: no rule -> default {policy.default.label}")
+        action, rule, reason = judge_command(policy, applicable, cmd, why)
         if action > best[0] or best[2] == "":
             best = (action, rule, reason)
     if line.opaque:

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from policies.engine import Action, Decision, PolicySet, Rule
+from policies.engine import Action, Decision, PolicySet, Rule, judge_command
 from policies.shell import ShellParseError, SimpleCommand, parse_line
 
 LOADERS = ("ld-linux*.so*", "ld-*.so*", "ld.so", "ld-musl-*")
@@ -132,13 +132,7 @@ def evaluate_exec(policy: PolicySet, ev: Exec, *, groups: Iterable[str], resourc
     best: tuple[Action, Rule | None, str] | None = None
     for name in names:
         cmd = SimpleCommand(program=name, args=args, argv=(name, *args))
-        rule = next((r for r in applicable if r.matches(cmd)), None)
-        if rule is not None:
-            action, reason = rule.action, rule.reason or f"{shown(name)} matches rule {rule.name!r}"
-            why.append(f"{shown(name)}: rule {rule.name!r} -> {action.label}")
-        else:
-            action, reason = policy.default, f"{shown(name)}: no rule matched; default is {policy.default.label}"
-            why.append(f"{shown(name)}: no rule -> default {policy.default.label}")
+        action, rule, reason = judge_command(policy, applicable, cmd, why, shown(name))
         if best is None or action > best[0]:
             best = (action, rule, reason)
     assert best is not None

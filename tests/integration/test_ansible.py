@@ -53,18 +53,7 @@ def test_role_deploys_a_working_bastion(bastion_env: BastionEnv, tmp_path: Path)
             {"name": "no-rm", "programs": ["rm"], "action": "block"}]}},
         "bastion_secret_files": [{"dest": "secrets/web_ed25519", "content": env.target_key.read_text()}],
     }
-    (tmp_path / "vars.json").write_text(json.dumps(variables))
-    (tmp_path / "inventory.yml").write_text(
-        "bastions:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        f"      ansible_python_interpreter: {sys.executable}\n")
-    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"), str(ROOT / "ansible/site.yml"),
-            "-e", f"@{tmp_path / 'vars.json'}", "-e", "ansible_become=false"]
-    aenv = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-            "PATH": f"{BIN}:{os.environ['PATH']}"}
-    first = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    again = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
-    assert again.returncode == 0 and re.search(r"changed=0\s", again.stdout), again.stdout[-3000:]
+    first = apply_twice(tmp_path, "bastions", variables)
 
     etc, venv = prefix / "etc/bastion", prefix / "opt/bastion/venv"
     assert stat.S_IMODE(Path(secret).stat().st_mode) == 0o600
@@ -99,6 +88,25 @@ def test_role_deploys_a_working_bastion(bastion_env: BastionEnv, tmp_path: Path)
         stop_bastion(proc)
 
 
+def apply_twice(tmp_path: Path, group: str, variables: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """site.yml applied locally, with this machine as the only host of ``group`` (the other group empty), twice:
+    the first run must succeed, the second must change nothing. The first run's output."""
+    groups = {"bastions": "  hosts: {}\n", "bastion_targets": "  hosts: {}\n"}
+    groups[group] = ("  hosts:\n    localhost:\n      ansible_connection: local\n"
+                     f"      ansible_python_interpreter: {sys.executable}\n")
+    (tmp_path / "inventory.yml").write_text("".join(f"{g}:\n{hosts}" for g, hosts in groups.items()))
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"), str(ROOT / "ansible/site.yml"),
+            "-e", f"@{tmp_path / 'vars.json'}", "-e", "ansible_become=false"]
+    aenv = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=aenv)
+    assert again.returncode == 0 and re.search(r"changed=0\s", again.stdout), again.stdout[-3000:]
+    return first
+
+
 def start_bastion_from(venv: Path, cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """start_bastion, but with the deployed virtualenv's interpreter."""
     real = sys.executable
@@ -113,19 +121,8 @@ def test_role_installs_bastion_guard_on_a_target(tmp_path: Path) -> None:
     """site.yml's second play (group bastion_targets): bastion-guard lands root's and 0755 with the target's own
     Python in its first line, `bastion-guard --check` passes there, and a second run changes nothing."""
     prefix = tmp_path / "target"
-    (tmp_path / "inventory.yml").write_text(
-        "bastions:\n  hosts: {}\nbastion_targets:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        f"      ansible_python_interpreter: {sys.executable}\n")
-    (tmp_path / "vars.json").write_text(json.dumps({"bastion_prefix": str(prefix)}))
-    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"), str(ROOT / "ansible/site.yml"),
-            "-e", f"@{tmp_path / 'vars.json'}", "-e", "ansible_become=false"]
-    aenv = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-            "PATH": f"{BIN}:{os.environ['PATH']}"}
-    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=aenv)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    first = apply_twice(tmp_path, "bastion_targets", {"bastion_prefix": str(prefix)})
     assert "Check that bastion-guard can supervise" in first.stdout
-    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=aenv)
-    assert again.returncode == 0 and re.search(r"changed=0\s", again.stdout), again.stdout[-3000:]
     guard = prefix / "usr/local/bin/bastion-guard"
     st = guard.stat()
     assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid == 0 or os.geteuid() != 0)
