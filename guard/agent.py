@@ -287,6 +287,7 @@ SYSTEM_DIRS = (
 TRUSTED_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/lib32/", "/opt/")
 MAX_COPY_SIZE = 256 << 20
 MAX_CHAIN = 8
+MAX_SCRIPT_ARGS = 4  # the first arguments checked for a system file an interpreter would run (its script)
 MAX_CACHE = 4096
 START_TIMEOUT = 30.0
 DRAIN_TIME = 0.5
@@ -354,6 +355,52 @@ class ProgramIndex:
             if _same_bytes(image, candidate):
                 return candidate
         return None
+
+
+def _fixed_dirs(path: str) -> bool:
+    """Every directory on the way to `path` is one the session's user cannot rename entries in or out of (owned as
+    :func:`is_trusted` wants a file, not group/world-writable): the name resolves to the same file later."""
+    directory = os.path.dirname(path)
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return False
+        if not (st.st_uid == 0 or st.st_uid != os.getuid()) or st.st_mode & 0o022:
+            return False
+        if directory == "/":
+            return True
+        directory = os.path.dirname(directory)
+
+
+def trusted_file(path: str) -> bool:
+    """`path` (absolute, as an interpreter will open it) names a trusted system file through directories the
+    session's user cannot change, so that the file judged is the file the interpreter reads, later, by that path."""
+    if not path.startswith(TRUSTED_PREFIXES) or "\0" in path or "/../" in path:
+        return False
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and is_trusted(real, st) and _fixed_dirs(path) and _fixed_dirs(real)
+
+
+def trusted_args(argv: list[str]) -> list[int]:
+    """The indexes of the first few arguments that are trusted system files: what the daemon needs to tell a
+    system script run by its interpreter (``/usr/bin/python3 -Es /usr/bin/lsb_release``) from code of the
+    operator's (``python3 ./x.py``)."""
+    return [i for i in range(1, min(len(argv), 1 + MAX_SCRIPT_ARGS))
+            if argv[i].startswith("/") and trusted_file(argv[i])]
+
+
+def _env_names(pid: int, base: frozenset[bytes]) -> list[str]:
+    """The names (never the values: they may be secrets) of the variables the session set or changed in the new
+    image's environment (`base`: what its first program was given); the daemon refuses what a loader variable
+    (``LD_PRELOAD``) or an interpreter's code path (``PYTHONPATH``) would make a program run."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    return sorted({_decode(e.split(b"=", 1)[0]) for e in raw.split(b"\0") if e and e not in base})
 
 
 def _same_file(path: str, st: os.stat_result) -> bool:
@@ -504,6 +551,7 @@ class Guard:
         self.next_id = 0
         self.index: ProgramIndex | None = None
         self.parent_comm = ""
+        self.base_env: frozenset[bytes] = frozenset()
 
     # -- the channel ------------------------------------------------------------------------------------------
 
@@ -610,6 +658,7 @@ class Guard:
         if start.term:
             env["TERM"] = start.term  # as sshd sets it for a pty; the start frame's env may still say otherwise
         env.update(start.env)
+        self.base_env = frozenset(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
         cwd: str | None = None
         if start.command is None:
             argv = ["-" + os.path.basename(shell)]
@@ -939,6 +988,7 @@ class Guard:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 raw = f.read()
             cwd = _decode(os.readlink(f"/proc/{pid}/cwd".encode()))
+            env = _env_names(pid, self.base_env)
         except OSError as e:  # it vanished; if it did not, it does not run unjudged
             self._kill_unjudged(pid, f"cannot read /proc/{pid}: {e.strerror}")
             return
@@ -950,17 +1000,20 @@ class Guard:
         if pid == self.root:
             self.root_execed = True
         names, trusted, copy_of = self._identify(pid, exe, st, argv)
+        scripts = trusted_args(argv)
         chain = list(proc.ancestry) + [self.parent_comm]
         proc.name = _program_name(exe)
         # the file as it is now (ctime: a copy rewritten in place, even with its mtime set back, is another
-        # program), under the name it ran by, with this argv
-        key: tuple[object, ...] = (exe, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tuple(argv))
+        # program), under the name it ran by, with this argv, in this directory, with these environment names
+        key: tuple[object, ...] = (exe, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tuple(argv),
+                                   cwd, tuple(env), tuple(scripts))
         cached = key in self.cache
         self.next_id += 1
         exec_id = self.next_id
         report = {
             "id": exec_id, "pid": pid, "exe": exe, "argv": argv, "cwd": cwd, "chain": chain, "names": names,
-            "trusted": trusted, "copy_of": copy_of, "first": first, "cached": cached,
+            "trusted": trusted, "copy_of": copy_of, "first": first, "cached": cached, "env": env,
+            "trusted_args": scripts,
         }
         try:
             frame = encode_json("X", report)

@@ -103,10 +103,12 @@ class ApprovalService:
                     continue
                 ev.clear()
                 waits = [asyncio.ensure_future(ev.wait()), asyncio.ensure_future(withdraw.wait())]
-                await asyncio.wait(waits, timeout=min(POLL, max(0.0, deadline - loop.time())),
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
+                try:
+                    await asyncio.wait(waits, timeout=min(POLL, max(0.0, deadline - loop.time())),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when the waiter itself is cancelled (the session ended): no task left behind
+                    for w in waits:
+                        w.cancel()
         finally:
             self._waiters.pop(rid, None)
 

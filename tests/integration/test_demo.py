@@ -141,6 +141,13 @@ def test_demo_exec_sessions_list_and_second_run() -> None:
             t.send("awk 'BEGIN{system(\"rm victim\")}'; echo awk-$?\r")
             t.wait_for_raw(r"blocked by rule 'no-rm'.*exec: /usr/bin/rm rm victim \[by [^]]*awk", 30)
             t.wait_for_raw(r"awk-\d+")
+            # an interpreter deletes without an exec: code the guard cannot see gets the strictest action
+            t.send("python3 -c 'import os; os.remove(\"victim\")'; echo py-$?\r")
+            t.wait_for_raw(r"blocked by rule 'guard-interpreter'.*python3[.\d]* runs code.*"
+                           r"exec: /usr/bin/python3[.\d]* python3 -c 'import os; os\.remove")
+            t.wait_for_raw(r"py-\d+")
+            t.send("python3 --version; echo pyv-$?\r")
+            t.wait_for_raw(r"Python 3[.\d]+\s+pyv-0")
             t.send("exit\r")
             t.wait_exit(30)
         assert shell("test -e victim").returncode == 0

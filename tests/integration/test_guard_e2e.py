@@ -41,6 +41,9 @@ POLICY = """\
         programs: [systemd-run, at, batch, crontab]
         action: block
         reason: these start programs outside the session
+      # python3 by name: the probes drive attacks through it (a rule naming an interpreter decides for it, in place
+      # of the built-in guard-interpreter rule; test_demo covers the unnamed case)
+      - {name: python-ok, programs: [python3, "python3.*"], action: allow}
       - name: chmod-needs-approval
         programs: [chmod]
         args: ["/tmp/bg*"]     # the tests' files only: the target account's own startup files chmod too
@@ -324,9 +327,41 @@ def test_a_setuid_program_runs_without_its_privilege(guarded: BastionEnv, work: 
     assert out.stdout.strip() == str(pwd.getpwnam(login_user()).pw_uid)
 
 
+@pytest.mark.parametrize(("label", "command", "rule"), [
+    ("perl-unlink", "perl -e 'unlink \"{f}\"'", "guard-interpreter"),
+    ("perl-stdin", "echo 'unlink \"{f}\"' | perl", "guard-interpreter"),
+    ("node-rm", "node -e 'require(\"fs\").rmSync(\"{f}\")'", "guard-interpreter"),
+    ("perl-user-lib", "echo 'unlink \"{f}\"; 1;' > {work}/E.pm; PERL5LIB={work} PERL5OPT=-ME json_pp -v",
+     "guard-interpreter"),
+    ("ld-preload", "LD_PRELOAD={work}/x.so /bin/true", "guard-loader"),
+])
+def test_code_that_acts_without_an_exec_gets_the_strictest_action(guarded: BastionEnv, work: Path, label: str,
+                                                                   command: str, rule: str) -> None:
+    """An interpreter no rule names, running code of the session's (a string, its input, a module path it set),
+    and a loader variable the session set: what they would do happens without an exec, so they are refused (here
+    the strictest action is block) with the built-in rule named."""
+    f = work / "f"
+    f.write_text("x\n")
+    own(f, work)
+    out = run(guarded, command.format(f=f, work=work))
+    assert f.exists(), out.stderr
+    assert f"blocked by rule '{rule}'" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("command", "out"), [
+    ("echo '{\"a\":1}' | json_pp", '"a" : 1'),     # a system perl script: /usr/bin/perl /usr/bin/json_pp
+    ("perl -v | head -2", "This is perl"),
+    ("node --version", "v"),
+    ("bash -c 'echo shells-are-seen-through'", "shells-are-seen-through"),
+])
+def test_system_scripts_and_version_questions_run(guarded: BastionEnv, command: str, out: str) -> None:
+    result = run(guarded, command)
+    assert result.returncode == 0 and out in result.stdout, result.stderr
+
+
 def test_an_allowed_interpreter_can_still_delete_without_an_exec(guarded: BastionEnv, work: Path) -> None:
-    """The guard judges programs, not system calls: python3 is allowed here, and os.remove is not an exec. What an
-    auditor still has is the exec of python3 with its whole argv, in the recording."""
+    """The guard judges programs, not system calls: python3 is allowed here by a rule naming it, and os.remove is
+    not an exec. What an auditor still has is the exec of python3 with its whole argv, in the recording."""
     f = work / "f"
     f.write_text("x\n")
     own(f)

@@ -663,7 +663,6 @@ SHELLCODE = (  # x86_64: unlink("f"); exit(0) -- written over a sleeping program
     b"f\x00"
 )
 NATIVE = [
-    ("ld-preload", "LD_PRELOAD=./evil.so /bin/true", "gcc"),
     ("bash-enable-f", "enable -f ./evil.so evil", "gcc"),
     ("proc-mem-dd", "sleep 2 & p=$!; until read -r nr rest < /proc/$p/syscall && [ \"$nr\" = 230 ]; do :; done; "
                     "set -- $rest; dd if=code of=/proc/$p/mem bs=1 seek=$((${!#})) conv=notrunc status=none "
@@ -672,31 +671,52 @@ NATIVE = [
 
 
 @pytest.mark.xfail(strict=True, reason="HOLE (class): native code of the operator's making runs inside a program the "
-                   "guard allowed, without an exec: LD_PRELOAD (or LD_AUDIT, LD_LIBRARY_PATH) into any program, "
-                   "bash's own `enable -f` in the login shell, bytes written over a running program's code through "
+                   "guard allowed, without an exec: bash's own `enable -f` in the login shell, bytes written over a "
+                   "running program's code through "
                    "/proc/PID/mem with dd. The guard judges programs, not what they load; closing the class needs "
                    "the target: user-writable filesystems mounted noexec, vm.memfd_noexec=2, /proc/PID/mem writes "
                    "refused (proc_mem.force_override=never does not cover writable pages)")
 @pytest.mark.parametrize(("name", "command", "needs"), NATIVE, ids=[n[0] for n in NATIVE])
 def test_no_native_code_runs_inside_an_allowed_program(guarded: BastionEnv, work: Path, name: str,  # noqa: F811
                                                        command: str, needs: str) -> None:
+    native(guarded, work, name, command, needs)
+
+
+LOADER_VARIABLES = ["LD_PRELOAD=./evil.so /bin/true", "LD_AUDIT=./evil.so /bin/true",
+                    "mkdir -p lib && cp evil.so lib/libc.so.6 && LD_LIBRARY_PATH=./lib /bin/true",
+                    "export LD_PRELOAD=$PWD/evil.so; /bin/true", "env LD_PRELOAD=./evil.so /bin/true"]
+
+
+@pytest.mark.parametrize("command", LOADER_VARIABLES)
+def test_a_loader_variable_the_session_set_gets_the_strictest_action(guarded: BastionEnv, work: Path,  # noqa: F811
+                                                                     command: str) -> None:
+    """LD_PRELOAD and its kind map the operator's code into an allowed program without an exec: the guard
+    reports which variables the session set (by name) and the daemon refuses the program (rule guard-loader)."""
+    out = native(guarded, work, "loader", command, "gcc")
+    assert "blocked by rule 'guard-loader'" in out.stderr, out
+
+
+def native(env: BastionEnv, where: Path, name: str, command: str, needs: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` from a script in ``where`` next to the operator's evil.so (or shellcode); the file ``f`` must
+    stay."""
     if needs == "gcc":
         if not shutil.which("gcc"):
             pytest.skip("no compiler to make the operator's library with")
-        src = put(work, "evil.c", '#include <unistd.h>\n__attribute__((constructor)) static void go(void) '
+        src = put(where, "evil.c", '#include <unistd.h>\n__attribute__((constructor)) static void go(void) '
                                   '{ unlink("f"); }\nint evil_builtin_load(char *s) { return 0; }\n')
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(work / "evil.so"), str(src)], check=True)
-        own(work / "evil.so")  # bytes the operator could as well have written with printf
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(where / "evil.so"), str(src)], check=True)
+        own(where / "evil.so")  # bytes the operator could as well have written with printf
     elif os.uname().machine != needs:
         pytest.skip(f"the shellcode is for {needs}")
     else:
-        put(work, "code", "").write_bytes(SHELLCODE)
-    f = keep(work)
-    put(work, "native.sh", command + "\n")  # a script: the exec form's line is not what is probed here
-    out = run(guarded, f"cd {work} && bash native.sh")
+        put(where, "code", "").write_bytes(SHELLCODE)
+    f = keep(where)
+    put(where, "native.sh", command + "\n")  # a script: the exec form's line is not what is probed here
+    out = run(env, f"cd {where} && bash native.sh")
     if "dd-refused" in out.stdout:
         pytest.skip("this kernel refuses forced writes to /proc/PID/mem")
     assert f.exists(), f"{name}: the file is gone ({out})"
+    return out
 
 
 @pytest.mark.xfail(strict=True, reason="HOLE (limit): another session of the same login user may stop this "

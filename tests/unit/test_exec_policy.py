@@ -111,10 +111,19 @@ def test_malformed_reports_are_errors(raw: dict) -> None:
 
 
 def test_report_fields_are_taken_strictly() -> None:
-    e = Exec.from_report({"exe": "/usr/bin/rm", "argv": ["rm", "x"], "names": ["rm"], "trusted": "yes",
-                          "first": 1, "chain": ["a"] * 50})
+    report = {"exe": "/usr/bin/rm", "argv": ["rm", "x"], "names": ["rm"], "trusted": "yes", "first": 1,
+              "chain": ["a"] * 50, "env": [], "trusted_args": []}
+    e = Exec.from_report(report)
     assert e.trusted is False and e.first is False  # only a JSON true is true
     assert len(e.chain) == 8 and e.names == ("rm",)
+    # a report that does not say what the session set in the environment, or which arguments are system files,
+    # cannot be judged (an interpreter's script, LD_PRELOAD): refused, not assumed empty
+    for missing in ("env", "trusted_args"):
+        with pytest.raises(ExecError):
+            Exec.from_report({k: v for k, v in report.items() if k != missing})
+    for bad in ({"trusted_args": [True]}, {"trusted_args": ["1"]}, {"env": "LD_PRELOAD"}):
+        with pytest.raises(ExecError):
+            Exec.from_report({**report, **bad})
 
 
 names = st.sampled_from(["rm", "ls", "y", "cat", "unlink", "python3", "chmod", "shred", "true"])

@@ -784,3 +784,30 @@ def test_the_session_shell_is_shell_from_the_environment_unless_it_is_nologin(tm
                 del os.environ["SHELL"]
             else:
                 os.environ["SHELL"] = old
+
+
+def test_the_environment_the_session_set_is_reported_by_name_only(guard) -> None:
+    """What the session set or changed in a program's environment is reported by name (the daemon refuses
+    LD_PRELOAD and its kind), never by value (a value may be a secret); what the session was started with is not
+    reported at all."""
+    g = guard().start("MY_TOKEN=hunter2-secret LD_PRELOAD= /bin/echo a; /bin/echo b")
+    assert g.wait_exit() == 0
+    a, b = g.exec_of("echo"), [x for x in g.execs if x["argv"][-1:] == ["b"]][0]
+    assert {"MY_TOKEN", "LD_PRELOAD"} <= set(a["env"]), a["env"]
+    assert not {"MY_TOKEN", "LD_PRELOAD", "PATH", "HOME"} & set(b["env"]), b["env"]
+    assert all("hunter2" not in json.dumps(x["env"]) for x in g.execs)
+
+
+def test_arguments_that_are_system_files_are_vouched_for(guard, tmp_path: Path) -> None:
+    """The daemon lets an interpreter run a system script (python3 -Es /usr/bin/lsb_release) by name: the guard
+    says which of the first arguments are trusted files, reached through directories the session cannot change."""
+    env = shutil.which("env")
+    assert env is not None and env.startswith("/usr/")
+    (tmp_path / "mine").write_text("print(1)\n")
+    (tmp_path / "link").symlink_to(env)
+    g = guard().start(f"/bin/echo {env} {tmp_path}/mine {tmp_path}/link /usr/bin/../../{tmp_path}/mine")
+    assert g.wait_exit() == 0
+    assert g.exec_of("echo")["trusted_args"] == [1]
+    g = guard().start(f"/bin/echo ./x x -c {env}")  # past the first four arguments nothing is looked at
+    g.wait_exit()
+    assert g.exec_of("echo")["trusted_args"] == [4]
