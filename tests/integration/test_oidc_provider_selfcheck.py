@@ -1,4 +1,4 @@
-"""The OpenID Provider harness itself (tests/oidc + tests/support/oidc.py), against the real oidc-provider."""
+"""The OpenID Provider harness itself (bastion/demo/oidc + tests/support/oidc.py), against the real oidc-provider."""
 
 from __future__ import annotations
 

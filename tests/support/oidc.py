@@ -1,4 +1,5 @@
-"""A real OpenID Provider for tests (npm ``oidc-provider``, run by ``tests/oidc/provider.mjs``) and a scripted browser.
+"""A real OpenID Provider for tests (npm ``oidc-provider``, run by ``bastion/demo/oidc/provider.mjs``, the one the demo
+starts) and a scripted browser.
 
 ``start_provider`` writes the provider's JSON config and starts it on 127.0.0.1; ``complete_device_flow`` plays the
 user at the verification page (user code, login, consent). The config file has this shape::
@@ -29,7 +30,7 @@ from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
 from tests.support.keys import free_port
 
-OIDC_DIR = Path(__file__).resolve().parents[1] / "oidc"
+OIDC_DIR = Path(__file__).resolve().parents[2] / "bastion" / "demo" / "oidc"  # shared with `bastion demo`
 PROVIDER_JS = OIDC_DIR / "provider.mjs"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 HOST = "127.0.0.1"
@@ -138,7 +139,7 @@ def start_provider(tmp_dir: Path, *, clients: list[dict[str, Any]], accounts: di
                    jwks: dict[str, Any] | None = None, device_code_ttl: int = 600, interval: int = 1,
                    groups_in_id_token: bool = True, port: int | None = None, min_poll_interval: float | None = None,
                    slow_down_increment: float = 5) -> Provider:
-    """Start ``tests/oidc/provider.mjs`` on 127.0.0.1 and wait until it listens.
+    """Start ``bastion/demo/oidc/provider.mjs`` on 127.0.0.1 and wait until it listens.
 
     ``clients``: ``[{"client_id", "client_secret"?}]`` (no secret: public client); ``accounts``:
     ``{login: {"password", "sub", "email"?, "preferred_username"?, "groups"?}}``; ``jwks``: private JWK set

@@ -1,11 +1,12 @@
-// A real OpenID Provider for the bastion's tests: oidc-provider with the device authorization grant (RFC 8628),
-// userinfo, fixed clients and accounts from a JSON file, and a minimal login/consent app of plain HTML forms.
+// A real OpenID Provider for `bastion demo` and the bastion's tests: oidc-provider with the device authorization
+// grant (RFC 8628), userinfo, fixed clients and accounts from a JSON file, and a minimal login/consent app of plain
+// HTML forms.
 //
-//   node tests/oidc/provider.mjs CONFIG.json [PORT]     (PORT may also come from $OIDC_PORT; 0 or none: any free port)
+//   node provider.mjs CONFIG.json [PORT]     (PORT may also come from $OIDC_PORT; 0 or none: any free port)
 //
 // Listens on 127.0.0.1 only; the issuer is http://127.0.0.1:PORT. Prints "READY <issuer>" on stdout once it
 // accepts connections, exits 0 on SIGTERM/SIGINT. Everything is in memory: a restart forgets sessions and codes.
-// See tests/support/oidc.py for the config file's shape (it writes it) and the Python side.
+// See tests/support/oidc.py for the config file's shape and bastion/demo/idp.py for the demo's side.
 
 import { generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
