@@ -130,6 +130,10 @@ class MenuApp(App[int]):
         else:
             self._status("Type to filter · ↑↓ to choose · Enter to open · q to quit")
         table.focus()
+        start = hello.get("start")
+        if isinstance(start, dict) and start.get("screen") == "approvals" and self.reviewer:
+            request = start.get("request")  # ssh -t bastion review N: the queue, on request N
+            self.push_screen(ApprovalsScreen(self.rpc, focus=request if isinstance(request, int) else None))
 
     # -- filtering --------------------------------------------------------------------------------------
     def visible_resources(self) -> list[dict[str, Any]]:

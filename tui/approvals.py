@@ -128,9 +128,10 @@ class ApprovalsScreen(Screen[None]):
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self, rpc: RpcClient):
+    def __init__(self, rpc: RpcClient, focus: int | None = None):
         super().__init__()
         self.rpc = rpc
+        self.focus_request = focus  # put the cursor on this request once it is listed (ssh -t bastion review N)
         self.pending: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self._said_at = 0.0
@@ -172,6 +173,8 @@ class ApprovalsScreen(Screen[None]):
             Row(str(r["id"]), (f"#{r['id']}", r["requester"], r["resource"], Text(_short(r["text"], 40)),
                                r["status"], ", ".join(d["reviewer"] for d in r["decisions"]) or "-"))
             for r in self.history])
+        if self.focus_request is not None:
+            self._focus(self.focus_request)
         if time.monotonic() - self._said_at < SAID_FOR:
             return  # the outcome of the reviewer's last action stays in sight a while
         if not self.pending:
@@ -180,6 +183,18 @@ class ApprovalsScreen(Screen[None]):
             self._status(f"{q['more_pending']} more request(s) wait behind these · a: approve · d: deny")
         elif self._status_text == "Nothing waits for you." or "more request(s)" in self._status_text:
             self._status("a: approve the selected request · d: deny it with a reason")
+
+    def _focus(self, rid: int) -> None:
+        """Put the cursor on request ``rid`` (once): the request ``ssh -t bastion review N`` named."""
+        self.focus_request = None
+        at = next((i for i, r in enumerate(self.pending) if r["id"] == rid), None)
+        if at is not None:
+            self.query_one("#pending", DataTable).move_cursor(row=at)
+            self._say(f"request #{rid}: a: approve · d: deny it with a reason")
+            return
+        done = next((r for r in self.history if r["id"] == rid), None)
+        self._say(f"request #{rid}: {done['status']}" if done is not None
+                  else f"request #{rid} is not among those you may decide")
 
     def _selected(self) -> dict[str, Any] | None:
         table = self.query_one("#pending", DataTable)
@@ -265,9 +280,10 @@ class MyRequestsScreen(Screen[None]):
 
     BINDINGS = [Binding("escape", "back", "Back")]
 
-    def __init__(self, rpc: RpcClient):
+    def __init__(self, rpc: RpcClient, focus: int | None = None):
         super().__init__()
         self.rpc = rpc
+        self.focus_request = focus  # put the cursor on this request once it is listed (ssh -t bastion review N)
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")

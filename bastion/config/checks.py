@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.problems import Loc, problem
-from bastion.config.resources import KubeResource, PgResource, SshResource
+from bastion.config.resources import RESERVED_NAMES, KubeResource, PgResource, SshResource
 from bastion.config.schema import Config
 from bastion.sandbox import SandboxError, find_kubectl, make_sandbox
 from bastion.store.verify import load_private_key
@@ -79,6 +79,14 @@ def _kube_resource(cfg: Config, name: str, res: KubeResource) -> Found:
             yield from _secret_file(cfg, ("resources", name, "credential", field_name), fp)
     if res.ca_file and not cfg.resolve(res.ca_file).is_file():
         yield ("resources", name, "ca_file"), f"{cfg.resolve(res.ca_file)} is not a readable file"
+
+
+def _resource_names(cfg: Config) -> Found:
+    """A resource may not be named like a command of ``ssh bastion WORD`` (review, approve, deny, observe, help)."""
+    for name in cfg.resources:
+        if name.lower() in RESERVED_NAMES:
+            yield ("resources", name), (f"{name!r} is reserved: `ssh bastion {name.lower()}` is a command of the "
+                                        f"bastion ({', '.join(sorted(RESERVED_NAMES))}); rename the resource")
 
 
 def _resource_files(cfg: Config) -> Found:
@@ -198,8 +206,8 @@ def _database(cfg: Config) -> Found:
 
 
 CHECKS: tuple[Callable[[Config], Found], ...] = (
-    _users, _resource_files, _oidc_client_secret, _recordings, _oidc_scopes, _kubectl, _audit, _sandbox,
-    _resource_policies, _policies, _roles, _host_keys, _database,
+    _users, _resource_names, _resource_files, _oidc_client_secret, _recordings, _oidc_scopes, _kubectl, _audit,
+    _sandbox, _resource_policies, _policies, _roles, _host_keys, _database,
 )
 """Every check, in the order their problems are listed (the order the file has always reported them in)."""
 

@@ -21,6 +21,10 @@ def _host_name(v: str) -> str:
 
 HostName = Annotated[str, AfterValidator(_host_name)]
 
+# the first words of ``ssh bastion WORD ...`` that are commands, not resources: a resource of that name could never
+# be opened that way (``ssh bastion review`` lists requests), so the config refuses it
+RESERVED_NAMES = frozenset({"review", "approve", "deny", "observe", "help"})
+
 
 class SshCredential(StrictModel):
     private_key_file: str

@@ -42,8 +42,10 @@ def request_id(params: dict[str, Any]) -> int:
 class MenuHandlers:
     """The handlers of one connection's menu."""
 
-    def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide, broker: Broker):
+    def __init__(self, services: Services, ctx: ConnectionContext, client: ClientSide, broker: Broker,
+                 start: dict[str, Any] | None = None):
         self.services, self.ctx, self.client, self.broker = services, ctx, client, broker
+        self.start = start  # the screen the menu opens on (``ssh -t bastion review N``), told in hello
         self.watch = Watch(services, ctx)
         self.recordings = RecordingHandlers(services, ctx, client)
         self.signin = SignInHandlers(services, ctx, self.hello)
@@ -87,7 +89,8 @@ class MenuHandlers:
     async def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         ctx, g = self.ctx, self.ctx.grants
         return {"user": ctx.username, "groups": sorted(ctx.groups), "roles": list(g.roles), "review": g.review,
-                "audit": g.audit, "server": ctx.server_name, "login_required": ctx.pending_login}
+                "audit": g.audit, "server": ctx.server_name, "login_required": ctx.pending_login,
+                "start": self.start}
 
     async def resources(self, params: dict[str, Any]) -> dict[str, Any]:
         cfg, ctx = self.services.config, self.ctx

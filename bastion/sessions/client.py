@@ -50,11 +50,18 @@ class ClientSide:
 
     def stderr(self, text: str) -> None:
         """Tell the operator ``text`` on stderr (with a terminal, lines end in CR LF); a hang-up is not an error."""
+        self._write(text, asyncssh.EXTENDED_DATA_STDERR)
+
+    def stdout(self, text: str) -> None:
+        """Answer on stdout (what a script reads: ``ssh bastion review --json``), like :meth:`stderr`."""
+        self._write(text, None)
+
+    def _write(self, text: str, datatype: int | None) -> None:
         data = text.encode()
         if self.term_type is not None:
             data = data.replace(b"\n", b"\r\n")
         try:
-            self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR)
+            self.chan.write(data, datatype)
         except (OSError, asyncssh.Error):  # the client hung up while we were telling it something
             self.gone = True
 

@@ -19,6 +19,9 @@ from bastion.services import Services
 from bastion.sessions.broker import Broker
 from bastion.sessions.client import ClientSide
 from bastion.sessions.timeouts import IdleWatch, fmt_seconds, time_limit
+from bastion.ssh.review import REVIEW_WORDS, ReviewCommands, UsageError
+from bastion.ssh.review import USAGE as REVIEW_USAGE
+from bastion.ssh.review import parse as parse_review
 from bastion.terminal.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ bastion: ways to connect
   ssh {host} RESOURCE -- COMMAND    run COMMAND on RESOURCE (non-interactive, recorded)
   ssh {host}                        (from a terminal) the menu of the resources you may open
   USER+RESOURCE as the user name    scp, sftp, rsync, git, ansible: e.g. sftp -P PORT alice+web1@HOST
+  ssh {host} review                 (reviewers) the requests you may decide; approve N, deny N --reason TEXT
 """
 
 
@@ -194,9 +198,7 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
             if not client.pty:
                 client.stderr(USAGE.format(host=ctx.server_name))
                 return 2
-            self.handlers = MenuHandlers(self.services, ctx, client, broker)
-            self.menu = MenuProcess(self.services, client, self.handlers.table(), ctx.who)
-            return await self.menu.run()
+            return await self._menu(client, broker)
         if ctx.pending_login:
             client.stderr("bastion: this key is not signed in. Sign in first, with a terminal: "
                           f"ssh {ctx.server_name}\n"
@@ -208,11 +210,36 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         if not resource or resource in ("help", "-h", "--help"):
             client.stderr(USAGE.format(host=ctx.server_name))
             return 0 if resource else 2
+        if resource in REVIEW_WORDS:
+            return await self._review(client, broker, resource, cmd)
         if cmd is None and not client.pty:
             client.stderr(f"bastion: {resource}: an interactive session needs a terminal (ssh -t).\n"
                           + USAGE.format(host=ctx.server_name))
             return 2
         return await self._open(client, broker, resource, cmd)
+
+    async def _menu(self, client: ClientSide, broker: Broker, start: dict[str, Any] | None = None) -> int:
+        """The Textual menu on the client's terminal (``start``: the screen it opens on, e.g. a request's)."""
+        self.handlers = MenuHandlers(self.services, self.ctx, client, broker, start=start)
+        self.menu = MenuProcess(self.services, client, self.handlers.table(), self.ctx.who)
+        return await self.menu.run()
+
+    async def _review(self, client: ClientSide, broker: Broker, word: str, rest: str | None) -> int:
+        """``review``, ``approve N``, ``deny N --reason TEXT`` (:mod:`bastion.ssh.review`); ``review [N]`` with a
+        terminal opens the queue screen (on request N)."""
+        try:
+            cmd = parse_review(word, rest)
+        except UsageError as e:
+            client.stderr(f"bastion: {e}\n" + REVIEW_USAGE.format(host=self.ctx.server_name))
+            return 2
+        if cmd.word == "review" and client.pty and not cmd.json and self.ctx.grants.review:
+            return await self._menu(client, broker, start={"screen": "approvals", "request": cmd.request})
+        status, out, err = await ReviewCommands(self.services.approvals, self.ctx, self.ctx.server_name).run(cmd)
+        if out:
+            client.stdout(out)
+        if err:
+            client.stderr(err)
+        return status
 
     async def _run_target(self, client: ClientSide, broker: Broker, resource: str) -> int:
         """``ssh USER+RESOURCE@bastion``: the shell (with a terminal), the command, or sftp, on RESOURCE."""

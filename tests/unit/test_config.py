@@ -80,6 +80,9 @@ def test_valid_config_loads_with_paths_resolved(tmp_path: Path, keys: dict[str, 
     ("      private_key_file: cred", "      private_key_file: missing", 20,
      "resources.web1.credential.private_key_file", "cannot load private key"),
     ("      - \"ssh-", "      - \"ssh-bogus ", 11, "users.alice.authorized_keys[0]", "not a valid public key"),
+    # `ssh bastion review` is a command: a resource cannot have that name (nor approve, deny, observe, help)
+    ("  web1:\n", "  review:\n", 13, "resources.review", "'review' is reserved"),
+    ("  web1:\n", "  Approve:\n", 13, "resources.Approve", "'Approve' is reserved"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, keys: dict[str, str], old: str, new: str, line: int,
                                        key: str, msg: str) -> None:
