@@ -18,6 +18,7 @@ from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kub
 from bastion.keyfiles import ensure_private_key
 
 if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() without the daemon's dependencies
+    from bastion.demo.idp import DemoIdp
     from bastion.demo.pg import DemoPostgres
     from bastion.demo.shell_target import DemoShell
 
@@ -156,14 +157,15 @@ DEMO_SHELL_POLICIES = """\
 
 
 def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None, *,
-            shell: bool = True) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
+            shell: bool = True, issuer: str | None = None) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
     """Create (or reuse) keys and write ``state/bastion.yaml`` (with demo-shell and demo-shell-strict when
-    ``shell``, demo-db on ``db_port`` and demo-k8s on ``kube`` = (simulated API server's port, kubectl) when given);
-    return config path, target keys and port."""
+    ``shell``, demo-db on ``db_port``, demo-k8s on ``kube`` = (simulated API server's port, kubectl) and OIDC
+    sign-in at the demo's provider ``issuer`` when given); return config path, target keys and port."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = state / "keys"
     for name in DEMO_USERS:
         ensure_private_key(keys / name)
+    ensure_private_key(keys / "dave")  # a key nobody has bound yet: dave signs in with it (OIDC)
     target_host = ensure_private_key(keys / "demo-target-host")
     target_client = ensure_private_key(keys / "demo-target-credential")
     target_port = port + 1
@@ -185,6 +187,13 @@ def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int,
         policies += DEMO_K8S_POLICY
         operated.append("demo-k8s")
     kubectl = f"kubectl: {_yaml_str(kube[1])}\n" if kube is not None else ""
+    oidc = ""
+    if issuer is not None:  # dave is no local user: an unknown key of his opens the sign-in screen
+        from bastion.demo.idp import CLIENT_ID, CLIENT_SECRET_FILE
+
+        oidc = (f"oidc:   # the demo's identity provider (bastion/demo/oidc); its people's groups map to roles\n"
+                f"  issuer: {_yaml_str(issuer)}\n  client_id: {CLIENT_ID}\n"
+                f"  client_secret_file: {CLIENT_SECRET_FILE}\n")
     # access on request: carol asks in her menu, bob grants it (F2) for 15 min
     request = "    request: [demo-shell]\n    request_ttl: 900\n" if shell else ""
     cfg = f"""\
@@ -196,7 +205,7 @@ host_keys: [keys/host_ed25519]
 database: sqlite:///bastion.db
 recordings_dir: recordings
 log_dir: logs
-{kubectl}users:
+{kubectl}{oidc}users:
 {users}resources:{"" if resources else " {}"}
 {resources}roles:
   operators:
@@ -223,8 +232,12 @@ class DemoParts:
     pg: DemoPostgres | None = None
     kube: DemoKube | None = None
     kubectl: str | None = None
+    idp: DemoIdp | None = None
+    idp_off: str = ""  # why the OIDC sign-in is off (when idp is None)
 
     def stop(self) -> None:
+        if self.idp is not None:
+            self.idp.stop()
         if self.pg is not None:
             self.pg.stop()
         if self.kube is not None:
@@ -273,14 +286,38 @@ def _start_kube(state: Path, port: int, kubectl: str | None) -> DemoKube | None:
 
 
 def start_parts(state: Path, port: int) -> DemoParts:
-    """The sandboxed shell, PostgreSQL on ``port + 2`` and the simulated cluster on ``port + 3``, as far as this
-    machine has what they need."""
+    """The sandboxed shell, PostgreSQL on ``port + 2``, the simulated cluster on ``port + 3`` and the identity
+    provider (a free port), as far as this machine has what they need."""
+    from bastion.demo.idp import IdpUnavailable, start_idp
+
     parts = DemoParts(shell=_start_shell(state), pg=_start_pg(state, port + 2), kubectl=find_demo_kubectl())
     parts.kube = _start_kube(state, port + 3, parts.kubectl)
+    try:  # fail safe: without it the demo runs as before, and the banner says why
+        parts.idp = start_idp(state, state / "logs")
+    except (IdpUnavailable, OSError) as e:
+        parts.idp_off = f"OIDC sign-in is off: {e}"
     return parts
 
 
-def banner(state: Path, port: int, cfg_path: Path, *, shell: bool, tools: str = "") -> str:
+def signin_lines(state: Path, port: int, cfg_path: Path, exe: Path | str, parts: DemoParts) -> str:
+    """The banner's lines for dave's OIDC sign-in (or one line on why it is off)."""
+    if parts.idp is None:
+        return f"  sign-in:   {parts.idp_off}\n"
+    idp = parts.idp
+    curl = "".join(f"               {line}\n" for line in idp.curl_lines())
+    return f"""\
+  sign-in:   ssh -i {state}/keys/dave -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new \
+dave@127.0.0.1
+             a key not bound to anyone yet opens the OIDC sign-in (URL, code, QR code) at the demo's identity
+             provider, oidc-provider on {idp.issuer} (its log: {idp.log_path}).
+             In a browser on this machine: open the URL, enter the code, Continue, sign in as dave with password
+             {idp.password} and Allow; dave's menu follows (group ops: role operators). The key stays bound; to
+             see the sign-in again: {exe} --config {cfg_path} keys revoke --user dave
+             No browser on this box: in another shell, paste this with CODE set to the code on the screen:
+{curl}"""
+
+
+def banner(state: Path, port: int, cfg_path: Path, *, shell: bool, tools: str = "", signin: str = "") -> str:
     """How to connect: printed once the demo runs."""
     k = state / "keys"
     exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
@@ -303,6 +340,7 @@ bastion demo is running (state in {state})
   cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
 {request_line}\
+{signin}\
 {tools}\
   sessions:  {exe} --config {cfg_path} sessions list
   replay:    {exe} --config {cfg_path} replay SESSION_ID
@@ -340,7 +378,8 @@ def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], N
     parts = start_parts(state, port)
     cfg_path, host_key, client_key, target_port = prepare(
         state, port, parts.pg.port if parts.pg else None,
-        (parts.kube.port, parts.kubectl) if parts.kube and parts.kubectl else None, shell=parts.shell is not None)
+        (parts.kube.port, parts.kubectl) if parts.kube and parts.kubectl else None, shell=parts.shell is not None,
+        issuer=parts.idp.issuer if parts.idp else None)
     try:
         try:
             cfg = load_config(cfg_path)
@@ -348,12 +387,16 @@ def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], N
             print(e)
             return 1
         setup_logging(cfg.log_dir)
+        if parts.idp is None:
+            log.warning("%s", parts.idp_off)
         tools = ""
         if parts.shell is not None:
             from bastion.demo.tools import tools_lines, write_ssh_config
 
             tools = tools_lines(state, port, write_ssh_config(state, port, cfg))
-        text = banner(state, port, cfg_path, shell=parts.shell is not None, tools=tools)
+        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
+        text = banner(state, port, cfg_path, shell=parts.shell is not None, tools=tools,
+                      signin=signin_lines(state, port, cfg_path, exe, parts))
         asyncio.run(serve_demo(cfg, parts.shell, (target_port, host_key, client_key), text))
     finally:
         parts.stop()

@@ -379,5 +379,10 @@ function shutdown() {
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
+if (config.exit_with_stdin) { // the demo holds our stdin open: its end (the demo gone, even by kill -9) stops us too
+  process.stdin.on('end', shutdown);
+  process.stdin.on('error', shutdown);
+  process.stdin.resume();
+}
 
 console.log(`READY ${issuer}`);
