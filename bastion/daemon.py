@@ -18,6 +18,8 @@ import asyncssh
 from bastion.audit.worker import AuditWorker
 from bastion.config import Config, ConfigError, load_config
 from bastion.keyfiles import CIPHERS, ensure_private_key
+from bastion.notify.events import Enqueuer
+from bastion.notify.worker import Deliverer
 from bastion.oidc.login import LoginService
 from bastion.oversight.approvals import ApprovalService
 from bastion.oversight.live import LiveRegistry
@@ -98,6 +100,8 @@ def build_services(config: Config, background: Background | None = None, *, node
         cluster=store.shared)
     if config.oidc is not None:  # it reads the running config at once (the client secret)
         services.login = LoginService(current, store)
+    # every process that audits enqueues the notifications of what it audits (the node's delivery loop sends them)
+    store.on_audit = Enqueuer(current, node)
     return services
 
 
@@ -146,6 +150,8 @@ class Daemon:
         self.on_event: Callable[[dict[str, Any]], None] = lambda event: handle_event(self.services, event)
         self._listener: PgListener | None = None
         self._cluster: asyncio.Task[None] | None = None
+        # one delivery loop per node, in the process that keeps its books (see bastion.notify.worker)
+        self.notifier = Deliverer(self.services.store, lambda: self.services.config)
 
     @property
     def config(self) -> Config:
@@ -167,6 +173,10 @@ class Daemon:
             self._listener = PgListener(s.store.url, self._remote_event)
             self._listener.start()
         self._cluster = asyncio.create_task(self._cluster_loop())
+        enqueuer = s.store.on_audit
+        if isinstance(enqueuer, Enqueuer):  # what this process enqueues is looked at at once
+            enqueuer.wake = self.notifier.wake_threadsafe(asyncio.get_running_loop())
+        self.notifier.start()
         if not listen:
             return
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
@@ -187,6 +197,7 @@ class Daemon:
 
     def _remote_event(self, event: dict[str, Any]) -> None:
         """Something another node published (LISTEN); the node process of per-connection processes passes it on."""
+        self.notifier.wake()  # requests and terminations are notified: it may have enqueued some
         self.on_event(event)
 
 
@@ -203,6 +214,7 @@ class Daemon:
                     n = await asyncio.to_thread(s.store.mark_interrupted, node)
                     ids = await asyncio.to_thread(s.approvals.db.cancel_pending, node=node,
                                                   reason=f"node {node} stopped answering")
+                    await s.approvals.cancelled(ids)
                     log.warning("node %s stopped answering: %d session(s) marked interrupted, %d request(s) "
                                 "cancelled", node, n, len(ids))
                     await asyncio.to_thread(s.store.audit, "bastion", "node.expired", "interrupted", node=node,
@@ -217,6 +229,7 @@ class Daemon:
             await self.server.wait_closed()
         if self._cluster is not None:
             self._cluster.cancel()
+        await self.notifier.stop()
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.cli.audit import register as register_audit
 from bastion.cli.ca import register as register_ca
 from bastion.cli.common import config_path, load_for_command, open_store, parse_offset, setup_logging
+from bastion.cli.notify import register as register_notify
 from bastion.config import ConfigError, load_config
 from bastion.store.rows import cursor_of, parse_cursor
 
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     register_audit(sub)
     register_ca(sub)
+    register_notify(sub)
     return p
 
 

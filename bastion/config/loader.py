@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bastion.config.notify import notify_problems
 from bastion.config.problems import ConfigError, LineMap, Loc, dotted, problem
 from bastion.config.resources import KIND_TAGS, KINDS
 from bastion.config.rules import policy_set
@@ -150,6 +151,7 @@ def _config(path: Path, schema: FileSchema, lines: LineMap) -> Config:
         audit=schema.audit,
         cluster=schema.cluster, processes=schema.processes,
         host_ca_key=resolve_path(path, schema.host_ca_key) if schema.host_ca_key else None,
+        notify=schema.notify,
         lines=lines,
     )
 
@@ -178,7 +180,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         # need the schema (the policy engine's tests, the menu) should not pay for
         from bastion.config.checks import semantic_checks
 
-        problems = semantic_checks(cfg)
+        problems = semantic_checks(cfg) + [problem(path, lines, loc, msg) for loc, msg in notify_problems(cfg)]
         if problems:
             raise ConfigError(problems)
     return cfg

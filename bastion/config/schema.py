@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from bastion.config.base import GROUP_RE, NAME_RE, StrictModel, TimeLimits
+from bastion.config.notify import NotifyModel
 from bastion.config.problems import LineMap, line_for
 from bastion.config.resources import AnyResource, Resource, TransfersModel
 from bastion.config.rules import PolicyModel
@@ -123,6 +124,7 @@ class FileSchema(StrictModel):
     limits: Limits = Limits()
     sandbox: SandboxModel = SandboxModel()
     oidc: OidcModel | None = None
+    notify: NotifyModel = NotifyModel()  # webhooks, Slack, email: who hears of requests, decisions, blocks
     kubectl: str | None = None  # the kubectl binary for kubernetes resources (default: found on PATH)
     # "per-connection": every SSH connection is served by a process of its own (forked from the daemon), so one
     # operator's bulk output never slows another's typing and the node uses every core; "one": all in one process
@@ -164,6 +166,7 @@ class Config:
     cluster: ClusterModel = field(default_factory=ClusterModel)
     processes: str = "per-connection"
     host_ca_key: Path | None = None
+    notify: NotifyModel = field(default_factory=NotifyModel)
     lines: LineMap = field(default_factory=dict, repr=False)
 
     @property

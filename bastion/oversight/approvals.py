@@ -134,6 +134,11 @@ class ApprovalService:
             decided = await asyncio.to_thread(self.db.decide, rid, ctx.username, approve, reason)
         except DecisionRefused as e:
             await self._audit(ctx.username, "approval.decision", "refused", req, why=str(e))
+            after = await asyncio.to_thread(self.db.get, rid)
+            if after is not None and after.status == "expired" and req.status == "pending":  # it expired just now
+                await self._audit("bastion", "approval.expired", "expired", after)
+                self._wake(rid)
+                self._notify(rid)
             raise
         await self._audit(ctx.username, "approval.decision", "approve" if approve else "deny", decided,
                           reason=reason, status=decided.status)
@@ -180,13 +185,20 @@ class ApprovalService:
         """The operator's own last 50 requests, newest first."""
         return await asyncio.to_thread(self.db.recent, requester=ctx.username, limit=50)
 
-    async def cancel_node(self) -> None:
-        """At start: requests left pending by a previous run of this node can never be released; cancel them."""
-        ids = await asyncio.to_thread(self.db.cancel_pending, node=self.node,
-                                      reason="the bastion restarted while the request was pending")
+    async def cancelled(self, ids: list[int]) -> None:
+        """Requests cancelled in the store (their session ended, its process or node went away): one audit event
+        each (so the reviewers' notifications say so too), and every queue told."""
         for rid in ids:
             req = await asyncio.to_thread(self.db.get, rid)
             if req is not None:
                 await self._audit("bastion", "approval.cancelled", "cancelled", req)
+            self._wake(rid)
+            self._notify(rid)
+
+    async def cancel_node(self) -> None:
+        """At start: requests left pending by a previous run of this node can never be released; cancel them."""
+        ids = await asyncio.to_thread(self.db.cancel_pending, node=self.node,
+                                      reason="the bastion restarted while the request was pending")
+        await self.cancelled(ids)
         if ids:
             log.warning("cancelled %d approval request(s) left pending by a previous run", len(ids))

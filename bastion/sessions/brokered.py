@@ -173,9 +173,9 @@ class BrokeredSession:
         live.ended.set()
         self.client.relay.detach()
         self.client.filter_withdraw.set()
-        for rid in await asyncio.to_thread(services.approvals.db.cancel_pending, session_id=self.sid,
-                                           reason="the session ended while the request was pending"):
-            await services.approvals.finish(rid, "cancelled", "session ended", "bastion")
+        await services.approvals.cancelled(await asyncio.to_thread(
+            services.approvals.db.cancel_pending, session_id=self.sid,
+            reason="the session ended while the request was pending"))
         writer.marker(f"session {self.sid} ended")
         return await asyncio.to_thread(writer.close)  # waits for the disk: not on the loop
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +67,9 @@ class Store:
         # SQLite has one writer at a time; threads of this process queue here (woken at once) instead of in
         # SQLite's busy handler, which sleeps in steps of up to 100 ms and made 6 writers crawl (bench/concurrent.py)
         self._serial: threading.RLock | None = threading.RLock() if url.startswith("sqlite") else None
+        # called inside the transaction that appends each audit event (the notifications' outbox is written
+        # there: an event is recorded and owed to its receivers together, or neither); None: nothing to do
+        self.on_audit: Callable[[OrmSession, AuditEvent], None] | None = None
 
     @property
     def shared(self) -> bool:
@@ -116,6 +119,8 @@ class Store:
                                  resource=resource, session_id=session_id, client_addr=client_addr, detail=detail)
             head.head = ev.hash
             s.add(ev)
+            if self.on_audit is not None:
+                self.on_audit(s, ev)
 
     def audit_events(self, limit: int = 1000, *, session_id: str | None = None) -> list[AuditEvent]:
         """Newest first."""

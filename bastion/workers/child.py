@@ -24,6 +24,7 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.daemon import build_services, jump_host, reload_services, server_options
+from bastion.notify.events import Enqueuer
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
 from bastion.ssh.server import BastionServer
@@ -116,6 +117,14 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, r
 
     await hub.start(on_message)
     loop = asyncio.get_running_loop()
+    enqueuer = services.store.on_audit
+    if isinstance(enqueuer, Enqueuer):  # the node process delivers what this one enqueues: tell it at once
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(hub.send, {"to": "node", "kind": "notify"})
+            except RuntimeError:  # the loop has closed: the node's next poll finds the rows
+                pass
+        enqueuer.wake = wake
     loop.add_signal_handler(signal.SIGHUP, reload)
     counter = Refused() if refused else ConnectionCounter()
     ssh: asyncssh.SSHServerConnection | None = None

@@ -58,6 +58,8 @@ async def _serve(config: Config, hub_sock: socket.socket) -> int:
         kind, pid, sid = msg.get("kind"), msg.get("from"), msg.get("id")
         if msg.get("to") == "all" and isinstance(msg.get("event"), dict):
             to_other_nodes(msg["event"])  # a connection process's news, for the other nodes
+        elif kind == "notify":  # a connection process enqueued notifications: deliver them now
+            daemon.notifier.wake()
         elif kind == "closed" and isinstance(sid, str):
             s.spawn(s.auditing.closed(sid))
         elif kind == "live.add" and isinstance(pid, int) and isinstance(sid, str):
@@ -95,7 +97,6 @@ async def _ended(daemon: Daemon, pid: int, sids: set[str]) -> None:
     for sid in sids:
         ids += await asyncio.to_thread(s.approvals.db.cancel_pending, session_id=sid,
                                        reason="the connection's process ended while the request was pending")
+    await s.approvals.cancelled(ids)
     log.warning("connection process %d ended with %d active session(s) and %d pending request(s): closed",
                 pid, n, len(ids))
-    for rid in ids:
-        s.publish({"kind": "approval", "id": rid, "node": s.node})
