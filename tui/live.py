@@ -63,7 +63,8 @@ class LiveScreen(Screen[None]):
             return
         now = time.time()
         self.query_one(ListTable).show([
-            Row(s["id"], (s["id"], s["user"], s["resource"], s["kind"], s["mode"], _short(s["command"], 30),
+            Row(s["id"], (s["id"], s["user"], s["resource"], s["kind"],
+                          s["mode"] + (" · moderated" if s.get("moderated") else ""), _short(s["command"], 30),
                           ", ".join(s["observers"]) or "-", s.get("node", "")),
                 s.get("started") or now - float(s["age"])) for s in self.sessions])
         if time.monotonic() > self._sticky_until:  # an answer to the user stays a while

@@ -42,6 +42,15 @@ def build_report(store: Store, since: datetime, until: datetime) -> dict[str, An
                                 "resource": e.resource, "session": e.session_id,
                                 "reason": (e.detail or {}).get("reason")}
                                for e in events if e.action == "session.terminate"]
+        moderators: dict[str, list[str]] = {}  # who watched each moderated session (session.moderate joined)
+        for e in events:
+            if e.action == "session.moderate" and e.outcome == "joined" and e.session_id:
+                seen = moderators.setdefault(e.session_id, [])
+                if e.actor not in seen:
+                    seen.append(e.actor)
+        for sess in out["sessions"]:
+            if sess["id"] in moderators:
+                sess["moderated_by"] = moderators[sess["id"]]
         out["pruned"] = [{"time": _iso(e.ts), "session": e.session_id, "sha256": (e.detail or {}).get("sha256")}
                          for e in events if e.action == "recording.pruned"]
         approvals = []
@@ -85,7 +94,8 @@ def report_csv(rep: dict[str, Any]) -> str:
     for s in rep["sessions"]:
         w.writerow({"record": "session", "time": s["started_at"], "user": s["user"], "resource": s["resource"],
                     "session": s["id"], "action": s["mode"], "outcome": s["outcome"], "text": s["command"] or "",
-                    "detail": f"ended {s['ended_at']}; exit {s['exit_status']}; from {s['client_addr']}"})
+                    "detail": f"ended {s['ended_at']}; exit {s['exit_status']}; from {s['client_addr']}"
+                              + (f"; moderated by {' '.join(s['moderated_by'])}" if s.get("moderated_by") else "")})
     for b in rep["blocked"]:
         w.writerow({"record": "blocked", **b, "outcome": "blocked"})
     for a in rep["approvals"]:

@@ -89,6 +89,21 @@ def _resource_names(cfg: Config) -> Found:
                                         f"bastion ({', '.join(sorted(RESERVED_NAMES))}); rename the resource")
 
 
+def _moderators(cfg: Config) -> Found:
+    """A moderated resource names roles that exist and may observe its sessions (reviewers of it, or auditors):
+    otherwise no one could ever open it."""
+    for name, res in cfg.resources.items():
+        if res.moderators is None:
+            continue
+        for i, role in enumerate(res.moderators.roles):
+            r = cfg.roles.get(role)
+            if r is None:
+                yield ("resources", name, "moderators", "roles", i), f"no role {role!r} is defined"
+            elif not (r.audit or r.reviews(name)):
+                yield (("resources", name, "moderators", "roles", i),
+                       f"role {role!r} can neither review {name} nor audit: its members cannot observe its sessions")
+
+
 def _resource_files(cfg: Config) -> Found:
     """Each resource's credentials and certificates, by kind."""
     for name, res in cfg.resources.items():
@@ -206,8 +221,8 @@ def _database(cfg: Config) -> Found:
 
 
 CHECKS: tuple[Callable[[Config], Found], ...] = (
-    _users, _resource_names, _resource_files, _oidc_client_secret, _recordings, _oidc_scopes, _kubectl, _audit,
-    _sandbox, _resource_policies, _policies, _roles, _host_keys, _database,
+    _users, _resource_names, _moderators, _resource_files, _oidc_client_secret, _recordings, _oidc_scopes, _kubectl,
+    _audit, _sandbox, _resource_policies, _policies, _roles, _host_keys, _database,
 )
 """Every check, in the order their problems are listed (the order the file has always reported them in)."""
 

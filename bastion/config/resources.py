@@ -38,7 +38,26 @@ class TransfersModel(StrictModel):
     max_archive_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
 
 
-class SshResource(TimeLimits):
+class ModeratorsModel(StrictModel):
+    """Moderated sessions: ``count`` people of these ``roles`` (never the operator) must watch the session live.
+    It opens only once they observe it, its input pauses when they are fewer, and it ends after the resource's
+    ``moderator_grace`` without them."""
+
+    roles: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(min_length=1)]
+    count: Annotated[int, Field(ge=1, le=10)] = 1
+
+
+class ResourceBase(TimeLimits):
+    """What every kind of resource may say: its time limits, and whether its sessions need a moderator."""
+
+    moderators: ModeratorsModel | None = None
+    # without enough moderators watching, input pauses; after this many seconds the session ends
+    moderator_grace: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # how long a session waits for its first moderators before it gives up (the operator may withdraw sooner)
+    moderator_wait: Annotated[float, Field(ge=5, le=86400)] = 900.0
+
+
+class SshResource(ResourceBase):
     kind: Literal["ssh"]
     description: str = ""
     policy: str | None = None
@@ -75,7 +94,7 @@ class MaskModel(StrictModel):
     predicates: Literal["deny", "allow"] = "deny"
 
 
-class PgResource(TimeLimits):
+class PgResource(ResourceBase):
     kind: Literal["postgres"]
     description: str = ""
     policy: str | None = None
@@ -105,7 +124,7 @@ class KubeCredential(StrictModel):
         return self
 
 
-class KubeResource(TimeLimits):
+class KubeResource(ResourceBase):
     kind: Literal["kubernetes"]
     description: str = ""
     policy: str | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.oversight.moderation import Moderation
 from bastion.terminal.relay import Relay
 from bastion.terminal.tee import Tee
 from recorder.asciicast import CastError, read_header
@@ -49,12 +50,17 @@ class LiveSession:
     end_outcome: str = "terminated"  # the session's outcome when it was ended from here ("idle", "expired")
     observers: set[str] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    moderation: Moderation | None = None  # the resource requires moderators (bastion.oversight.moderation)
+    waiting: bool = False  # a moderated session not opened yet: it waits for its moderators
 
     def as_dict(self) -> dict[str, Any]:
+        m = self.moderation
         return {"id": self.sid, "user": self.user, "resource": self.resource, "kind": self.kind, "mode": self.mode,
                 "command": self.command or "", "client_addr": self.client_addr, "node": self.node,
                 "started": self.started, "age": round(time.time() - self.started, 1),
-                "observers": sorted(self.observers)}
+                "observers": sorted(self.observers),
+                "moderation": None if m is None else {"needed": m.count, "watching": m.watching(),
+                                                      "waiting": self.waiting}}
 
     def terminate(self, by: str, reason: str) -> None:
         """Tell the operator why, mark the recording, and end the target session."""

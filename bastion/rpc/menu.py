@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 from bastion.context import ConnectionContext
@@ -23,7 +22,7 @@ from bastion.rpc.signin import SignInHandlers
 from bastion.services import Services
 from bastion.sessions.broker import Broker
 from bastion.sessions.client import ClientSide
-from bastion.sessions.watch import NotWatchable, Watch
+from bastion.sessions.watch import Elsewhere, NotWatchable, Watch
 from bastion.store.approvals import DecisionRefused
 
 log = logging.getLogger(__name__)
@@ -169,30 +168,16 @@ class MenuHandlers:
 
     async def observe(self, params: dict[str, Any]) -> dict[str, Any]:
         sid = params.get("id", "")
-        if isinstance(sid, str) and self.services.live.get(sid) is None:
-            remote = await self.watch.remote(sid)
-            if remote:
-                r = remote[0]
-                path = Path(r.recording) if r.recording else None
-                if path is None or not await asyncio.to_thread(path.is_file):
-                    raise RefusedRequest("elsewhere", f"node {r.node} carries this session and its recording is "
-                                                      "not on storage this node shares: connect to that node to "
-                                                      "observe (terminating works from here)")
-                self._occupy()
-                try:
-                    reason = await self.watch.observe_remote(self.client, r, path)
-                finally:
-                    self.client.opening = False
-                where = "" if r.node == self.services.node else f" (node {r.node})"
-                return {"ok": True, "message": f"{r.user}@{r.resource}{where}: {reason}",
-                        "session_id": r.id}
-        live = self._watchable(sid)
         self._occupy()
         try:
-            reason = await self.watch.observe(self.client, live)
+            title, reason = await self.watch.observe_id(self.client, sid)
+        except NotWatchable as e:
+            raise RefusedRequest("not_found", str(e)) from None
+        except Elsewhere as e:
+            raise RefusedRequest("elsewhere", str(e)) from None
         finally:
             self.client.opening = False
-        return {"ok": True, "message": f"{live.user}@{live.resource}: {reason}", "session_id": live.sid}
+        return {"ok": True, "message": f"{title}: {reason}", "session_id": sid}
 
     async def terminate(self, params: dict[str, Any]) -> dict[str, Any]:
         sid, reason = params.get("id", ""), params.get("reason", "")

@@ -8,13 +8,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.config import SshResource
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession
+from bastion.oversight.moderation import Enforcer, Moderation
 from bastion.proxies.sftp.files import record_of
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
@@ -71,10 +72,15 @@ class BrokeredSession:
             if writer is None:
                 return Ended(f"{self.name}: the session cannot be recorded; refusing to open it")
             approved = verdict if verdict is not None and verdict.action == Action.REQUIRE_APPROVAL else None
-            failed = await self._open(target, writer, approved)
+            live: LiveSession | None = None
+            if self.res.moderators is not None:
+                live, failed = await self._await_moderators(writer)
+                if failed is not None:
+                    return Ended(failed)
+            failed = await self._open(target, writer, approved, live)
             if failed is not None:
                 return Ended(failed)
-            return await self._carry(target, writer)
+            return await self._carry(target, writer, live)
         finally:
             target.close()
             self.client.endpoints.discard(target)
@@ -107,14 +113,16 @@ class BrokeredSession:
                              "rule": verdict.rule if verdict else None})
         return writer
 
-    async def _open(self, target: Target, writer: Recording, approved: Decision | None = None) -> str | None:
+    async def _open(self, target: Target, writer: Recording, approved: Decision | None = None,
+                    live: LiveSession | None = None) -> str | None:
         """Attach the target to the relay (recorded from its first byte) and open it; why not, if it failed.
-        ``approved``: the exec-form command a reviewer approved before it opened (its programs are not held again)."""
+        ``approved``: the exec-form command a reviewer approved before it opened (its programs are not held again);
+        ``live``: the session already on the live list (moderated: it waited there for its moderators)."""
         ctx, client, store = self.ctx, self.client, self.services.store
         hooks = SessionHooks(self.services, ctx, client, self.name, self.sid, writer)
         kind = target.line_filter(self.res, self.command, client.pty)
         filt = hooks.line_filter(kind, target.write) if kind is not None else None
-        client.relay.attach(target, Tee(writer), filt)
+        client.relay.attach(target, live.tee if live is not None else Tee(writer), filt)
         proxied = type(target).proxied
         req = OpenRequest(
             name=self.name, command=self.command, pty=client.pty, term_type=client.term_type or "dumb",
@@ -127,37 +135,111 @@ class BrokeredSession:
             await target.open(req)
         except TargetError as e:
             client.relay.detach()
-            await asyncio.to_thread(writer.close)
-            self.path.unlink(missing_ok=True)
             await asyncio.to_thread(store.audit, ctx.username, "session.open", "failed", resource=self.name,
                                     client_addr=ctx.peer, mode=self.mode, reason=str(e))
+            if live is not None:  # in the store since it began to wait: its books are closed, its recording kept
+                await self._end_unopened(live, writer, "failed", f"{self.name}: {e}")
+            else:
+                await asyncio.to_thread(writer.close)
+                self.path.unlink(missing_ok=True)
             return f"{self.name}: {e}"
         return None
 
-    async def _carry(self, target: Target, writer: Recording) -> Ended:
-        """The session runs: in the store, on the live list, under its time limit, until the target ends."""
-        ctx, client, services = self.ctx, self.client, self.services
+    async def _start_in_store(self) -> None:
+        ctx, services = self.ctx, self.services
         await asyncio.to_thread(services.store.start_session, self.sid, user=ctx.username, resource=self.name,
                                 kind=self.res.kind, mode=self.mode, command=self.command, client_addr=ctx.peer,
                                 node=services.node, recording_path=self.path)
         await asyncio.to_thread(services.store.audit, ctx.username, "session.start", "ok", resource=self.name,
                                 session_id=self.sid, client_addr=ctx.peer, mode=self.mode)
+
+    def _live(self, tee: Tee, stop: Callable[[], None], moderation: Moderation | None = None) -> LiveSession:
+        ctx, services = self.ctx, self.services
+        live = LiveSession(self.sid, ctx.username, self.name, self.res.kind, self.mode, self.command, ctx.peer,
+                           services.node, tee=tee, relay=self.client.relay, notify=self._notify, stop=stop,
+                           moderation=moderation)
+        services.live.add(live)
+        self.client.live = live
+        return live
+
+    async def _await_moderators(self, writer: Recording) -> tuple[LiveSession, str | None]:
+        """A moderated resource: the session is on the live list (and in the store, for other processes' F4) and
+        waits until enough moderators observe it; why not, if it never opens (withdrawn, waited too long)."""
+        res, client = self.res, self.client
+        assert res.moderators is not None
+        m = Moderation(self.ctx.username, tuple(res.moderators.roles), res.moderators.count, res.moderator_grace,
+                       res.moderator_wait)
+        await self._start_in_store()
+        live = self._live(Tee(writer), client.withdraw.set, m)
+        live.waiting = True
+        writer.marker(f"waiting for {m.count} moderator(s) of role {', '.join(m.roles)}")
+        line = (f"waiting for a moderator: {m.count} of role {', '.join(m.roles)} must observe this session "
+                f"(ssh -t {self.ctx.server_name} observe {self.sid})" + (" · Ctrl-C withdraws" if client.pty else ""))
+        live.tee.said(f"bastion: {line}\r\n".encode())
+        if client.pty:
+            client.relay.say(f"\x1b[1;33mbastion: {line}\x1b[0m\r\n".encode())
+        else:
+            client.stderr(f"bastion: {line}\n")
+        if await m.until(True, m.wait, client.withdraw) and not client.withdraw.is_set():
+            live.waiting = False
+            if client.pty:
+                client.relay.discard_held()  # keys typed while nobody watched are not run now
+            said = f"moderated by {', '.join(m.watching())}: the session opens"
+            writer.marker(said)
+            self._notify(said)
+            return live, None
+        if live.terminated is not None:  # a moderator ended it before it opened
+            by, why = live.terminated
+            outcome, why = "terminated", f"terminated by {by}: {why}"
+        else:
+            outcome = "unmoderated"
+            why = "withdrawn" if client.withdraw.is_set() else f"no moderator joined within {m.wait:g}s"
+        await self._end_unopened(live, writer, outcome, f"{self.name}: {why}")
+        return live, f"{self.name}: {why}"
+
+    async def _end_unopened(self, live: LiveSession, writer: Recording, outcome: str, message: str) -> None:
+        sha = await self._wind_down(live, writer)
+        await asyncio.to_thread(self.services.store.end_session, self.sid, outcome=outcome, exit_status=None,
+                                message=message, sha256=sha, size=writer.bytes_written)
+        await asyncio.to_thread(self.services.store.audit, self.ctx.username, "session.end", outcome,
+                                resource=self.name, session_id=self.sid, client_addr=self.ctx.peer)
+
+    async def _carry(self, target: Target, writer: Recording, live: LiveSession | None = None) -> Ended:
+        """The session runs: in the store, on the live list, under its time limit (and its moderators), until the
+        target ends."""
+        ctx, client, services = self.ctx, self.client, self.services
+        if live is None:
+            await self._start_in_store()
         client.relay.release()
         log.info("%s: session %s on %s started (%s)", ctx.who, self.sid, self.name, self.mode)
         started = time.monotonic()
-        live = LiveSession(self.sid, ctx.username, self.name, self.res.kind, self.mode, self.command, ctx.peer,
-                           services.node, tee=client.relay.tee or Tee(writer), relay=client.relay,
-                           notify=self._notify, stop=target.close)
-        services.live.add(live)
-        client.live = live
+        if live is None:
+            live = self._live(client.relay.tee or Tee(writer), target.close)
+        else:
+            live.stop = target.close
         timers = duration_timers(live, time_limit(services.config, self.name, "max_session_duration"))
+        enforcer = (asyncio.ensure_future(self._enforce(live, live.moderation)) if live.moderation is not None
+                    else None)
         try:
             end = await target.wait()
         finally:
             for timer in timers:
                 timer.cancel()
+            if enforcer is not None:
+                enforcer.cancel()
+            client.relay.input_paused = None
             sha = await self._wind_down(live, writer)
         return await self._record_end(live, end, writer, sha, time.monotonic() - started)
+
+    async def _enforce(self, live: LiveSession, m: Moderation) -> None:
+        """Input pauses without enough moderators; the session ends after the grace period (outcome unmoderated)."""
+        relay = self.client.relay
+
+        def pause(dropped: Callable[[], None] | None) -> None:
+            relay.input_paused = dropped
+
+        await Enforcer(m, say=self._notify, mark=live.tee.writer.marker, pause=pause,
+                       end=lambda why: live.expire("unmoderated", why)).run()
 
     def _notify(self, text: str) -> None:
         """A line for the operator from the bastion (a warning, a termination), on the terminal or stderr."""

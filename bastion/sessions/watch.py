@@ -11,6 +11,7 @@ from typing import Any
 
 from bastion.context import ConnectionContext
 from bastion.oversight.live import LiveSession, Observer, ReadOnlyView, RemoteObserver
+from bastion.oversight.moderation import BEAT, may_moderate
 from bastion.services import Services
 from bastion.sessions.client import ClientSide
 from bastion.store.rows import SessionRecord
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 
 class NotWatchable(LookupError):
     """No such live session that this user may watch (the same answer for unknown and forbidden)."""
+
+
+class Elsewhere(LookupError):
+    """The session is carried by a node whose recordings this node cannot read: observe it from there."""
 
 
 class Watch:
@@ -56,7 +61,27 @@ class Watch:
                   "command": r.command or "", "client_addr": r.client_addr, "node": r.node,
                   "started": 0, "age": round(now - r.started_at.timestamp(), 1),
                   "observers": [], "remote": True} for r in await self.remote()]
+        for x in here + there:  # a moderated session is one reviewers should join (it may be waiting for them)
+            res = s.config.resources.get(x["resource"])
+            x["moderated"] = res is not None and res.moderators is not None
         return here + there
+
+    async def observe_id(self, client: ClientSide, sid: object) -> tuple[str, str]:
+        """Observe the live session ``sid`` wherever it runs (this process, another process or node of the shared
+        store): ``(who@resource[ (node N)], why it stopped)``. Raises :class:`NotWatchable`, :class:`Elsewhere`;
+        the caller occupies ``client``."""
+        if isinstance(sid, str) and self.services.live.get(sid) is None:
+            remote = await self.remote(sid)
+            if remote:
+                r = remote[0]
+                path = Path(r.recording) if r.recording else None
+                if path is None or not await asyncio.to_thread(path.is_file):
+                    raise Elsewhere(f"node {r.node} carries this session and its recording is not on storage this "
+                                    "node shares: connect to that node to observe (terminating works from here)")
+                where = "" if r.node == self.services.node else f" (node {r.node})"
+                return f"{r.user}@{r.resource}{where}", await self.observe_remote(client, r, path)
+        live = self.local(sid)
+        return f"{live.user}@{live.resource}", await self.observe(client, live)
 
     async def observe(self, client: ClientSide, live: LiveSession) -> str:
         """Show ``live`` on ``client`` read-only until it ends or the observer leaves; why it stopped."""
@@ -65,7 +90,28 @@ class Watch:
                                 session_id=live.sid, client_addr=ctx.peer, user=live.user)
         log.info("%s: observing session %s of %s", ctx.who, live.sid, live.user)
         live.tee.writer.marker(f"observed by {ctx.username}")
-        return await self._run(client, Observer(client.relay, live, ctx.username))
+        m = live.moderation
+        if m is None or not m.qualifies(ctx.username, ctx.grants.roles):
+            return await self._run(client, Observer(client.relay, live, ctx.username))
+        if m.join(ctx.username, local=True):
+            live.tee.writer.marker(f"moderator {ctx.username} joined")
+        await self._moderation_event(live.resource, live.sid, live.user, "joined")
+        try:
+            return await self._run(client, Observer(client.relay, live, ctx.username))
+        finally:
+            if m.leave(ctx.username):
+                live.tee.writer.marker(f"moderator {ctx.username} left")
+            await self._moderation_event(live.resource, live.sid, live.user, "left")
+
+    def _moderates(self, resource: str, operator: str) -> bool:
+        """This user counts as a moderator of ``operator``'s session on ``resource`` (which requires them)."""
+        res = self.services.config.resources.get(resource)
+        mods = res.moderators if res is not None else None
+        return mods is not None and may_moderate(mods.roles, self.ctx.username, self.ctx.grants.roles, operator)
+
+    async def _moderation_event(self, resource: str, sid: str, operator: str, what: str) -> None:
+        await asyncio.to_thread(self.services.store.audit, self.ctx.username, "session.moderate", what,
+                                resource=resource, session_id=sid, client_addr=self.ctx.peer, user=operator)
 
     async def observe_remote(self, client: ClientSide, r: SessionRecord, path: Path) -> str:
         """Observe a session another node carries, from its recording in the shared recordings directory."""
@@ -80,7 +126,27 @@ class Watch:
             return row is not None and row.outcome == "active"
 
         title = f"{r.user}@{r.resource}" + ("" if r.node == s.node else f" on node {r.node}")
-        return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
+        if not self._moderates(r.resource, r.user):
+            return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
+
+        def say(state: str) -> None:  # the process that carries the session counts its moderators by these
+            s.publish({"kind": "moderate", "id": sid, "by": ctx.username, "state": state, "node": r.node,
+                       "from": s.node})
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(BEAT)
+                say("beat")
+
+        say("join")
+        await self._moderation_event(r.resource, sid, r.user, "joined")
+        beats = asyncio.ensure_future(beat())
+        try:
+            return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
+        finally:
+            beats.cancel()
+            say("leave")
+            await self._moderation_event(r.resource, sid, r.user, "left")
 
     @staticmethod
     async def _run(client: ClientSide, observer: Observer | RemoteObserver) -> str:

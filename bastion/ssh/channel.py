@@ -19,6 +19,7 @@ from bastion.services import Services
 from bastion.sessions.broker import Broker
 from bastion.sessions.client import ClientSide
 from bastion.sessions.timeouts import IdleWatch, fmt_seconds, time_limit
+from bastion.sessions.watch import Elsewhere, NotWatchable, Watch
 from bastion.ssh.review import REVIEW_WORDS, ReviewCommands, UsageError
 from bastion.ssh.review import USAGE as REVIEW_USAGE
 from bastion.ssh.review import parse as parse_review
@@ -34,6 +35,7 @@ bastion: ways to connect
   ssh {host}                        (from a terminal) the menu of the resources you may open
   USER+RESOURCE as the user name    scp, sftp, rsync, git, ansible: e.g. sftp -P PORT alice+web1@HOST
   ssh {host} review                 (reviewers) the requests you may decide; approve N, deny N --reason TEXT
+  ssh -t {host} observe SESSION     (reviewers, auditors) watch a live session; moderate it where that is needed
 """
 
 
@@ -212,6 +214,8 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
             return 0 if resource else 2
         if resource in REVIEW_WORDS:
             return await self._review(client, broker, resource, cmd)
+        if resource == "observe":
+            return await self._observe(client, cmd)
         if cmd is None and not client.pty:
             client.stderr(f"bastion: {resource}: an interactive session needs a terminal (ssh -t).\n"
                           + USAGE.format(host=ctx.server_name))
@@ -240,6 +244,28 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         if err:
             client.stderr(err)
         return status
+
+    async def _observe(self, client: ClientSide, rest: str | None) -> int:
+        """``ssh -t bastion observe SESSION``: watch a live session read-only (and, on a moderated resource, count
+        as its moderator), as F4 does."""
+        sid = (rest or "").strip()
+        if not client.pty or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", sid):
+            client.stderr(f"bastion: usage: ssh -t {self.ctx.server_name} observe SESSION "
+                          "(a terminal, and the id of a live session: F4 lists them)\n")
+            return 2
+        if not self.ctx.grants.review and not self.ctx.grants.audit:
+            client.stderr("bastion: observing live sessions is for reviewers and auditors\n")
+            return 1
+        client.opening = True
+        try:
+            title, reason = await Watch(self.services, self.ctx).observe_id(client, sid)
+        except (NotWatchable, Elsewhere) as e:
+            client.stderr(f"bastion: {e}\n")
+            return 1
+        finally:
+            client.opening = False
+        client.stderr(f"\r\n\x1b[0mbastion: stopped observing {title}: {reason}\n")
+        return 0
 
     async def _run_target(self, client: ClientSide, broker: Broker, resource: str) -> int:
         """``ssh USER+RESOURCE@bastion``: the shell (with a terminal), the command, or sftp, on RESOURCE."""

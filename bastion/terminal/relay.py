@@ -70,6 +70,9 @@ class Relay:
         self.on_interrupt: Callable[[], None] | None = None  # Ctrl-C while input is held (withdraw)
         self.ctrl_c_withdraws = True  # a terminal's Ctrl-C; without a terminal a 0x03 byte is data
         self.last_input = time.monotonic()  # when the client last typed (the idle timeout counts from it)
+        # set while input is paused (a moderated session without its moderators): what the client types is dropped,
+        # never queued, and this is called instead
+        self.input_paused: Callable[[], None] | None = None
         self._bulk: deque[tuple[Endpoint, bytes, bool]] = deque()  # output waiting for its turn (fairness)
         self._bulk_paused: list[Endpoint] = []  # endpoints not read while their output waits
 
@@ -101,6 +104,12 @@ class Relay:
             self.eof()
         self._maybe_resume_client()
 
+    def discard_held(self) -> None:
+        """Forget what was typed while the opening was held (keys typed while no moderator watched); an EOF
+        stays."""
+        if self._held is not None:
+            self._held = bytearray()
+
     def detach(self) -> None:
         while self._bulk:  # what the brokered endpoint sent reaches the client and the recording before it goes
             self._deliver(*self._bulk.popleft())
@@ -129,6 +138,9 @@ class Relay:
             return
         ep = self.target
         if ep is None:
+            return
+        if ep is self.active and self.input_paused is not None:
+            self.input_paused()
             return
         if ep is self.active:
             if self.tee is not None:
@@ -163,11 +175,15 @@ class Relay:
     def signal(self, name: str) -> None:
         if self._held is not None and name == "INT" and self.on_interrupt is not None:
             self.on_interrupt()
+        elif self.input_paused is not None and self.target is self.active:
+            self.input_paused()  # a signal is input too
         elif self.target is not None:
             self.target.signal(name)
 
     def send_break(self, msec: int) -> None:
-        if self.target is not None:
+        if self.input_paused is not None and self.target is self.active:
+            self.input_paused()
+        elif self.target is not None:
             self.target.send_break(msec)
 
     def eof(self) -> None:

@@ -83,6 +83,13 @@ def test_valid_config_loads_with_paths_resolved(tmp_path: Path, keys: dict[str, 
     # `ssh bastion review` is a command: a resource cannot have that name (nor approve, deny, observe, help)
     ("  web1:\n", "  review:\n", 13, "resources.review", "'review' is reserved"),
     ("  web1:\n", "  Approve:\n", 13, "resources.Approve", "'Approve' is reserved"),
+    # moderators must be roles that exist and may observe the resource's sessions
+    ("    port: 22\n", "    port: 22\n    moderators: {roles: [nobody]}\n", 18, "resources.web1.moderators.roles[0]",
+     "no role 'nobody' is defined"),
+    ("    port: 22\n", "    port: 22\n    moderators: {roles: [operators]}\n", 18,
+     "resources.web1.moderators.roles[0]", "can neither review web1 nor audit"),
+    ("    port: 22\n", "    port: 22\n    moderators: {roles: []}\n", 18, "resources.web1.moderators.roles",
+     "at least 1 item"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, keys: dict[str, str], old: str, new: str, line: int,
                                        key: str, msg: str) -> None:
