@@ -95,6 +95,12 @@ def _moderators(cfg: Config) -> Found:
     for name, res in cfg.resources.items():
         if res.moderators is None:
             continue
+        if isinstance(res, SshResource) and res.forwarding:
+            yield (("resources", name, "forwarding"),
+                   "a moderated resource cannot forward ports: no moderator can watch a tunnel (remove one of them)")
+        if isinstance(res, KubeResource) and res.port_forward:
+            yield (("resources", name, "port_forward"),
+                   "a moderated resource cannot forward ports: no moderator can watch a tunnel (remove one of them)")
         for i, role in enumerate(res.moderators.roles):
             r = cfg.roles.get(role)
             if r is None:

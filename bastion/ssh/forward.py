@@ -26,8 +26,9 @@ DRAIN_AT = 256 * 1024  # bytes buffered toward the target before the client is n
 
 
 def allowed_port(res: Any, host: str, port: int) -> bool:
-    """Whether a forwarding to ``host:port`` is one ``res`` lists (its loopback only)."""
-    return isinstance(res, SshResource) and host in LOOPBACK and port in res.forwarding
+    """Whether a forwarding to ``host:port`` is one ``res`` lists (its loopback only); never on a moderated
+    resource: no moderator can watch a tunnel's bytes."""
+    return isinstance(res, SshResource) and host in LOOPBACK and port in res.forwarding and res.moderators is None
 
 
 class ForwardBridge(asyncssh.SSHTCPSession[bytes]):

@@ -90,6 +90,8 @@ def test_valid_config_loads_with_paths_resolved(tmp_path: Path, keys: dict[str, 
      "resources.web1.moderators.roles[0]", "can neither review web1 nor audit"),
     ("    port: 22\n", "    port: 22\n    moderators: {roles: []}\n", 18, "resources.web1.moderators.roles",
      "at least 1 item"),
+    ("    port: 22\n", "    port: 22\n    forwarding: [5432]\n    moderators: {roles: [operators]}\n", 18,
+     "resources.web1.forwarding", "a moderated resource cannot forward ports"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, keys: dict[str, str], old: str, new: str, line: int,
                                        key: str, msg: str) -> None:
