@@ -43,7 +43,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def test_event(server: str, node: str) -> dict[str, Any]:
-    """A request.created that names no real request (``"test": true``), for ``notify test``."""
+    """A request.created that names no real request (resource and rule ``(test)``), for ``notify test``."""
     from bastion.notify.events import hint
 
     t = datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -52,7 +52,7 @@ def test_event(server: str, node: str) -> dict[str, Any]:
             "request_id": 0, "request_kind": "command", "text": "echo this is a test of bastion notify",
             "rule": "(test)", "reason": "bastion notify test", "status": "pending", "status_reason": "",
             "approvals": {"given": 0, "needed": 1}, "approver_roles": [], "created_at": t, "expires_at": t,
-            "decisions": [], "hint": hint(server, "request.created", 0), "test": True}
+            "decisions": [], "hint": hint(server, "request.created", 0)}
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -60,9 +60,9 @@ def _iso(dt: datetime | None) -> str | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
-def hint(server: str, event: str, request_id: int | None) -> str | None:
+def hint(server: str, event: str, request_id: int | None, status: str | None = "pending") -> str | None:
     """What a reviewer types to act on it: only while a request waits for a decision."""
-    if request_id is None or event not in ("request.created", "request.decided"):
+    if request_id is None or status != "pending" or event not in ("request.created", "request.decided"):
         return None
     return f"ssh -t {server} review {request_id}"
 
@@ -105,7 +105,7 @@ def payload(ev: AuditEvent, name: str, request: ApprovalRequest | None, decision
         text = WITHHELD if detail.get("echo") == "off" else detail.get("text")
         body |= {"user": ev.actor, "text": text, "rule": detail.get("rule"), "status": "blocked",
                  "reason": ev.action}
-    body["hint"] = hint(server, name, body["request_id"])
+    body["hint"] = hint(server, name, body["request_id"], body["status"])
     return body
 
 
