@@ -122,7 +122,8 @@ class DemoIdp:
             "X=$(c $U/device | x) && X=$(c $U/device -d xsrf=$X -d user_code=$CODE | x) && \\",
             "L=$(c $U/device -d xsrf=$X -d user_code=$CODE -d confirm=yes -o /dev/null -w '%{url_effective}') && \\",
             f"C=$(c $L/login -d login={PERSON} -d password={pw} -o /dev/null -w '%{{url_effective}}') && \\",
-            "c $C/consent -d approve=yes | grep -o 'You are signed in[^;]*'; rm -f $J",
+            "c $C/consent -d approve=yes | grep -o 'You are signed in[^;]*' || echo 'not signed in: check CODE'; "
+            "rm -f $J",
         ]
 
 

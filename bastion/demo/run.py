@@ -387,8 +387,6 @@ def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], N
             print(e)
             return 1
         setup_logging(cfg.log_dir)
-        if parts.idp is None:
-            log.warning("%s", parts.idp_off)
         tools = ""
         if parts.shell is not None:
             from bastion.demo.tools import tools_lines, write_ssh_config
