@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from bastion.config.schema import Config
 
 EventName = Literal["request.created", "request.decided", "request.expired", "request.withdrawn",
-                    "request.cancelled", "access.granted", "access.revoked", "session.terminated", "command.blocked"]
+                    "request.cancelled", "access.granted", "access.revoked", "session.terminated",
+                    "moderation.needed", "command.blocked"]
 EVENTS: tuple[EventName, ...] = get_args(EventName)
 """Every event a target can be sent. ``command.blocked`` is opt-in (it can be frequent)."""
 

@@ -49,6 +49,8 @@ def event_name(ev: AuditEvent, request: ApprovalRequest | None) -> str | None:
         return "access.revoked"
     if action == "session.terminate" and outcome == "ok":
         return "session.terminated"
+    if action == "session.moderate" and outcome == "waiting":
+        return "moderation.needed"
     if outcome in BLOCKED:
         return "command.blocked"
     return None
@@ -60,8 +62,12 @@ def _iso(dt: datetime | None) -> str | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
-def hint(server: str, event: str, request_id: int | None, status: str | None = "pending") -> str | None:
-    """What a reviewer types to act on it: only while a request waits for a decision."""
+def hint(server: str, event: str, request_id: int | None, status: str | None = "pending",
+         session_id: str | None = None) -> str | None:
+    """What a reviewer types to act on it: only while a request waits for a decision (or a session for its
+    moderators)."""
+    if event == "moderation.needed" and session_id:
+        return f"ssh -t {server} observe {session_id}"
     if request_id is None or status != "pending" or event not in ("request.created", "request.decided"):
         return None
     return f"ssh -t {server} review {request_id}"
@@ -101,11 +107,16 @@ def payload(ev: AuditEvent, name: str, request: ApprovalRequest | None, decision
         body |= _request_fields(request, decisions)
     elif name == "session.terminated":
         body |= {"user": detail.get("user"), "reason": detail.get("reason"), "status": "terminated"}
+    elif name == "moderation.needed":  # who may moderate: routed like the reviewers of a request
+        roles = detail.get("roles")
+        body |= {"user": ev.actor, "text": detail.get("command"), "status": "waiting",
+                 "reason": f"needs {detail.get('count', 1)} moderator(s) watching before it opens",
+                 "approver_roles": list(roles) if isinstance(roles, list) else []}
     elif name == "command.blocked":
         text = WITHHELD if detail.get("echo") == "off" else detail.get("text")
         body |= {"user": ev.actor, "text": text, "rule": detail.get("rule"), "status": "blocked",
                  "reason": ev.action}
-    body["hint"] = hint(server, name, body["request_id"], body["status"])
+    body["hint"] = hint(server, name, body["request_id"], body["status"], ev.session_id)
     return body
 
 
@@ -171,5 +182,5 @@ class Enqueuer:
 
 def _maybe(ev: AuditEvent) -> bool:
     """A cheap first look (most audit events are logins and session ends, never notified)."""
-    return ev.action.startswith(("approval.", "access.")) or ev.action == "session.terminate" \
+    return ev.action.startswith(("approval.", "access.")) or ev.action in ("session.terminate", "session.moderate") \
         or ev.outcome in BLOCKED

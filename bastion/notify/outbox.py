@@ -158,3 +158,10 @@ def status(store: Store, targets: list[str]) -> list[TargetStatus]:
             if last is not None:
                 row.last_error, row.last_error_at = last[0], _aware(last[1])
     return list(out.values())
+
+
+def routed_count(store: Store, event_id: str) -> int:
+    """How many targets an audit event was queued for (``waiting for a moderator — N notified``)."""
+    with store.tx() as s:
+        return int(s.scalar(select(func.count()).select_from(NotifyOutbox).where(NotifyOutbox.event_id == event_id))
+                   or 0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bastion.config import SshResource
 from bastion.context import ConnectionContext
+from bastion.notify.outbox import routed_count
 from bastion.oversight.live import LiveSession
 from bastion.oversight.moderation import Enforcer, Moderation
 from bastion.proxies.sftp.files import record_of
@@ -173,8 +174,14 @@ class BrokeredSession:
         live = self._live(Tee(writer), client.withdraw.set, m)
         live.waiting = True
         writer.marker(f"waiting for {m.count} moderator(s) of role {', '.join(m.roles)}")
-        line = (f"waiting for a moderator: {m.count} of role {', '.join(m.roles)} must observe this session "
-                f"(ssh -t {self.ctx.server_name} observe {self.sid})" + (" · Ctrl-C withdraws" if client.pty else ""))
+        store = self.services.store
+        event = await asyncio.to_thread(store.audit, self.ctx.username, "session.moderate", "waiting",
+                                        resource=self.name, session_id=self.sid, client_addr=self.ctx.peer,
+                                        roles=list(m.roles), count=m.count, command=self.command)
+        told = await asyncio.to_thread(routed_count, store, event)
+        line = (f"waiting for a moderator — {told} notified: {m.count} of role {', '.join(m.roles)} must observe "
+                f"this session (ssh -t {self.ctx.server_name} observe {self.sid})"
+                + (" · Ctrl-C withdraws" if client.pty else ""))
         live.tee.said(f"bastion: {line}\r\n".encode())
         if client.pty:
             client.relay.say(f"\x1b[1;33mbastion: {line}\x1b[0m\r\n".encode())

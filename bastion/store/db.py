@@ -108,8 +108,9 @@ class Store:
 
     # -- audit -------------------------------------------------------------------------------------------
     def audit(self, actor: str, action: str, outcome: str, *, resource: str | None = None,
-              session_id: str | None = None, client_addr: str = "", **detail: Any) -> None:
-        """Append an audit event, chained to the previous one. ``detail`` must never carry secrets."""
+              session_id: str | None = None, client_addr: str = "", **detail: Any) -> str:
+        """Append an audit event, chained to the previous one; its hash (its id: notifications carry it).
+        ``detail`` must never carry secrets."""
         with self.tx() as s:
             head = lock_head(s, AUDIT)
             ev = AuditEvent(ts=now(), actor=actor, action=action, outcome=outcome, resource=resource,
@@ -121,6 +122,7 @@ class Store:
             s.add(ev)
             if self.on_audit is not None:
                 self.on_audit(s, ev)
+            return ev.hash
 
     def audit_events(self, limit: int = 1000, *, session_id: str | None = None) -> list[AuditEvent]:
         """Newest first."""

@@ -18,18 +18,42 @@ from bastion.config import load_config
 from bastion.store.db import Store
 from recorder.asciicast import CastError, read_cast
 from tests.integration.conftest import BastionEnv, own_bastion
+from tests.support.receivers import HookReceiver
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 PROMPT = r"[#$] \Z"
 GRACE = 4
+SECRET = b"moderation-hook-secret"
 
 
 @pytest.fixture(scope="module")
-def moderated(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
-    """``web-moderated``: the test target, needing one moderator of role reviewers; a short grace period."""
+def hook() -> Iterator[HookReceiver]:
+    receiver = HookReceiver(SECRET)
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def moderated(bastion_env: BastionEnv, hook: HookReceiver,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionEnv]:
+    """``web-moderated``: the test target, needing one moderator of role reviewers; a short grace period; a webhook
+    for the reviewers (told when a session needs a moderator) and one for the auditors (not told)."""
     base = bastion_env
+    d = tmp_path_factory.mktemp("moderated")
+    (d / "hook.secret").write_text(SECRET.decode() + "\n")
+    notify = f"""\
+notify:
+  server: bastion.test
+  webhook:
+    - {{name: reviewers-hook, url: "{hook.url}/hook", secret_file: hook.secret, roles: [reviewers],
+       events: [moderation.needed]}}
+    - {{name: auditors-hook, url: "{hook.url}/hook", secret_file: hook.secret, roles: [auditors],
+       events: [moderation.needed]}}
+  delivery: {{poll: 0.2, backoff: 0.2, max_backoff: 1, timeout: 2, lease: 5}}
+"""
     text = base.config.read_text()
     web = re.search(r"^  web:\n(?:    .*\n)+", text, re.M)
     assert web is not None
@@ -37,7 +61,7 @@ def moderated(bastion_env: BastionEnv, tmp_path_factory: pytest.TempPathFactory)
         "    moderators: {roles: [reviewers], count: 1}\n"
         f"    moderator_grace: {GRACE}\n"
         "    moderator_wait: 120\n")
-    with own_bastion(base, tmp_path_factory.mktemp("moderated"), extra_resources=extra) as env:
+    with own_bastion(base, d, extra_resources=extra, extra_top=notify) as env:
         yield env
 
 
@@ -50,7 +74,7 @@ def session_id(t: Terminal) -> str:
 def open_moderated(env: BastionEnv, user: str = "alice") -> Terminal:
     t = Terminal(ssh_argv(env.keys[user], env.port, user, "-t", "web-moderated"), cols=140, rows=30)
     t.__enter__()
-    t.wait_for_raw(r"waiting for a moderator: 1 of role reviewers must observe this session")
+    t.wait_for_raw(r"waiting for a moderator — 1 notified: 1 of role reviewers must observe this session")
     return t
 
 
@@ -101,11 +125,20 @@ def outcome(env: BastionEnv, sid: str, timeout: float = 30) -> str:
     raise AssertionError(f"session {sid} still active")
 
 
-def test_waits_opens_pauses_and_ends_without_its_moderator(moderated: BastionEnv) -> None:
+def test_waits_opens_pauses_and_ends_without_its_moderator(moderated: BastionEnv, hook: HookReceiver) -> None:
     env = moderated
     alice = open_moderated(env)
     try:
         sid = session_id(alice)
+        # the reviewers' webhook (only it: the auditors cannot moderate here) hears that a session needs them
+        deadline = time.monotonic() + 30
+        while not any(h["session_id"] == sid for h in hook.hooks):
+            assert time.monotonic() < deadline, (hook.hooks, hook.refused)
+            time.sleep(0.1)
+        told = [h for h in hook.hooks if h["session_id"] == sid]
+        assert len(told) == 1 and not hook.refused
+        assert told[0]["event"] == "moderation.needed" and told[0]["user"] == "alice"
+        assert told[0]["resource"] == "web-moderated" and told[0]["hint"] == f"ssh -t bastion.test observe {sid}"
         alice.send("echo typed-while-waiting\r")  # nobody watches: dropped, never run later
         with Terminal(ssh_argv(env.keys["bob"], env.port, "bob", tty=True), cols=140, rows=32) as bob:
             bob.wait_for(r"roles: .*reviewers")

@@ -33,7 +33,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "expires_at": NULLABLE_STR, "decisions": (list,), "hint": NULLABLE_STR,
 }
 EVENTS = {"request.created", "request.decided", "request.expired", "request.withdrawn", "request.cancelled",
-          "access.granted", "access.revoked", "session.terminated", "command.blocked"}
+          "access.granted", "access.revoked", "session.terminated", "moderation.needed", "command.blocked"}
 
 
 def schema_problems(body: Any) -> list[str]:
