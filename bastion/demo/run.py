@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from bastion.config import Config, ConfigError, load_config
+from bastion.demo.configs import DEMO_DB, DEMO_DB_POLICY, DEMO_SHELL, DEMO_SHELL_POLICIES, DEMO_USERS, yaml_str
 from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
 from bastion.keyfiles import ensure_private_key
 
@@ -23,138 +24,6 @@ if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() witho
     from bastion.demo.shell_target import DemoShell
 
 log = logging.getLogger(__name__)
-
-DEMO_USERS = {"alice": ["ops"], "bob": ["reviewers"], "carol": ["auditors"]}
-
-
-def _yaml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-DEMO_DB = """\
-  demo-db:
-    kind: postgres
-    description: "Demo database (local PostgreSQL started by the demo): customers, ssn masked"
-    host: 127.0.0.1
-    port: {port}
-    database: demo
-    user: demo_app
-    credential: {{password_file: secrets/demo-db.pw}}
-    tls: {{mode: disable}}
-    policy: demo-db
-    restrict: true
-    masking:
-      - {{table: customers, column: ssn, style: keep_last, keep: 4}}
-"""
-DEMO_DB_POLICY = """\
-  demo-db:
-    default: allow
-    rules:
-      - name: no-server-files
-        traits: [copy_program, copy_file, dangerous_function]
-        action: block
-        reason: server-side files and programs are off limits
-      - name: code-needs-approval
-        traits: [plants_code, privilege]
-        action: require_approval
-        approvers: {roles: [reviewers], count: 1}
-        reason: code that runs later (triggers, rules, functions, policies) and privileges need a reviewer's approval
-      - name: no-unbounded-writes
-        statements: [delete, update, insert, merge]
-        max_rows: 1
-        action: require_approval
-        approvers: {roles: [reviewers], count: 1}
-        reason: a write that touches more than one row needs a reviewer's approval
-      - name: ddl-needs-approval
-        statements: [drop, truncate, alter]
-        action: require_approval
-        approvers: {roles: [reviewers], count: 1}
-        reason: schema changes need a reviewer's approval
-"""
-
-
-DEMO_SHELL = """\
-  demo-shell:
-    kind: ssh
-    description: "Demo host: a shell in a sandbox on this machine (deny-list policy), via an embedded SSH server"
-    host: 127.0.0.1
-    port: {port}
-    user: demo
-    policy: demo-shell
-    credential:
-      private_key_file: keys/demo-target-credential
-    host_key: {host_key}
-    transfers: {{archive: true}}     # the contents of files sent to and from it are kept (bastion audit archive)
-    enforce: guard                 # every program a session executes is judged on the target (docs/guard.md)
-    guard_path: /opt/bastion/bastion-guard
-  demo-shell-strict:
-    kind: ssh
-    description: "The same sandboxed shell with an allow-list policy: anything not listed waits for a reviewer"
-    host: 127.0.0.1
-    port: {port}
-    user: demo
-    policy: demo-shell-strict
-    credential:
-      private_key_file: keys/demo-target-credential
-    host_key: {host_key}
-"""
-NO_DELETION = """\
-      - name: no-rm
-        programs: [rm, unlink, shred, rmdir]
-        action: block
-        reason: deleting files is not allowed on {name}
-      - name: no-find-delete
-        programs: [find]
-        args: [-delete]
-        action: block
-        reason: deleting files is not allowed on {name}
-"""
-# The allow-list: everyday programs that read, or make a file or a directory, and run nothing they are given
-# (pagers, editors, env, xargs, interpreters are left out; what find -exec runs is judged on its own); every other
-# program waits for a reviewer.
-STRICT_ALLOWED = ("ls", "cat", "head", "tail", "grep", "wc", "sort", "uniq", "cut", "tr", "find", "echo", "printf",
-                  "pwd", "cd", "id", "whoami", "date", "uname", "df", "du", "stat", "file", "diff", "basename",
-                  "dirname", "realpath", "readlink", "true", "false", "test", "touch", "mkdir")
-DEMO_SHELL_POLICIES = """\
-  demo-shell:
-    default: allow
-    rules:
-{no_deletion_shell}\
-      - name: no-escape
-        programs: [systemd-run, at, batch, crontab]
-        action: block
-        reason: these start programs outside the session, where the guard cannot judge them
-      - name: chmod-needs-approval
-        programs: [chmod, chown, chgrp]
-        action: require_approval
-        approvers: {{roles: [reviewers], count: 1}}
-        timeout: 900
-        reason: permission changes need a reviewer's approval
-      - name: config-uploads-need-approval
-        transfer: [upload, rename, symlink, mkdir, chmod]
-        paths: ["/etc/**", "/home/demo/.ssh/**"]
-        action: require_approval
-        approvers: {{roles: [reviewers], count: 1}}
-        timeout: 900
-        reason: files under /etc and ~/.ssh change how the host runs and who logs in
-  demo-shell-strict:
-    default: require_approval   # what is not listed below waits for one reviewer
-    rules:
-{no_deletion_strict}\
-      - name: sort-runs-programs
-        programs: [sort]
-        args: ["--co*"]         # --compress-program=PROG (and its abbreviations) runs PROG
-        action: require_approval
-        approvers: {{roles: [reviewers], count: 1}}
-        reason: sort --compress-program runs a program
-      - name: read-only-tools
-        programs: [{allowed}]
-        action: allow
-""".format(no_deletion_shell=NO_DELETION.format(name="demo-shell"),
-           no_deletion_strict=NO_DELETION.format(name="demo-shell-strict"),
-           allowed=",\n                   ".join(", ".join(_yaml_str(p) for p in STRICT_ALLOWED[i:i + 12])
-                                                   for i in range(0, len(STRICT_ALLOWED), 12)))
-
 
 def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None, *,
             shell: bool = True, issuer: str | None = None) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
@@ -175,9 +44,9 @@ def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int,
     host_key_line = target_host.export_public_key().decode().split()
     resources, policies, operated = "", "", []
     if shell:
-        resources += DEMO_SHELL.format(port=target_port, host_key=_yaml_str(host_key_line[0] + " " + host_key_line[1]))
+        resources += DEMO_SHELL.format(port=target_port, host_key=yaml_str(host_key_line[0] + " " + host_key_line[1]))
         policies += DEMO_SHELL_POLICIES
-        operated += ["demo-shell", "demo-shell-strict"]
+        operated += ["demo-shell", "demo-shell-strict", "demo-shell-moderated"]
     if db_port is not None:
         resources += DEMO_DB.format(port=db_port)
         policies += DEMO_DB_POLICY
@@ -186,13 +55,13 @@ def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int,
         resources += DEMO_K8S.format(port=kube[0])
         policies += DEMO_K8S_POLICY
         operated.append("demo-k8s")
-    kubectl = f"kubectl: {_yaml_str(kube[1])}\n" if kube is not None else ""
+    kubectl = f"kubectl: {yaml_str(kube[1])}\n" if kube is not None else ""
     oidc = ""
     if issuer is not None:  # dave is no local user: an unknown key of his opens the sign-in screen
         from bastion.demo.idp import CLIENT_ID, CLIENT_SECRET_FILE
 
         oidc = (f"oidc:   # the demo's identity provider (bastion/demo/oidc); its people's groups map to roles\n"
-                f"  issuer: {_yaml_str(issuer)}\n  client_id: {CLIENT_ID}\n"
+                f"  issuer: {yaml_str(issuer)}\n  client_id: {CLIENT_ID}\n"
                 f"  client_secret_file: {CLIENT_SECRET_FILE}\n")
     # access on request: carol asks in her menu, bob grants it (F2) for 15 min
     request = "    request: [demo-shell]\n    request_ttl: 900\n" if shell else ""
@@ -328,6 +197,7 @@ def banner(state: Path, port: int, cfg_path: Path, *, shell: bool, tools: str = 
              every program it runs is judged under bastion-guard: try  awk 'BEGIN{{system("rm x")}}'  or a script
   exec:      {ssh} alice@127.0.0.1 demo-shell -- echo hi
   allow-list: {ssh} alice@127.0.0.1 demo-shell-strict -- ls -la     (unlisted programs wait for a reviewer)
+  moderated: {ssh} -t alice@127.0.0.1 demo-shell-moderated     (waits until bob watches it from F4)
 """ if shell else ""
     request_line = ("  on request: carol (auditor) may ask for demo-shell: Enter on it in her menu, give a reason, "
                     "bob approves (F2)\n") if shell else ""
@@ -339,6 +209,7 @@ bastion demo is running (state in {state})
   database:  {ssh} alice@127.0.0.1 demo-db -- {query}
   cluster:   {ssh} alice@127.0.0.1 demo-k8s -- kubectl get pods     (a simulated API server)
   reviewer:  ssh -i {k}/bob -p {port} bob@127.0.0.1        auditor: ssh -i {k}/carol -p {port} carol@127.0.0.1
+             bob: F2 the queue, F4 live sessions; or, from any ssh: ssh -i {k}/bob -p {port} bob@127.0.0.1 review
 {request_line}\
 {signin}\
 {tools}\

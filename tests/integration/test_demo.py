@@ -315,5 +315,5 @@ def test_no_sandbox_no_demo_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     cfg = load_config(prepare(tmp_path / "state", 2222, shell=False)[0])
     assert not cfg.resources and not cfg.roles["auditors"].request
     cfg = load_config(prepare(tmp_path / "state", 2222)[0])
-    assert sorted(cfg.resources) == ["demo-shell", "demo-shell-strict"]
+    assert sorted(cfg.resources) == ["demo-shell", "demo-shell-moderated", "demo-shell-strict"]
     assert cfg.policies["demo-shell-strict"].default.label == "require_approval"
