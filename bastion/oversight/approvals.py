@@ -124,7 +124,12 @@ class ApprovalService:
         return done
 
     async def decide(self, ctx: ConnectionContext, rid: int, approve: bool, reason: str) -> RequestRecord:
-        """A reviewer's decision, checked against the reviewer's own grants. Raises DecisionRefused."""
+        """A reviewer's decision, checked against the reviewer's own grants. Raises DecisionRefused.
+
+        The reason is shown on the requester's terminal: text only (no escape sequence, no newline), at most
+        500 characters, whatever client the reviewer decided from."""
+        if not isinstance(reason, str) or not reason.isprintable() or len(reason) > 500:
+            raise DecisionRefused("the reason must be one line of printable text, at most 500 characters")
         req = await asyncio.to_thread(self.db.get, rid)
         if req is None or not may_review(ctx.grants, self.roles(), req.resource, req.approver_roles):
             if req is not None:

@@ -91,6 +91,10 @@ def parse(word: str, rest: str | None) -> ReviewCommand:
         raise UsageError(f"{word}: which request? ({word} N)")
     if word == "deny" and not reason:
         raise UsageError("deny: a reason is required (--reason TEXT): the requester reads it")
+    if reason and not reason.isprintable():  # it is shown on the requester's terminal: no escapes, no newlines
+        raise UsageError(f"{word}: the reason may not contain control characters ({visible(reason)[:60]})")
+    if reason and len(reason) > 500:
+        raise UsageError(f"{word}: the reason is longer than 500 characters")
     return ReviewCommand(word, request, reason or "", as_json)
 
 

@@ -34,6 +34,9 @@ def test_parse(word: str, rest: str | None, want: ReviewCommand | None) -> None:
     ("approve", ""), ("approve", "x"), ("approve", "-1"), ("approve", "1 2"), ("approve", "1 --force"),
     ("approve", "1 --json"), ("review", "--reason x"), ("review", "1 2"), ("deny", "1"), ("deny", "1 --reason"),
     ("deny", "1 --reason ''"), ("approve", "1234567890123"), ("approve", "'1"), ("approve", "１"),
+    # the reason reaches the requester's terminal: no escape sequence, no line of its own, no essay
+    ("deny", "1 --reason \x1b[2Jcleared"), ("deny", "1 --reason two\nlines"), ("approve", "1 -r \u202eevil"),
+    ("deny", "1 --reason " + "x" * 501),
 ])
 def test_refused(word: str, rest: str) -> None:
     with pytest.raises(UsageError):
