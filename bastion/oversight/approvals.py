@@ -155,6 +155,8 @@ class ApprovalService:
     async def revoke(self, ctx: ConnectionContext, rid: int, reason: str) -> RequestRecord:
         """A reviewer of the resource ends granted access early (its live sessions go on: F4 terminates them).
         Raises DecisionRefused."""
+        if not isinstance(reason, str) or not reason.isprintable() or len(reason) > 500:
+            raise DecisionRefused("the reason must be one line of printable text, at most 500 characters")
         req = await asyncio.to_thread(self.db.get, rid)
         if req is None or not self.visible_to(ctx, req):
             raise DecisionRefused(f"you may not revoke request #{rid}")

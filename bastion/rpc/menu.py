@@ -184,6 +184,8 @@ class MenuHandlers:
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
             raise RefusedRequest("bad_request", "give a reason (the operator sees it), at most 500 characters")
         reason = " ".join(reason.split())
+        if not reason.isprintable():  # it is written on the operator's terminal: no escape sequences
+            raise RefusedRequest("bad_request", "the reason must be printable text")
         if isinstance(sid, str) and self.services.live.get(sid) is None:
             remote = await self.watch.remote(sid)
             if remote:

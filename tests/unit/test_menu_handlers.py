@@ -208,6 +208,8 @@ async def test_live_sessions_are_for_reviewers_and_auditors(services: Services) 
     assert (await menu(services, "bob").table()["sessions.live"]({})) == {"sessions": [], "more": 0}
     eve = menu(services, "eve").table()
     assert await refused(eve["session.terminate"]({"id": "s", "reason": " "})) == "bad_request"
+    # the reason is written on the operator's terminal: an escape sequence never reaches it
+    assert await refused(eve["session.terminate"]({"id": "s", "reason": "bye\x1b[2J"})) == "bad_request"
     assert await refused(eve["session.terminate"]({"id": "s", "reason": "audit"})) == "not_found"
     assert await refused(eve["session.observe"]({"id": "s"})) == "not_found"
 
