@@ -74,6 +74,17 @@ class BrokeredSession:
                 return Ended(f"{self.name}: the session cannot be recorded; refusing to open it")
             approved = verdict if verdict is not None and verdict.action == Action.REQUIRE_APPROVAL else None
             live: LiveSession | None = None
+            if self.res.moderators is not None and not self.client.pty:
+                # a moderator watches a screen: without a terminal there is none (stdin, file transfers), and
+                # input sent before a moderator joined could not be told from input sent after
+                await asyncio.to_thread(writer.close)
+                self.path.unlink(missing_ok=True)
+                await asyncio.to_thread(self.services.store.audit, self.ctx.username, "session.open", "denied",
+                                        resource=self.name, client_addr=self.ctx.peer, mode=self.mode,
+                                        reason="moderated: needs a terminal")
+                return Ended(f"{self.name} is moderated: it opens only with a terminal (ssh -t), where a "
+                             "moderator watches what you type; file transfers and input from a pipe cannot be "
+                             "watched")
             if self.res.moderators is not None:
                 live, failed = await self._await_moderators(writer)
                 if failed is not None:

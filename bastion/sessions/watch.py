@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ log = logging.getLogger(__name__)
 
 class NotWatchable(LookupError):
     """No such live session that this user may watch (the same answer for unknown and forbidden)."""
+
+
+def client_liveness(client: ClientSide) -> Callable[[], None]:
+    """While a moderator watches, their *client* must answer: keepalives every :data:`BEAT` seconds of silence, and
+    the connection closed after two unanswered (a frozen laptop, a dead link, a stopped ssh): the observation then
+    ends, and the moderator stops counting. Returns what restores the connection's own keepalive."""
+    get = getattr(client.chan, "get_extra_info", None)
+    conn = get("connection") if get is not None else None
+    if conn is None or not hasattr(conn, "set_keepalive"):
+        return lambda: None
+    before = (getattr(conn, "_keepalive_interval", 0) or None, getattr(conn, "_keepalive_count_max", 3))
+    conn.set_keepalive(BEAT, 2)
+    return lambda: conn.set_keepalive(*before)
 
 
 class Elsewhere(LookupError):
@@ -96,9 +110,11 @@ class Watch:
         if m.join(ctx.username, local=True):
             live.tee.writer.marker(f"moderator {ctx.username} joined")
         await self._moderation_event(live.resource, live.sid, live.user, "joined")
+        restore = client_liveness(client)
         try:
             return await self._run(client, Observer(client.relay, live, ctx.username))
         finally:
+            restore()
             if m.leave(ctx.username):
                 live.tee.writer.marker(f"moderator {ctx.username} left")
             await self._moderation_event(live.resource, live.sid, live.user, "left")
@@ -141,9 +157,11 @@ class Watch:
         say("join")
         await self._moderation_event(r.resource, sid, r.user, "joined")
         beats = asyncio.ensure_future(beat())
+        restore = client_liveness(client)
         try:
             return await self._run(client, RemoteObserver(client.relay, path, title, still_active))
         finally:
+            restore()
             beats.cancel()
             say("leave")
             await self._moderation_event(r.resource, sid, r.user, "left")

@@ -38,6 +38,9 @@ bastion: review from any SSH client
 """
 
 
+MAX_LINES = 20  # of a request's text in the list; `review N` shows it whole
+
+
 class UsageError(ValueError):
     """The command line of a review command is not one of :data:`USAGE`'s forms."""
 
@@ -108,15 +111,19 @@ def approvals(req: RequestRecord) -> str:
     return f"{sum(1 for d in req.decisions if d.approve)}/{req.approvals_needed}"
 
 
-def describe(req: RequestRecord, host: str, now: float | None = None) -> str:
-    """A request as a reviewer reads it in a terminal, with the lines that decide it."""
+def describe(req: RequestRecord, host: str, now: float | None = None, *, whole: bool = False) -> str:
+    """A request as a reviewer reads it in a terminal, with the lines that decide it: its whole text (``whole``),
+    or in a list its first :data:`MAX_LINES` lines and how many more there are (never cut silently)."""
     now = time.time() if now is None else now
     expires = int(req.expires_at.timestamp() - now)
     state = (f"expires in {max(0, expires) // 60}m{max(0, expires) % 60:02d}s" if req.status == "pending"
              else f"{req.status}: {visible(req.status_reason)}")
     lines = [f"#{req.id}  {visible(req.requester)} → {visible(req.resource)}  rule {visible(req.rule)}  "
              f"approvals {approvals(req)}  age {_ago(req.created_at, now)}  {state}"]
-    lines += [f"    {visible(line)}" for line in req.text.splitlines()[:20] or [""]]
+    text = req.text.split("\n")  # newlines only: every other separator is written out by visible()
+    lines += [f"    {visible(line)}" for line in (text if whole else text[:MAX_LINES])]
+    if len(text) > MAX_LINES and not whole:
+        lines.append(f"    … {len(text) - MAX_LINES} more line(s): ssh {host} review {req.id}")
     if req.reason:
         lines.append(f"    why held: {visible(req.reason)}")
     for d in req.decisions:
@@ -160,7 +167,7 @@ class ReviewCommands:
                 return 1, "", f"bastion: review #{cmd.request}: no such request among those you may decide\n"
             if cmd.json:
                 return 0, json.dumps(req.as_dict()) + "\n", ""
-            return 0, describe(req, self.host), ""
+            return 0, describe(req, self.host, whole=True), ""
         if cmd.json:
             return 0, json.dumps({"pending": [r.as_dict() for r in pending]}) + "\n", ""
         if not pending:

@@ -189,6 +189,8 @@ class Relay:
     def eof(self) -> None:
         if self._held is not None:
             self._held_eof = True
+        elif self.input_paused is not None and self.target is self.active:
+            self.input_paused()  # the end of input is input too: a pty would type ^D
         elif self.target is not None:
             self.target.eof()
 

@@ -139,42 +139,26 @@ def held(env: BastionEnv, resource: str, command: str, user: str = "alice") -> t
 
 
 # -- moderated sessions: input while nobody watches -----------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="HOLE: exec form without a terminal: stdin sent while no moderator watches "
-                   "is held and run once one joins (discard_held only for a pty)")
-def test_stdin_piped_while_waiting_is_not_run_later(env: BastionEnv) -> None:
+REFUSED = "is moderated: it opens only with a terminal"
+
+
+def test_stdin_piped_to_a_moderated_resource_is_refused_not_run_later(env: BastionEnv) -> None:
+    """Without a terminal a moderator has no screen to watch, and input sent before one joined could not be told
+    from input sent after: the session is refused before the target is contacted, its stdin never run."""
     proc = popen(ssh_argv(env.keys["alice"], env.port, "alice", "web-moderated", "--", "sh", tty=False),
                  stdin=subprocess.PIPE)
-    bob: Terminal | None = None
     try:
-        sid = sid_of(stderr_until(proc, "waiting for a moderator"))
         assert proc.stdin is not None
-        proc.stdin.write("echo PIPED-$((2+3))\n")  # typed while nobody watches
+        proc.stdin.write("echo PIPED-$((2+3))\n")
         proc.stdin.flush()
-        bob = observe(env, "bob", sid)  # a new SSH connection and login: far longer than loopback delivery
-        stderr_until(proc, "moderated by bob")
-        out, _ = proc.communicate(timeout=30)  # closes stdin: sh reads what was held, then its end
+        out, err = proc.communicate(timeout=30)
     finally:
         stop(proc)
-        if bob is not None:
-            bob.close()
-    assert "PIPED-5" not in out
+    assert REFUSED in err and "PIPED-5" not in out and proc.returncode == 1
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: an EOF (end of stdin) reaches the target while input is paused "
-                   "(Relay.eof is not gated by input_paused)")
-def test_eof_while_paused_does_not_reach_the_target(env: BastionEnv) -> None:
-    proc = popen(ssh_argv(env.keys["alice"], env.port, "alice", "web-moderated", "--",
-                          "cat >/dev/null; echo AFTER-EOF-$((6*7))", tty=False), stdin=subprocess.PIPE)
-    try:
-        sid = sid_of(stderr_until(proc, "waiting for a moderator"))
-        with observe(env, "bob", sid) as bob:
-            stderr_until(proc, "moderated by bob")
-            bob.send("q")  # the moderator leaves
-            stderr_until(proc, "input paused")
-        out, _ = proc.communicate(timeout=30)  # closes stdin: ssh sends the channel's EOF while nobody watches
-    finally:
-        stop(proc)
-    assert "AFTER-EOF-42" not in out
+# the end of input while paused is dropped like a key: tests/unit/test_relay_pause.py (through an sshd
+# target with a pty, a channel EOF never reaches the shell anyway, so an end-to-end probe could not fail)
 
 
 def test_keys_typed_while_waiting_are_dropped_with_a_terminal(env: BastionEnv) -> None:
@@ -195,8 +179,8 @@ def test_keys_typed_while_waiting_are_dropped_with_a_terminal(env: BastionEnv) -
 
 @pytest.mark.parametrize("form", ["exec", "scp", "sftp", "jump"])
 def test_other_ways_in_wait_for_a_moderator_too(env: BastionEnv, work: Path, form: str) -> None:
-    """USER+RESOURCE (exec, scp, sftp) and a -J hop (ProxyCommand ... -W, what -J does) to web-moderated: nothing
-    reaches the target before a moderator watches."""
+    """USER+RESOURCE (exec, scp, sftp) and a -J hop (ProxyCommand ... -W, what -J does) to web-moderated, none with
+    a terminal: refused (no moderator could watch them), nothing reaches the target."""
     key, port = str(env.keys["alice"]), str(env.port)
     opts = ["-F", "/dev/null", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o",
             "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o",
@@ -216,11 +200,10 @@ def test_other_ways_in_wait_for_a_moderator_too(env: BastionEnv, work: Path, for
                 f"touch {dst}"]
     proc = popen(argv)
     try:
-        stderr_until(proc, "waiting for a moderator")
-        time.sleep(0.5)  # margin after the waiting line (the target was never connected to)
-        assert not dst.exists() and proc.poll() is None
+        _, err = proc.communicate(timeout=60)
     finally:
         stop(proc)
+    assert REFUSED in err or form in ("scp", "sftp") and proc.returncode != 0, err
     assert not dst.exists()
 
 
@@ -251,8 +234,6 @@ def test_a_killed_moderator_client_stops_counting(env: BastionEnv) -> None:
         alice.close()
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: a moderator whose client is frozen (SIGSTOP, a suspended laptop, a dead "
-                   "link) keeps counting: the beats come from the bastion's process, not from the client")
 def test_a_frozen_moderator_client_stops_counting(env: BastionEnv) -> None:
     alice, bob = moderated_shell(env)
     try:
@@ -282,8 +263,6 @@ def test_keys_and_breaks_while_paused_are_dropped(env: BastionEnv) -> None:
 
 
 # -- review from any SSH client -------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="HOLE: `ssh bastion review` shows only the first 20 lines of a request's "
-                   "text (str.splitlines: also on \\x1c-\\x1e, \\x85, \\u2028) and says nothing of the rest")
 @pytest.mark.parametrize("sep", ["\n", "\x1c", "\u2028"])
 def test_review_shows_the_whole_held_command(env: BastionEnv, work: Path, sep: str) -> None:
     f = work / "f"
@@ -297,7 +276,9 @@ def test_review_shows_the_whole_held_command(env: BastionEnv, work: Path, sep: s
     finally:
         ssh(env, "bob", "deny", str(rid), "--reason", "probe")
         stop(proc)
-    assert "HIDDEN-TAIL" in listed.stdout and "HIDDEN-TAIL" in whole.stdout
+    assert "HIDDEN-TAIL" in listed.stdout  # `review N`: the whole text
+    # the list: whole, or it says what it left out and where to read it
+    assert "HIDDEN-TAIL" in whole.stdout or f"more line(s): ssh -p {env.port} bastion review {rid}" in whole.stdout
 
 
 @pytest.mark.parametrize(("words", "says"), [

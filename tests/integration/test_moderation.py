@@ -219,20 +219,21 @@ def test_the_operator_is_never_her_own_moderator_and_may_withdraw(moderated: Bas
     assert outcome(env, sid) == "unmoderated"
 
 
-def test_exec_form_waits_for_its_moderator_then_runs(moderated: BastionEnv) -> None:
+def test_exec_form_needs_a_terminal_and_then_waits_for_its_moderator(moderated: BastionEnv) -> None:
+    """Without a terminal there is no screen to watch (stdin, file transfers): refused. With one (ssh -t), the
+    command waits for its moderator, then runs."""
     env = moderated
-    proc = subprocess.Popen(ssh_argv(env.keys["alice"], env.port, "alice", "web-moderated", "--",
-                                     "echo RAN-$((1+1))", tty=False),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    assert "waiting for a moderator" in line, line
-    m = re.search(r"observe (\S+)\)", line)
-    assert m is not None
-    with observe(env, "bob", m.group(1)):
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and out == "RAN-2\n", err
-    assert "moderated by bob" in err
+    bare = subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", "web-moderated", "--", "echo RAN",
+                                   tty=False), capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 1 and "web-moderated is moderated: it opens only with a terminal" in bare.stderr
+    assert "RAN" not in bare.stdout
+    with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", "-t", "web-moderated", "--", "echo RAN-$((1+1))"),
+                  cols=140, rows=30) as alice:
+        alice.wait_for_raw(r"waiting for a moderator")
+        with observe(env, "bob", session_id(alice)):
+            alice.wait_for_raw(r"moderated by bob")
+            alice.wait_for_raw(r"RAN-2")
+            assert alice.wait_exit(30) == 0
 
 
 def test_an_observer_who_may_not_moderate_does_not_open_it(moderated: BastionEnv) -> None:
