@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bastion.audit.indexing import index_session
 from bastion.cli.common import load_for_command, open_store, when_arg
+from bastion.cli.review import register_review
 from recorder.storage import StorageError, is_remote
 
 if TYPE_CHECKING:
@@ -259,3 +260,4 @@ def register(sub: Any) -> None:
 
     p = add("reindex", cmd_reindex, "rebuild the search index and keyframes (all recordings, or one)")
     p.add_argument("--session")
+    register_review(add)

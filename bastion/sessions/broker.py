@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 ACCESS_WAIT = 900.0  # seconds an access request waits for reviewers before it expires
 
 
+@dataclass(frozen=True)
+class Access:
+    """The grant a session opens under: its description for the recording, and the access request that granted it
+    (the session's ``session.start`` audit event names it, so a grant's timeline finds its sessions)."""
+
+    text: str
+    grant: int
+
+
 @dataclass
 class Outcome:
     """How a brokered session ended, as reported to the operator."""
@@ -88,7 +97,7 @@ class Broker:
                 if refusal is not None:
                     return refusal
             run = BrokeredSession(self.services, ctx, client, name, sid, command, subsystem, transfers)
-            ended = await run.run(verdict, access)
+            ended = await run.run(verdict, access.text if access else None, access.grant if access else None)
             if ended.error is not None:
                 return Outcome(False, ended.error)
             return Outcome(True, f"{name}: {ended.message}", ended.status, ended.signal, sid, ended.duration)
@@ -98,7 +107,7 @@ class Broker:
             self.services.carrying(sid, False)
 
     async def _access(self, name: str, sid: str, terms: RequestTerms, reason: str,
-                      command: str | None) -> str | Outcome:
+                      command: str | None) -> Access | Outcome:
         """Access on request: an unexpired grant, or a new request that reviewers of ``name`` decide while the
         operator waits (Ctrl-C withdraws). The grant's description for the recording, or the refusal."""
         ctx, approvals = self.ctx, self.services.approvals
@@ -117,7 +126,8 @@ class Broker:
                 return Outcome(False, f"access to {name} was granted but has already expired")
         until = time.strftime("%H:%M UTC", time.gmtime(grant.until))
         by = ", ".join(d.reviewer for d in grant.request.decisions if d.approve)
-        return f"access to {name} granted by {by} (request #{grant.request.id}) until {until}"
+        return Access(f"access to {name} granted by {by} (request #{grant.request.id}) until {until}",
+                      grant.request.id)
 
     def _judge(self, name: str, command: str) -> Decision | None:
         """The policy decision for ``command`` on resource ``name`` (None: no policy, or judged at a proxy)."""

@@ -63,8 +63,10 @@ class BrokeredSession:
         sid_path = Path(sid[:4]) / sid[4:6] / sid[6:8] / f"{sid}{suffix}"
         self.path = services.config.recordings_dir / sid_path
         self.log: TransferLog | None = None
+        self.grant: int | None = None  # the access request this session opens under (access on request)
 
-    async def run(self, verdict: Decision | None, access: str | None) -> Ended:
+    async def run(self, verdict: Decision | None, access: str | None, grant: int | None = None) -> Ended:
+        self.grant = grant
         guard = isinstance(self.res, SshResource) and self.res.enforce == "guard"
         target = make_target(self.res.kind, self.client.relay, self.subsystem, guard=guard)
         self.client.endpoints.add(target)
@@ -163,7 +165,8 @@ class BrokeredSession:
                                 kind=self.res.kind, mode=self.mode, command=self.command, client_addr=ctx.peer,
                                 node=services.node, recording_path=self.path)
         await asyncio.to_thread(services.store.audit, ctx.username, "session.start", "ok", resource=self.name,
-                                session_id=self.sid, client_addr=ctx.peer, mode=self.mode)
+                                session_id=self.sid, client_addr=ctx.peer, mode=self.mode,
+                                **({"grant": self.grant} if self.grant is not None else {}))
 
     def _live(self, tee: Tee, stop: Callable[[], None], moderation: Moderation | None = None) -> LiveSession:
         ctx, services = self.ctx, self.services

@@ -190,7 +190,8 @@ class Store:
     def sessions(self, limit: int = 200, *, user: str | None = None, resource: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  outcome: str | None = None, policy: str | None = None,
-                 before: tuple[datetime, str] | None = None) -> list[SessionRecord]:
+                 before: tuple[datetime, str] | None = None, risk: str | None = None,
+                 reviewed: bool | None = None) -> list[SessionRecord]:
         """Newest first, with their recordings; optionally filtered (``resource`` and
         ``user`` accept ``*`` globs; ``policy``: sessions where something was ``blocked``, ``warned``, ``held``
         for approval or ``denied``). ``before`` (a row's ``(started_at, id)``, see :func:`cursor_of`) gives the
@@ -207,6 +208,11 @@ class Store:
             q = q.where(Session.outcome == outcome)
         if policy:
             q = q.where(_policy_filter(policy))
+        if risk or reviewed is not None:  # an auditor's filters (bastion.store.reviews): risky, not yet reviewed
+            from bastion.store.reviews import reviewed_condition, risk_condition
+
+            q = q.where(risk_condition(risk)) if risk else q
+            q = q.where(reviewed_condition(reviewed)) if reviewed is not None else q
         if before is not None:
             at, sid = before
             q = q.where(or_(Session.started_at < at, and_(Session.started_at == at, Session.id < sid)))
