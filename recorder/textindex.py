@@ -1,6 +1,11 @@
 """What a recording showed, as searchable text: the output stream turned into screen lines the way a terminal
 would show them (carriage returns overwrite, backspaces and erases take effect, escape sequences vanish), each with
-the time it started; plus the markers (policy decisions, approvals).
+the time it started; plus the markers (policy decisions, approvals); plus, for a session without a terminal, its
+standard input (a program fed to ``python3 -``, a script piped to ``sh``) in lines the same way.
+
+Only recorded input is indexed, and a cast records typed input only once the terminal has echoed it (see
+``recorder.asciicast.EchoGuard``): what was typed with echo off (a password) is in neither the cast nor the index.
+With a terminal, what was typed is on screen already (its echo), so only input without one becomes ``stdin`` rows.
 
 A line-oriented terminal, not a full emulator: it is linear in the output size (pyte is ~1 MB/s and is kept for
 rendering screens), and full-screen programs come out as fragments that still contain their words.
@@ -13,10 +18,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from recorder.asciicast import Event, iter_events
+from recorder.asciicast import Event, iter_events, read_header
 from recorder.transferlog import describe, is_transfer_log, iter_records
 
-__all__ = ["IndexRow", "ScreenLines", "index_rows"]
+__all__ = ["IndexRow", "ScreenLines", "index_rows", "rows_from_events", "without_terminal"]
 
 MAX_LINE = 4000
 """Longer lines are cut (a binary dump to the terminal must not become one giant row)."""
@@ -32,8 +37,13 @@ _TOKEN = re.compile(
 )
 
 
+NO_TERMINAL = "dumb"
+"""The ``TERM`` a cast's header names when the session had no terminal (``client.term_type or "dumb"``)."""
+
+
 class IndexRow(NamedTuple):
-    """One searchable piece of a recording: seconds from its start, ``screen`` or ``marker``, and the text."""
+    """One searchable piece of a recording: seconds from its start, ``screen``, ``marker`` or ``stdin``, and the
+    text."""
 
     t: float
     kind: str
@@ -149,17 +159,30 @@ class ScreenLines:
                 self._col = 0 if final == "J" else self._col
 
 
-def rows_from_events(events: Iterable[Event]) -> Iterator[IndexRow]:
-    """The index rows of a stream of events: screen lines of the output, and markers."""
+def rows_from_events(events: Iterable[Event], *, stdin: bool = False) -> Iterator[IndexRow]:
+    """The index rows of a stream of events: screen lines of the output, and markers; with ``stdin`` (a session
+    without a terminal), the lines of its recorded input too."""
     lines = ScreenLines()
+    typed = ScreenLines()
     for ev in events:
         if ev.code == "o":
             for t, text in lines.feed(ev.time, ev.data):
                 yield IndexRow(t, "screen", text)
         elif ev.code == "m":
             yield IndexRow(ev.time, "marker", ev.data[:MAX_LINE])
+        elif ev.code == "i" and stdin:
+            for t, text in typed.feed(ev.time, ev.data):
+                yield IndexRow(t, "stdin", text)
     for t, text in lines.flush():
         yield IndexRow(t, "screen", text)
+    for t, text in typed.flush():
+        yield IndexRow(t, "stdin", text)
+
+
+def without_terminal(header: dict[str, object]) -> bool:
+    """Whether a cast's session had no terminal: its input was data (a pipe), never echoed on a screen."""
+    env = header.get("env")
+    return isinstance(env, dict) and env.get("TERM") == NO_TERMINAL
 
 
 def index_rows(path: Path | str, errors: list[str] | None = None) -> Iterator[IndexRow]:
@@ -168,4 +191,4 @@ def index_rows(path: Path | str, errors: list[str] | None = None) -> Iterator[In
     decisions), found by ``audit search --only commands``."""
     if is_transfer_log(path):
         return (IndexRow(float(r.get("t", 0.0)), "marker", describe(r)) for r in iter_records(path, errors))
-    return rows_from_events(iter_events(path, errors))
+    return rows_from_events(iter_events(path, errors), stdin=without_terminal(read_header(path)))
