@@ -32,8 +32,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 1
     _, store = got
     try:
-        hits = search(store, args.text, user=args.user, resource=args.resource, since=args.since,
-                      kind={"screen": "screen", "commands": "marker"}.get(args.only or ""), limit=args.limit)
+        kind = {"screen": "screen", "commands": "marker", "stdin": "stdin"}.get(args.only or "")
+        hits = search(store, args.text, user=args.user, resource=args.resource, since=args.since, kind=kind,
+                      limit=args.limit)
     except ValueError as e:
         print(f"bastion audit search: {e}", file=sys.stderr)
         return 2
@@ -47,7 +48,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     fmt = "{:<27} {:<12} {:<16} {:>8}  {:<7} {}"
     print(fmt.format("SESSION", "USER", "RESOURCE", "AT", "WHERE", "TEXT"))
     for h in hits:
-        where = "screen" if h.kind == "screen" else "judged"
+        where = h.kind if h.kind in ("screen", "stdin") else "judged"
         print(fmt.format(h.session, h.user[:12], h.resource[:16], _offset(h.t), where, h.text.strip()[:200]))
     print("\nreplay from a hit: bastion replay SESSION --from AT", file=sys.stderr)
     return 0
@@ -226,7 +227,8 @@ def register(sub: Any) -> None:
     p.add_argument("--user")
     p.add_argument("--resource")
     p.add_argument("--since", type=when_arg, help="ISO date/time or an age (7d, 12h)")
-    p.add_argument("--only", choices=("screen", "commands"), help="only screen text, or only judged commands")
+    p.add_argument("--only", choices=("screen", "commands", "stdin"),
+                   help="only screen text, only judged commands, or only the input of sessions without a terminal")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
 
