@@ -337,6 +337,9 @@ def _add_policy(sub: Any) -> None:
                     help="judge as a line typed at an interactive shell prompt (history expansion applies)")
     pt.add_argument("command", nargs=argparse.REMAINDER)
     pt.set_defaults(func=cmd_policy_test)
+    from bastion.cli.backtest import register as register_backtest  # policy backtest (issue 23)
+
+    register_backtest(ps)
 
 
 def _add_replay(sub: Any) -> None:
