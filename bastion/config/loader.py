@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bastion.config.export import export_problems
 from bastion.config.notify import notify_problems
 from bastion.config.problems import ConfigError, LineMap, Loc, dotted, problem
 from bastion.config.resources import KIND_TAGS, KINDS
@@ -180,7 +181,8 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         # need the schema (the policy engine's tests, the menu) should not pay for
         from bastion.config.checks import semantic_checks
 
-        problems = semantic_checks(cfg) + [problem(path, lines, loc, msg) for loc, msg in notify_problems(cfg)]
+        problems = semantic_checks(cfg) + [problem(path, lines, loc, msg) for check in (notify_problems,
+                                           export_problems) for loc, msg in check(cfg)]
         if problems:
             raise ConfigError(problems)
     return cfg

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from bastion.config.base import GROUP_RE, NAME_RE, StrictModel, TimeLimits
+from bastion.config.export import AuditExportModel
 from bastion.config.notify import NotifyModel
 from bastion.config.problems import LineMap, line_for
 from bastion.config.resources import AnyResource, Resource, TransfersModel
@@ -59,6 +60,7 @@ class ClusterModel(StrictModel):
 
 class AuditModel(StrictModel):
     signing_key_file: str | None = None  # ed25519 private key: the daemon signs the chain heads after each session
+    export: AuditExportModel = AuditExportModel()  # every audit event out: a file, syslog, the journal
 
 
 class SandboxModel(StrictModel):

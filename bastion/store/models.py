@@ -212,3 +212,20 @@ class Bookmark(Base):
     note: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+
+
+class AuditExportCursor(Base):
+    """How far one audit-export sink got along the audit chain (``seq`` of the last event it was sent), and which
+    exporter holds it: a lease taken by conditional UPDATE, so nodes sharing the store export each sink once."""
+
+    __tablename__ = "audit_export_cursors"
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # every event with seq <= this was sent
+    exported: Mapped[int] = mapped_column(Integer, default=0)  # events sent (duplicates after a retry included)
+    holder: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the node exporting it
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
