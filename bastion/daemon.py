@@ -17,6 +17,7 @@ import asyncssh
 
 from bastion.audit.worker import AuditWorker
 from bastion.config import Config, ConfigError, load_config
+from bastion.export.worker import Exporter
 from bastion.keyfiles import CIPHERS, ensure_private_key
 from bastion.notify.events import Enqueuer
 from bastion.notify.worker import Deliverer
@@ -152,6 +153,8 @@ class Daemon:
         self._cluster: asyncio.Task[None] | None = None
         # one delivery loop per node, in the process that keeps its books (see bastion.notify.worker)
         self.notifier = Deliverer(self.services.store, lambda: self.services.config)
+        # and one audit-export loop (see bastion.export.worker): each sink is exported by one node at a time
+        self.exporter = Exporter(self.services.store, lambda: self.services.config, self.services.node)
 
     @property
     def config(self) -> Config:
@@ -177,6 +180,7 @@ class Daemon:
         if isinstance(enqueuer, Enqueuer):  # what this process enqueues is looked at at once
             enqueuer.wake = self.notifier.wake_threadsafe(asyncio.get_running_loop())
         self.notifier.start()
+        self.exporter.start()
         if not listen:
             return
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
@@ -230,6 +234,7 @@ class Daemon:
         if self._cluster is not None:
             self._cluster.cancel()
         await self.notifier.stop()
+        await self.exporter.stop()
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         try:

@@ -263,3 +263,7 @@ def register(sub: Any) -> None:
     p = add("reindex", cmd_reindex, "rebuild the search index and keyframes (all recordings, or one)")
     p.add_argument("--session")
     register_review(add)
+
+    from bastion.cli.export import register as register_export  # audit events out (docs/audit-export.md)
+
+    register_export(add)
