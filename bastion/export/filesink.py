@@ -3,8 +3,9 @@ the oldest beyond ``keep`` removed).
 
 Each batch is written under an exclusive lock (``.NAME.lock`` beside it: the daemon and a ``bastion audit
 export`` replay never interleave, nor rotate under each other), with the file opened afresh (a rotation by the
-other is seen), and fsynced before the caller moves its cursor. A line torn by a crash mid-write is cut off before the next
-write (its event is sent again: the cursor had not moved past it), so the file is always whole JSON lines.
+other is seen), and fsynced before the caller moves its cursor. A line torn by a crash mid-write is cut off
+before the next write (its event is sent again: the cursor had not moved past it), so the file is always whole
+JSON lines.
 """
 
 from __future__ import annotations
