@@ -10,6 +10,8 @@ only: nothing is written to the store or next to the recordings. What cannot be 
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -39,7 +41,7 @@ from policies.engine import Action, Decision, PolicySet, evaluate, evaluate_kube
 from policies.execs import Exec, evaluate_exec
 from policies.kube import KubeParseError, KubeRequest, parse_request
 from policies.psql import judge_psql_line
-from recorder.asciicast import CastError, iter_events, read_header
+from recorder.asciicast import CastError, read_header
 from recorder.seekindex import load as load_index
 from recorder.storage import StorageError
 from recorder.transferlog import is_transfer_log
@@ -121,15 +123,26 @@ def resolve_groups(store: Store, running: Config, users: set[str]) -> dict[str, 
     return out
 
 
+_MARKER_LINE = re.compile(r'\[[0-9.eE+-]+, ?"m", ?')
+
+
 def _markers(path: Any) -> Iterator[tuple[float, str]]:
-    """A recording's markers: from its keyframe index when that is current (no full read), else from the cast."""
+    """A recording's markers: from its keyframe index when that is current, else from the cast's ``m`` lines only
+    (output lines are not decoded: a session's bulk output costs a scan, not a JSON parse per line)."""
     idx = load_index(path)
     if idx is not None:
         yield from idx.markers
         return
-    for ev in iter_events(path):
-        if ev.code == "m":
-            yield ev.time, ev.data
+    read_header(path)  # a file that is not a cast is an error, not a recording without decisions
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not _MARKER_LINE.match(line):
+                continue
+            try:
+                t, _, label = json.loads(line)
+                yield float(t), str(label)
+            except ValueError as e:
+                raise CastError(f"{path}:{n}: a damaged marker line ({e})") from None
 
 
 @dataclass
@@ -151,7 +164,8 @@ class _Reader:
                       groups=self.groups)
 
     def text_of(self, j: Judged, s: Summary) -> Judged:
-        text = split_reason(s.rest, self.rule_reasons, lambda reason, text: self.reproduces(_subject(j, text), s))
+        text = split_reason(s.rest, self.rule_reasons, lambda reason, text: self.reproduces(_subject(j, text), s),
+                            s.rule)
         if text is None:
             return replace(j, text=s.rest, problem="the marker's reason and judged text cannot be told apart")
         return _subject(j, text)
@@ -283,7 +297,7 @@ def run(store: Store, running: Config, new: Config, *, since: datetime | None, u
     for sess in sessions:
         res = running.resources.get(sess.resource) or new.resources.get(sess.resource)
         reader = _Reader(sess, res.kind if res is not None else "unknown", reasons,
-                         lambda j, s: _reproduces(running, j, s), groups[sess.user][0])
+                         lambda j, s: _reproduces(running, j, s) or _reproduces(new, j, s), groups[sess.user][0])
         if not sess.recording:
             found.append(Judged(sess.id, None, sess.user, sess.resource, "recording", "", "allow", None,
                                 problem="no recording (pruned or never written)"))
@@ -296,24 +310,29 @@ def run(store: Store, running: Config, new: Config, *, since: datetime | None, u
             continue
         found.extend(session_judgements(sess, path, reader))
     found.extend(replace(j, groups=groups[j.user][0]) for j in stored)
+    memo: dict[tuple[Any, ...], Decision] = {}  # the engine is pure: the same question gets the same answer
     for j in found:
-        _compare(out, new, j)
+        _compare(out, new, j, memo)
     out.seconds = time.perf_counter() - start
     return out
 
 
-def _compare(out: Backtest, new: Config, j: Judged) -> None:
+def _compare(out: Backtest, new: Config, j: Judged, memo: dict[tuple[Any, ...], Decision]) -> None:
+    """Judge ``j`` under ``new`` (once per distinct question) and file it as a change, or as not judged."""
     if j.problem is not None:
         out.unjudged.append(j)
         return
     if j.resource not in new.resources:
         out.unjudged.append(replace(j, problem=f"the new config has no resource {j.resource!r}"))
         return
-    try:
-        d = judge(new, j)
-    except ValueError as e:
-        out.unjudged.append(replace(j, problem=str(e)))
-        return
+    key = (j.kind, j.resource, j.groups, j.text, j.terminal, j.subject)
+    d = memo.get(key)
+    if d is None:
+        try:
+            d = memo[key] = judge(new, j)
+        except ValueError as e:
+            out.unjudged.append(replace(j, problem=str(e)))
+            return
     out.judged += 1
     if d.action.label != j.action:
         out.changes.append(Change(j, d))

@@ -35,6 +35,9 @@ GUARD_RULES = frozenset({UNKNOWN_RULE, LOADER_RULE, CODE_RULE})
 # refusal of the wire protocol by the proxy, not a policy decision)
 _SQL_ENGINE_REASONS = re.compile(r".*(no rule matched; default is|within the row limit; default is)|nothing to run"
                                  r"|the SQL cannot be parsed|dynamic SQL runs statements", re.DOTALL)
+# how the engine words a decision no rule took (policies/engine.py: judge_command, evaluate_sql, evaluate_kube)
+_ENGINE_REASON = re.compile(r".*?: (?:no rule matched|within the row limit); default is "
+                            r"(?:allow|warn|require_approval|block)|nothing to run|discovery", re.DOTALL)
 SYSTEM_DIRS = ("/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/lib/", "/usr/libexec/", "/usr/share/",
                "/lib/", "/usr/local/bin/", "/usr/local/sbin/")
 
@@ -89,10 +92,12 @@ def split_exec(body: str) -> tuple[str, Summary]:
     return parts[0], s if s is not None else Summary("allow", None, "")
 
 
-def split_reason(rest: str, rule_reasons: frozenset[str], reproduces: Callable[[str, str], bool]) -> str | None:
+def split_reason(rest: str, rule_reasons: frozenset[str], reproduces: Callable[[str, str], bool],
+                 rule: str | None = None) -> str | None:
     """The judged text at the end of ``REASON: TEXT``, where either part may hold ``: ``: the only split, else the
-    one after a reason some rule of the configs gives, else the one whose text, judged again under the running
-    config, reproduces the recorded reason exactly. None: the marker cannot be told apart (reported, not guessed)."""
+    one after a reason some rule of the configs gives or one the engine words itself (``rm: no rule matched;
+    default is allow``, ``rm matches rule 'r'``), else the one whose text, judged again, reproduces the recorded
+    reason exactly. None: the marker cannot be told apart (reported, not guessed)."""
     cuts = [m.start() for m in re.finditer(": ", rest)]
     if not cuts:
         return None
@@ -101,6 +106,10 @@ def split_reason(rest: str, rule_reasons: frozenset[str], reproduces: Callable[[
     for reason in sorted(rule_reasons, key=len, reverse=True):
         if reason and rest.startswith(reason + ": "):
             return rest[len(reason) + 2:]
+    own = _ENGINE_REASON if rule is None else re.compile(r".*? matches rule " + re.escape(repr(rule)), re.DOTALL)
+    for c in cuts:
+        if own.fullmatch(rest[:c]):
+            return rest[c + 2:]
     fits = [rest[c + 2:] for c in cuts if reproduces(rest[:c], rest[c + 2:])]
     return fits[0] if len(fits) == 1 else None
 

@@ -107,6 +107,9 @@ def test_reason_and_text_are_told_apart_or_refused() -> None:
     assert split_reason("a: b: c", never, lambda r, t: True) is None  # two readings reproduce: refused
     assert split_reason("a: b: c", never, lambda r, t: False) is None
     assert split_reason("no separator", never, lambda r, t: True) is None
+    # the engine's own words for a decision no rule took, whatever config took it
+    assert split_reason("rm: no rule matched; default is allow: rm a: b", never, lambda r, t: False) == "rm a: b"
+    assert split_reason("rm matches rule 'x': rm a: b", never, lambda r, t: False, "x") == "rm a: b"
 
 
 @pytest.mark.parametrize(("method", "target"), [
