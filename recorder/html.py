@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from recorder.asciicast import iter_events, read_header
@@ -111,13 +111,16 @@ def _marker_class(label: str) -> str:
 
 
 def export_html(cast: Path | str, out: Path | str, *, title: str | None = None,
-                info: Mapping[str, str] | None = None, speed: float = 1.0, autoplay: bool = False) -> Path:
-    """Write the standalone player page for ``cast`` to ``out``; returns ``out``."""
+                info: Mapping[str, str] | None = None, speed: float = 1.0, autoplay: bool = False,
+                extra_markers: Sequence[tuple[float, str]] = ()) -> Path:
+    """Write the standalone player page for ``cast`` to ``out``; returns ``out``. ``extra_markers``: moments kept
+    beside the recording (auditors' bookmarks), listed with its own markers in time order."""
     cast = Path(cast)
     header = read_header(cast)  # a bad file fails here
     js, css = player_assets()
     text = cast.read_text(encoding="utf-8", errors="replace")
-    markers = [(ev.time, ev.data) for ev in iter_events(cast) if ev.code == "m"]
+    markers = sorted([*((ev.time, ev.data) for ev in iter_events(cast) if ev.code == "m"), *extra_markers],
+                     key=lambda m: m[0])
     title = title or header.get("title") or cast.name
     info_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                         for k, v in (info or {}).items())

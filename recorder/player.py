@@ -9,13 +9,14 @@ the same time anywhere in a long recording.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import sys
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +32,7 @@ KeyPoll = Callable[[float], str | None]
 QUIT_KEYS = frozenset("qQ\x03")
 MIN_SPEED, MAX_SPEED = 1 / 64, 64.0
 SEEK_STEP = 5.0
-HELP = "space pause  +/- speed  \u2190/\u2192 5s  [ ] markers  /text find  q quit"
+HELP = "space pause  +/- speed  \u2190/\u2192 5s  [ ] markers  /text find  b bookmark  q quit"
 CLEAR = "\x1b[0m\x1b[H\x1b[2J"
 _ARROWS = {"\x1b[C": "right", "\x1b[D": "left", "\x1bOC": "right", "\x1bOD": "left"}
 
@@ -76,24 +77,29 @@ def _split_keys(keys: str) -> list[str]:
     return out
 
 
+def _merged(markers: list[tuple[float, str]], extra: Sequence[tuple[float, str]]) -> list[tuple[float, str]]:
+    return sorted([*markers, *extra], key=lambda m: m[0])
+
+
 class _Source:
     """Events with positions: byte offsets in a file (keyframes from its seek index), or indexes in a list."""
 
-    def __init__(self, cast: Cast | Path) -> None:
+    def __init__(self, cast: Cast | Path, extra: Sequence[tuple[float, str]] = ()) -> None:
+        self.extra = list(extra)  # markers kept beside the recording (bookmarks), merged in time order
         self.cast = cast if isinstance(cast, Cast) else None
         self.path = None if isinstance(cast, Cast) else Path(cast)
         self._index: SeekIndex | None = None
         if self.cast is not None:
             self.header = self.cast.header
             self.start = 0
-            self.markers = [(e.time, e.data) for e in self.cast.events if e.code == "m"]
+            self.markers = _merged([(e.time, e.data) for e in self.cast.events if e.code == "m"], self.extra)
             self.duration = max((e.time for e in self.cast.events), default=0.0)
         else:
             assert self.path is not None
             self.header = read_header(self.path)  # a bad file fails here, before the terminal is touched
             with open(self.path, "rb") as f:
                 self.start = len(f.readline())
-            self.markers = []
+            self.markers = _merged([], self.extra)
             self.duration = 0.0
             self._scanned = False
 
@@ -110,7 +116,7 @@ class _Source:
         """The seek index (built on first need when the recording has no sidecar)."""
         if self.path is not None and self._index is None:
             self._index = load_or_build(self.path)
-            self.markers, self.duration = list(self._index.markers), self._index.duration
+            self.markers, self.duration = _merged(list(self._index.markers), self.extra), self._index.duration
         return self._index
 
     def ensure_scanned(self) -> None:
@@ -140,6 +146,7 @@ class _Player:
         self.paused = False
         self.left = 0.0  # wall seconds left of the current wait, kept while paused
         self.message = ""
+        self.bookmark_out: str | None = None  # where `b` appends the auditor's bookmarks (JSON lines)
 
     # -- output ------------------------------------------------------------------------------------------------
     def write(self, data: str) -> None:
@@ -209,12 +216,12 @@ class _Player:
         return next((label for mt, label in self.src.markers if abs(mt - t) < 1e-6), "")
 
     # -- keys --------------------------------------------------------------------------------------------------
-    def read_line(self) -> str | None:
-        """Text typed after ``/`` up to Enter (None: Esc or quit)."""
+    def read_line(self, prompt: str = "/") -> str | None:
+        """Text typed after ``/`` (or another prompt) up to Enter (None: Esc or quit)."""
         assert self.keys is not None
         text = ""
         while True:
-            self.status("/" + text)
+            self.status(prompt + text)
             keys = self.keys(3600.0)
             if keys is None:
                 continue
@@ -264,6 +271,25 @@ class _Player:
             if t is not None:
                 self.seek(t)
             if self.paused or t is None:
+                self.status()
+        elif key == "b" and self.bookmark_out is not None:
+            paused, self.paused = self.paused, True
+            left = max(0.0, self.deadline - self.clock())
+            at = self.t
+            note = self.read_line(f"bookmark at {_clock(at)}, note: ")
+            self.paused = paused
+            if note and note.strip():
+                with open(self.bookmark_out, "a", encoding="utf-8") as f:  # the bastion keeps it once this ends
+                    f.write(json.dumps({"t": round(at, 3), "note": note.strip()}) + "\n")
+                mark = (at, f"bookmark: {note.strip()}")
+                self.src.extra.append(mark)
+                self.src.markers = _merged(self.src.markers, [mark])
+                self.message = f"bookmarked {_clock(at)}"
+            else:
+                self.message = ""
+            self.seek(self.t, repaint=True)
+            self.deadline = self.clock() + left
+            if self.paused:
                 self.status()
         elif key == "/":
             paused, self.paused = self.paused, True
@@ -339,7 +365,8 @@ def _clock(t: float) -> str:
 def play(cast: Cast | Path | str, out: BinaryIO | None = None, *, speed: float = 1.0,
          idle_limit: float | None = None, keys: KeyPoll | None = None, stream: str = "o",
          start: float | None = None, end: float | None = None,
-         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+         extra_markers: Sequence[tuple[float, str]] = (), bookmark_out: str | None = None) -> bool:
     """Write the data of ``stream`` events to ``out`` with their recorded timing; True if played to the end.
 
     Gaps are capped at ``idle_limit`` then divided by ``speed``. ``start`` seeks there first (the screen as it was);
@@ -349,7 +376,7 @@ def play(cast: Cast | Path | str, out: BinaryIO | None = None, *, speed: float =
     sink: BinaryIO = sys.stdout.buffer if out is None else out
     if speed <= 0:
         raise ValueError(f"speed must be positive, got {speed}")
-    src = _Source(cast if isinstance(cast, Cast) else Path(cast))
+    src = _Source(cast if isinstance(cast, Cast) else Path(cast), extra_markers)
     cols, rows = int(src.header.get("width") or 80), int(src.header.get("height") or 24)
     with contextlib.suppress(OSError, ValueError, AttributeError):
         cols, rows = os.get_terminal_size(sink.fileno())
@@ -358,6 +385,7 @@ def play(cast: Cast | Path | str, out: BinaryIO | None = None, *, speed: float =
             keys = stack.enter_context(_tty_keys())
         player = _Player(src, sink, speed=speed, idle_limit=idle_limit, keys=keys, stream=stream, clock=clock,
                          sleep=sleep, rows=rows, cols=cols)
+        player.bookmark_out = bookmark_out
         try:
             return player.run(start, end)
         finally:
@@ -387,6 +415,20 @@ def render_screen(path: Path | str, width: int | None = None, height: int | None
     return "\n".join(line.rstrip() for line in screen.display)
 
 
+def load_bookmarks(path: str) -> list[tuple[float, str]]:
+    """``[[seconds, label], ...]`` from a file the bastion wrote beside the copy it plays (anything else: none)."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(raw, list):
+        return []
+    return [(float(t), str(label)) for t, label in (x for x in raw if isinstance(x, list) and len(x) == 2)
+            if isinstance(t, int | float) and isinstance(label, str)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m recorder.player FILE``: play in this terminal (the bastion runs this for auditors in the TUI)."""
     import argparse
@@ -397,10 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--speed", type=float, default=1.0)
     p.add_argument("--idle-limit", type=float, default=2.0)
+    p.add_argument("--bookmarks", help="a JSON file of [seconds, label] pairs shown among the markers")
+    p.add_argument("--bookmark-out", help="where b appends the auditor's bookmarks (JSON lines: t, note)")
     args = p.parse_args(argv)
     try:
+        extra = load_bookmarks(args.bookmarks) if args.bookmarks else []
         sys.stdout.buffer.write(b"\x1b[H\x1b[2J")
-        done = play(args.file, speed=args.speed, idle_limit=args.idle_limit)
+        done = play(args.file, speed=args.speed, idle_limit=args.idle_limit, extra_markers=extra,
+                    bookmark_out=args.bookmark_out)
     except CastError as e:
         print(f"cannot play: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from rich.text import Text
 from textual.actions import SkipAction
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
@@ -14,10 +15,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
-from tui.approvals import _short
+from tui.approvals import ReasonModal, _short
 
 FILTER_HELP = ("filter: user=alice resource=web* since=7d outcome=terminated policy=blocked|warned|held|denied "
-               "(Enter applies)")
+               "risk=any|blocked|held|denied|terminated|masking|transfers reviewed=no (Enter applies)")
 
 
 def parse_filter(text: str) -> dict[str, str]:
@@ -31,7 +32,7 @@ def parse_filter(text: str) -> dict[str, str]:
         key, sep, value = w.partition("=")
         if not sep:
             key, value = "user", w
-        if key in ("user", "resource", "since", "outcome", "policy") and value:
+        if key in ("user", "resource", "since", "outcome", "policy", "risk", "reviewed") and value:
             out[key] = value
     return out
 
@@ -70,7 +71,7 @@ class RecordingsScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "recordings"
         self.query_one(DataTable).add_columns("Session", "User", "Resource", "Kind", "Mode", "Started (UTC)",
-                                              "Duration", "Outcome")
+                                              "Duration", "Outcome", "Risk", "Verdict")
         self.reload()
 
     def reload(self) -> None:
@@ -100,7 +101,8 @@ class RecordingsScreen(Screen[None]):
         for r in reply["sessions"]:
             dur = f"{r['duration']:.0f}s" if r["duration"] is not None else "-"
             table.add_row(r["id"], r["user"], r["resource"], r["kind"], r["mode"],
-                          (r["started_at"] or "")[:19].replace("T", " "), dur, r["outcome"], key=r["id"])
+                          (r["started_at"] or "")[:19].replace("T", " "), dur, r["outcome"],
+                          ",".join(r.get("risk") or []) or "-", r.get("verdict") or "-", key=r["id"])
         self.rows += reply["sessions"]
         self.next = str(reply.get("next") or "")
         shown = " ".join(f"{k}={v}" for k, v in self.params.items())
@@ -165,13 +167,18 @@ class RecordingsScreen(Screen[None]):
 
 
 class RecordingScreen(Screen[None]):
-    """One recording: what happened (facts, decisions, approvals, audit events); p replays it here."""
+    """One recording: what happened (facts, decisions, approvals, audit events, auditors' bookmarks and verdicts);
+    p replays it here, b bookmarks the selected marker's moment, v gives a verdict, t shows the user's timeline."""
 
-    BINDINGS = [Binding("p", "play", "Replay"), Binding("escape", "back", "Back")]
+    BINDINGS = [Binding("p", "play", "Replay"), Binding("b", "bookmark", "Bookmark"),
+                Binding("v", "verdict", "Verdict"), Binding("t", "timeline", "Timeline"),
+                Binding("escape", "back", "Back")]
 
     def __init__(self, rpc: RpcClient, sid: str):
         super().__init__()
         self.rpc, self.sid = rpc, sid
+        self.marks: list[float] = []  # the time of each row of the markers list
+        self.user = ""
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="")
@@ -205,11 +212,19 @@ class RecordingScreen(Screen[None]):
                  f"sha256 {s['sha256'] or '(not closed)'}"]
         if s["command"]:
             facts.insert(1, f"command: {_short(s['command'], 100)}")
-        self.query_one("#rec-facts", Static).update("\n".join(facts))
+        self.user = s["user"]
+        verdict = (d.get("reviews") or [{}])[0]
+        facts.append(f"risk: {', '.join(d.get('risk') or []) or 'none'} · verdict: "
+                     + (f"{verdict['verdict']} by {verdict['reviewer']}: {verdict['comment']}" if verdict
+                        else "not reviewed"))
+        self.query_one("#rec-facts", Static).update(Text("\n".join(facts)))
         more = d.get("more") or {}
         markers = self.query_one("#rec-markers", DataTable)
-        for t, label in d["markers"]:
-            markers.add_row(_clock(t), _short(label, 90))
+        rows = [(t, label) for t, label in d["markers"]] + [
+            (b["t"], f"bookmark by {b['author']}: {b['note']}") for b in d.get("bookmarks") or []]
+        for t, label in sorted(rows, key=lambda r: r[0]):
+            self.marks.append(t)
+            markers.add_row(_clock(t), Text(_short(label, 90)))
         if more.get("markers"):
             markers.add_row("…", f"{more['markers']} more: the replay has them all ([ ] jump between markers)")
         approvals = self.query_one("#rec-approvals", DataTable)
@@ -237,6 +252,97 @@ class RecordingScreen(Screen[None]):
             return
         self.query_one("#rec-status", Static).update(str(r.get("message", "")))
         self.app.refresh(layout=True)
+
+    def _say(self, text: str) -> None:
+        self.query_one("#rec-status", Static).update(Text(text))
+
+    def action_bookmark(self) -> None:
+        """A note at the selected marker's moment (the start when none is selected)."""
+        table = self.query_one("#rec-markers", DataTable)
+        t = self.marks[table.cursor_row] if self.marks and 0 <= table.cursor_row < len(self.marks) else 0.0
+
+        def done(note: str | None) -> None:
+            if note is None:
+                return
+            try:
+                self.rpc.call("recording.bookmark", id=self.sid, t=t, note=note)
+                self._say(f"bookmarked {_clock(t)}: {note}")
+                table.add_row(_clock(t), Text(_short(f"bookmark (yours): {note}", 90)))
+            except RpcError as e:
+                self._say(str(e))
+
+        self.app.push_screen(ReasonModal(f"Bookmark {self.sid} at {_clock(t)}: note?"), done)
+
+    def action_verdict(self) -> None:
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            verdict, _, comment = text.partition(" ")
+            try:
+                r = self.rpc.call("recording.review", id=self.sid, verdict=verdict, comment=comment)
+                self._say(f"verdict: {r['verdict']}")
+            except RpcError as e:
+                self._say(str(e))
+
+        self.app.push_screen(ReasonModal(f"Verdict on {self.sid}: ok | follow-up | incident, then a comment "
+                                         "(e.g. follow-up ask alice about the chmod)"), done)
+
+    def action_timeline(self) -> None:
+        if self.user:
+            self.app.push_screen(TimelineScreen(self.rpc, user=self.user))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+class TimelineScreen(Screen[None]):
+    """One ordered account of a user (a grant, a resource): sign-ins, requests, sessions, decisions, observations;
+    Enter opens the session of the selected line."""
+
+    BINDINGS = [Binding("enter", "open", "Open session"), Binding("escape", "back", "Back")]
+
+    def __init__(self, rpc: RpcClient, *, user: str | None = None, grant: int | None = None,
+                 resource: str | None = None):
+        super().__init__()
+        self.rpc, self.who = rpc, {k: v for k, v in (("user", user), ("grant", grant), ("resource", resource))
+                                   if v is not None}
+        self.entries: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="")
+        yield DataTable(id="timeline", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="timeline-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "timeline of " + " ".join(f"{k} {v}" for k, v in self.who.items())
+        table = self.query_one(DataTable)
+        table.add_columns("Time (UTC)", "Actor", "Action", "Outcome", "Resource", "What", "Replay")
+        try:
+            reply = self.rpc.call("timeline", **self.who)
+        except RpcError as e:
+            self.query_one("#timeline-status", Static).update(str(e))
+            return
+        self.entries = reply["entries"]
+        for x in self.entries:
+            table.add_row(x["time"][:19].replace("T", " "), x["actor"], x["action"], x["outcome"],
+                          x["resource"] or "", Text(_short(x["what"], 60)), x["replay"] or "")
+        more = f" · {reply['more']} older not shown" if reply.get("more") else ""
+        self.query_one("#timeline-status", Static).update(f"{len(self.entries)} event(s){more} · Enter opens")
+        if self.entries:
+            table.move_cursor(row=len(self.entries) - 1)
+        table.focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if self.entries and 0 <= table.cursor_row < len(self.entries):
+            sid = self.entries[table.cursor_row].get("session")
+            if sid:
+                self.app.push_screen(RecordingScreen(self.rpc, sid))
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -73,9 +73,17 @@ def build_report(store: Store, since: datetime, until: datetime) -> dict[str, An
         out["approvals"] = approvals
         out["chain_heads"] = {h.name: {"seq": h.seq, "head": h.head} for h in s.scalars(select(ChainHead))}
     out["transfers"] = transfer_totals(out["sessions"])
+    # what an auditor still owes a look: sessions with a risk (blocked, held, denied, terminated, masking refusals,
+    # transfers) that nobody has given a verdict
+    risky = store.sessions(100000, since=since, until=until, risk="any", reviewed=False)
+    notes = store.session_notes([r.id for r in risky])
+    out["unreviewed_risky"] = [{"session": r.id, "user": r.user, "resource": r.resource,
+                                "started_at": r.as_dict()["started_at"], "outcome": r.outcome,
+                                "risk": notes[r.id]["risk"]} for r in reversed(risky)]
     out["summary"] = {"sessions": len(out["sessions"]), "blocked": len(out["blocked"]),
                       "approvals": len(out["approvals"]), "approved": sum(a["status"] == "approved"
                                                                           for a in out["approvals"]),
+                      "unreviewed_risky": len(out["unreviewed_risky"]),
                       "terminations": len(out["terminations"]), "self_approved": sum(
                           a["self_approved"] for a in out["approvals"])}
     return out
@@ -115,6 +123,9 @@ def report_csv(rep: dict[str, Any]) -> str:
                     "detail": f"{t['sessions']} sessions; up {t['files_up']} files {t['bytes_up']} bytes; "
                               f"down {t['files_down']} files {t['bytes_down']} bytes"
                               + (f"; {t['unread']} logs not read" if t["unread"] else "")})
+    for u in rep.get("unreviewed_risky", []):
+        w.writerow({"record": "unreviewed", "time": u["started_at"], "user": u["user"], "resource": u["resource"],
+                    "session": u["session"], "outcome": u["outcome"], "detail": "risk: " + ", ".join(u["risk"])})
     for p in rep["pruned"]:
         w.writerow({"record": "pruned", "time": p["time"], "session": p["session"], "action": "recording.pruned",
                     "detail": f"sha256 {p['sha256']}"})

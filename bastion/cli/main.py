@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,13 +157,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    from bastion.cli.review import bookmarks_of, keep_bookmarks
+
+    marks = bookmarks_of(row, args)
     if args.html:
-        return _export_html(path, row, Path(args.html))
+        return _export_html(path, row, Path(args.html), marks)
     try:
         if args.to is not None and args.start is not None and args.to < args.start:
             print("bastion replay: --to is before --from", file=sys.stderr)
             return 2
-        play(path, speed=args.speed, idle_limit=args.idle_limit, stream=args.stream, start=args.start, end=args.to)
+        with tempfile.TemporaryDirectory(prefix="bastion-replay-") as tmp:
+            out = str(Path(tmp) / "new-bookmarks.jsonl") if row is not None else None
+            play(path, speed=args.speed, idle_limit=args.idle_limit, stream=args.stream, start=args.start,
+                 end=args.to, extra_markers=marks, bookmark_out=out)
+            if out is not None and row is not None:
+                keep_bookmarks(row, args, Path(out))
     except CastError as e:
         print(f"bastion replay: {e}", file=sys.stderr)
         return 1
@@ -171,7 +180,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_html(path: Path, session: SessionRecord | None, out: Path) -> int:
+def _export_html(path: Path, session: SessionRecord | None, out: Path,
+                 marks: list[tuple[float, str]] | None = None) -> int:
     """``replay --html``: the standalone page, with the session's facts when the recording is a known session's."""
     from recorder.asciicast import CastError
     from recorder.html import PlayerAssetsMissing, export_html
@@ -186,7 +196,7 @@ def _export_html(path: Path, session: SessionRecord | None, out: Path) -> int:
             if row.get(key) not in (None, ""):
                 info[key.replace("_", " ")] = str(row[key])
     try:
-        export_html(path, out, title=title, info=info)
+        export_html(path, out, title=title, info=info, extra_markers=marks or ())
     except (CastError, PlayerAssetsMissing, OSError) as e:
         print(f"bastion replay --html: {e}", file=sys.stderr)
         return 1

@@ -8,9 +8,12 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from bastion.cli.common import open_store, parse_offset, when_arg
+from bastion.cli.common import config_path, open_store, parse_offset, when_arg
+from bastion.config import load_config
+from bastion.store.rows import SessionRecord
 
 Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
@@ -76,18 +79,45 @@ def cmd_notes(args: argparse.Namespace) -> int:
         return 1
     _, store = got
     rs = ReviewStore(store)
-    out: dict[str, Any] = {"session": args.session, "risks": rs.risks([args.session])[args.session],
+    out: dict[str, Any] = {"session": args.session, "risk": rs.risks([args.session])[args.session],
                            "reviews": [r.as_dict() for r in rs.reviews(args.session)],
                            "bookmarks": [b.as_dict() for b in rs.bookmarks(args.session)]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{args.session}: risk {', '.join(out['risks']) or 'none'}")
+    print(f"{args.session}: risk {', '.join(out['risk']) or 'none'}")
     for r in out["reviews"]:
         print(f"  {r['at'][:19]}  {r['verdict']:<9} by {r['reviewer']}: {r['comment']}")
     for b in out["bookmarks"]:
         print(f"  {b['t']:>8.1f}s  bookmark by {b['author']}: {b['note']}")
     return 0
+
+
+def keep_bookmarks(row: SessionRecord, args: argparse.Namespace, made: Path) -> None:
+    """What ``b`` marked in this replay, kept as this admin's bookmarks (and audit events)."""
+    from bastion.sessions.player import new_bookmarks
+    from bastion.store.db import Store
+    from bastion.store.reviews import ReviewStore
+
+    marks = new_bookmarks(made)
+    if not marks:
+        return
+    store, by = Store(load_config(config_path(args), check_files=False).database_url), f"admin:{getpass.getuser()}"
+    for t, note in marks:
+        b = ReviewStore(store).bookmark(row.id, by, t, note)
+        store.audit(by, "recording.bookmark", "ok", resource=row.resource, session_id=row.id, t=b.t, note=b.note)
+    print(f"kept {len(marks)} bookmark(s) of {row.id}", file=sys.stderr)
+
+
+def bookmarks_of(row: SessionRecord | None, args: argparse.Namespace) -> list[tuple[float, str]]:
+    """The auditors' bookmarks of a known session, as markers (kept beside the recording, shown among its own)."""
+    if row is None:
+        return []
+    from bastion.store.db import Store
+    from bastion.store.reviews import ReviewStore
+
+    store = Store(load_config(config_path(args), check_files=False).database_url)
+    return [(b.t, f"bookmark by {b.author}: {b.note}") for b in ReviewStore(store).bookmarks(row.id)]
 
 
 def register_review(add: Add) -> None:

@@ -58,6 +58,8 @@ class MenuHandlers:
             "request.revoke": self.revoke, "sessions.live": self.live, "session.observe": self.observe,
             "session.terminate": self.terminate, "recordings.list": self.recordings.listing,
             "recording.detail": self.recordings.detail, "recording.play": self.recordings.play,
+            "recording.bookmark": self.recordings.bookmark, "recording.review": self.recordings.review,
+            "timeline": self.recordings.timeline,
             "login.start": self.signin.start, "login.wait": self.signin.wait, "login.cancel": self.signin.cancel,
             "log": self.log,
         }

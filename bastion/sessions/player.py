@@ -4,6 +4,7 @@ as the active endpoint of the channel's relay (not recorded)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
@@ -14,17 +15,46 @@ from bastion.sessions.client import ClientSide
 from bastion.terminal.ptyproc import PtyProcess
 from bastion.terminal.relay import PtyEndpoint
 
+MAX_NEW_BOOKMARKS = 200
 
-async def play(services: Services, client: ClientSide, path: str) -> int | None:
-    """Play the recording at ``path`` until the auditor quits; the player's exit status."""
+
+async def play(services: Services, client: ClientSide, path: str,
+               bookmarks: list[tuple[float, str]] | None = None) -> tuple[int | None, list[tuple[float, str]]]:
+    """Play the recording at ``path`` until the auditor quits (with ``bookmarks`` among its markers); the player's
+    exit status, and the bookmarks the auditor made with ``b`` (the caller keeps them, as the auditor's)."""
     home = Path(tempfile.mkdtemp(prefix="bastion-replay-"))
     try:
-        return await _run_player(services, client, path, home)
+        status = await _run_player(services, client, path, home, bookmarks or [])
+        return status, await asyncio.to_thread(new_bookmarks, home / NEW_BOOKMARKS)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
-async def _run_player(services: Services, client: ClientSide, path: str, home: Path) -> int | None:
+NEW_BOOKMARKS = "new-bookmarks.jsonl"
+
+
+def new_bookmarks(path: Path) -> list[tuple[float, str]]:
+    """What the player wrote (it reads recordings an attacker shaped, so its file is read as untrusted: bounded,
+    each line checked, anything else dropped)."""
+    out: list[tuple[float, str]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read(256 * 1024).splitlines()
+    except OSError:
+        return out
+    for line in lines[:MAX_NEW_BOOKMARKS]:
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        t, note = (raw.get("t"), raw.get("note")) if isinstance(raw, dict) else (None, None)
+        if isinstance(t, int | float) and t >= 0 and isinstance(note, str) and note.strip():
+            out.append((float(t), note.strip()[:2000]))
+    return out
+
+
+async def _run_player(services: Services, client: ClientSide, path: str, home: Path,
+                      bookmarks: list[tuple[float, str]]) -> int | None:
     """The player reads a recording (output of targets, so input an attacker shaped) and the auditor's keys:
     it runs in the session sandbox, seeing the recording and its keyframes read-only and nothing else."""
     sandbox = services.sandbox
@@ -36,8 +66,15 @@ async def _run_player(services: Services, client: ClientSide, path: str, home: P
             await asyncio.to_thread(shutil.copyfile, f, home / f.name)
             sandbox.prepare(home / f.name)
         path, files = str(home / Path(path).name), []
+    extra: list[str] = []
+    if bookmarks:  # beside the copy the player reads: the recording itself never changes
+        marks = home / "bookmarks.json"
+        marks.write_text(json.dumps([[t, label] for t, label in bookmarks]), encoding="utf-8")
+        sandbox.prepare(marks)
+        extra = ["--bookmarks", str(marks)]
+    extra += ["--bookmark-out", str(home / NEW_BOOKMARKS)]  # in the player's own (writable, throwaway) home
     sandbox.prepare(home)
-    argv = sandbox.wrap([sys.executable, "-I", "-m", "recorder.player", path], home=home, env=env,
+    argv = sandbox.wrap([sys.executable, "-I", "-m", "recorder.player", path, *extra], home=home, env=env,
                         ro_paths=[*services.player_paths, *files])
     proc = PtyProcess(argv, env={} if sandbox.active else env, cols=client.cols, rows=client.rows, cwd=str(home),
                       wrapper=sandbox.active)

@@ -220,6 +220,14 @@ class Store:
             rows = s.execute(q.order_by(Session.started_at.desc(), Session.id.desc()).limit(limit)).all()
             return [_session_record(sess, rec) for sess, rec in rows]
 
+    def session_notes(self, sids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each session's risks and standing verdict (bastion.store.reviews), for a list of sessions at once."""
+        from bastion.store.reviews import ReviewStore
+
+        notes = ReviewStore(self)
+        risks, verdicts = notes.risks(sids), notes.verdicts(sids)
+        return {sid: {"risk": risks.get(sid, []), "verdict": verdicts.get(sid, "")} for sid in sids}
+
     # -- nodes ---------------------------------------------------------------------------------------------
     def heartbeat(self, node: str, *, starting: bool = False, stopping: bool = False) -> None:
         """This node is alive (or starting, or stopping cleanly)."""

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import aliased
 
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import ApprovalRequest, AuditEvent, Bookmark, Recording, Session, SessionReview
@@ -70,6 +71,7 @@ def risk_condition(risk: str) -> Any:
     """A condition on ``Session`` rows: the session has this risk (``any``: one of :data:`RISKS`)."""
     blocked = exists().where(AuditEvent.session_id == Session.id, AuditEvent.outcome.in_(("block", "blocked")))
     held = exists().where(ApprovalRequest.session_id == Session.id)
+    rec = aliased(Recording)  # the listing joins Recording already: its own copy, correlated on Session only
     conditions = {
         "blocked": blocked,
         "held": held,
@@ -77,8 +79,8 @@ def risk_condition(risk: str) -> Any:
         "terminated": Session.outcome.in_(("terminated", "unmoderated")),
         "masking": exists().where(AuditEvent.session_id == Session.id, AuditEvent.outcome.in_(("block", "blocked")),
                                   AuditEvent.detail["rule"].as_string().like("masking-%")),
-        "transfers": or_(Session.mode == "sftp", exists().where(Recording.session_id == Session.id,
-                                                              Recording.path.like("%.jsonl"))),
+        "transfers": or_(Session.mode == "sftp", exists().where(rec.session_id == Session.id,
+                                                              rec.path.like("%.jsonl"))),
     }
     if risk == "any":
         return or_(*conditions.values())

@@ -62,12 +62,15 @@ def test_report_sections_json_and_csv(tmp_path: Path) -> None:
     assert [(x["requester"], x["status"], x["approvers"], x["deniers"]) for x in rep["approvals"]] == [
         ("alice", "approved", ["bob", "carol"], []), ("alice", "denied", [], ["dave"])]
     assert rep["summary"] == {"sessions": 1, "blocked": 2, "approvals": 2, "approved": 1, "terminations": 1,
-                              "self_approved": 0}
+                              "self_approved": 0, "unreviewed_risky": 1}
+    # s1 had a block, held requests (one denied): nobody has looked at it yet
+    assert [(u["session"], u["risk"]) for u in rep["unreviewed_risky"]] == [("s1", ["blocked", "held", "denied"])]
     assert rep["terminations"] == [{"time": rep["terminations"][0]["time"], "by": "bob", "user": "alice",
                                     "resource": "web", "session": "s1", "reason": "why not"}]
     rows = list(csv.DictReader(io.StringIO(report_csv(rep))))
     assert list(rows[0]) == CSV_COLUMNS
-    assert [r["record"] for r in rows] == ["session", "blocked", "blocked", "approval", "approval", "termination"]
+    assert [r["record"] for r in rows] == ["session", "blocked", "blocked", "approval", "approval", "termination",
+                                           "unreviewed"]
     assert rows[3]["approvers"] == "bob carol" and "carol approved: ok by me" in rows[3]["detail"]
     assert rows[4]["outcome"] == "denied" and "dave denied: not today" in rows[4]["detail"]
     # a period before everything: empty, not an error

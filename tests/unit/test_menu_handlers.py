@@ -64,6 +64,9 @@ class FakeStore:
     def session(self, sid: str) -> SessionRecord | None:
         return None
 
+    def session_notes(self, sids: list[str]) -> dict[str, dict[str, Any]]:
+        return {sid: {"risk": ["blocked"], "verdict": ""} for sid in sids}
+
     def audit(self, actor: str, action: str, outcome: str, **detail: Any) -> None:
         self.audited.append((actor, action, outcome))
 
@@ -190,7 +193,15 @@ async def test_recordings_are_for_auditors_and_filters_are_checked(services: Ser
     assert [r["id"] for r in rows] == ["s1"] and rows[0]["recorded"] is True and "client_addr" not in rows[0]
     (what, filters), = store.asked
     assert what == "sessions" and filters["user"] == "alice" and filters["since"] is not None
+    assert rows[0]["risk"] == ["blocked"] and rows[0]["verdict"] == ""  # an auditor sees what to look at
+    assert await refused(eve["recordings.list"]({"risk": "spicy"})) == "bad_request"
+    assert await refused(eve["recordings.list"]({"reviewed": "maybe"})) == "bad_request"
+    await eve["recordings.list"]({"risk": "any", "reviewed": "no"})
+    assert store.asked[-1][1]["risk"] == "any" and store.asked[-1][1]["reviewed"] is False
     assert await refused(eve["recording.detail"]({"id": "nope"})) == "not_found"
+    assert await refused(eve["recording.bookmark"]({"id": "nope", "t": 1, "note": "x"})) == "not_found"
+    assert await refused(eve["timeline"]({"grant": "7"})) == "bad_request"
+    assert await refused(menu(services, "alice").table()["timeline"]({"user": "bob"})) == "forbidden"
 
 
 async def test_before_sign_in_only_the_login_methods_answer(services: Services) -> None:
