@@ -50,13 +50,34 @@ def rpc_fd(pid: int) -> int:
 
 
 def ask(sock: socket.socket, raw: bytes) -> dict | None:
-    sock.sendall(struct.pack(">I", len(raw)) + raw)
-    sock.settimeout(10)
+    """Send one request on the stolen socket and read its reply, skipping the daemon's pushes (``queue.changed``:
+    alice's own request changes the queue). If the stopped process had read part of a push before it stopped, the
+    stream is mid-frame: what is buffered is drained and the request sent again, once."""
+    for attempt in (1, 2):
+        sock.sendall(struct.pack(">I", len(raw)) + raw)
+        sock.settimeout(10)
+        while True:
+            try:
+                (n,) = struct.unpack(">I", _exact(sock, 4))
+            except (TimeoutError, ConnectionError):
+                return None
+            if n > 1 << 24 and attempt == 1:  # not a length: the middle of a frame the process began to read
+                _drain(sock)
+                break
+            reply = json.loads(_exact(sock, n))
+            if isinstance(reply, dict) and "event" in reply and "id" not in reply:
+                continue  # a push, not our reply
+            return reply
+    return None
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.settimeout(0.5)
     try:
-        (n,) = struct.unpack(">I", _exact(sock, 4))
-    except (TimeoutError, ConnectionError):
-        return None
-    return json.loads(_exact(sock, n))
+        while sock.recv(65536):
+            pass
+    except (TimeoutError, BlockingIOError):
+        pass
 
 
 def _exact(sock: socket.socket, n: int) -> bytes:
