@@ -161,7 +161,7 @@ def test_an_interpreter_is_allowed_only_for_a_version_or_a_clean_system_script(
     at += argv[at] == "--"
     assert argv[at] == LSB and at + 1 in e.trusted_args, argv
     flags = "".join(a[1:] for a in argv[:at] if a != "--")
-    assert not set(flags) & set("cemMEW" if name.startswith("py") else "eEmMI"), argv
+    assert not set(flags) & set("cmWXi" if name.startswith("py") else "eEmMI"), argv
     if name.startswith("py"):
         assert "I" in flags or {"E", "s"} <= set(flags), argv
     else:
