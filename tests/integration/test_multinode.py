@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import signal
 import subprocess
 import time
@@ -14,31 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
+from tests.support.postgres import scratch_database
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"bastion_nodes_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bastion_nodes") as url:
+        yield url
 
 
 @pytest.fixture()

@@ -15,20 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from bastion.demo.devcerts import make_server_cert
 from bastion.store.db import Store
 from bastion.store.models import NotifyOutbox
 from tests.integration.conftest import BastionEnv, own_bastion, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
+from tests.support.postgres import scratch_database
 from tests.support.receivers import HookReceiver, MailReceiver
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SECRET = b"hook-secret-" + secrets.token_hex(8).encode()
 FAST = "  delivery: {poll: 0.2, backoff: 0.2, max_backoff: 1, timeout: 2, lease: 5}\n"
 DOWN = 30.0  # seconds the receiver is away in the durability test
@@ -177,16 +177,8 @@ def test_notify_status_shows_what_waits_and_why(bastion_env: BastionEnv, tmp_pat
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"bastion_notify_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bastion_notify") as url:
+        yield url
 
 
 def start_node(base: BastionEnv, d: Path, name: str, pg_url: str, hook: HookReceiver) -> BastionEnv:

@@ -4,40 +4,28 @@ query's LIKE wildcards, escapes and quotes are taken literally."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from bastion.store.db import MIGRATIONS, Store
 from bastion.store.search import index_recording, search
 from bastion.store.textquery import normalise, plan
 from recorder.asciicast import CastWriter
+from tests.support.postgres import scratch_database
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SID = "20261130-000001-dddddddddddd"
 LINES = ["removed 'victim2'", "100% of_it! \\o/", 'say "NEAR" a*b', "Straße   MIXED case"]
 
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"bastion_search_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # a clear failure, not a skip: this machine is meant to have the server
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {e}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bastion_search") as url:
+        yield url
 
 
 def session(store: Store, path: Path) -> None:

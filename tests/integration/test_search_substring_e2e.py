@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.integration.conftest import BastionEnv, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
+from tests.support.postgres import scratch_database
 from tests.support.ssh_client import ssh_argv
 
 pytestmark = pytest.mark.slow
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PROGRAM = "quokka_total = 6 * 7\nprint('answer', quokka_total)\n"
 
 
@@ -44,19 +43,8 @@ def database(kind: str) -> Iterator[str]:
     if kind == "sqlite":
         yield "sqlite:///state/bastion.db"
         return
-    name = f"bastion_search_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # a clear failure, not a skip: this machine is meant to have the server
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {e}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bastion_search") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

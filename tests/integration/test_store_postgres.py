@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from bastion.store.db import Store
-
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.support.postgres import scratch_database
 
 
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
-    name = f"bastion_test_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # a clear failure, not a skip: this machine is meant to have the server
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {e}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bastion_test") as url:
+        yield url
 
 
 def test_migrate_and_session_lifecycle_on_postgres(pg_url: str, tmp_path: Path) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from bastion.demo.devcerts import ServerCert, make_server_cert
 from tests.support.keys import free_port
@@ -94,3 +99,30 @@ def start_postgres(password: str = "s3cret-Upstream-Pw", tls: bool = False) -> P
             server.stop()
             raise RuntimeError(f"postgres did not start: {log}")
         time.sleep(0.2)
+
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards: the store URL.
+
+    A clear failure, not a skip, when the server is not there: the machines these tests run on are meant to have
+    it (scripts/setup installs it)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {e}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
