@@ -24,6 +24,7 @@ from bastion.oversight.moderation import STALE
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
+from tests.integration.test_approvals_e2e import wait_stderr_line
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
 
@@ -76,21 +77,6 @@ def popen(argv: list[str], stdin: int | None = subprocess.DEVNULL) -> subprocess
     return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stderr_until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:
-    """Read the process's stderr line by line until one holds ``needle``; that line."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen += line
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"{needle!r} not on stderr: {seen!r}")
-
-
 def sid_of(text: str) -> str:
     m = re.search(r"observe (\S+)\)", text)
     assert m is not None, text
@@ -132,7 +118,7 @@ def moderated_shell(env: BastionEnv) -> tuple[Terminal, Terminal]:
 def held(env: BastionEnv, resource: str, command: str, user: str = "alice") -> tuple[subprocess.Popen[str], int]:
     """``user`` runs ``command`` on ``resource`` in the exec form; it waits for approval: the request's number."""
     proc = popen(ssh_argv(env.keys[user], env.port, user, resource, "--", command, tty=False))
-    stderr_until(proc, "waiting for approval")
+    wait_stderr_line(proc, "waiting for approval")
     reqs = ApprovalStore(store(env)).pending()
     rid = max(r.id for r in reqs if r.requester == user and r.text == command)
     return proc, rid
