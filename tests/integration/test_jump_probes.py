@@ -28,6 +28,7 @@ from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
 from tests.integration.test_own_tools import ECHO_PORT, POLICY, dest, jump_config, opts, resources
 from tests.support.keys import free_port
+from tests.support.procs import stop_ssh_client
 from tests.support.sshd import start_sshd
 
 pytestmark = pytest.mark.slow
@@ -562,8 +563,7 @@ def test_dynamic_forwarding_reaches_only_the_listed_port(env: BastionEnv, echo: 
         assert socks5("localhost", env.port) == b"refused"
         assert socks5("secret-db", 22) == b"refused"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_ssh_client(proc)
 
 
 def test_forwarding_inside_jump(env: BastionEnv, echo: dict[str, int]) -> None:
@@ -954,5 +954,4 @@ def test_honest_exec_scp_sftp_and_forward_over_jump(env: BastionEnv, work: Path,
                 s.sendall(b"honest-L\n")
                 assert s.recv(100) == b"honest-L\n"
         finally:
-            p.terminate()
-            p.wait(10)
+            stop_ssh_client(p)

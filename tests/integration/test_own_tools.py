@@ -26,6 +26,7 @@ from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv, own_bastion
 from tests.support.keys import free_port
+from tests.support.procs import stop_ssh_client
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.sshd import SshdTarget, start_sshd
@@ -584,8 +585,7 @@ def test_port_forwarding_reaches_only_the_listed_ports_and_is_audited(env: Basti
             d.settimeout(10)
             assert d.recv(100) == b""  # the bastion refused the channel: ssh closes the local socket
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_ssh_client(proc)
         server.close()
     store = Store(load_config(env.config).database_url)
     deadline = time.monotonic() + 10

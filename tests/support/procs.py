@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,20 @@ def wait_descendant(root: int, match: Callable[[int], bool], before: set[int] | 
                 return pid
         time.sleep(0.1)
     raise AssertionError("no such process appeared")
+
+
+def stop_ssh_client(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM an ``ssh -N`` client and wait for it, repeating the signal once a second.
+
+    OpenSSH 9.2's client loop checks its quit flag and then calls plain ``poll()`` (9.3 moved to ``ppoll`` with the
+    signals masked): a SIGTERM that lands between the two is seen only on the next wakeup, and an idle ``-N`` client
+    has none. A second signal interrupts the ``poll()``; the bastion is not involved.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.terminate()
+        try:
+            return proc.wait(1)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise
