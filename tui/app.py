@@ -31,6 +31,10 @@ class Notice(Message):
         self.text = text
 
 
+class Closing(Message):
+    """The bastion closes this connection (posted from the RPC reader thread)."""
+
+
 def access_note(r: dict[str, Any]) -> str:
     """What the menu says of a resource granted on request: ask for it, or until when it is granted."""
     if r.get("access") == "request":
@@ -178,6 +182,8 @@ class MenuApp(App[int]):
                 due, self._push_due = self._push_due, True
             if not due:
                 self.post_message(QueueChanged())
+        elif msg.get("event") == "close":
+            self.post_message(Closing())
         elif msg.get("event") == "notice":
             data = msg.get("data")
             text = data.get("text") if isinstance(data, dict) else None
@@ -187,6 +193,13 @@ class MenuApp(App[int]):
     def on_notice(self, message: Notice) -> None:
         """The bastion's word to the operator (a coming idle timeout): shown over whatever screen is up."""
         self.notify(message.text, title="bastion", severity="warning", timeout=120)
+
+    def on_closing(self, message: Closing) -> None:
+        """The bastion closes the connection (no input for too long): leave now, over whatever screen is up, so
+        that Textual gives the terminal back as it found it (alternate screen left, cursor shown, mouse reporting
+        and bracketed paste off) before the daemon prints why below it. Killed instead, the menu stayed drawn
+        with the message over its second row. Not 0: the connection did not end by the operator's choice."""
+        self.exit(return_code=1)
 
     def on_queue_changed(self, message: QueueChanged) -> None:
         """Approval requests changed: one ``queue.list`` for the notice and an open queue, and the operator's own

@@ -17,6 +17,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
+from tui.keys import BACK
 from tui.tables import ListTable, Row
 
 
@@ -67,7 +68,7 @@ class ReasonModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="reason-box"):
-            yield Label(Text(self.title_text))  # names operator-typed text: never markup
+            yield Label(Text(self.title_text), id="reason-question")  # operator-typed text: never markup
             yield Input(placeholder="reason (Enter to confirm, Esc to cancel)", id="reason", select_on_focus=False)
             yield Static("", id="reason-note")
 
@@ -125,7 +126,7 @@ class ApprovalsScreen(Screen[None]):
         Binding("a", "approve", "Approve"),
         Binding("d", "deny", "Deny (reason)"),
         Binding("r", "revoke", "Revoke access (reason)"),
-        Binding("escape", "back", "Back"),
+        BACK,
     ]
 
     def __init__(self, rpc: RpcClient, focus: int | None = None):
@@ -278,7 +279,7 @@ class ApprovalsScreen(Screen[None]):
 class MyRequestsScreen(Screen[None]):
     """The operator's own approval requests and their fate."""
 
-    BINDINGS = [Binding("escape", "back", "Back")]
+    BINDINGS = [BACK]
 
     def __init__(self, rpc: RpcClient, focus: int | None = None):
         super().__init__()

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
 from tui.approvals import ReasonModal, _short
+from tui.keys import BACK
 from tui.tables import ListTable, Row
 
 POLL = 5.0  # seconds between looks at the live sessions
@@ -27,7 +28,7 @@ class LiveScreen(Screen[None]):
     BINDINGS = [
         Binding("o", "observe", "Observe (or Enter)"),
         Binding("t", "terminate", "Terminate (reason)"),
-        Binding("escape", "back", "Back"),
+        BACK,
     ]
 
     def __init__(self, rpc: RpcClient):

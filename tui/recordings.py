@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from bastion.rpc.proto import RpcClient, RpcError
 from tui.approvals import ReasonModal, _short
+from tui.keys import BACK
 
 FILTER_HELP = ("filter: user=alice resource=web* since=7d outcome=terminated policy=blocked|warned|held|denied "
                "risk=any|blocked|held|denied|terminated|masking|transfers reviewed=no (Enter applies)")
@@ -49,7 +50,7 @@ class RecordingsScreen(Screen[None]):
     # list and were lost. End and Home are priority bindings too: the list's own End scrolls without moving the
     # cursor, and the cursor on the last row is what asks the daemon for the next page.
     BINDINGS = [Binding("enter", "open", "Open"), Binding("/", "focus_filter", "Filter", priority=True),
-                Binding("escape", "back", "Back"), Binding("end", "last", "Last", show=False, priority=True),
+                BACK, Binding("end", "last", "Last", show=False, priority=True),
                 Binding("home", "first", "First", show=False, priority=True)]
     AUTO_FOCUS = "#recordings"  # the list, not the filter box above it (which would say it has focus, briefly)
 
@@ -172,7 +173,7 @@ class RecordingScreen(Screen[None]):
 
     BINDINGS = [Binding("p", "play", "Replay"), Binding("b", "bookmark", "Bookmark"),
                 Binding("v", "verdict", "Verdict"), Binding("t", "timeline", "Timeline"),
-                Binding("escape", "back", "Back")]
+                BACK]
 
     def __init__(self, rpc: RpcClient, sid: str):
         super().__init__()
@@ -299,7 +300,7 @@ class TimelineScreen(Screen[None]):
     """One ordered account of a user (a grant, a resource): sign-ins, requests, sessions, decisions, observations;
     Enter opens the session of the selected line."""
 
-    BINDINGS = [Binding("enter", "open", "Open session"), Binding("escape", "back", "Back")]
+    BINDINGS = [Binding("enter", "open", "Open session"), BACK]
 
     def __init__(self, rpc: RpcClient, *, user: str | None = None, grant: int | None = None,
                  resource: str | None = None):
