@@ -19,6 +19,10 @@ from bastion.audit.worker import AuditWorker
 from bastion.config import Config, ConfigError, load_config
 from bastion.export.worker import Exporter
 from bastion.keyfiles import CIPHERS, ensure_private_key
+from bastion.metrics import set_connections, use_directory
+from bastion.metrics.endpoint import Endpoint
+from bastion.metrics.files import Reaper, metrics_dir, prepare
+from bastion.metrics.logs import set_process, use_format
 from bastion.notify.events import Enqueuer
 from bastion.notify.worker import Deliverer
 from bastion.oidc.login import LoginService
@@ -37,7 +41,7 @@ from bastion.store.listen import CHANNEL, PgListener
 log = logging.getLogger(__name__)
 MENU_PACKAGES = ("tui", "bastion")  # the session process imports only these of ours (tui and bastion.rpc.proto)
 RESTART_ONLY = ("listen", "host_keys", "host_ca_key", "database_url", "recordings_dir", "recordings", "log_dir",
-                "sandbox", "oidc", "cluster", "processes")
+                "sandbox", "oidc", "cluster", "processes", "metrics", "log_format")
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -62,6 +66,20 @@ def jump_host(services: Services, host_keys: list[asyncssh.SSHKey], keys: Callab
 def node_name(config: Config) -> str:
     """This node's name in the store (its connection processes carry it too)."""
     return config.cluster.node_name or f"{socket.gethostname()}:{config.listen.port}"
+
+
+def start_operations(config: Config, worker: str) -> Reaper | None:
+    """Before anything else of a daemon starts: logs in the config's format, named with this node and ``worker``;
+    and, with ``metrics`` on, prometheus_client's multiprocess mode in a fresh private directory (before any fork,
+    so every process of the node counts into it). The reaper folds dead processes' counters into the archive."""
+    use_format(config.log_format)
+    set_process(node=node_name(config), worker=worker)
+    if config.metrics is None:
+        return None
+    path = metrics_dir(config.host_keys[0].parent, config.listen.port)
+    prepare(path)
+    use_directory(path)
+    return Reaper(path)
 
 
 def server_options(config: Config, host_keys: list[asyncssh.SSHKey]) -> dict[str, Any]:
@@ -146,6 +164,8 @@ class Daemon:
         self.counter = ConnectionCounter()
         self.keys = UserKeys(config.user_keys)
         self.server: asyncssh.SSHAcceptor | None = None
+        self.listening = False  # SSH connections are being accepted (the supervisor tells a node process so)
+        self.endpoint: Endpoint | None = None  # /metrics, /healthz, /readyz (metrics on)
         # what another node said reaches this process's sessions (the node process of per-connection processes
         # passes it on to them instead)
         self.on_event: Callable[[dict[str, Any]], None] = lambda event: handle_event(self.services, event)
@@ -181,6 +201,11 @@ class Daemon:
             enqueuer.wake = self.notifier.wake_threadsafe(asyncio.get_running_loop())
         self.notifier.start()
         self.exporter.start()
+        if self.config.metrics is not None:
+            self.endpoint = Endpoint(self.config, s.node, process="daemon" if listen else "node", shared=s.store.shared,
+                                     listening=lambda: self.listening,
+                                     tick=(lambda: set_connections(self.counter.total)) if listen else None)
+            await self.endpoint.start()
         if not listen:
             return
         host_keys = [ensure_host_key(p) for p in self.config.host_keys]
@@ -189,6 +214,7 @@ class Daemon:
         self.server = await asyncssh.create_server(
             lambda: BastionServer(s, self.counter, lambda: self.keys, jump), self.config.listen.host,
             self.config.listen.port, reuse_address=True, **server_options(self.config, host_keys))
+        self.listening = True
         log.info("listening on %s:%d (host key %s)", self.config.listen.host, self.config.listen.port,
                  ", ".join(k.get_fingerprint() for k in host_keys))
 
@@ -231,8 +257,11 @@ class Daemon:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.listening = False
         if self._cluster is not None:
             self._cluster.cancel()
+        if self.endpoint is not None:
+            await self.endpoint.stop()
         await self.notifier.stop()
         await self.exporter.stop()
         if self._listener is not None:
@@ -255,6 +284,7 @@ async def wait_for_stop_signal() -> None:
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGINT/SIGTERM; SIGHUP reloads the config. Tells systemd when it is ready."""
+    start_operations(config, "daemon")
     daemon = Daemon(config)
     await daemon.start()
 

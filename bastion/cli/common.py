@@ -20,14 +20,19 @@ if TYPE_CHECKING:  # imported when a command needs it: the store pulls in SQLAlc
 DEFAULT_CONFIGS = ("/etc/bastion/bastion.yaml", ".bastion-demo/bastion.yaml")
 
 
-def setup_logging(verbose: bool, log_dir: Path | None = None) -> None:
-    """Log to stderr (and to ``log_dir/bastion.log`` when given); DEBUG with ``verbose``, else INFO."""
+def setup_logging(verbose: bool, log_dir: Path | None = None, log_format: str = "text") -> None:
+    """Log to stderr (and to ``log_dir/bastion.log`` when given); DEBUG with ``verbose``, else INFO. ``log_format``
+    ``json``: one JSON object per line (:mod:`bastion.metrics.logs`; the daemon also switches to the config's
+    ``log_format`` as it starts)."""
+    from bastion.metrics.logs import formatter
+
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_dir / "bastion.log"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers)
     # asyncssh logs client env values and other request details at debug level: keep it quiet
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

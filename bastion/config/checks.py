@@ -9,6 +9,7 @@ line, rather than from a failed session. Each check covers one config section an
 from __future__ import annotations
 
 import fnmatch
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -226,9 +227,24 @@ def _database(cfg: Config) -> Found:
             yield ("database",), f"directory {db_dir} does not exist"
 
 
+def _metrics(cfg: Config) -> Found:
+    """The endpoint's token file is readable and not empty, and its TLS certificate and key load together."""
+    m = cfg.metrics
+    if m is None:
+        return
+    if m.token_file:
+        yield from _secret_file(cfg, ("metrics", "token_file"), m.token_file)
+    if m.tls is not None:
+        cert, key = cfg.resolve(m.tls.cert_file), cfg.resolve(m.tls.key_file)
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as e:
+            yield ("metrics", "tls"), f"cannot load the certificate {cert} with the key {key}: {e}"
+
+
 CHECKS: tuple[Callable[[Config], Found], ...] = (
     _users, _resource_names, _moderators, _resource_files, _oidc_client_secret, _recordings, _oidc_scopes, _kubectl,
-    _audit, _sandbox, _resource_policies, _policies, _roles, _host_keys, _database,
+    _audit, _sandbox, _resource_policies, _policies, _roles, _host_keys, _database, _metrics,
 )
 """Every check, in the order their problems are listed (the order the file has always reported them in)."""
 

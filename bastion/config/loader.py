@@ -153,6 +153,7 @@ def _config(path: Path, schema: FileSchema, lines: LineMap) -> Config:
         cluster=schema.cluster, processes=schema.processes,
         host_ca_key=resolve_path(path, schema.host_ca_key) if schema.host_ca_key else None,
         notify=schema.notify,
+        metrics=schema.metrics, log_format=schema.log_format,
         lines=lines,
     )
 

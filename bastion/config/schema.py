@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bastion.config.base import GROUP_RE, NAME_RE, StrictModel, TimeLimits
 from bastion.config.export import AuditExportModel
@@ -56,6 +56,38 @@ class ClusterModel(StrictModel):
     node_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,255}$")] | None = None  # default: host:port
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     node_expiry_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0  # silent this long: sessions interrupted
+
+
+class MetricsTls(StrictModel):
+    cert_file: str
+    key_file: str
+
+
+class MetricsModel(StrictModel):
+    """The Prometheus endpoint (``/metrics``, ``/healthz``, ``/readyz``); off unless the section is there."""
+
+    listen: str = "127.0.0.1:9464"  # HOST:PORT ([v6]:PORT); keep it on loopback or a management network
+    tls: MetricsTls | None = None  # HTTPS with this certificate and key
+    token_file: str | None = None  # /metrics wants "Authorization: Bearer <the file's content>"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        split_address(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_address(self.listen)
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in " /[]"):
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464; port 1-65535)")
+    return host, int(port)
 
 
 class AuditModel(StrictModel):
@@ -131,6 +163,8 @@ class FileSchema(StrictModel):
     # "per-connection": every SSH connection is served by a process of its own (forked from the daemon), so one
     # operator's bulk output never slows another's typing and the node uses every core; "one": all in one process
     processes: Literal["per-connection", "one"] = "per-connection"
+    metrics: MetricsModel | None = None  # a Prometheus endpoint with health checks (off by default)
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line (for log collectors)
     users: dict[Annotated[str, Field(pattern=NAME_RE)], LocalUser] = {}
     resources: dict[Annotated[str, Field(pattern=NAME_RE)], Resource] = {}
     roles: dict[Annotated[str, Field(pattern=NAME_RE)], Role] = {}
@@ -169,6 +203,8 @@ class Config:
     processes: str = "per-connection"
     host_ca_key: Path | None = None
     notify: NotifyModel = field(default_factory=NotifyModel)
+    metrics: MetricsModel | None = None
+    log_format: str = "text"
     lines: LineMap = field(default_factory=dict, repr=False)
 
     @property

@@ -13,6 +13,7 @@ requests cancelled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -24,6 +25,8 @@ import asyncssh
 
 from bastion.config import Config
 from bastion.daemon import build_services, jump_host, reload_services, server_options
+from bastion.metrics.logs import set_process
+from bastion.metrics.loop import watch_loop
 from bastion.notify.events import Enqueuer
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
@@ -84,6 +87,8 @@ def run(config: Config, conn: socket.socket, hub: socket.socket, refused: bool,
         host_keys: list[asyncssh.SSHKey]) -> int:
     """The process's whole life (it then exits)."""
     die_with_parent("bastion-conn")
+    with contextlib.suppress(OSError):
+        set_process(worker="connection", connection=str(os.getpid()), client=str(conn.getpeername()[0]))
     # Ctrl-C in a foreground daemon reaches the whole process group: the supervisor ends this one properly; a
     # reload or stop before the loop's own handlers exist is ignored, not fatal
     for sig in (signal.SIGINT, signal.SIGHUP):
@@ -127,6 +132,7 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, r
         enqueuer.wake = wake
     loop.add_signal_handler(signal.SIGHUP, reload)
     counter = Refused() if refused else ConnectionCounter()
+    lag = asyncio.create_task(watch_loop("connection")) if config.metrics is not None and not refused else None
     ssh: asyncssh.SSHServerConnection | None = None
     try:
         conn.setblocking(False)
@@ -142,6 +148,8 @@ async def _serve(config: Config, conn: socket.socket, hub_sock: socket.socket, r
     except (OSError, asyncssh.Error) as e:  # the client went away or failed to log in: logged by the server
         log.debug("connection ended before it was served: %s", e)
     hub.send({"to": "supervisor", "kind": "released"})  # the connection is gone: it no longer counts
+    if lag is not None:  # before the drain, which waits for every other task
+        lag.cancel()
     await _drain(hub)
     services.store.engine.dispose()
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from bastion.config import Config
 from bastion.daemon import Daemon, reload_services
+from bastion.metrics.logs import set_process
 from bastion.store.listen import CHANNEL
 from bastion.workers.child import die_with_parent
 from bastion.workers.hub import HubClient
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def run(config: Config, hub: socket.socket) -> int:
     die_with_parent("bastion-node")
+    set_process(worker="node")
     for sig in (signal.SIGINT, signal.SIGHUP):  # the supervisor stops it; a reload during migration is no death
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -58,6 +60,8 @@ async def _serve(config: Config, hub_sock: socket.socket) -> int:
         kind, pid, sid = msg.get("kind"), msg.get("from"), msg.get("id")
         if msg.get("to") == "all" and isinstance(msg.get("event"), dict):
             to_other_nodes(msg["event"])  # a connection process's news, for the other nodes
+        elif kind == "listening" and pid is None:  # the supervisor listens now
+            daemon.listening = True
         elif kind == "notify":  # a connection process enqueued notifications: deliver them now
             daemon.notifier.wake()
         elif kind == "closed" and isinstance(sid, str):

@@ -20,8 +20,10 @@ import threading
 import time
 from typing import Any
 
+from bastion import metrics
 from bastion.config import Config, ConfigError
-from bastion.daemon import ensure_host_ca, ensure_host_key, reread
+from bastion.daemon import ensure_host_ca, ensure_host_key, reread, start_operations
+from bastion.metrics.files import Reaper
 from bastion.sdnotify import monotonic_usec, notify
 from bastion.workers import child as connection
 from bastion.workers import node as node_process
@@ -37,8 +39,9 @@ STOP_GRACE = 20.0  # seconds connection processes get to close their sessions on
 
 
 class Supervisor(Router):
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reaper: Reaper | None = None) -> None:
         self.config = config
+        self.reaper = reaper  # metrics on: dead processes' counters are folded into the archive
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
         ensure_host_ca(config)  # connection processes read it (ssh -J host certificates)
         super().__init__()
@@ -61,6 +64,8 @@ class Supervisor(Router):
         except OSError as e:
             log.error("cannot start a %s: %s", what, e)
             return None
+        if self.reaper is not None:  # a dead pid's files are merged before the pid can be reused
+            self.reaper.settle(wait=True)
         gc.freeze()  # the objects that exist now stay shared with the child (no copy-on-write by the collector)
         try:
             pid = os.fork()
@@ -76,6 +81,7 @@ class Supervisor(Router):
                     signal.signal(sig, signal.SIG_IGN)  # a reload or a stop in these first milliseconds is no death
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 self._forget(ours)
+                self.reaper = None  # the supervisor's, not the child's
                 code = body(theirs)
             except BaseException:
                 log.exception("%s failed", what)
@@ -172,6 +178,8 @@ class Supervisor(Router):
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            if self.reaper is not None:
+                self.reaper.dead(pid)
             if self.node is not None and pid == self.node.pid:
                 if not self.stopping:
                     log.error("the node process ended (%s); stopping", _ended_how(code))
@@ -257,6 +265,8 @@ class Supervisor(Router):
             self.turn(1.0)
         if not self.stopping:
             self.listen()
+            if self.node is not None:  # its /readyz says so from now on
+                self.node.peer.send({"kind": "listening"})
             notify("READY=1", f"STATUS=serving on {self.config.listen.host}:{self.config.listen.port}")
         while not self.stopping:
             self.turn(1.0)
@@ -282,6 +292,8 @@ class Supervisor(Router):
                         os.kill(arg, signal.SIGKILL)  # a peer that breaks the supervisor is not kept
         self.unpark()
         self.reap()
+        if self.reaper is not None:
+            self.count()
         for c in [*self.children.values(), *([self.node] if self.node else [])]:
             if c.peer.stuck:
                 c.peer.stuck = False
@@ -290,6 +302,16 @@ class Supervisor(Router):
             elif c.peer.out:  # wake when it can take more
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.modify(c.peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("peer", c.pid))
+
+    def count(self) -> None:
+        """The gauges only the supervisor knows (written to its own file: cheap, no thread, no loop)."""
+        assert self.reaper is not None
+        self.reaper.settle(wait=False)
+        refusing = sum(1 for c in self.children.values() if c.refused)
+        metrics.set_connections(self.counter.total)
+        metrics.set_processes("connection", len(self.children) - refusing)
+        metrics.set_processes("refusing", refusing)
+        metrics.set_processes("node", 0 if self.node is None else 1)
 
     def shutdown(self) -> int:
         log.info("shutting down")
@@ -326,4 +348,5 @@ def _ended_how(code: int) -> str:
 
 def serve(config: Config) -> int:
     """Run the daemon with a process per connection until SIGINT/SIGTERM; SIGHUP reloads the config."""
-    return Supervisor(config).run()
+    reaper = start_operations(config, "supervisor")
+    return Supervisor(config, reaper).run()
