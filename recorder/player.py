@@ -23,6 +23,7 @@ from typing import BinaryIO
 from recorder.asciicast import Cast, Event, read_cast, read_header
 from recorder.seekindex import SeekIndex, events_from, load_or_build
 from recorder.textindex import ScreenLines
+from recorder.typed import TypedKeys
 
 __all__ = ["HELP", "KeyPoll", "play", "render_screen"]
 
@@ -32,6 +33,11 @@ KeyPoll = Callable[[float], str | None]
 QUIT_KEYS = frozenset("qQ\x03")
 MIN_SPEED, MAX_SPEED = 1 / 64, 64.0
 SEEK_STEP = 5.0
+SHOW_SPEED = 2.0
+"""Seconds (wall clock) the status line stays after a speed change while playing, at least until the next event."""
+EPSILON = 1e-6
+"""A cast's time resolution: a target given in milliseconds (``--from 1:23.457``, parsed as a float) that is a hair
+below an event's time still includes it."""
 HELP = "space pause  +/- speed  \u2190/\u2192 5s  [ ] markers  /text find  b bookmark  q quit"
 CLEAR = "\x1b[0m\x1b[H\x1b[2J"
 _ARROWS = {"\x1b[C": "right", "\x1b[D": "left", "\x1bOC": "right", "\x1bOD": "left"}
@@ -119,6 +125,11 @@ class _Source:
             self.markers, self.duration = _merged(list(self._index.markers), self.extra), self._index.duration
         return self._index
 
+    @property
+    def scanned(self) -> bool:
+        """Whether the duration and markers are known (a file's need its seek index: built once, maybe slowly)."""
+        return self.path is None or self._scanned
+
     def ensure_scanned(self) -> None:
         if self.path is not None and not self._scanned:
             self.index()
@@ -147,18 +158,35 @@ class _Player:
         self.left = 0.0  # wall seconds left of the current wait, kept while paused
         self.message = ""
         self.bookmark_out: str | None = None  # where `b` appends the auditor's bookmarks (JSON lines)
+        self.typed = TypedKeys() if stream == "i" else None  # keys shown by name, each Enter a new line
+        self.status_until: float | None = None  # a status line shown while playing (a speed change) goes then
 
     # -- output ------------------------------------------------------------------------------------------------
     def write(self, data: str) -> None:
         self.out.write(data.encode("utf-8", "replace"))
         self.out.flush()
 
-    def status(self, text: str | None = None) -> None:
-        """A line in reverse video on the last row (the screen under it is repainted when play resumes)."""
-        self.src.ensure_scanned()
-        state = "paused" if self.paused else f"x{self.speed:g}"
+    def show(self, data: str) -> str:
+        """The data of an event of the played stream as it goes to the terminal: output as recorded, typed keys
+        made readable (``recorder.typed``): never the raw keys, which would drive the viewer's terminal."""
+        return data if self.typed is None else self.typed.feed(data)
+
+    def paint(self, screen: str) -> None:
+        """Paint a keyframe (or clear the screen): what was shown before is gone."""
+        if self.typed is not None:
+            self.typed.reset()
+        self.write(screen)
+
+    def status(self, text: str | None = None, *, scan: bool = True) -> None:
+        """A line in reverse video on the last row (the screen under it is repainted when play resumes); its total
+        duration needs the seek index: ``scan=False`` leaves it out rather than build one (at start)."""
+        if scan:
+            self.src.ensure_scanned()
+        speed = f"x{self.speed:g}"
+        state = ("paused" + (f" {speed}" if self.speed != 1 else "")) if self.paused else speed
         if text is None:
-            text = f"{state}  {self.message or HELP}  {_clock(self.t)}/{_clock(self.src.duration)}"
+            total = f"/{_clock(self.src.duration)}" if scan else ""
+            text = f"{state}  {self.message or HELP}  {_clock(self.t)}{total}"
         text = (" " + text)[:max(1, self.cols - 1)]  # never the last column: that would wrap and scroll
         self.write(f"\x1b7\x1b[{self.rows};1H\x1b[0;7m\x1b[2K{text}\x1b[0m\x1b8")
 
@@ -170,14 +198,14 @@ class _Player:
         kt, kpos, screen = self.src.keyframe(target) if self.stream == "o" else (0.0, self.src.start, CLEAR)
         pos = self.pos
         if repaint or target < self.t or kt > self.t:  # backwards, or a keyframe closer than where we are
-            self.write(screen)
+            self.paint(screen)
             pos = kpos
         buf: list[str] = []
         for after, ev in self.src.events(pos):
-            if ev.time > target:
+            if ev.time > target + EPSILON:
                 break
             if ev.code == self.stream:
-                buf.append(ev.data)
+                buf.append(self.show(ev.data))
                 if len(buf) > 256:
                     self.write("".join(buf))
                     buf = []
@@ -243,6 +271,7 @@ class _Player:
             if self.paused:
                 self.paused = False
                 self.message = ""
+                self.status_until = None  # the repaint below takes the status line away
                 left = self.left
                 self.seek(self.t, repaint=True)  # what the status line covered
                 self.deadline = self.clock() + left
@@ -260,6 +289,7 @@ class _Player:
             else:
                 self.deadline = self.clock() + max(0.0, self.deadline - self.clock()) * self.speed / new
                 self.speed = new
+                self.show_speed()
         elif key in ("left", "right"):
             self.seek(self.t + (SEEK_STEP if key == "right" else -SEEK_STEP))
             self.message = ""
@@ -308,6 +338,28 @@ class _Player:
                 self.status()
         return True
 
+    def show_speed(self) -> None:
+        """The speed on the status line while playing (after ``+``/``-``, or at start when not x1): it stays at
+        least ``SHOW_SPEED`` seconds, kept on top of the output, and goes with the first event after that."""
+        self.status(self._speed_line(), scan=False)
+        self.status_until = self.clock() + SHOW_SPEED
+
+    def _speed_line(self) -> str:
+        total = f"/{_clock(self.src.duration)}" if self.src.scanned else ""
+        return f"speed x{self.speed:g}  {HELP}  {_clock(self.t)}{total}"
+
+    def clear_status(self) -> None:
+        """Take the status line away: repaint the screen as it is now (the deadline kept), or, before the seek
+        index is there (building it may take long), blank the row it covered."""
+        self.status_until = None
+        if not self.src.scanned:
+            self.write(f"\x1b7\x1b[{self.rows};1H\x1b[0m\x1b[2K\x1b8")
+            return
+        left, pos = max(0.0, self.deadline - self.clock()), self.pos
+        self.seek(self.t, repaint=True)
+        self.pos = max(self.pos, pos)  # events skipped on the way here (other streams) stay skipped
+        self.deadline = self.clock() + left
+
     def wait(self, delay: float) -> bool | None:
         """Wait ``delay`` recording seconds; True when the time came, False to quit, None after a seek."""
         now = self.clock()
@@ -319,9 +371,14 @@ class _Player:
         while True:
             keys = self.keys(3600.0 if self.paused else max(0.0, self.deadline - self.clock()))
             if keys is None:
-                if not self.paused:
-                    return True  # the poll timed out: the deadline has come
-                continue
+                if self.paused:
+                    continue
+                if self.status_until is not None and self.clock() >= self.status_until:
+                    before = (self.pos, self.t)
+                    self.clear_status()
+                    if (self.pos, self.t) != before:
+                        return None
+                return True  # the poll timed out: the deadline has come
             before = (self.pos, self.t)
             for key in _split_keys(keys):
                 if not self.handle(key):
@@ -334,10 +391,18 @@ class _Player:
     def run(self, start: float | None, end: float | None) -> bool:
         if start:
             self.seek(start)
+        if self.keys is not None and self.speed != 1.0:
+            self.show_speed()
+        done = self._play(end)
+        if done and self.status_until is not None:
+            self.clear_status()  # the last screen as recorded
+        return done
+
+    def _play(self, end: float | None) -> bool:
         while True:
             prev_t, restarted = self.t, False
             for after, ev in self.src.events(self.pos):
-                if end is not None and ev.time > end:
+                if end is not None and ev.time > end + EPSILON:
                     return True
                 if ev.code != self.stream:
                     self.pos = after
@@ -351,8 +416,10 @@ class _Player:
                 if got is None:
                     restarted = True
                     break
-                self.write(ev.data)
+                self.write(self.show(ev.data))
                 self.pos, self.t, prev_t = after, max(self.t, ev.time), max(prev_t, ev.time)
+                if self.status_until is not None and not self.paused:
+                    self.status(self._speed_line(), scan=False)  # on top of what the event wrote
             if not restarted:
                 return True
 

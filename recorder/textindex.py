@@ -1,7 +1,9 @@
 """What a recording showed, as searchable text: the output stream turned into screen lines the way a terminal
 would show them (carriage returns overwrite, backspaces and erases take effect, escape sequences vanish), each with
-the time it started; plus the markers (policy decisions, approvals); plus, for a session without a terminal, its
-standard input (a program fed to ``python3 -``, a script piped to ``sh``) in lines the same way.
+the time it started and the time each of its characters last changed (a search hit points at the moment its text
+became visible, not at the moment its row was first written: a prompt drawn seconds before the command typed on it,
+a line finished after a pause); plus the markers (policy decisions, approvals); plus, for a session without a
+terminal, its standard input (a program fed to ``python3 -``, a script piped to ``sh``) in lines the same way.
 
 Only recorded input is indexed, and a cast records typed input only once the terminal has echoed it (see
 ``recorder.asciicast.EchoGuard``): what was typed with echo off (a password) is in neither the cast nor the index.
@@ -21,7 +23,7 @@ from typing import NamedTuple
 from recorder.asciicast import Event, iter_events, read_header
 from recorder.transferlog import describe, is_transfer_log, iter_records
 
-__all__ = ["IndexRow", "ScreenLines", "index_rows", "rows_from_events", "without_terminal"]
+__all__ = ["IndexRow", "ScreenLine", "ScreenLines", "index_rows", "rows_from_events", "without_terminal"]
 
 MAX_LINE = 4000
 """Longer lines are cut (a binary dump to the terminal must not become one giant row)."""
@@ -43,11 +45,23 @@ NO_TERMINAL = "dumb"
 
 class IndexRow(NamedTuple):
     """One searchable piece of a recording: seconds from its start, ``screen``, ``marker`` or ``stdin``, and the
-    text."""
+    text; for screen and stdin lines, ``times``: for each character of ``text``, when it last changed (so the time
+    a piece of the line became visible is the latest of its characters' times)."""
 
     t: float
     kind: str
     text: str
+    times: tuple[float, ...] = ()
+
+
+class ScreenLine(NamedTuple):
+    """A completed line: the time its first character appeared, the time of its last change, its text, and when
+    each character of the text last changed (a character rewritten with itself keeps its time)."""
+
+    t0: float
+    t1: float
+    text: str
+    times: tuple[float, ...]
 
 
 class ScreenLines:
@@ -55,6 +69,8 @@ class ScreenLines:
 
     def __init__(self) -> None:
         self._line: list[str] = []
+        self._times: list[float] = []  # per cell of _line: when it last changed
+        self._before: tuple[list[str], list[float]] | None = None  # the line as the current event found it
         self._col = 0
         self._t0: float | None = None
         self._t1 = 0.0
@@ -70,7 +86,21 @@ class ScreenLines:
 
     def feed_spans(self, t: float, data: str) -> list[tuple[float, float, str]]:
         """Like ``feed``, with the time of the last change to each line too: (first, last, text)."""
-        out: list[tuple[float, float, str]] = []
+        return [(ln.t0, ln.t1, ln.text) for ln in self.feed_lines(t, data)]
+
+    def flush_spans(self) -> list[tuple[float, float, str]]:
+        return [(ln.t0, ln.t1, ln.text) for ln in self.flush_lines()]
+
+    def flush_lines(self) -> list[ScreenLine]:
+        """The line in progress, with its characters' times."""
+        out: list[ScreenLine] = []
+        self._emit(out)
+        return out
+
+    def feed_lines(self, t: float, data: str) -> list[ScreenLine]:
+        """Lines completed by ``data`` (output at time ``t``), with their characters' times."""
+        out: list[ScreenLine] = []
+        self._before = (self._line[:], self._times[:]) if self._line else None
         data = self._pending + data
         self._pending = ""
         cut = data.rfind("\x1b", max(0, len(data) - 4096))
@@ -84,34 +114,65 @@ class ScreenLines:
                 self._control(t, tok.group("ctl"), out)
             elif tok.group("final") is not None:
                 self._csi(t, tok.group("csi"), tok.group("final"), out)
+        self._settle()
         return out
 
-    def flush_spans(self) -> list[tuple[float, float, str]]:
-        out: list[tuple[float, float, str]] = []
-        self._emit(out)
-        return out
+    def _settle(self) -> None:
+        """A cell showing, at the end of an event, what it showed before that event keeps its earlier time: a
+        program that erases a line and draws it again in one write (a shell redrawing its prompt) changed nothing
+        the viewer could see."""
+        if self._before is None:
+            return
+        old, old_times = self._before
+        line, times = self._line, self._times
+        for i in range(min(len(old), len(line))):
+            if line[i] == old[i] and times[i] != old_times[i]:
+                times[i] = old_times[i]
+        self._before = None
 
     # -- the terminal ------------------------------------------------------------------------------------------
     def _write(self, t: float, text: str) -> None:
         if self._t0 is None:
             self._t0 = t
         self._t1 = t
-        line, col = self._line, self._col
+        line, times, col = self._line, self._times, self._col
         if col >= MAX_LINE:
             return
         text = text[:MAX_LINE - col]
         if col > len(line):
-            line.extend(" " * (col - len(line)))
-        line[col:col + len(text)] = text
+            self._pad(t, col)
+        over = min(len(text), len(line) - col)  # cells overwritten: a cell keeps its time if its character stays
+        for i in range(over):
+            if line[col + i] != text[i]:
+                line[col + i] = text[i]
+                times[col + i] = t
+        if over < len(text):  # the common case: writing at the end of the line
+            line.extend(text[over:])
+            times.extend([t] * (len(text) - over))
         self._col = col + len(text)
 
-    def _emit(self, out: list[tuple[float, float, str]]) -> None:
+    def _pad(self, t: float, width: int) -> None:
+        """Blank cells up to ``width`` (the cursor moved past the end of the line, then wrote)."""
+        n = width - len(self._line)
+        if n > 0:
+            self._line.extend(" " * n)
+            self._times.extend([t] * n)
+
+    def _blank(self, t: float, start: int, end: int) -> None:
+        """Cells ``start..end`` erased to spaces (a cell that was a space already keeps its time)."""
+        for i in range(start, min(end, len(self._line))):
+            if self._line[i] != " ":
+                self._line[i] = " "
+                self._times[i] = t
+
+    def _emit(self, out: list[ScreenLine]) -> None:
+        self._settle()
         text = "".join(self._line).rstrip()
         if text.strip() and self._t0 is not None:
-            out.append((self._t0, self._t1, text))
-        self._line, self._col, self._t0 = [], 0, None
+            out.append(ScreenLine(self._t0, self._t1, text, tuple(self._times[:len(text)])))
+        self._line, self._times, self._col, self._t0 = [], [], 0, None
 
-    def _control(self, t: float, c: str, out: list[tuple[float, float, str]]) -> None:
+    def _control(self, t: float, c: str, out: list[ScreenLine]) -> None:
         if c in "\n\x0b\x0c":
             self._emit(out)
         elif c == "\r":
@@ -121,20 +182,21 @@ class ScreenLines:
         elif c == "\t":
             self._col = min(MAX_LINE, (self._col // 8 + 1) * 8)
 
-    def _csi(self, t: float, params: str, final: str, out: list[tuple[float, float, str]]) -> None:
+    def _csi(self, t: float, params: str, final: str, out: list[ScreenLine]) -> None:
         if params.startswith(("?", ">", "<", "=")):
             return  # private modes
         nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
         n = max(1, nums[0]) if nums else 1
-        line = self._line
+        line, times = self._line, self._times
         if final == "K":
             mode = nums[0] if nums else 0
             if mode == 0:
-                del line[self._col:]
+                del line[self._col:], times[self._col:]
             elif mode == 1:
-                line[:min(self._col + 1, len(line))] = " " * min(self._col + 1, len(line))
+                self._blank(t, 0, self._col + 1)
             else:
                 line.clear()
+                times.clear()
         elif final == "C":
             self._col = min(MAX_LINE, self._col + n)
         elif final == "D":
@@ -142,12 +204,13 @@ class ScreenLines:
         elif final == "G" or final == "`":
             self._col = min(MAX_LINE, n - 1)
         elif final == "P":
-            del line[self._col:self._col + n]
+            del line[self._col:self._col + n], times[self._col:self._col + n]
         elif final == "@":
-            line[self._col:self._col] = " " * n
+            if self._col < len(line):  # beyond the end there is nothing to shift
+                line[self._col:self._col] = " " * n
+                times[self._col:self._col] = [t] * n
         elif final == "X":
-            end = min(len(line), self._col + n)
-            line[self._col:end] = " " * max(0, end - self._col)
+            self._blank(t, self._col, self._col + n)
         elif final in "ABEFHfdJ":
             # another row: what was on this one is complete (full-screen programs come out as fragments)
             self._emit(out)
@@ -166,17 +229,17 @@ def rows_from_events(events: Iterable[Event], *, stdin: bool = False) -> Iterato
     typed = ScreenLines()
     for ev in events:
         if ev.code == "o":
-            for t, text in lines.feed(ev.time, ev.data):
-                yield IndexRow(t, "screen", text)
+            for ln in lines.feed_lines(ev.time, ev.data):
+                yield IndexRow(ln.t0, "screen", ln.text, ln.times)
         elif ev.code == "m":
             yield IndexRow(ev.time, "marker", ev.data[:MAX_LINE])
         elif ev.code == "i" and stdin:
-            for t, text in typed.feed(ev.time, ev.data):
-                yield IndexRow(t, "stdin", text)
-    for t, text in lines.flush():
-        yield IndexRow(t, "screen", text)
-    for t, text in typed.flush():
-        yield IndexRow(t, "stdin", text)
+            for ln in typed.feed_lines(ev.time, ev.data):
+                yield IndexRow(ln.t0, "stdin", ln.text, ln.times)
+    for ln in lines.flush_lines():
+        yield IndexRow(ln.t0, "screen", ln.text, ln.times)
+    for ln in typed.flush_lines():
+        yield IndexRow(ln.t0, "stdin", ln.text, ln.times)
 
 
 def without_terminal(header: dict[str, object]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,27 @@ if TYPE_CHECKING:
 
 
 def _offset(t: float) -> str:
-    t = int(t)
-    return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}" if t >= 3600 else f"{t // 60}:{t % 60:02d}"
+    """``[h:]m:ss.mmm``, rounded up to the millisecond: ``replay --from`` it includes the event that showed the hit
+    (rounded down, or to the second, it would land before it: a bare prompt, the line before)."""
+    ms = math.ceil(round(t * 1000, 3))
+    s, ms = divmod(ms, 1000)
+    clock = f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return f"{clock}.{ms:03d}"
+
+
+_NOUNS = {"recordings": ("recording", "recordings"), "audit": ("audit event", "audit events")}
+
+
+def checked_summary(counts: dict[str, int]) -> str:
+    """What ``audit verify`` checked, as words: ``5 recordings and 53 audit events``, ``1 recording and 1 audit
+    event``."""
+    parts = []
+    for key, n in counts.items():
+        one, many = _NOUNS.get(key, (key, key))
+        parts.append(f"{n} {one if n == 1 else many}")
+    if len(parts) < 2:
+        return "".join(parts) or "nothing"
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -45,7 +65,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no matches", file=sys.stderr)
         return 1
-    fmt = "{:<27} {:<12} {:<16} {:>8}  {:<7} {}"
+    fmt = "{:<27} {:<12} {:<16} {:>9}  {:<7} {}"
     print(fmt.format("SESSION", "USER", "RESOURCE", "AT", "WHERE", "TEXT"))
     for h in hits:
         where = h.kind if h.kind in ("screen", "stdin") else "judged"
@@ -114,8 +134,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(p)
     for n in rep.notes:
         print(f"note: {n}")
-    summary = ", ".join(f"{v} {k}" for k, v in rep.counts.items())
-    print(("OK: " if rep.ok else f"FAILED ({len(rep.problems)} problem(s)): ") + f"checked {summary}")
+    summary = checked_summary(rep.counts)
+    bad = len(rep.problems)
+    print(f"OK: checked {summary}" if rep.ok else
+          f"FAILED ({bad} {'problem' if bad == 1 else 'problems'}): checked {summary}")
     return 0 if rep.ok else 1
 
 

@@ -7,6 +7,10 @@ SQLite narrows with an FTS5 table whose ``trigram`` tokenizer indexes every 3-ch
 tokenizer (older SQLite: migration 0007 says so in the log) the table is a plain one and every search reads it.
 PostgreSQL narrows with a ``pg_trgm`` GIN index under ``LIKE`` (its wildcards escaped). A query of fewer than 3
 characters has no trigram: both stores then read every line that the filters leave (slower, same answer).
+
+A hit's time is when its text became visible: the latest time of its characters (``recorder.textindex`` keeps when
+each character of a line last changed; ``times`` stores them in runs, migration 0010). Rows indexed before that
+have none and give their row's time until they are indexed again (0010 queues every kept recording for it).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from sqlalchemy import select, text
 from bastion.store.db import Store, _aware, now
 from bastion.store.models import Recording, Session
 from bastion.store.rows import SearchHit
-from bastion.store.textquery import MIN_INDEXED, normalise, plan
+from bastion.store.textquery import MIN_INDEXED, encode_times, normalise, normalise_times, plan, visible_at
 from recorder.storage import RecordingStorage, StorageError
-from recorder.textindex import index_rows
+from recorder.textindex import IndexRow, index_rows
 
 __all__ = ["MIN_INDEXED", "index_recording", "normalise", "reindex", "search", "trigram_index"]
 
@@ -41,8 +45,7 @@ def index_recording(store: Store, session_id: str, path: Path | str) -> int:
     drop_index(store, session_id)
     batch: list[dict[str, Any]] = []
     for row in index_rows(path, errors):
-        batch.append({"sid": session_id, "t": round(row.t, 3), "kind": row.kind, "text": row.text,
-                      "norm": normalise(row.text)})
+        batch.append(_values(session_id, row))
         if len(batch) >= BATCH:
             with store.tx() as s:
                 _insert(s, batch)
@@ -60,9 +63,24 @@ def index_recording(store: Store, session_id: str, path: Path | str) -> int:
     return n
 
 
+def _values(session_id: str, row: IndexRow) -> dict[str, Any]:
+    """One row of the index. ``t`` is exact (the recording's own time, so ``replay --from`` a hit includes the
+    event that showed it); a line whose characters appeared at different times (a prompt, then the command typed on
+    it) keeps their times in ``times`` (runs over ``norm``), so a hit can point at the moment its own text became
+    visible; NULL when every character of ``norm`` has the row's time."""
+    norm = normalise(row.text)
+    t, times = row.t, None
+    if row.times:
+        folded, per_char = normalise_times(row.text, row.times)
+        if folded == norm and per_char:  # always so; a mismatch would only cost the precision
+            t = min(per_char)
+            times = encode_times(per_char) if max(per_char) != t else None
+    return {"sid": session_id, "t": t, "kind": row.kind, "text": row.text, "norm": norm, "times": times}
+
+
 def _insert(s: Any, batch: list[dict[str, Any]]) -> None:
-    s.execute(text("INSERT INTO recording_text (session_id, t, kind, text, norm) "
-                   "VALUES (:sid, :t, :kind, :text, :norm)"), batch)
+    s.execute(text("INSERT INTO recording_text (session_id, t, kind, text, norm, times) "
+                   "VALUES (:sid, :t, :kind, :text, :norm, :times)"), batch)
 
 
 def drop_index(store: Store, session_id: str) -> None:
@@ -124,20 +142,23 @@ def search(store: Store, query: str, *, user: str | None = None, resource: str |
         where.append("rt.kind = :kind")
         params["kind"] = kind
     # the WHERE terms are fixed strings chosen above; every value is a bound parameter
-    sql = ("SELECT rt.session_id, rt.t, rt.kind, rt.text, rt.norm FROM recording_text rt "
+    sql = ("SELECT rt.session_id, rt.t, rt.kind, rt.text, rt.norm, rt.times FROM recording_text rt "
            "JOIN sessions s ON s.id = rt.session_id")
     sql += " WHERE " + " AND ".join(where) + " ORDER BY s.started_at DESC, rt.t LIMIT :lim"
     hits: list[SearchHit] = []
     with store.tx() as s:
         rows = s.execute(text(sql), params).all()
         sessions = {r.id: r for r in s.scalars(select(Session).where(Session.id.in_({r[0] for r in rows})))}
-    for sid, t, kind_, line, norm in rows:
+    for sid, t, kind_, line, norm, times in rows:
         if p.needle not in norm:  # the index only narrows; the answer is this test (never expected to drop one)
             log.warning("search: row of session %s matched %r in the index but not as a substring", sid, query)
             continue
         sess = sessions.get(sid)
         hits.append(SearchHit(session=sid, user=sess.user if sess else "", resource=sess.resource if sess else "",
-                              started_at=_aware(sess.started_at) if sess else None, t=float(t), kind=kind_,
+                              started_at=_aware(sess.started_at) if sess else None,
+                              t=visible_at(norm, times, p.needle, float(t)), kind=kind_,
                               text=line))
+    first = {sid: i for i, sid in reversed(list(enumerate(h.session for h in hits)))}
+    hits.sort(key=lambda h: (first[h.session], h.t))  # a hit's time is its text's, not its row's
     return hits
 

@@ -13,10 +13,12 @@ index only narrows the candidates; the text of the query never becomes SQL or FT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MIN_INDEXED", "Plan", "fts_phrase", "like_pattern", "normalise", "plan"]
+__all__ = ["MIN_INDEXED", "Plan", "decode_times", "encode_times", "fts_phrase", "like_pattern", "normalise",
+           "normalise_times", "plan", "visible_at"]
 
 MIN_INDEXED = 3
 """The trigram indexes look up pieces of 3 characters: a shorter query is answered by reading every line."""
@@ -25,6 +27,66 @@ MIN_INDEXED = 3
 def normalise(s: str) -> str:
     """Text as the index compares it: case folded, whitespace runs made one space, stripped."""
     return " ".join(s.split()).casefold()
+
+
+def normalise_times(s: str, times: Sequence[float]) -> tuple[str, list[float]]:
+    """``normalise(s)`` with a time for each of its characters, from ``times`` (one per character of ``s``): a
+    folded character keeps its own, a whitespace run made one space gets the latest of the run's."""
+    out: list[str] = []
+    ts: list[float] = []
+    run: float | None = None  # the whitespace run since the last character kept
+    for c, t in zip(s, times, strict=True):
+        if c.isspace():  # what str.split() splits on
+            run = t if run is None else max(run, t)
+            continue
+        if run is not None and out:
+            out.append(" ")
+            ts.append(run)
+        run = None
+        folded = c.casefold()  # Python's case folding maps each character on its own
+        out.append(folded)
+        ts.extend([t] * len(folded))
+    return "".join(out), ts
+
+
+def encode_times(times: Sequence[float]) -> str:
+    """Per-character times as runs, ``START:SECONDS`` joined by commas (exact: ``repr`` of each float)."""
+    runs: list[str] = []
+    for i, t in enumerate(times):
+        if i == 0 or t != times[i - 1]:
+            runs.append(f"{i}:{t!r}")
+    return ",".join(runs)
+
+
+def decode_times(encoded: str, length: int) -> list[float] | None:
+    """``encode_times`` undone for a line of ``length`` characters; None for anything else."""
+    try:
+        runs = [(int(a), float(b)) for a, _, b in (r.partition(":") for r in encoded.split(","))]
+    except ValueError:
+        return None
+    if not runs or runs[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(runs, runs[1:], strict=False)) \
+            or runs[-1][0] >= length:
+        return None
+    out: list[float] = []
+    for (start, t), (end, _) in zip(runs, [*runs[1:], (length, 0.0)], strict=True):
+        out.extend([t] * (end - start))
+    return out
+
+
+def visible_at(norm: str, encoded: str | None, needle: str, default: float) -> float:
+    """When ``needle`` first stood whole on a line (``norm``, its characters' times ``encoded``): for each place
+    it occurs, the latest time of its characters; the earliest of those. ``default`` (the line's time) when the line
+    has one time for all its characters, or ``needle`` is not in it."""
+    times = decode_times(encoded, len(norm)) if encoded else None
+    if times is None or not needle:
+        return default
+    best: float | None = None
+    i = norm.find(needle)
+    while i >= 0:
+        t = max(times[i:i + len(needle)])
+        best = t if best is None else min(best, t)
+        i = norm.find(needle, i + 1)
+    return default if best is None else best
 
 
 def fts_phrase(needle: str) -> str:
