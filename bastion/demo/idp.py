@@ -6,7 +6,8 @@ Its secrets live in the state dir, 0600, and are reused by the next run: dave's 
 the bastion's client secret (``secrets/oidc-client.secret``, read by the daemon through ``client_secret_file``),
 the provider's signing key (``oidc/jwks.json``) and the provider's config that holds them (``oidc/provider.json``).
 None of them is on a command line or in an environment. The provider holds its stdin from the demo and stops when
-that closes, so a demo killed with kill -9 leaves no provider behind.
+that closes (and gets SIGTERM when the demo dies: a parent-death signal), so a demo killed with kill -9 leaves no
+provider behind.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from bastion.demo.lifeline import die_with_demo
 
 PROVIDER_DIR = Path(__file__).resolve().parent / "oidc"
 PERSON = "dave"
@@ -29,6 +34,7 @@ GROUPS = ["ops"]
 CLIENT_ID = "bastion-demo"
 CLIENT_SECRET_FILE = "secrets/oidc-client.secret"  # noqa: S105 - a path; relative to the state dir (and so to bastion.yaml)
 MIN_NODE = (20, 12)  # oidc-provider 9 uses crypto.hash
+Record = Callable[[str, int, int], None]  # told (name, pid, stop signal) of a process the demo started
 READY = re.compile(r"^READY (http://127\.0\.0\.1:\d+)$", re.M)
 
 
@@ -127,9 +133,10 @@ class DemoIdp:
         ]
 
 
-def start_idp(state: Path, log_dir: Path, timeout: float = 30) -> DemoIdp:
+def start_idp(state: Path, log_dir: Path, timeout: float = 30, record: Record | None = None) -> DemoIdp:
     """Start the provider for ``state`` (logging to ``log_dir/oidc-provider.log``) and wait until it listens;
-    IdpUnavailable, with why, when this machine cannot run it or it does not start."""
+    IdpUnavailable, with why, when this machine cannot run it or it does not start. ``record(name, pid, stop
+    signal)`` is told its process as soon as it exists."""
     node = _check_node()
     password = _secret_file(state / "secrets" / f"{PERSON}.pw", secrets.token_urlsafe(12))
     client_secret = _secret_file(state / CLIENT_SECRET_FILE, secrets.token_urlsafe(32))
@@ -153,24 +160,27 @@ def start_idp(state: Path, log_dir: Path, timeout: float = 30) -> DemoIdp:
     except (OSError, ValueError):
         last = 0
     try:
-        idp = _launch(node, config_path, log_dir / "oidc-provider.log", last, password, timeout)
+        idp = _launch(node, config_path, log_dir / "oidc-provider.log", last, password, timeout, record)
     except IdpUnavailable:
         if not last:
             raise
-        idp = _launch(node, config_path, log_dir / "oidc-provider.log", 0, password, timeout)
+        idp = _launch(node, config_path, log_dir / "oidc-provider.log", 0, password, timeout, record)
     port_file.write_text(idp.issuer.rsplit(":", 1)[1] + "\n")
     return idp
 
 
-def _launch(node: str, config_path: Path, log_path: Path, port: int, password: str, timeout: float) -> DemoIdp:
+def _launch(node: str, config_path: Path, log_path: Path, port: int, password: str, timeout: float,
+            record: Record | None) -> DemoIdp:
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         try:
             proc = subprocess.Popen([node, str(PROVIDER_DIR / "provider.mjs"), str(config_path), str(port)],
                                     stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=PROVIDER_DIR,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=die_with_demo(signal.SIGTERM))  # noqa: PLW1509
         except OSError as e:
             raise IdpUnavailable(f"the identity provider did not start: {e}") from None
+    if record is not None:
+        record("oidc-provider", proc.pid, signal.SIGTERM)
     assert proc.stdin is not None
     idp = DemoIdp("", password, log_path, proc, proc.stdin)
     deadline = time.monotonic() + timeout

@@ -6,13 +6,20 @@ missing the demo runs without ``demo-db`` and says so.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from bastion.demo.lifeline import die_with_demo
 
 SEED = """
 CREATE TABLE customers(id int PRIMARY KEY, name text NOT NULL, email text, ssn text);
@@ -49,7 +56,9 @@ class DemoPostgres:
         subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
                         "-U", "postgres", "-d", db, "-c", sql], check=True, env=env, capture_output=True)
 
-    def start(self) -> None:
+    def start(self, record: Callable[[str, int, int], None] | None = None) -> None:
+        """Create the cluster on the first run, start the server and wait until it answers; ``record(name, pid,
+        stop signal)`` is told the server's process as soon as it exists."""
         first = not (self.base / "data" / "PG_VERSION").exists()
         if first:
             (self.base).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -68,15 +77,11 @@ class DemoPostgres:
         (self.base / "sock").mkdir(exist_ok=True)
         if self._root:
             subprocess.run(["chown", "postgres", str(self.base / "sock")], check=True)
-        with open(self.base / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self._run_as, pg_bin("postgres") or "postgres", "-D", str(self.base / "data"), "-p",
-                 str(self.port), "-k", str(self.base / "sock"), "-c", "listen_addresses=127.0.0.1"],
-                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        proc = self.proc = self._spawn(record)
         deadline = time.monotonic() + 30
         while subprocess.run([pg_bin("pg_isready") or "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)],
                              capture_output=True).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the demo database did not start; see {self.base / 'server.log'}")
             time.sleep(0.2)
         if first:
@@ -89,13 +94,31 @@ class DemoPostgres:
             with os.fdopen(fd, "w") as f:
                 f.write(password + "\n")
 
+    def _spawn(self, record: Callable[[str, int, int], None] | None) -> subprocess.Popen[bytes]:
+        """The server, a direct child of the demo (no runuser in between: a parent-death signal reaches it), in a
+        session of its own (a Ctrl-C at the terminal is the demo's to handle), with a fast shutdown (SIGINT) when
+        the demo dies."""
+        user: dict[str, Any] = {}
+        if self._root:
+            pw = pwd.getpwnam("postgres")
+            user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist("postgres", pw.pw_gid)}
+        with open(self.base / "server.log", "ab") as log:
+            proc = subprocess.Popen(
+                [pg_bin("postgres") or "postgres", "-D", str(self.base / "data"), "-p", str(self.port), "-k",
+                 str(self.base / "sock"), "-c", "listen_addresses=127.0.0.1"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=self.base,
+                start_new_session=True, preexec_fn=die_with_demo(signal.SIGINT), **user)  # noqa: PLW1509
+        if record is not None:
+            record("postgres", proc.pid, signal.SIGINT)
+        return proc
+
     def stop(self) -> None:
+        """A fast shutdown (clients disconnected, a clean checkpoint); SIGKILL if it takes longer than 15 s."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 15)  # runuser and the server it started
-            except OSError:
-                self.proc.terminate()
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()

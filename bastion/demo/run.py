@@ -16,6 +16,9 @@ import asyncssh
 from bastion.config import Config, ConfigError, load_config
 from bastion.demo.configs import DEMO_DB, DEMO_DB_POLICY, DEMO_SHELL, DEMO_SHELL_POLICIES, DEMO_USERS, yaml_str
 from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
+from bastion.demo.lifeline import DemoBusy, Lifeline
+from bastion.demo.ports import demo_ports, first_busy
+from bastion.demo.stopping import Stopped, hold_stop_signals, mute_dead_terminal, stops_raise, wait_for_stop
 from bastion.keyfiles import ensure_private_key
 
 if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() without the daemon's dependencies
@@ -24,6 +27,7 @@ if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() witho
     from bastion.demo.shell_target import DemoShell
 
 log = logging.getLogger(__name__)
+Record = Callable[[str, int, int], None]  # told (name, pid, stop signal) of each process the demo starts
 
 def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int, str] | None = None, *,
             shell: bool = True, issuer: str | None = None) -> tuple[Path, asyncssh.SSHKey, asyncssh.SSHKey, int]:
@@ -35,6 +39,7 @@ def prepare(state: Path, port: int, db_port: int | None = None, kube: tuple[int,
     for name in DEMO_USERS:
         ensure_private_key(keys / name)
     ensure_private_key(keys / "dave")  # a key nobody has bound yet: dave signs in with it (OIDC)
+    ensure_private_key(keys / "host_ed25519", "bastion host key")  # now: the daemon need not warn it makes one
     target_host = ensure_private_key(keys / "demo-target-host")
     target_client = ensure_private_key(keys / "demo-target-credential")
     target_port = port + 1
@@ -105,6 +110,7 @@ class DemoParts:
     idp_off: str = ""  # why the OIDC sign-in is off (when idp is None)
 
     def stop(self) -> None:
+        """Stop what has started (any part may not have)."""
         if self.idp is not None:
             self.idp.stop()
         if self.pg is not None:
@@ -124,20 +130,19 @@ def _start_shell(state: Path) -> DemoShell | None:
         return None
 
 
-def _start_pg(state: Path, port: int) -> DemoPostgres | None:
+def _start_pg(parts: DemoParts, state: Path, port: int, record: Record) -> None:
     from bastion.demo.pg import DemoPostgres
 
     if not DemoPostgres.available():
         print("demo-db is not available: PostgreSQL server binaries not found (apt-get install postgresql)")
-        return None
-    pg = DemoPostgres(state, port)
+        return
+    parts.pg = DemoPostgres(state, port)
     try:
-        pg.start()
+        parts.pg.start(record)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         print(f"demo-db is not available: {e}")
-        pg.stop()
-        return None
-    return pg
+        parts.pg.stop()
+        parts.pg = None
 
 
 def _start_kube(state: Path, port: int, kubectl: str | None) -> DemoKube | None:
@@ -154,18 +159,22 @@ def _start_kube(state: Path, port: int, kubectl: str | None) -> DemoKube | None:
     return kube
 
 
-def start_parts(state: Path, port: int) -> DemoParts:
-    """The sandboxed shell, PostgreSQL on ``port + 2``, the simulated cluster on ``port + 3`` and the identity
-    provider (a free port), as far as this machine has what they need."""
+def start_parts(parts: DemoParts, state: Path, port: int, record: Record) -> None:
+    """Start, into ``parts``, the sandboxed shell, PostgreSQL on ``port + 2``, the identity provider (a free port)
+    and the simulated cluster on ``port + 3``, as far as this machine has what they need; ``record`` is told each
+    process started. In ``parts`` as they start, so that an interruption stops those already running. The
+    processes come first, from this (the main) thread and before the simulated cluster's thread exists: their
+    parent-death signal is tied to the forking thread, and a fork is simplest with one thread."""
     from bastion.demo.idp import IdpUnavailable, start_idp
 
-    parts = DemoParts(shell=_start_shell(state), pg=_start_pg(state, port + 2), kubectl=find_demo_kubectl())
-    parts.kube = _start_kube(state, port + 3, parts.kubectl)
+    parts.shell = _start_shell(state)
+    _start_pg(parts, state, port + 2, record)
     try:  # fail safe: without it the demo runs as before, and the banner says why
-        parts.idp = start_idp(state, state / "logs")
+        parts.idp = start_idp(state, state / "logs", record=record)
     except (IdpUnavailable, OSError) as e:
         parts.idp_off = f"OIDC sign-in is off: {e}"
-    return parts
+    parts.kubectl = find_demo_kubectl()
+    parts.kube = _start_kube(state, port + 3, parts.kubectl)
 
 
 def signin_lines(state: Path, port: int, cfg_path: Path, exe: Path | str, parts: DemoParts) -> str:
@@ -221,10 +230,10 @@ Ctrl-C stops the demo.
 
 
 async def serve_demo(cfg: Config, shell: DemoShell | None, target: tuple[int, asyncssh.SSHKey, asyncssh.SSHKey],
-                     text: str) -> None:
+                     text: str) -> str:
     """The demo target (when ``shell``) on ``target`` = (port, host key, client key) and the daemon; print ``text``
-    once they listen; run until SIGINT or SIGTERM."""
-    from bastion.daemon import Daemon, wait_for_stop_signal
+    once they listen; run until SIGINT, SIGTERM or SIGHUP (its name is returned), then stop the daemon gracefully."""
+    from bastion.daemon import Daemon
     from bastion.demo.shell_target import start_demo_target
 
     acceptor = None
@@ -234,40 +243,81 @@ async def serve_demo(cfg: Config, shell: DemoShell | None, target: tuple[int, as
     await daemon.start()
     print(text, flush=True)
     try:
-        await wait_for_stop_signal()
+        return await wait_for_stop()
     finally:
         await daemon.stop()
         if acceptor is not None:
             acceptor.close()
 
 
+def say(line: str) -> None:
+    """One line on the demo's terminal, which may be gone (closed under a stopping demo): then nowhere."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        mute_dead_terminal()
+
+
 def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], None]) -> int:
-    """Prepare the state dir, start the demo's parts and the daemon, print how to connect, run until Ctrl-C.
+    """Prepare the state dir, start the demo's parts and the daemon, print how to connect, run until told to stop
+    (Ctrl-C, SIGTERM, SIGHUP or the terminal closing), then stop everything it started, in any case: processes
+    it started also die with it when it is killed, and the next start stops what a killed one left.
     ``setup_logging(log_dir)`` is called once the config is known (the CLI owns logging)."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    parts = start_parts(state, port)
+    parts = DemoParts()
+    with stops_raise():
+        try:
+            life = Lifeline.claim(state, say)
+        except DemoBusy as e:
+            say(str(e))
+            return 1
+        try:
+            if busy := first_busy(demo_ports(port)):
+                say(busy)
+                return 1
+            start_parts(parts, state, port, life.add)
+            if not _serve(state, port, parts, setup_logging):
+                return 1
+        except (KeyboardInterrupt, Stopped):
+            pass
+        finally:
+            hold_stop_signals()  # the cleanup runs to its end
+            parts.stop()
+            life.release()
+    say("bastion demo stopped")
+    return 0
+
+
+def _serve(state: Path, port: int, parts: DemoParts, setup_logging: Callable[[Path | None], None]) -> bool:
+    """Write the config for ``parts``, print the banner, run the daemon until a stop signal; False when the config
+    does not load."""
     cfg_path, host_key, client_key, target_port = prepare(
         state, port, parts.pg.port if parts.pg else None,
         (parts.kube.port, parts.kubectl) if parts.kube and parts.kubectl else None, shell=parts.shell is not None,
         issuer=parts.idp.issuer if parts.idp else None)
     try:
-        try:
-            cfg = load_config(cfg_path)
-        except ConfigError as e:
-            print(e)
-            return 1
-        setup_logging(cfg.log_dir)
-        tools = ""
-        if parts.shell is not None:
-            from bastion.demo.tools import tools_lines, write_ssh_config
+        cfg = load_config(cfg_path)
+    except ConfigError as e:
+        say(str(e))
+        return False
+    setup_logging(cfg.log_dir)
+    quiet_console()
+    tools = ""
+    if parts.shell is not None:
+        from bastion.demo.tools import tools_lines, write_ssh_config
 
-            tools = tools_lines(state, port, write_ssh_config(state, port, cfg))
-        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
-        text = banner(state, port, cfg_path, shell=parts.shell is not None, tools=tools,
-                      signin=signin_lines(state, port, cfg_path, exe, parts))
-        asyncio.run(serve_demo(cfg, parts.shell, (target_port, host_key, client_key), text))
-    finally:
-        parts.stop()
-    print("bastion demo stopped")
-    return 0
+        tools = tools_lines(state, port, write_ssh_config(state, port, cfg))
+    exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "bastion" else "bastion"
+    text = banner(state, port, cfg_path, shell=parts.shell is not None, tools=tools,
+                  signin=signin_lines(state, port, cfg_path, exe, parts))
+    asyncio.run(serve_demo(cfg, parts.shell, (target_port, host_key, client_key), text))
+    return True
+
+
+def quiet_console() -> None:
+    """The terminal shows the banner first: the daemon's INFO lines (keys created, listening) go to the log file
+    only (``STATE/logs/bastion.log``); warnings and errors still show."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
