@@ -38,6 +38,15 @@ bastion: ways to connect
   ssh -t {host} observe SESSION     (reviewers, auditors) watch a live session; moderate it where that is needed
 """
 
+MENU_LEAVE_WAIT = 5.0
+"""Seconds the menu has to leave on its own when the bastion closes an idle connection (a loaded machine's Textual
+takes a fraction of one)."""
+RESTORE_TERMINAL = ("\x1b[<u\x1b[?2004l\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?1004l\x1b[?7h\x1b[0m"
+                    "\x1b[?1049l\x1b[?25h")
+"""What Textual writes when it leaves (keyboard protocol, bracketed paste, mouse reporting and focus events off,
+line wrap on, attributes reset, the normal screen back, the cursor shown): written for a menu hung up on its
+screen, before the closing message."""
+
 
 def parse_command(command: str) -> tuple[str, str | None]:
     """Split ``RES -- CMD`` (or ``RES CMD``) into the resource and the command text, verbatim."""
@@ -91,6 +100,8 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None  # the bastion closed this connection (idle): why
+        self._menu_exited = asyncio.Event()  # the menu's session process is gone
+        self._restore_terminal = False  # the menu was killed on its screen: give the terminal back here
 
     # -- asyncssh callbacks -----------------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -185,7 +196,8 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         if self._idle is not None:
             self._idle.cancel()
         if self._closed_reason is not None:
-            self.client.stderr(f"\nbastion: {self._closed_reason}: connection closed\n")
+            self.client.stderr((RESTORE_TERMINAL if self._restore_terminal else "")
+                               + f"\nbastion: {self._closed_reason}: connection closed\n")
         if not self.client.gone:
             try:
                 self.chan.exit(status)
@@ -226,7 +238,10 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         """The Textual menu on the client's terminal (``start``: the screen it opens on, e.g. a request's)."""
         self.handlers = MenuHandlers(self.services, self.ctx, client, broker, start=start)
         self.menu = MenuProcess(self.services, client, self.handlers.table(), self.ctx.who)
-        return await self.menu.run()
+        try:
+            return await self.menu.run()
+        finally:
+            self._menu_exited.set()
 
     async def _review(self, client: ClientSide, broker: Broker, word: str, rest: str | None) -> int:
         """``review``, ``approve N``, ``deny N --reason TEXT`` (:mod:`bastion.ssh.review`); ``review [N]`` with a
@@ -348,7 +363,21 @@ class BastionSession(asyncssh.SSHServerSession[bytes]):
         if client.observer is not None:
             client.observer.finish(reason)
         if self.menu is not None:
-            self.menu.close()
+            await self._close_menu(self.menu, client, reason)
+
+    async def _close_menu(self, menu: MenuProcess, client: ClientSide, reason: str) -> None:
+        """Ask the menu to leave, and let it: Textual then gives the terminal back as it found it (alternate screen
+        left, cursor shown, mouse reporting and bracketed paste off), and the closing message lands on a clean
+        line below. Hung up at once, it left its screen drawn and the message over its second row. A menu that
+        does not go in time is hung up; then, unless it had handed the terminal over (a session, an observer or a
+        replay occupies the channel: it is off its screen), the terminal is given back here."""
+        menu.notify("close", {"text": reason})
+        try:
+            await asyncio.wait_for(self._menu_exited.wait(), MENU_LEAVE_WAIT)
+        except TimeoutError:
+            log.info("%s: the menu did not leave within %.0f s; hanging it up", self.ctx.who, MENU_LEAVE_WAIT)
+            self._restore_terminal = not client.opening
+            menu.close()
 
 
 def _sane_size(cols: int, rows: int) -> tuple[int, int]:
