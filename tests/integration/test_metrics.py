@@ -1,0 +1,161 @@
+"""The metrics endpoint of a running daemon (issue 25): scraped with prometheus_client's own text parser, its health
+checks, its bearer token, the connections gauge following a stock ``ssh`` connection, the counters of dead
+connection processes kept, and ``/readyz`` following a PostgreSQL store that stops and comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import BastionEnv, own_bastion
+from tests.support.keys import free_port
+from tests.support.postgres import PgServer, pg_bin, start_postgres
+from tests.support.ssh_client import ssh_argv
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret-scrape-token"
+T = TypeVar("T")
+
+
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 (loopback, http)
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
+    """``check()`` until it returns something truthy (its value), or fail saying ``what`` never happened."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def samples(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """One scrape, parsed by the client library's parser: (sample name, labels) -> value."""
+    status, body = get(f"{base}/metrics", TOKEN)
+    assert status == 200, body
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+
+def value(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    return scrape.get((name, frozenset(labels.items())))
+
+
+@contextmanager
+def metrics_bastion(base: BastionEnv, d: Path, extra: str = "", database: str | None = None) -> Iterator[
+        tuple[BastionEnv, str]]:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    top = f"metrics: {{listen: '127.0.0.1:{port}', token_file: token}}\n{extra}"
+    with own_bastion(base, d, extra_top=top) as env:
+        if database is not None:  # the config is read at start: restart on the other store
+            from tests.integration.conftest import start_bastion, stop_bastion
+
+            stop_bastion(env.proc)
+            env.config.write_text(env.config.read_text().replace("sqlite:///state/bastion.db", database))
+            env.proc = start_bastion(env.config, env.port, env.log)
+        yield env, f"http://127.0.0.1:{port}"
+
+
+def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    with metrics_bastion(bastion_env, tmp_path / "m") as (env, base):
+        assert get(f"{base}/healthz") == (200, "ok\n")
+        status, body = wait_for("/readyz answers 200", lambda: (lambda r: r if r[0] == 200 else None)(
+            get(f"{base}/readyz")))
+        assert body.startswith("ready\n") and "listening: yes" in body and "store: ok" in body, body
+        status, body = get(f"{base}/metrics")
+        assert status == 401, body  # the token is needed
+        assert get(f"{base}/metrics", "not-the-token")[0] == 401
+        first = samples(base)
+        assert value(first, "bastion_connections_open") == 0
+        assert value(first, "bastion_store_up") == 1
+        assert value(first, "bastion_approval_requests_pending") == 0
+        assert value(first, "bastion_recording_failures_total", op="upload") == 0
+        assert value(first, "bastion_keystroke_latency_seconds_count") == 0  # defined, zero until wired
+        wait_for("the node process's event-loop lag is measured", lambda: (value(
+            samples(base), "bastion_event_loop_lag_seconds_count", process="node") or 0) > 0)
+
+        held = subprocess.Popen(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "sleep 120",
+                                         tty=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            scrape = wait_for("connections open becomes 1", lambda: (lambda s: s if value(
+                s, "bastion_connections_open") == 1 else None)(samples(base)))
+            assert value(scrape, "bastion_processes", kind="connection") == 1
+            wait_for("the connection process measures its event loop", lambda: (value(
+                samples(base), "bastion_event_loop_lag_seconds_count", process="connection") or 0) > 0)
+        finally:
+            held.send_signal(signal.SIGTERM)
+            held.wait(10)
+        after = wait_for("connections open back to 0", lambda: (lambda s: s if value(
+            s, "bastion_connections_open") == 0 and value(s, "bastion_processes", kind="connection") == 0
+            else None)(samples(base)))
+        # the dead process's counts stay (folded into the archive), and its own files are gone
+        assert (value(after, "bastion_event_loop_lag_seconds_count", process="connection") or 0) > 0
+        files = [f.name for f in (env.dir / "state").glob("metrics-*/*.db")]
+        assert any(f.startswith("histogram_archive") for f in files), files
+        assert not any(f.endswith(f"_{held.pid}.db") for f in files)
+
+
+def stop_postgres(pg: PgServer) -> None:
+    """A fast shutdown (SIGINT to the postmaster: clients are disconnected, not waited for), until it is gone."""
+    pidfile = pg.dir / "data" / "postmaster.pid"
+    os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)
+    wait_for("postgres stops", lambda: not pidfile.exists())
+    pg.proc.wait(30)
+
+
+def restart_postgres(pg: PgServer) -> None:
+    """Start the stopped server again on its data directory and port (what start_postgres ran)."""
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    with open(pg.dir / "log", "ab") as log:
+        pg.proc = subprocess.Popen([*run_as, pg_bin("postgres"), "-D", str(pg.dir / "data"), "-p", str(pg.port),
+                                    "-k", str(pg.dir / "sock"), "-c", "listen_addresses=127.0.0.1", "-c",
+                                    "fsync=off"], stdout=subprocess.DEVNULL, stderr=log)
+    wait_for("postgres is back", lambda: subprocess.run(
+        [pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(pg.port)], capture_output=True).returncode == 0)
+
+
+def test_readyz_follows_the_postgres_store(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    pg = start_postgres()
+    try:
+        url = f"postgresql+psycopg://postgres:{pg.password}@127.0.0.1:{pg.port}/postgres"
+        cluster = "cluster: {heartbeat_seconds: 0.5, node_expiry_seconds: 30}\n"
+        with metrics_bastion(bastion_env, tmp_path / "pg", cluster, database=url) as (env, base):
+            body = wait_for("ready on PostgreSQL", lambda: (lambda r: r[1] if r[0] == 200 else None)(
+                get(f"{base}/readyz")))
+            assert "heartbeat:" in body, body  # a shared store: this node's heartbeat is checked
+            stop_postgres(pg)
+            body = wait_for("unready without the store", lambda: (lambda r: r[1] if r[0] == 503 else None)(
+                get(f"{base}/readyz")))
+            assert "FAIL store:" in body, body
+            assert get(f"{base}/healthz")[0] == 200  # alive all the same
+            assert value(samples(base), "bastion_store_up") == 0  # a scrape still answers
+            restart_postgres(pg)
+            body = wait_for("ready again once the store is back", lambda: (lambda r: r[1] if r[0] == 200 else None)(
+                get(f"{base}/readyz")), timeout=60)
+            assert "store: ok" in body
+            assert value(samples(base), "bastion_store_up") == 1
+            assert env.proc.poll() is None
+    finally:
+        pg.stop()

@@ -1,0 +1,94 @@
+"""``log_format: json``: every line a daemon writes is one JSON object, control characters included (issue 25)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion.metrics.logs import JsonFormatter, bind, set_process
+from tests.support.keys import free_port
+
+HOSTILE = "a\x1b[31mred\x07\x00\x7f\x9b\u2028b\udcff\nnext"
+
+
+def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("bastion.test", logging.WARNING, __file__, 1, msg, args, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_one_object_per_line_with_no_raw_control_character() -> None:
+    line = JsonFormatter().format(record("%s: said %s", "mallory@10.0.0.9:4242", HOSTILE, resource="web"))
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in line), repr(line)
+    assert all(not 0xD800 <= ord(c) <= 0xDFFF for c in line)
+    obj = json.loads(line)
+    assert obj["message"].startswith("mallory@10.0.0.9:4242: said a\x1b[31mred\x07\x00\x7f\x9b\u2028b")
+    assert obj["user"] == "mallory" and obj["client"] == "10.0.0.9:4242" and obj["resource"] == "web"
+    assert obj["level"] == "warning" and obj["logger"] == "bastion.test" and obj["time"].endswith("Z")
+
+
+def test_process_and_task_fields_and_tracebacks() -> None:
+    set_process(node="node-a", worker="connection", connection="4242")
+    token = bind(user="alice", resource="db")
+    try:
+        try:
+            raise ValueError("boom\x1b")
+        except ValueError:
+            rec = record("failed")
+            rec.exc_info = sys.exc_info()
+        obj = json.loads(JsonFormatter().format(rec))
+    finally:
+        set_process(worker="daemon", connection="")
+        from bastion.metrics.logs import _bound
+
+        _bound.reset(token)
+    assert (obj["node"], obj["worker"], obj["connection"], obj["user"], obj["resource"]) == (
+        "node-a", "connection", "4242", "alice", "db")
+    assert "ValueError: boom\x1b" in obj["exception"]
+
+
+@pytest.mark.timeout(120)
+def test_a_json_daemon_writes_only_json(tmp_path: Path) -> None:
+    """A real daemon (a process per connection) starts, refuses a reload whose config names a key with an escape
+    sequence in it (the problem is logged with that key), and stops: every line of its stderr is a JSON object."""
+    (tmp_path / "state").mkdir()
+    port = free_port()
+    cfg = tmp_path / "bastion.yaml"
+    good = (f"listen: {{host: 127.0.0.1, port: {port}}}\nhost_keys: [state/host_ed25519]\n"
+            "database: sqlite:///state/bastion.db\nrecordings_dir: state/recordings\nlog_format: json\n")
+    cfg.write_text(good)
+    err = tmp_path / "stderr"
+    with open(err, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=out, start_new_session=True)
+    try:
+        wait_line(err, "listening on", proc)
+        cfg.write_text(good + '"bad\\e[31mkey": 1\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_line(err, "reload refused", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = err.read_text(errors="surrogateescape").splitlines()
+    objs = [json.loads(ln) for ln in lines]  # every line parses
+    refused = [o for o in objs if "reload refused" in o["message"]]
+    assert refused and "bad\x1b[31mkey: unknown key" in refused[0]["message"]
+    assert "\x1b" not in err.read_text()  # escaped on the way out, never raw
+    assert {o["worker"] for o in objs} >= {"supervisor"} and all(o["node"] for o in objs)
+
+
+def wait_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged within {timeout} s:\n{path.read_text()}")

@@ -1,0 +1,120 @@
+"""The metrics foundations of issue 25 without a daemon: the config's ``metrics`` section (its problems name file and
+line), the helpers' bounded labels, and the directory of per-process files kept small without losing a count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
+from prometheus_client.parser import text_string_to_metric_families
+
+from bastion import metrics
+from bastion.config import ConfigError, load_config
+from bastion.metrics.files import LockedCollector, Reaper, file_count, prepare
+
+BASE = "host_keys: [host_ed25519]\ndatabase: sqlite:///bastion.db\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    cfg = tmp_path / "bastion.yaml"
+    cfg.write_text(BASE + text)
+    return cfg
+
+
+def problems(cfg: Path) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    return e.value.problems
+
+
+def test_metrics_are_off_by_default_and_parse_when_on(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).metrics is None
+    (tmp_path / "token").write_text("t0ken\n")
+    cfg = load_config(write(tmp_path, "log_format: json\nmetrics:\n  listen: '[::1]:9100'\n  token_file: token\n"))
+    assert cfg.metrics is not None and cfg.metrics.address == ("::1", 9100)
+    assert cfg.log_format == "json"
+    assert load_config(write(tmp_path, "metrics: {}\n")).metrics.address == ("127.0.0.1", 9464)  # type: ignore
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost", "127.0.0.1:0", "127.0.0.1:70000", ":9464", "a b:1"])
+def test_a_bad_listen_address_names_file_and_line(tmp_path: Path, listen: str) -> None:
+    cfg = write(tmp_path, f"metrics:\n  listen: '{listen}'\n")
+    [p] = problems(cfg)
+    assert p.startswith(f"{cfg}:4: metrics.listen: ") and "HOST:PORT" in p, p
+
+
+def test_a_missing_token_file_names_file_and_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "metrics:\n  listen: 127.0.0.1:9464\n  token_file: nowhere/token\n")
+    [p] = problems(cfg)
+    assert p.startswith(f"{cfg}:5: metrics.token_file: cannot read {tmp_path}/nowhere/token"), p
+    (tmp_path / "empty").write_text("\n")
+    cfg = write(tmp_path, "metrics: {token_file: empty}\n")
+    assert problems(cfg) == [f"{cfg}:3: metrics.token_file: {tmp_path}/empty is empty"]
+
+
+def test_unreadable_tls_files_and_unknown_keys_are_problems(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "metrics:\n  tls: {cert_file: cert.pem, key_file: key.pem}\n  port: 1\n")
+    assert problems(cfg) == [f"{cfg}:5: metrics.port: unknown key"]
+    cfg = write(tmp_path, "metrics:\n  tls: {cert_file: cert.pem, key_file: key.pem}\n")
+    [p] = problems(cfg)
+    assert p.startswith(f"{cfg}:4: metrics.tls: cannot load the certificate"), p
+    cfg = write(tmp_path, "log_format: xml\n")
+    [p] = problems(cfg)
+    assert p.startswith(f"{cfg}:3: log_format: "), p
+
+
+def test_helper_labels_are_bounded() -> None:
+    metrics.session_started("ssh", "web")
+    metrics.session_ended("ssh", "web", "alice typed rm -rf /")  # not an outcome: counted as other
+    metrics.policy_decision("launch-missiles", "no-rm")
+    metrics.relayed("sideways", "weird-kind", 10)
+    metrics.recording_failed("upload")
+    body = generate_latest(metrics.REGISTRY).decode()
+    labels = {v for fam in text_string_to_metric_families(body) for s in fam.samples for v in s.labels.values()}
+    assert "alice typed rm -rf /" not in labels and "launch-missiles" not in labels and "weird-kind" not in labels
+    assert metrics.REGISTRY.get_sample_value("bastion_sessions_ended_total", {"kind": "ssh", "outcome": "other"}) == 1
+    assert metrics.REGISTRY.get_sample_value("bastion_relay_bytes_total", {"direction": "out", "kind": "other"}) == 10
+    assert metrics.REGISTRY.get_sample_value("bastion_sessions_open", {"kind": "ssh", "resource": "web"}) == 0
+
+
+def test_dead_processes_are_folded_into_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters and histograms of a reaped process survive in the archive (the sum never goes down); its live
+    gauges go; its files go, so the directory does not grow with every connection ever served."""
+    folder = tmp_path / "m"
+    prepare(folder)
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(folder))
+    reg = CollectorRegistry()
+    reaper = Reaper(folder)
+    for pid in (101, 102):
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda pid=pid: pid))  # type: ignore
+        c = Counter("t_events", "test", ["kind"], registry=reg if pid == 101 else None)
+        g = Gauge("t_open", "test", registry=reg if pid == 101 else None, multiprocess_mode="livesum")
+        c.labels("x").inc(pid - 100)
+        g.set(1)
+    values.close_all_multiprocess_files()
+    collector = LockedCollector(folder)
+
+    def read() -> dict[str, float]:
+        return {s.name + str(sorted(s.labels.items())): s.value for m in collector.collect() for s in m.samples}
+
+    assert read() == {"t_events_total[('kind', 'x')]": 3.0, "t_open[]": 2.0}
+    reaper.dead(101)
+    assert read() == {"t_events_total[('kind', 'x')]": 3.0, "t_open[]": 1.0}
+    reaper.dead(102)
+    assert read() == {"t_events_total[('kind', 'x')]": 3.0}
+    assert sorted(os.listdir(folder)) == [".lock", "counter_archive.db"] and file_count(folder) == 1
+
+
+def test_prepare_refuses_what_is_not_its_own_directory(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "m").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError):
+        prepare(tmp_path / "m")
+    stale = tmp_path / "n"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"x")
+    prepare(stale)
+    assert sorted(os.listdir(stale)) == [".lock"]  # a previous run's counts are not counted again
