@@ -6,7 +6,9 @@ throwaway home), with an empty environment, no pager, editor or history. Exec fo
 starts. Interactive psql: with ``restrict: true`` a bastion-owned psqlrc puts psql in ``\\restrict`` mode with a key
 the operator never sees, so no meta-command runs at all; without it the session's line filter refuses the
 meta-commands that leave SQL (``policies.psql``) and the sandbox makes any that slip past harmless, so an unrestricted
-interactive psql is only offered when the sandbox is active.
+interactive psql is only offered when the sandbox is active. A restricted psql refuses ``\\q`` too: the operator's
+typed lines pass a :class:`~bastion.terminal.psqlquit.QuitWatch`, which ends psql as Ctrl-D would on a quit form
+typed where psql itself would quit (an unrestricted psql quits on its own).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +28,7 @@ from bastion.proxies.pg.upstream import Target
 from bastion.sandbox import find_psql
 from bastion.targets.base import LineFilter, OpenRequest, Proxied, TargetError
 from bastion.targets.local import LocalClient
+from bastion.terminal.psqlquit import QuitWatch
 from bastion.terminal.relay import Relay
 
 
@@ -38,6 +42,7 @@ class PsqlExec(LocalClient):
     def __init__(self, relay: Relay):
         super().__init__(relay)
         self.proxy: PgProxy | None = None
+        self.quit: QuitWatch | None = None  # a restricted interactive psql: what ends it on \q
 
     @staticmethod
     def line_filter(res: Resource, command: str | None, pty: bool) -> LineFilter | None:
@@ -82,13 +87,39 @@ class PsqlExec(LocalClient):
         if command is None:
             rc = self.home / "psqlrc"
             lines = ["\\set HISTSIZE 0"]
-            if res.restrict:
-                lines.append(f"\\restrict {secrets.token_hex(16)}")  # the key never leaves the bastion
+            if res.restrict:  # psql's default prompts, whatever a system psqlrc says: the quit watch reads them
+                lines += ["\\set PROMPT1 '%/%R%x%# '", "\\set PROMPT2 '%/%R%x%# '",
+                          f"\\restrict {secrets.token_hex(16)}"]  # the key never leaves the bastion
             rc.write_text("\n".join(lines) + "\n")
             env.update(PSQLRC=str(rc), TERM=term_type)
             self._spawn_pty([psql], env, sandbox, cols, rows)
+            if res.restrict:
+                self._watch_quit(res.database, hooks.event, cols)
             return
         await self._spawn_pipes([psql, "-X", "-v", "ON_ERROR_STOP=1", "-c", command], env, sandbox)
+
+    def _watch_quit(self, database: str, event: Callable[[str], None], cols: int) -> None:
+        """In ``\\restrict`` mode psql refuses ``\\q``: the operator's keys pass a quit watch, which reads psql's
+        screen line for its prompt."""
+        assert self.pty is not None
+
+        def quitting(line: str) -> None:
+            event(f"psql: {line.strip()[:80] or 'a quit form'} ends the session (restricted psql: its input is "
+                  "ended as Ctrl-D would)")
+
+        self.quit = QuitWatch(database, self.pty.write, quitting, cols)
+        self.pty.seen = self.quit.output
+
+    def write(self, data: bytes) -> None:
+        if self.quit is not None:
+            self.quit.input(data)
+        else:
+            super().write(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.quit is not None:
+            self.quit.cols = cols
+        super().resize(cols, rows)
 
     def close(self) -> None:
         super().close()

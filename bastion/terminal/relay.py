@@ -262,6 +262,7 @@ class PtyEndpoint:
         self.proc = proc
         self.relay = relay
         self.owner = owner  # the endpoint the relay knows this pty as (e.g. an interactive psql target)
+        self.seen: Callable[[bytes], None] | None = None  # told every byte the process writes, as it is read
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._out = bytearray()
@@ -279,6 +280,8 @@ class PtyEndpoint:
         if not data:
             self._finish()
             return
+        if self.seen is not None:
+            self.seen(data)
         self.relay.output(self.owner or self, data)
 
     def _finish(self) -> None:
