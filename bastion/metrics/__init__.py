@@ -49,14 +49,13 @@ KEYSTROKE_LATENCY: Histogram
 RELAY_BYTES: Counter
 RECORDING_FAILURES: Counter
 LOOP_LAG: Histogram
-LOOP_LAG_LAST: Gauge
 
 
 def _define() -> None:
     """Create every metric (again) with the value class in force: in-process, or a file per process."""
     global REGISTRY, CONNECTIONS_OPEN, PROCESSES_RUNNING, SESSIONS_OPEN, SESSIONS_STARTED, SESSIONS_ENDED
     global POLICY_DECISIONS, APPROVAL_DECISIONS, APPROVAL_WAIT, KEYSTROKE_LATENCY, RELAY_BYTES, RECORDING_FAILURES
-    global LOOP_LAG, LOOP_LAG_LAST
+    global LOOP_LAG
     r = REGISTRY = CollectorRegistry(auto_describe=True)
     # gauges: "livesum" adds up the processes alive now (a dead process's share goes with mark_process_dead);
     # "livemax" shows the worst living process. No mode that keeps dead processes' values: they would pile up.
@@ -82,10 +81,9 @@ def _define() -> None:
                           "target to client) and session kind", ["direction", "kind"], registry=r)
     RECORDING_FAILURES = Counter("bastion_recording_failures", "Recording failures, by operation (write: the "
                                  "local file; upload: to the bucket)", ["op"], registry=r)
+    # a histogram only (no gauge of the last lag): each gauge mode is one more file per process to read at a scrape
     LOOP_LAG = Histogram("bastion_event_loop_lag_seconds", "How late a periodic timer fired in each event loop, "
                          "by process kind", ["process"], buckets=LAG_BUCKETS, registry=r)
-    LOOP_LAG_LAST = Gauge("bastion_event_loop_lag_last_seconds", "The last event-loop lag measured, worst living "
-                          "process of each kind", ["process"], registry=r, multiprocess_mode="livemax")
 
 
 _define()
@@ -154,9 +152,7 @@ def recording_failed(op: str) -> None:
 
 def loop_lag(process: str, seconds: float) -> None:
     """One event-loop lag sample of this process (see :mod:`bastion.metrics.loop`)."""
-    p = _bounded(process, PROCESSES)
-    LOOP_LAG.labels(p).observe(max(0.0, seconds))
-    LOOP_LAG_LAST.labels(p).set(max(0.0, seconds))
+    LOOP_LAG.labels(_bounded(process, PROCESSES)).observe(max(0.0, seconds))
 
 
 def set_connections(open_now: int) -> None:

@@ -17,19 +17,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import json
 import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 LOCK = ".lock"
+READ_AHEAD = 8192  # bytes read from each file at once (a connection process's files are a few KiB)
+_INT, _DOUBLE = struct.Struct("i"), struct.Struct("d")
 MERGED = ("counter", "histogram")  # the kinds whose dead processes' values must be kept (summed)
 
 
@@ -114,16 +119,118 @@ class Reaper:
             src.unlink()
 
 
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+COMBINE: dict[str, Callable[[float, float], float]] = {
+    "": _add, "sum": _add, "livesum": _add, "max": max, "livemax": max, "min": min, "livemin": min}
+"""How one series' values from several processes combine, by gauge mode ("": counters and histograms). The bastion
+defines no gauge of the per-process modes (all, liveall, mostrecent); any would be read as max."""
+
+
+class _Layout:
+    """Where the values of one file are (keys never move once written), so the next scrape reads only numbers: one
+    ``unpack_from`` of a struct that skips the keys gives every value of the file at once."""
+
+    def __init__(self, inode: int, typ: str, mode: str) -> None:
+        self.inode, self.typ, self.mode = inode, typ, mode
+        self.parsed = 8  # bytes of the file read for keys so far (the header is 8)
+        self.keys: list[tuple[str, str, str]] = []  # (type, gauge mode, key) of each value, in file order
+        self.offsets: list[int] = []
+        self.struct = struct.Struct("")
+
+    def read(self, data: bytes, used: int) -> tuple[list[tuple[str, str, str]], tuple[float, ...]]:
+        pos = self.parsed
+        if pos < used:  # keys written since the last scrape
+            while pos < used:
+                n = _INT.unpack_from(data, pos)[0]
+                if n <= 0 or pos + 4 + n > used:
+                    raise RuntimeError("a metrics file is corrupted")
+                key = data[pos + 4:pos + 4 + n].decode()
+                pos += 4 + n + (8 - (n + 4) % 8)
+                self.keys.append((self.typ, self.mode, key))
+                self.offsets.append(pos)
+                pos += 16
+            self.parsed = pos
+            fmt, at = "=", 0
+            for off in self.offsets:
+                fmt += f"{off - at}xd" if off > at else "d"
+                at = off + 8
+            self.struct = struct.Struct(fmt)
+        return self.keys, self.struct.unpack_from(data, 0)
+
+
 class LockedCollector(MultiProcessCollector):
-    """prometheus_client's collector of the directory's files, read under the shared lock (see :class:`Reaper`)."""
+    """The directory's files, read under the shared lock (see :class:`Reaper`), and merged faster than
+    prometheus_client's own collector, which makes a sample object of every value of every file and decodes every
+    key at every scrape (160 ms for 500 processes' files here). This one remembers where each file's values are
+    (by inode: a pid reused is a new file), reads each file with one ``pread``, adds the raw values per series,
+    then hands the library one sample per series, so histograms and gauge modes mean what the library says."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(None, str(path))
         self.dir = path
+        self._keys: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
+        self._layouts: dict[str, _Layout] = {}
+
+    def _parse(self, key: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
+        got = self._keys.get(key)
+        if got is None:
+            metric, name, labels, help_text = json.loads(key)
+            if len(self._keys) > 100000:  # labels are bounded; a leak must not grow forever all the same
+                self._keys.clear()
+            got = self._keys[key] = (metric, name, tuple(sorted(labels.items())), help_text)
+        return got
+
+    def _values(self, entry: os.DirEntry[str], typ: str, mode: str) -> tuple[list[tuple[str, str, str]],
+                                                                         tuple[float, ...]]:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # a live gauge's process was just marked dead
+            return [], ()
+        try:
+            data = os.pread(fd, READ_AHEAD, 0)
+            used = _INT.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+            if used > len(data):
+                data += os.pread(fd, used - len(data), len(data))
+        finally:
+            os.close(fd)
+        layout = self._layouts.get(entry.name)
+        if layout is None or layout.inode != entry.inode() or used < layout.parsed:
+            layout = self._layouts[entry.name] = _Layout(entry.inode(), typ, mode)
+        return layout.read(data, min(used, len(data)))
 
     def collect(self) -> Iterable:
-        with _locked(self.dir, fcntl.LOCK_SH):
-            return list(self.merge(glob.glob(os.path.join(self._path, "*.db")), accumulate=True))
+        merged: dict[tuple[str, str, str], float] = {}
+        seen: set[str] = set()
+        with _locked(self.dir, fcntl.LOCK_SH), os.scandir(self.dir) as it:
+            for entry in it:
+                if not entry.name.endswith(".db"):
+                    continue
+                seen.add(entry.name)
+                parts = entry.name.split("_")
+                typ, mode = parts[0], parts[1] if parts[0] == "gauge" else ""
+                combine = COMBINE.get(mode, max)
+                keys, vals = self._values(entry, typ, mode)
+                if combine is _add:
+                    for k, v in zip(keys, vals, strict=True):
+                        merged[k] = merged.get(k, 0.0) + v
+                    continue
+                for k, v in zip(keys, vals, strict=True):
+                    old = merged.get(k)
+                    merged[k] = v if old is None else combine(old, v)
+        for gone in self._layouts.keys() - seen:
+            del self._layouts[gone]
+        found: dict[str, Metric] = {}
+        for (typ, mode, key), value in merged.items():
+            metric_name, name, labels, help_text = self._parse(key)
+            metric = found.get(metric_name)
+            if metric is None:
+                metric = found[metric_name] = Metric(metric_name, help_text, typ)
+                metric._multiprocess_mode = mode  # type: ignore[attr-defined]  # what the library's merge reads
+            metric.add_sample(name, labels, value)  # type: ignore[arg-type]  # the library's merge takes pairs
+        return list(self._accumulate_metrics(found, True))
 
 
 def file_count(path: Path) -> int:

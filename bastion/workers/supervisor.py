@@ -35,6 +35,7 @@ READY_TIMEOUT = 300.0  # seconds the node process may take to migrate the store 
 SETTLE = 0.5  # seconds a connection over the limits waits for closed ones to say so before it is refused
 MAX_PARKED = 64  # connections waiting so at once (more: closed)
 MAX_REFUSING = 16  # processes saying "too many connections" at once (more: the socket is closed)
+COUNT_EVERY = 0.2  # seconds between two updates of the supervisor's gauges (metrics on)
 STOP_GRACE = 20.0  # seconds connection processes get to close their sessions on SIGTERM (systemd waits 30)
 
 
@@ -42,6 +43,7 @@ class Supervisor(Router):
     def __init__(self, config: Config, reaper: Reaper | None = None) -> None:
         self.config = config
         self.reaper = reaper  # metrics on: dead processes' counters are folded into the archive
+        self._counted = 0.0  # when the gauges were last written
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
         ensure_host_ca(config)  # connection processes read it (ssh -J host certificates)
         super().__init__()
@@ -304,9 +306,14 @@ class Supervisor(Router):
                     self.sel.modify(c.peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("peer", c.pid))
 
     def count(self) -> None:
-        """The gauges only the supervisor knows (written to its own file: cheap, no thread, no loop)."""
+        """The gauges only the supervisor knows (written to its own file: no thread, no loop), at most every
+        COUNT_EVERY seconds however busy the hub is (a turn ends at least every second)."""
         assert self.reaper is not None
         self.reaper.settle(wait=False)
+        now = time.monotonic()
+        if now - self._counted < COUNT_EVERY:
+            return
+        self._counted = now
         refusing = sum(1 for c in self.children.values() if c.refused)
         metrics.set_connections(self.counter.total)
         metrics.set_processes("connection", len(self.children) - refusing)

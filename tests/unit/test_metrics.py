@@ -118,3 +118,43 @@ def test_prepare_refuses_what_is_not_its_own_directory(tmp_path: Path) -> None:
     (stale / "counter_1.db").write_bytes(b"x")
     prepare(stale)
     assert sorted(os.listdir(stale)) == [".lock"]  # a previous run's counts are not counted again
+
+
+def test_the_fast_collector_says_what_the_library_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same series and values as prometheus_client's own MultiProcessCollector, histograms and gauge modes
+    included, at a first scrape and after the files grew (new series, new values)."""
+    from prometheus_client import Histogram
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    folder = tmp_path / "m"
+    prepare(folder)
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(folder))
+    ours = LockedCollector(folder)
+
+    def both() -> tuple[set[tuple[str, str, float]], set[tuple[str, str, float]]]:
+        def flat(collector: object) -> set[tuple[str, str, float]]:
+            reg = CollectorRegistry()
+            reg.register(collector)  # type: ignore[arg-type]
+            return {(s.name, str(sorted(s.labels.items())), s.value)
+                    for fam in text_string_to_metric_families(generate_latest(reg).decode()) for s in fam.samples}
+        return flat(ours), flat(MultiProcessCollector(None, str(folder)))
+
+    made = []
+    for pid in (201, 202, 203):
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda pid=pid: pid))  # type: ignore
+        h = Histogram("t_wait_seconds", "test", ["outcome"], buckets=(0.1, 1.0), registry=None)
+        s = Gauge("t_open", "test", ["kind"], registry=None, multiprocess_mode="livesum")
+        m = Gauge("t_worst", "test", registry=None, multiprocess_mode="livemax")
+        h.labels("ok").observe(pid / 1000)
+        s.labels("ssh").set(pid % 2)
+        m.set(pid)
+        made.append((h, s))
+    first = both()
+    assert first[0] == first[1] and len(first[0]) == 7
+    for h, s in made:  # the files grow: values change, series appear
+        h.labels("denied").observe(5)
+        h.labels("ok").observe(0.05)
+        s.labels("postgres").inc()
+    again = both()
+    assert again[0] == again[1] and again[0] != first[0]
+    values.close_all_multiprocess_files()
