@@ -39,6 +39,8 @@ _TOKEN = re.compile(
 )
 
 
+_REWRITES = re.compile(r"[\r\b\x1b]")
+
 NO_TERMINAL = "dumb"
 """The ``TERM`` a cast's header names when the session had no terminal (``client.term_type or "dumb"``)."""
 
@@ -100,9 +102,11 @@ class ScreenLines:
     def feed_lines(self, t: float, data: str) -> list[ScreenLine]:
         """Lines completed by ``data`` (output at time ``t``), with their characters' times."""
         out: list[ScreenLine] = []
-        self._before = (self._line[:], self._times[:]) if self._line else None
         data = self._pending + data
         self._pending = ""
+        # only a cursor moved back (\r, \b, an escape) can rewrite what the line shows: then keep it as it was
+        # (times are per column: a piece of the line has shown what it shows since the latest of its columns' times)
+        self._before = (self._line[:], self._times[:]) if self._line and _REWRITES.search(data) else None
         cut = data.rfind("\x1b", max(0, len(data) - 4096))
         if cut >= 0 and _TOKEN.match(data, cut) is None:  # a sequence split across events: wait for the rest
             self._pending, data = data[cut:], data[:cut]
@@ -203,12 +207,13 @@ class ScreenLines:
             self._col = max(0, self._col - n)
         elif final == "G" or final == "`":
             self._col = min(MAX_LINE, n - 1)
-        elif final == "P":
-            del line[self._col:self._col + n], times[self._col:self._col + n]
+        elif final == "P":  # what follows moves left: at each column it shows something new (unless the same)
+            del line[self._col:self._col + n]
+            times[self._col:] = [t] * (len(line) - self._col)
         elif final == "@":
             if self._col < len(line):  # beyond the end there is nothing to shift
                 line[self._col:self._col] = " " * n
-                times[self._col:self._col] = [t] * n
+                times[self._col:] = [t] * (len(line) - self._col)
         elif final == "X":
             self._blank(t, self._col, self._col + n)
         elif final in "ABEFHfdJ":

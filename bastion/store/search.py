@@ -70,7 +70,9 @@ def _values(session_id: str, row: IndexRow) -> dict[str, Any]:
     visible; NULL when every character of ``norm`` has the row's time."""
     norm = normalise(row.text)
     t, times = row.t, None
-    if row.times:
+    if row.times and min(row.times) == max(row.times):  # the common case: written at once (no Python loop)
+        t = row.times[0]
+    elif row.times:
         folded, per_char = normalise_times(row.text, row.times)
         if folded == norm and per_char:  # always so; a mismatch would only cost the precision
             t = min(per_char)

@@ -44,8 +44,10 @@ def test_each_character_keeps_when_it_last_changed() -> None:
     assert lines((1.0, "$ ls"), (2.0, "\r\x1b[K$ ls\n")) == [("$ ls", (1.0,) * 4)]
     # erased in one event, drawn again in the next: gone in between, so it appeared again
     assert lines((1.0, "$ ls"), (2.0, "\r\x1b[K"), (3.0, "$ ls\n")) == [("$ ls", (3.0,) * 4)]
-    # characters inserted and deleted move with their times
-    assert lines((1.0, "ac"), (2.0, "\x1b[1D\x1b[@b"), (3.0, "\r\x1b[P\n")) == [("bc", (2.0, 1.0))]
+    # an insert or a delete moves what follows: each column shows something new (a piece spanning the join is new)
+    assert lines((1.0, "ac"), (2.0, "\x1b[1D\x1b[@b"), (3.0, "\n")) == [("abc", (1.0, 2.0, 2.0))]
+    assert lines((1.0, "ac"), (2.0, "\x1b[1D\x1b[@b"), (3.0, "\r\x1b[P\n")) == [("bc", (3.0, 3.0))]
+    assert lines((1.0, "abc"), (2.0, "\r\x1b[Pa\n")) == [("ac", (1.0, 2.0))]  # the same at a column: kept
 
 
 TEXT = st.text(st.sampled_from(list("ab AB\t ßSΣσςİé\u00a0\u2003")), min_size=1, max_size=20)
@@ -149,3 +151,24 @@ def test_rows_indexed_before_migration_0010_keep_their_time_and_are_queued_again
     assert store.unindexed() == [(SID, str(p))]  # the daemon's worker indexes it again at its next start
     index_recording(store, SID, p)
     assert [h.t for h in search(store, "hello")] == [3.4, 3.6] and store.unindexed() == []
+
+
+PIECES = st.sampled_from(["a", "b", "ab", " ", "\r", "\b", "\x1b[K", "\x1b[1K", "\x1b[P", "\x1b[@", "\x1b[X",
+                          "\x1b[2D", "\x1b[3C", "\t"])
+
+
+@given(st.lists(st.lists(PIECES, min_size=1, max_size=5).map("".join), min_size=1, max_size=8), st.data())
+def test_at_a_hits_time_its_text_is_on_the_line(events: list[str], data: st.DataObject) -> None:
+    """Any piece of a line, at the time its characters say it became visible, is on that line as it was then."""
+    final = lines(*((float(i), e) for i, e in enumerate(events, 1)))
+    if not final:
+        return
+    (line, times), = final
+    norm, per_char = normalise_times(line, times)
+    start = data.draw(st.integers(0, len(norm) - 1))
+    needle = norm[start:data.draw(st.integers(start + 1, len(norm)))].strip()
+    if not needle:
+        return
+    at = visible_at(norm, encode_times(per_char), needle, -1.0)
+    then = lines(*((float(i), e) for i, e in enumerate(events, 1) if i <= at))
+    assert then and needle in normalise(then[0][0]), (needle, at, then)
