@@ -219,6 +219,19 @@ class Decision:
         by = f"rule {self.rule!r}" if self.rule else "the default of the policy"
         return f"{self.action.label} by {by}: {self.reason}"
 
+    def refusal(self) -> str:
+        """How a refused decision reads to the operator: the rule that refused it, or, when no rule did (the command
+        cannot be parsed, a built-in guardrail, the policy's default), ``refused:`` and the reason, which says what
+        refused it. There is no rule called None."""
+        if self.rule:
+            return f"blocked by rule {self.rule!r}: {self.reason}"
+        return self.reason if self.reason.startswith("refused") else f"refused: {self.reason}"
+
+    def warning(self) -> str:
+        """The line an operator sees for a ``warn`` decision before the command runs: the rule and its reason."""
+        by = f"rule {self.rule!r}" if self.rule else "the default of the policy"
+        return f"warning ({by}): {self.reason}"
+
 
 def _decide(action: Action, rule: Rule | None, reason: str, text: str, why: Sequence[str],
             programs: Sequence[str]) -> Decision:
@@ -259,7 +272,7 @@ def evaluate(policy: PolicySet, text: str, *, groups: Iterable[str], resource: s
     except ShellParseError as e:
         strict, rule = policy.strictest(gs, resource)
         action = max(strict, Action.BLOCK)
-        return _decide(action, None, f"the command cannot be parsed ({e}); refused", text,
+        return _decide(action, None, f"the command cannot be parsed ({e})", text,
                        [f"parse error: {e}"], ())
     why: list[str] = list(dict.fromkeys(line.steps))
     if guarded and line.opaque:
@@ -297,7 +310,7 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
     try:
         stmts = classify_sql(text)
     except SqlParseError as e:
-        return _decide(Action.BLOCK, None, f"the SQL cannot be parsed ({e}); refused", text, [f"parse error: {e}"],
+        return _decide(Action.BLOCK, None, f"the SQL cannot be parsed ({e})", text, [f"parse error: {e}"],
                        ())
     if not stmts:
         return _decide(Action.ALLOW, None, "nothing to run", text, ["no statement"], ())
@@ -329,7 +342,7 @@ def evaluate_sql(policy: PolicySet, text: str, *, groups: Iterable[str], resourc
             rule = approval
             action = Action.REQUIRE_APPROVAL if approval else Action.BLOCK
             reason = ("dynamic SQL runs statements the bastion cannot see" +
-                      ("; it needs approval" if approval else " and this policy names no approvers; refused"))
+                      ("; it needs approval" if approval else ", and this policy names no approvers"))
             why.append(f"{label}: dynamic SQL -> {action.label}")
         if best is None or action > best[0]:
             best = (action, rule, reason)
@@ -363,7 +376,8 @@ def evaluate_kube(policy: PolicySet, req: KubeRequest, *, groups: Iterable[str],
         action, reason = Action.ALLOW, "discovery"
         why.append("discovery read -> allow")
     elif (guard := guardrail(req)) is not None and not (port_forward and req.subresource == "portforward"):
-        action, reason = Action.BLOCK, f"{guard}; refused unless a rule names it"
+        action = Action.BLOCK
+        reason = f"{guard} (a guardrail of the bastion: only a rule that names it lets it through)"
         why.append(f"guardrail -> block ({guard})")
     else:
         action, reason = policy.default, f"{text}: no rule matched; default is {policy.default.label}"

@@ -181,7 +181,7 @@ def evaluate_transfer(policy: PolicySet, t: Transfer, *, groups: Iterable[str], 
     gs = frozenset(groups)
     problem = _problem(t)
     if problem is not None:
-        return _decide(Action.BLOCK, None, f"the transfer cannot be judged ({problem}); refused",
+        return _decide(Action.BLOCK, None, f"the transfer cannot be judged ({problem})",
                        t.describe(), [f"cannot judge: {problem}"], (t.op,))
     rule = next((r for r in policy.applicable("transfer", gs, resource) if r.transfer and _rule_matches(r, t)),
                 None)

@@ -147,11 +147,10 @@ class Broker:
         if d.action == Action.BLOCK:
             await asyncio.to_thread(store.audit, ctx.username, "command.blocked", "blocked", resource=name,
                                     client_addr=ctx.peer, rule=d.rule, text=d.text, mode="exec")
-            log.info("%s: blocked on %s by rule %s: %r", ctx.who, name, d.rule, d.text[:200])
-            # no rule: the engine refused what it cannot judge (its reason says so); there is no rule None
-            return Outcome(False, f"blocked by rule {d.rule!r}: {d.reason}" if d.rule else d.reason)
-        if d.action == Action.WARN:
-            self.client.stderr(f"bastion: warning (rule {d.rule!r}): {d.reason}\n")
+            log.info("%s: on %s, %s: %r", ctx.who, name, d.refusal(), d.text[:200])
+            return Outcome(False, d.refusal())  # with no rule (cannot be parsed ...): "refused: why"
+        if d.action == Action.WARN:  # one line on stderr (the terminal with ssh -t), then the command runs
+            self.client.stderr(f"bastion: {d.warning()}\n")
             return None
         return await self._hold(name, sid, d)
 

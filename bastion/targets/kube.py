@@ -111,7 +111,7 @@ class KubectlExec(LocalClient):
         python = system_python(sandbox)
         upstream = make_upstream(res, resolve, req.user, req.groups)
         self.proxy = KubeProxy(upstream, judge=hooks.judge, hold=hooks.hold, note=hooks.note,
-                               withdraw=hooks.withdraw, event=hooks.event)
+                               withdraw=hooks.withdraw, event=hooks.event, say=self._say)
         self.home = Path(tempfile.mkdtemp(prefix="bastion-kube-"))
         sandbox.prepare(self.home)
         lib = self.home / "lib"
@@ -151,6 +151,13 @@ class KubectlExec(LocalClient):
             pass
         finally:
             conn.close()
+
+    def _say(self, text: str) -> None:
+        """The bastion's line to the operator, recorded: on the prompt's terminal, or on the exec form's stderr."""
+        if self.pty is not None:
+            self.relay.say(f"\x1b[1;33mbastion: {text}\x1b[0m\r\n".encode())
+        else:
+            self.relay.output(self, f"bastion: {text}\n".encode(), stderr=True)
 
     def _alive(self) -> bool:
         if self._exited is not None:

@@ -5,7 +5,8 @@ newline, prompt stripped: sees Tab completion and history recall) and from the *
 what was typed even before it is echoed, and every line of a paste). Both are judged; the stricter decision wins.
 The engine is told the line was typed at an interactive prompt (``interactive=True``): a bash history designator
 (``!!``, ``!chmod:s/600/777/``, ``^old^new``) makes the line opaque, since bash would run another line than the one
-judged. Skipped while the alternate screen is active (editors, pagers).
+judged. Skipped while the alternate screen is active (editors, pagers). A line a rule blocks is refused with one line
+naming the rule and its reason; a line a rule warns about gets the same line (``warning (rule 'x'): why``), then runs.
 
 **Lines typed without echo.** A line whose typed text the target never showed (``stty -echo``, a password prompt)
 is judged from the input side like any other. What happens to its *text* depends on where it was typed:
@@ -275,18 +276,21 @@ class CommandFilter:
             self.verdicts.append(Verdict(WITHHELD, quiet))
             self.note(WITHHELD, quiet, True)
             if d.action == Action.REQUIRE_APPROVAL:
-                self._say(f"this line was typed at a secret prompt and needs approval (rule {d.rule!r}); it cannot "
-                          "be shown to reviewers, so it was not sent", "1;31")
+                by = f"rule {d.rule!r}" if d.rule else "the default of the policy"
+                self._say(f"this line was typed at a secret prompt and needs approval ({by}); it cannot be shown to "
+                          "reviewers, so it was not sent", "1;31")
                 self.forward(INTERRUPT)
                 self._new_line()
             elif d.action == Action.BLOCK:
                 self._block(quiet)
-            else:
-                self._release(enter)  # an answer to a program, not a command line: the secret budget stays
+            else:  # an answer to a program, not a command line: no warning (it would name its words), the
+                self._release(enter)  # secret budget stays
             return
         self.verdicts.append(Verdict(d.text, d))
         self.note(f"{texts[-1]} {UNECHOED}" if hidden else d.text, d, hidden)  # a command typed blind: recorded
         if d.action in (Action.ALLOW, Action.WARN):
+            if d.action == Action.WARN:
+                self._warn(d, hidden)
             self._ran(texts, prompt)
             self._release(enter)
         elif d.action == Action.BLOCK:
@@ -310,8 +314,17 @@ class CommandFilter:
     def _say(self, text: str, colour: str) -> None:
         self.to_client(f"\r\n\x1b[{colour}mbastion: {text}\x1b[0m\r\n".encode())
 
+    def _warn(self, d: Decision, hidden: bool) -> None:
+        """A warning is said like a block is, then the line runs. For a line typed without echo, its reason (which
+        may quote the line's words) stays in the recording and the audit trail, off the screen."""
+        if hidden:
+            by = f"rule {d.rule!r}" if d.rule else "the default of the policy"
+            self._say(f"warning ({by}) on a line typed without echo (its reason is in the recording)", "1;33")
+        else:
+            self._say(d.warning(), "1;33")
+
     def _block(self, d: Decision) -> None:
-        self._say(f"blocked by rule {d.rule!r}: {d.reason}" if d.rule else f"blocked: {d.reason}", "1;31")
+        self._say(d.refusal(), "1;31")
         self.forward(INTERRUPT)  # the target discards the line (and any continuation) and shows a new prompt
         self._new_line()
 

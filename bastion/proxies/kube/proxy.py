@@ -2,6 +2,10 @@
 parsed (``policies.kube``), judged, held for approval or refused, and only then sent to the real API server with
 the real credential.
 
+A request a rule warns about is forwarded with a ``Warning`` header added to the answer (kubectl prints
+``Warning: bastion: warning (rule 'x'): why`` on stderr); an exec or attach stream, whose 101 kubectl does not read
+warnings from, gets the line from the bastion instead (``say``).
+
 The client's ``Authorization`` is checked against the session token and never forwarded; ``Impersonate-*`` headers
 are refused (with ``impersonate: true`` the bastion sets them itself, to the operator's identity). Exec, attach and
 port-forward arrive as WebSocket upgrades and are relayed byte for byte once allowed; SPDY upgrades are refused
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit
 MAX_HEAD = 64 * 1024
+MAX_WARNING = 2000  # characters of a Warning header (a reason may quote a long exec argv)
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
               b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"host", b"authorization"}
 UPGRADABLE = {"exec", "attach", "portforward"}
@@ -55,19 +60,30 @@ def status_body(code: int, reason: str, message: str) -> bytes:
                        "message": message, "reason": reason, "code": code}).encode()
 
 
+def warning_header(d: Decision) -> bytes:
+    """The value of a ``Warning`` header for a ``warn`` decision, in the form kubectl prints on stderr as
+    ``Warning: bastion: warning (rule 'x'): why`` (RFC 7234 ``299 - "text"``: quotes and backslashes escaped, no
+    control characters, which client-go refuses)."""
+    text = "".join(c if c.isprintable() else " " for c in f"bastion: {d.warning()}"[:MAX_WARNING])
+    return ('299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').encode()
+
+
 class _Closed(Exception):
     pass
 
 
 class KubeProxy:
-    """Serve one session's kubectl; ``judge`` decides, ``hold`` asks reviewers, ``note`` records a decision."""
+    """Serve one session's kubectl; ``judge`` decides, ``hold`` asks reviewers, ``note`` records a decision,
+    ``say`` tells the operator a line kubectl would not show (a warning about an exec or attach stream)."""
 
     def __init__(self, upstream: Upstream, *, judge: Callable[[KubeRequest], Decision],
                  hold: Callable[[Decision], Awaitable[dict[str, Any]]], note: Callable[[Decision], None],
-                 withdraw: Callable[[], None], event: Callable[[str], None] | None = None):
+                 withdraw: Callable[[], None], event: Callable[[str], None] | None = None,
+                 say: Callable[[str], None] | None = None):
         self.upstream = upstream
         self.judge, self.hold, self.note, self.withdraw = judge, hold, note, withdraw
         self.event = event or (lambda _text: None)
+        self.say = say or (lambda _text: None)
         self.token = secrets.token_urlsafe(32)
         self.cert: SessionCert = make_session_cert()
         self.server: asyncio.AbstractServer | None = None
@@ -187,8 +203,7 @@ class KubeProxy:
             kreq = parse_request(method, target)
         except KubeParseError as e:
             await self._drain_body(conn, reader)
-            self.note(Decision(Action.BLOCK, None, f"the request cannot be judged ({e}); refused",
-                               f"{method} {target[:200]}"))
+            self.note(Decision(Action.BLOCK, None, f"the request cannot be judged ({e})", f"{method} {target[:200]}"))
             return self._status(conn, writer, 400, "BadRequest", f"bastion: refused: {e}")
         upgrade = next((v for k, v in headers if k == b"upgrade"), b"").lower()
         if upgrade and kreq.subresource not in UPGRADABLE:
@@ -201,8 +216,7 @@ class KubeProxy:
         if not kreq.discovery:
             self.note(d)
         if d.action == Action.BLOCK:  # judged before the protocol check: kubectl's SPDY fallback gets the same answer
-            what = f"rule {d.rule!r}" if d.rule else "the bastion"
-            return self._status(conn, writer, 403, "Forbidden", f"bastion: blocked by {what}: {d.reason}")
+            return self._status(conn, writer, 403, "Forbidden", f"bastion: {d.refusal()}")
         if upgrade and b"websocket" not in upgrade:
             return self._status(conn, writer, 400, "BadRequest",
                                 "bastion: SPDY streams are not supported; use kubectl 1.30 or newer (WebSocket)")
@@ -211,7 +225,8 @@ class KubeProxy:
             if result.get("status") != "approved":
                 return self._status(conn, writer, 403, "Forbidden", f"bastion: request {result.get('status')}: "
                                     f"{result.get('status_reason', '')}")
-        return await self._forward(conn, req, headers, body, kreq, bool(upgrade), reader, writer)
+        warned = d if d.action == Action.WARN and not kreq.discovery else None
+        return await self._forward(conn, req, headers, body, kreq, bool(upgrade), reader, writer, warned)
 
     async def _hold(self, d: Decision, conn: h11.Connection, reader: asyncio.StreamReader) -> dict[str, Any]:
         """Wait for reviewers; kubectl hanging up (Ctrl-C) withdraws the request."""
@@ -272,7 +287,9 @@ class KubeProxy:
 
     async def _forward(self, conn: h11.Connection, req: h11.Request, headers: list[tuple[bytes, bytes]],
                        body: bytes, kreq: KubeRequest, upgrade: bool, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> bool:
+                       writer: asyncio.StreamWriter, warned: Decision | None = None) -> bool:
+        """Send the allowed request to the API server and its answer back, with a ``Warning`` header when a rule
+        warns about it (``warned``); whether the connection may carry another request."""
         up = self.upstream
         try:
             ur, uw = await asyncio.wait_for(asyncio.open_connection(up.host, up.port, ssl=up.ssl,
@@ -295,12 +312,16 @@ class KubeProxy:
                 ev = await self._next(uconn, ur)
                 if isinstance(ev, h11.InformationalResponse):
                     if ev.status_code == 101 and upgrade:
+                        if warned is not None:  # kubectl reads no Warning on a 101: the bastion says it
+                            self.say(warned.warning())
                         return await self._tunnel(conn, ev, uconn, ur, uw, kreq, reader, writer)
                     continue
                 if isinstance(ev, h11.Response):
                     break
                 raise h11.RemoteProtocolError("unexpected event from the API server")
             rh = [(k, v) for k, v in ev.headers if k.lower() not in HOP_BY_HOP]
+            if warned is not None:
+                rh.append((b"warning", warning_header(warned)))
             length = next((v for k, v in ev.headers if k.lower() == b"content-length"), None)
             if length is not None:
                 rh.append((b"content-length", length))

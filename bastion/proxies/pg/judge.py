@@ -2,7 +2,9 @@
 
 Every Query and Parse is judged on its exact text, and masking may refuse it on its own (a masked column compared
 or copied elsewhere); a refused statement never reaches the server, and the client gets an ErrorResponse naming the
-rule. Every decision is noted (``note``) so that the session's audit shows what was asked and what was done.
+rule. A statement a rule warns about runs after a NoticeResponse naming the rule and its reason (psql prints it as
+``NOTICE:  bastion: warning (rule 'x'): why``). Every decision is noted (``note``) so that the session's audit shows
+what was asked and what was done.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from typing import Any
 
 from bastion.proxies.pg.fieldplan import FieldPlans
-from bastion.proxies.pg.protocol import error_response
+from bastion.proxies.pg.protocol import error_response, notice_response
 from policies.engine import Action, Decision
 from policies.sqlmask import Analysis
 
@@ -35,12 +37,13 @@ class Judging(FieldPlans):
             analyses.extend(lineage)
         reads = any(a.reads_masked for a in lineage)
         if d.action in (Action.ALLOW, Action.WARN):
+            if d.action == Action.WARN and self.client is not None:  # said before the statement runs
+                self.client.write(notice_response(f"bastion: {d.warning()}"))
             if reads and analyses is None:
                 self.ext_reads = self.batch.reads = True
             return None, d, reads
         if d.action == Action.BLOCK:
-            what = f"rule {d.rule!r}" if d.rule else "the bastion"
-            return error_response(f"bastion: blocked by {what}: {d.reason}", hint=f"statement: {sql[:200]}"), d, reads
+            return error_response(f"bastion: {d.refusal()}", hint=f"statement: {sql[:200]}"), d, reads
         result = await self._hold(d)
         if result.get("status") == "approved":
             if reads and analyses is None:

@@ -68,6 +68,12 @@ def error_response(message_text: str, *, code: str = "42501", severity: str = "E
     return message(b"E", b"".join(k + cstr(v) for k, v in fields) + b"\x00")
 
 
+def notice_response(message_text: str, *, code: str = "01000", severity: str = "NOTICE") -> bytes:
+    """A NoticeResponse: psql prints ``NOTICE:  text`` on stderr, before the results of the statement it is about."""
+    fields = [(b"S", severity), (b"V", severity), (b"C", code), (b"M", message_text)]
+    return message(b"N", b"".join(k + cstr(v) for k, v in fields) + b"\x00")
+
+
 def parse_error(payload: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in payload.split(b"\x00"):

@@ -157,6 +157,7 @@ class PgProxy(ClientPump, ServerPump):
         """Run both pumps until either side ends; an error of either is the connection's."""
         expect: deque[bytes | None] = deque()  # per forwarded Query/Sync: an error to deliver in its place
         self._reset()
+        self.client = writer
         to_server = asyncio.ensure_future(self._client_to_server(reader, conn, writer, expect))
         to_client = asyncio.ensure_future(self._server_to_client(conn, writer, expect))
         try:
@@ -166,6 +167,7 @@ class PgProxy(ClientPump, ServerPump):
                 t.cancel()
             conn.writer.close()
             self.connected = False
+            self.client = None
             for t in (to_server, to_client):
                 if t.done() and not t.cancelled():
                     error = t.exception()

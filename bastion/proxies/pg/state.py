@@ -39,6 +39,7 @@ class ProxyState:
         self.fake_pid = secrets.randbelow(2**31 - 1) + 1
         self.fake_key = secrets.randbelow(2**31 - 1) + 1
         self.server: asyncio.AbstractServer | None = None
+        self.client: asyncio.StreamWriter | None = None  # the connected psql, for the bastion's own notices
         self.upstream: up.Upstream | None = None
         self.holding = False
         self.connected = False
