@@ -243,7 +243,9 @@ async def serve_demo(cfg: Config, shell: DemoShell | None, target: tuple[int, as
     await daemon.start()
     print(text, flush=True)
     try:
-        return await wait_for_stop()
+        why = await wait_for_stop()
+        log.info("bastion demo stopping: %s", why)
+        return why
     finally:
         await daemon.stop()
         if acceptor is not None:

@@ -1,6 +1,7 @@
 """How the demo is told to stop: Ctrl-C (SIGINT), SIGTERM, and SIGHUP, which is also what the kernel sends when the
 demo's terminal goes away (a closed tmux pane or ssh window). Each one stops the demo the same way, with its
-cleanup; none of them is left to its default action, which ends the process without any cleanup."""
+cleanup; none of them is left to its default action, which ends the process without any cleanup. A terminal that
+closes without a SIGHUP reaching the demo (it was not in the terminal's foreground process group) is noticed too."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TERMINAL_GONE = "its terminal closed"
+TERMINAL_POLL = 2.0  # seconds between looks at the terminal
 
 
 class Stopped(BaseException):
@@ -50,19 +53,36 @@ def hold_stop_signals() -> None:
 
 
 async def wait_for_stop() -> str:
-    """Return the name of the first stop signal (SIGINT, SIGTERM or SIGHUP) while the event loop runs."""
+    """Return why the demo stops: the name of the first stop signal (SIGINT, SIGTERM or SIGHUP), or that its
+    terminal went away without a SIGHUP reaching it (it ran in a background process group, as under ``timeout``)."""
     loop = asyncio.get_running_loop()
     got: asyncio.Future[str] = loop.create_future()
 
-    def stop(sig: signal.Signals) -> None:
-        if sig == signal.SIGHUP:
+    def stop(why: str) -> None:
+        if why in ("SIGHUP", TERMINAL_GONE):
             mute_dead_terminal()
         if not got.done():
-            got.set_result(sig.name)
+            got.set_result(why)
 
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop, sig)
-    return await got
+        loop.add_signal_handler(sig, stop, sig.name)
+    watch = asyncio.create_task(_watch_terminal(stop)) if os.isatty(1) else None
+    try:
+        return await got
+    finally:
+        if watch is not None:
+            watch.cancel()
+
+
+async def _watch_terminal(stop: Callable[[str], None]) -> None:
+    """Every TERMINAL_POLL seconds, an empty write to the terminal: on a hung-up one it fails (EIO)."""
+    while True:
+        await asyncio.sleep(TERMINAL_POLL)
+        try:
+            os.write(1, b"")
+        except OSError:
+            stop(TERMINAL_GONE)
+            return
 
 
 def mute_dead_terminal() -> None:

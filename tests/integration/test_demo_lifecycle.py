@@ -6,6 +6,7 @@ initdb, and each later one meets what the one before left."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import select
@@ -26,9 +27,11 @@ import pytest
 from bastion.demo.lifeline import alive, start_time
 from tests.support.keys import free_port_block
 from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 BANNER_END = "Ctrl-C stops the demo"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -49,21 +52,25 @@ def demo_argv(p: Place) -> list[str]:
     return [sys.executable, "-m", "bastion.cli", "demo", "--port", str(p.port), "--state-dir", str(p.state)]
 
 
-def start(p: Place) -> tuple[subprocess.Popen[str], str]:
+def start(p: Place) -> tuple[subprocess.Popen[bytes], str]:
     """A demo on pipes, in a session of its own; returns once its banner is out (with what came before it)."""
-    proc = subprocess.Popen(demo_argv(p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(demo_argv(p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None
-    out, deadline = "", time.monotonic() + 90
-    while BANNER_END not in out:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = proc.stdout.readline() if ready else ""
-        if not line:
+    return proc, read_until_banner(proc, proc.stdout.fileno())
+
+
+def read_until_banner(proc: subprocess.Popen[bytes], fd: int, timeout: float = 90) -> str:
+    """What ``proc`` wrote on ``fd`` up to the end of its banner (unbuffered reads: select tells the truth)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while BANNER_END.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"demo did not start:\n{out}")
-        out += line
-    return proc, out
+            raise AssertionError(f"demo did not start:\n{seen.decode(errors='replace')}")
+        seen += chunk
+    return seen.decode(errors="replace")
 
 
 def descendants(root: int) -> dict[int, int]:
@@ -86,7 +93,7 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
-def snapshot(proc: subprocess.Popen[str]) -> dict[int, int]:
+def snapshot(proc: subprocess.Popen[bytes]) -> dict[int, int]:
     """The demo's processes; its PostgreSQL (with its workers) and identity provider must be among them."""
     found = descendants(proc.pid)
     names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in found if start_time(pid) is not None}
@@ -123,7 +130,7 @@ def test_sigterm_stops_everything_and_a_second_demo_is_refused_meanwhile(place: 
     assert second.returncode == 1
     assert f"another demo (pid {proc.pid}) is running in {place.state}" in second.stdout, second.stdout
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=60)
+    rest = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0 and "bastion demo stopped" in rest, rest
     wait_all_gone(procs)
     assert not (place.state / "demo.pids").exists()
@@ -137,14 +144,10 @@ def test_closing_its_terminal_stops_everything(place: Place) -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(demo_argv(place), stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=controlling_tty, text=True)  # noqa: PLW1509
+                            preexec_fn=controlling_tty)  # noqa: PLW1509
     os.close(slave)
-    seen, deadline = b"", time.monotonic() + 90
     try:
-        while BANNER_END.encode() not in seen:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"demo did not start:\n{seen.decode(errors='replace')}"
-            seen += os.read(master, 65536)
+        read_until_banner(proc, master)
         procs = snapshot(proc)
     finally:
         os.close(master)
@@ -171,6 +174,36 @@ def test_after_sigkill_a_second_demo_starts_and_sigint_stops_it(place: Place) ->
         procs = snapshot(second)
     finally:
         second.send_signal(signal.SIGINT)
-        rest, _ = second.communicate(timeout=60)
+        rest = second.communicate(timeout=60)[0].decode()
     assert second.returncode == 0 and "bastion demo stopped" in rest, rest
     wait_all_gone(procs)
+
+
+def nothing_to_install() -> str | None:
+    """Why scripts/setup --demo would install something in this checkout (then it is no test's to run: pip in a
+    shared .venv under other tests' feet), or None. Mirrors the script's own checks: its pip stamp, npm's lock
+    files."""
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():
+        return "no .venv"
+    version = subprocess.run([python, "--version"], capture_output=True, text=True).stdout.strip()
+    want = f"{hashlib.sha256((REPO / 'pyproject.toml').read_bytes()).hexdigest()} {version}"
+    stamps = [REPO / ".venv" / name for name in (".bastion-setup", ".bastion-setup-test")]
+    if not any(p.exists() and p.read_text().strip() == want for p in stamps):
+        return "scripts/setup has not installed this pyproject.toml here yet"
+    for d in ("recorder/web", "bastion/demo/oidc"):
+        marker = REPO / d / "node_modules" / ".package-lock.json"
+        if not marker.exists() or (REPO / d / "package-lock.json").stat().st_mtime > marker.stat().st_mtime:
+            return f"npm ci would run in {d}"
+    return None
+
+
+def test_setup_prints_nothing_when_all_is_installed() -> None:
+    """What scripts/demo prints before its banner: setup's progress line, erased, and no warning of pip's or npm's
+    (their output goes to a log, shown only on a failure). On a terminal, as a person runs it."""
+    if why := nothing_to_install():
+        pytest.skip(why)
+    with Terminal([str(REPO / "scripts" / "setup"), "--demo"], cols=120, rows=20) as t:
+        assert t.wait_exit(120) == 0, t.screen_text()
+        lines = [line for line in t.screen_text().splitlines() if line.strip()]
+    assert len(lines) <= 1, lines
