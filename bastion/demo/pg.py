@@ -57,8 +57,8 @@ class DemoPostgres:
                         "-U", "postgres", "-d", db, "-c", sql], check=True, env=env, capture_output=True)
 
     def start(self, record: Callable[[str, int, int], None] | None = None) -> None:
-        """Create the cluster on the first run, start the server and wait until it answers; ``record(name, pid,
-        stop signal)`` is told the server's process as soon as it exists."""
+        """Create the cluster on the first run, start the server, wait until it answers and seed it if no run has
+        yet; ``record(name, pid, stop signal)`` is told the server's process as soon as it exists."""
         first = not (self.base / "data" / "PG_VERSION").exists()
         if first:
             (self.base).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,15 +84,27 @@ class DemoPostgres:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the demo database did not start; see {self.base / 'server.log'}")
             time.sleep(0.2)
-        if first:
-            self.password_file.parent.mkdir(mode=0o700, exist_ok=True)
-            password = secrets.token_urlsafe(24)
-            self._admin_psql(f"CREATE ROLE demo_app LOGIN PASSWORD '{password}'")
-            self._admin_psql("CREATE DATABASE demo OWNER demo_app")
-            self._admin_psql(SEED + "ALTER TABLE customers OWNER TO demo_app;", db="demo")
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(password + "\n")
+        if not self.password_file.exists():
+            self._seed()
+
+    def _seed(self) -> None:
+        """The demo's role, database and table; the password file, written last, says it is done. A first run
+        stopped before that (Ctrl-C, a closed terminal) leaves a cluster without them: the next run seeds it again
+        from the start (a half-made ``demo`` database is dropped), instead of starting without demo-db's password."""
+        self.password_file.parent.mkdir(mode=0o700, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        self._admin_psql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'demo_app') THEN "
+                         "CREATE ROLE demo_app LOGIN; END IF; END$$")
+        self._admin_psql(f"ALTER ROLE demo_app PASSWORD '{password}'")
+        self._admin_psql("DROP DATABASE IF EXISTS demo")
+        self._admin_psql("CREATE DATABASE demo OWNER demo_app")
+        self._admin_psql(SEED + "ALTER TABLE customers OWNER TO demo_app;", db="demo")
+        tmp = self.password_file.with_name(self.password_file.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        tmp.replace(self.password_file)
 
     def _spawn(self, record: Callable[[str, int, int], None] | None) -> subprocess.Popen[bytes]:
         """The server, a direct child of the demo (no runuser in between: a parent-death signal reaches it), in a

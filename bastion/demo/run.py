@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from bastion.config import Config, ConfigError, load_config
+from bastion.demo import stopping
 from bastion.demo.configs import DEMO_DB, DEMO_DB_POLICY, DEMO_SHELL, DEMO_SHELL_POLICIES, DEMO_USERS, yaml_str
 from bastion.demo.kube import DEMO_K8S, DEMO_K8S_POLICY, DemoKube, find_demo_kubectl
 from bastion.demo.lifeline import DemoBusy, Lifeline
 from bastion.demo.ports import demo_ports, first_busy
-from bastion.demo.stopping import Stopped, hold_stop_signals, mute_dead_terminal, stops_raise, wait_for_stop
 from bastion.keyfiles import ensure_private_key
 
 if TYPE_CHECKING:  # imported when the demo starts: tests import prepare() without the daemon's dependencies
@@ -243,13 +243,14 @@ async def serve_demo(cfg: Config, shell: DemoShell | None, target: tuple[int, as
     await daemon.start()
     print(text, flush=True)
     try:
-        why = await wait_for_stop()
+        why = await stopping.wait_for_stop()
         log.info("bastion demo stopping: %s", why)
         return why
     finally:
         await daemon.stop()
         if acceptor is not None:
             acceptor.close()
+        stopping.block_stop_signals()  # until run_demo's cleanup has its handlers: the loop's go with it
 
 
 def say(line: str) -> None:
@@ -257,7 +258,7 @@ def say(line: str) -> None:
     try:
         print(line, flush=True)
     except OSError:
-        mute_dead_terminal()
+        stopping.mute_dead_terminal()
 
 
 def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], None]) -> int:
@@ -267,26 +268,26 @@ def run_demo(state: Path, port: int, *, setup_logging: Callable[[Path | None], N
     ``setup_logging(log_dir)`` is called once the config is known (the CLI owns logging)."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    parts = DemoParts()
-    with stops_raise():
+    parts, life = DemoParts(), None
+    with stopping.stops_raise():
         try:
             life = Lifeline.claim(state, say)
-        except DemoBusy as e:
-            say(str(e))
-            return 1
-        try:
             if busy := first_busy(demo_ports(port)):
                 say(busy)
                 return 1
             start_parts(parts, state, port, life.add)
             if not _serve(state, port, parts, setup_logging):
                 return 1
-        except (KeyboardInterrupt, Stopped):
+        except DemoBusy as e:
+            say(str(e))
+            return 1
+        except (KeyboardInterrupt, stopping.Stopped):
             pass
         finally:
-            hold_stop_signals()  # the cleanup runs to its end
+            stopping.hold_stop_signals()  # the cleanup runs to its end
             parts.stop()
-            life.release()
+            if life is not None:
+                life.release()
     say("bastion demo stopped")
     return 0
 

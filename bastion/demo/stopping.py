@@ -33,7 +33,8 @@ def stops_raise() -> Iterator[None]:
     """While starting: SIGTERM and SIGHUP raise Stopped (as SIGINT raises KeyboardInterrupt), so the cleanup of
     whatever has started so far runs. Afterwards, while the demo cleans up, stop signals are noted and ignored: a
     second Ctrl-C (or the hangup that follows a closed window) must not cut the cleanup short."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored (`cmd &`): the
+    for sig in (signal.SIGTERM, signal.SIGHUP):                # running demo answers it too (wait_for_stop)
         signal.signal(sig, _raise_stopped)
     try:
         yield
@@ -41,15 +42,22 @@ def stops_raise() -> Iterator[None]:
         hold_stop_signals()
 
 
+def block_stop_signals() -> None:
+    """Hold stop signals back (pending) from now until :func:`hold_stop_signals`: the event loop, when it closes,
+    gives SIGTERM and SIGHUP back their default action, which would end the demo in the middle of its cleanup."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 def hold_stop_signals() -> None:
-    """Stop signals from now on are ignored but for what they say about the terminal (SIGHUP: it may be gone). A
-    Python handler, not SIG_IGN, which children would inherit."""
+    """Stop signals from now on are ignored but for what they say about the terminal (SIGHUP: it may be gone); one
+    held back by :func:`block_stop_signals` arrives now. A Python handler, not SIG_IGN, which children inherit."""
     def noted(sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGHUP:
             mute_dead_terminal()
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, noted)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 async def wait_for_stop() -> str:
