@@ -4,8 +4,10 @@ connection processes kept, and ``/readyz`` following a PostgreSQL store that sto
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -28,10 +30,10 @@ TOKEN = "s3cret-scrape-token"
 T = TypeVar("T")
 
 
-def get(url: str, token: str | None = None) -> tuple[int, str]:
+def get(url: str, token: str | None = None, tls: ssl.SSLContext | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 (loopback, http)
+        with urllib.request.urlopen(req, timeout=10, context=tls) as r:  # noqa: S310 (loopback)
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -123,6 +125,28 @@ def stop_postgres(pg: PgServer) -> None:
     os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)
     wait_for("postgres stops", lambda: not pidfile.exists())
     pg.proc.wait(30)
+
+
+def test_tls_endpoint(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    """With ``tls``, the endpoint speaks HTTPS with the configured certificate (and nothing in clear)."""
+    from bastion.demo.devcerts import make_server_cert
+
+    certs = make_server_cert(tmp_path / "tls")
+    tls = f"  tls: {{cert_file: {certs.cert}, key_file: {certs.key}}}\n"
+    d = tmp_path / "t"
+    d.mkdir()
+    port = free_port()
+    top = f"metrics:\n  listen: 127.0.0.1:{port}\n{tls}"
+    with own_bastion(bastion_env, d, extra_top=top):
+        trust = ssl.create_default_context(cafile=str(certs.ca))
+        base = f"https://127.0.0.1:{port}"
+        assert wait_for("/healthz over TLS", lambda: get(f"{base}/healthz", tls=trust)[0] == 200)
+        status, body = get(f"{base}/metrics", tls=trust)  # no token_file: no token needed
+        assert status == 200 and "bastion_connections_open" in body
+        with pytest.raises(urllib.error.URLError):
+            get(f"https://127.0.0.1:{port}/healthz", tls=ssl.create_default_context())  # an untrusted certificate
+        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+            get(f"http://127.0.0.1:{port}/healthz")
 
 
 def restart_postgres(pg: PgServer) -> None:
