@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from recorder.asciicast import Cast, Event, read_cast, read_header
-from recorder.seekindex import SeekIndex, events_from, load_or_build
+from recorder.seekindex import SeekIndex, events_from, load, load_or_build
 from recorder.textindex import ScreenLines
 from recorder.typed import TypedKeys
 
@@ -33,6 +33,8 @@ KeyPoll = Callable[[float], str | None]
 QUIT_KEYS = frozenset("qQ\x03")
 MIN_SPEED, MAX_SPEED = 1 / 64, 64.0
 SEEK_STEP = 5.0
+SMALL_CAST = 1 << 20
+"""A recording without its seek index, up to this size, is indexed to take a status line away (about a second)."""
 SHOW_SPEED = 2.0
 """Seconds (wall clock) the status line stays after a speed change while playing, at least until the next event."""
 EPSILON = 1e-6
@@ -129,6 +131,25 @@ class _Source:
     def scanned(self) -> bool:
         """Whether the duration and markers are known (a file's need its seek index: built once, maybe slowly)."""
         return self.path is None or self._scanned
+
+    def repaintable(self) -> bool:
+        """Whether the screen can be repainted without a long wait: the index is read already, its sidecar is there
+        (the daemon writes one when a recording closes), or the file is small enough to index in about a second."""
+        if self.scanned:
+            return True
+        assert self.path is not None
+        idx = load(self.path)
+        if idx is not None:
+            self._index, self._scanned = idx, True
+            self.markers, self.duration = _merged(list(idx.markers), self.extra), idx.duration
+            return True
+        try:
+            small = self.path.stat().st_size <= SMALL_CAST
+        except OSError:
+            return False
+        if small:
+            self.ensure_scanned()
+        return small
 
     def ensure_scanned(self) -> None:
         if self.path is not None and not self._scanned:
@@ -349,10 +370,10 @@ class _Player:
         return f"speed x{self.speed:g}  {HELP}  {_clock(self.t)}{total}"
 
     def clear_status(self) -> None:
-        """Take the status line away: repaint the screen as it is now (the deadline kept), or, before the seek
-        index is there (building it may take long), blank the row it covered."""
+        """Take the status line away: repaint the screen as it is now (the deadline kept), or, when the seek index
+        is not there and building it may take long, blank the row it covered."""
         self.status_until = None
-        if not self.src.scanned:
+        if not self.src.repaintable():  # a copy the output scrolled up stays until the next seek
             self.write(f"\x1b7\x1b[{self.rows};1H\x1b[0m\x1b[2K\x1b8")
             return
         left, pos = max(0.0, self.deadline - self.clock()), self.pos

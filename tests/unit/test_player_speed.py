@@ -116,3 +116,19 @@ def test_bastion_replay_shows_the_speed_in_a_real_terminal(tmp_path: Path) -> No
         term.wait_for(r"^ speed x2 ")
         term.send("q")
         assert term.wait_exit() == 0
+
+
+def test_the_status_line_leaves_no_copy_behind_when_output_scrolls_under_it(tmp_path: Path) -> None:
+    """At x8 sixteen lines scroll through six rows while the speed is shown: once it goes, the screen is the
+    recording's, with no scrolled-up copy of the status line in it."""
+    p = make_cast(tmp_path / "scroll.cast", n=60)
+    clock, viewer = Clock(), Viewer()
+    keys = Keys(clock, viewer, [(SHOW_SPEED + 2, "q")])
+    assert not play(p, viewer, speed=8, keys=keys, clock=clock.now, sleep=clock.sleep)
+    during = [lines for t, lines in keys.snaps if 0.5 < t < SHOW_SPEED]
+    assert during and all(lines[-1].startswith(" speed x8") for lines in during)
+    after = [lines for t, lines in keys.snaps if t > SHOW_SPEED + 0.2]
+    assert after and not any("speed" in ln for lines in after for ln in lines)
+    last = after[-1]
+    k = int(last[-2].split()[1])  # the newest line shown: the rows above it are the lines before it, in order
+    assert last == [f"line {i}" for i in range(k - 4, k + 1)] + [""]
