@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from recorder.asciicast import Cast, Event, read_cast, read_header
 from recorder.seekindex import SeekIndex, events_from, load, load_or_build
-from recorder.textindex import ScreenLines
+from recorder.textindex import ScreenLines, without_terminal
 from recorder.typed import TypedKeys
 
 __all__ = ["HELP", "KeyPoll", "play", "render_screen"]
@@ -179,7 +179,8 @@ class _Player:
         self.left = 0.0  # wall seconds left of the current wait, kept while paused
         self.message = ""
         self.bookmark_out: str | None = None  # where `b` appends the auditor's bookmarks (JSON lines)
-        self.typed = TypedKeys() if stream == "i" else None  # keys shown by name, each Enter a new line
+        # typed keys shown by name, each Enter a new line (without a terminal the input was data: tabs are text)
+        self.typed = TypedKeys(data=without_terminal(src.header)) if stream == "i" else None
         self.status_until: float | None = None  # a status line shown while playing (a speed change) goes then
 
     # -- output ------------------------------------------------------------------------------------------------

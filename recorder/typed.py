@@ -69,7 +69,9 @@ def _csi_name(body: str) -> str | None:
 class TypedKeys:
     """Feed the data of input events in order; get text safe and readable on any terminal."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, data: bool = False) -> None:
+        """``data``: the input of a session without a terminal (a program piped in), where a tab is text."""
+        self._data = data
         self._after_cr = False  # the last event ended with \r: a \n starting the next one is the same Enter
         self._paste = False
 
@@ -97,7 +99,7 @@ class TypedKeys:
                 out.append(NEWLINE)
             elif c in _LINE_ENDERS:
                 out.append(_name(_LINE_ENDERS[c]) + NEWLINE)
-            elif c == "\t" and self._paste:
+            elif c == "\t" and (self._paste or self._data):
                 out.append("\t")  # a tab in pasted text is text; typed, it asks the shell to complete
             elif c in _NAMED:
                 out.append(_name(f"<{_NAMED[c]}>"))

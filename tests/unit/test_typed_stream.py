@@ -96,3 +96,15 @@ def test_bastion_replay_stream_i(tmp_path: Path) -> None:
                          capture_output=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert screen(out.stdout)[:6] == [*EXPECTED, ""]
+
+
+def test_the_input_of_a_session_without_a_terminal_keeps_its_tabs(tmp_path: Path) -> None:
+    """`ssh bastion RES -- python3 - < job.py`: the recorded input is a program, its tabs are text."""
+    assert TypedKeys(data=True).feed("if x:\n\tprint(1)\n") == "if x:\r\n\tprint(1)\r\n"
+    p = tmp_path / "stdin.cast"
+    w = CastWriter(p, 60, 12, title="t", env={"TERM": "dumb"})
+    w.input(b"if x:\n\tprint(1)\n")
+    w.close()
+    out = io.BytesIO()
+    assert play(p, out, stream="i", clock=lambda: 0.0, sleep=lambda s: None)
+    assert screen(out.getvalue())[:3] == ["if x:", "        print(1)", ""]
