@@ -232,6 +232,8 @@ def _metrics(cfg: Config) -> Found:
     m = cfg.metrics
     if m is None:
         return
+    if m.address[1] == cfg.listen.port:
+        yield ("metrics", "listen"), f"port {cfg.listen.port} is the SSH port (listen.port): pick another"
     if m.token_file:
         yield from _secret_file(cfg, ("metrics", "token_file"), m.token_file)
     if m.tls is not None:

@@ -50,8 +50,11 @@ class MetricsServer:
         self._clients = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, ssl=self.tls,
-                                                  reuse_address=True, limit=MAX_HEAD)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, ssl=self.tls,
+                                                      reuse_address=True, limit=MAX_HEAD)
+        except OSError as e:  # the daemon does not start without the endpoint it was told to serve
+            raise RuntimeError(f"metrics: cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
         log.info("metrics on %s://%s:%d/metrics (health: /healthz, /readyz)", "https" if self.tls else "http",
                  self.host, self.port)
 

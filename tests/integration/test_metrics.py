@@ -109,14 +109,30 @@ def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: 
         finally:
             held.send_signal(signal.SIGTERM)
             held.wait(10)
+        held = subprocess.Popen(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "chmod 600 /nonexistent",
+                                         tty=False), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.stderr is not None and "waiting for approval" in held.stderr.readline()
+            scrape = wait_for("a request pending", lambda: (lambda s: s if value(
+                s, "bastion_approval_requests_pending") == 1 else None)(samples(base)))
+            wait_for("the oldest request ages", lambda: (value(
+                samples(base), "bastion_approval_oldest_pending_age_seconds") or 0) > 0)
+        finally:
+            held.kill()
+            held.wait(10)
+        wait_for("no request pending once its client is gone", lambda: value(
+            samples(base), "bastion_approval_requests_pending") == 0)
         after = wait_for("connections open back to 0", lambda: (lambda s: s if value(
             s, "bastion_connections_open") == 0 and value(s, "bastion_processes", kind="connection") == 0
             else None)(samples(base)))
         # the dead process's counts stay (folded into the archive), and its own files are gone
         assert (value(after, "bastion_event_loop_lag_seconds_count", process="connection") or 0) > 0
-        files = [f.name for f in (env.dir / "state").glob("metrics-*/*.db")]
-        assert any(f.startswith("histogram_archive") for f in files), files
-        assert not any(f.endswith(f"_{held.pid}.db") for f in files)
+        def pids_with_files() -> set[str]:
+            return {f.stem.rsplit("_", 1)[1] for f in (env.dir / "state").glob("metrics-*/*.db")}
+
+        # only the supervisor's and the node process's own files are left, beside the archive
+        wait_for("the connection processes' files folded", lambda: len(pids_with_files() - {"archive"}) == 2)
+        assert "archive" in pids_with_files() and str(env.proc.pid) in pids_with_files()
 
 
 def stop_postgres(pg: PgServer) -> None:

@@ -45,6 +45,11 @@ def test_a_bad_listen_address_names_file_and_line(tmp_path: Path, listen: str) -
     assert p.startswith(f"{cfg}:4: metrics.listen: ") and "HOST:PORT" in p, p
 
 
+def test_the_ssh_port_is_not_the_metrics_port(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "listen: {port: 2222}\nmetrics:\n  listen: 0.0.0.0:2222\n")
+    assert problems(cfg) == [f"{cfg}:5: metrics.listen: port 2222 is the SSH port (listen.port): pick another"]
+
+
 def test_a_missing_token_file_names_file_and_line(tmp_path: Path) -> None:
     cfg = write(tmp_path, "metrics:\n  listen: 127.0.0.1:9464\n  token_file: nowhere/token\n")
     [p] = problems(cfg)
