@@ -87,6 +87,7 @@ class KubectlExec(LocalClient):
     def __init__(self, relay: Relay):
         super().__init__(relay)
         self.proxy: KubeProxy | None = None
+        self.terminal = False  # the operator has a terminal (ssh -t): its lines end in CR LF
 
     @staticmethod
     def line_filter(res: Resource, command: str | None, pty: bool) -> LineFilter | None:
@@ -99,6 +100,7 @@ class KubectlExec(LocalClient):
         if command is None and not req.pty:
             raise TargetError("the kubectl prompt needs a terminal (ssh -t)")
         resolve, kubectl = req.config.resolve, req.config.kubectl
+        self.terminal = req.pty
         term_type, cols, rows = req.term_type, req.cols, req.rows
         if command is not None:
             try:
@@ -157,7 +159,8 @@ class KubectlExec(LocalClient):
         if self.pty is not None:
             self.relay.say(f"\x1b[1;33mbastion: {text}\x1b[0m\r\n".encode())
         else:
-            self.relay.output(self, f"bastion: {text}\n".encode(), stderr=True)
+            end = "\r\n" if self.terminal else "\n"
+            self.relay.output(self, f"bastion: {text}{end}".encode(), stderr=True)
 
     def _alive(self) -> bool:
         if self._exited is not None:

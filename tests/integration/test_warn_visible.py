@@ -77,6 +77,7 @@ CASES = [
     Case("exec", "web-k8s", "kubectl get pods", r"web-1", "watch-pod-list"),
     Case("exec", "web-k8s", "kubectl get pod web-2", r"web-2", None),
     Case("exec", "web-k8s", "kubectl exec web-1 -- hostname", r"^web-1$", "watch-exec"),
+    Case("exec-tty", "web-k8s", "kubectl exec web-2 -- hostname", r"^web-2$", "watch-exec"),
     Case("interactive", "web-k8s", "get pods", r"web-1\s+1/1\s+Running", "watch-pod-list"),
     Case("interactive", "web-k8s", "get pod web-2", r"web-2\s+1/1\s+Running", None),
     Case("interactive", "web-k8s", "exec web-3 -- hostname", r"^web-3$", "watch-exec"),
