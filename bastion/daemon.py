@@ -77,7 +77,11 @@ def start_operations(config: Config, worker: str) -> Reaper | None:
     if config.metrics is None:
         return None
     path = metrics_dir(config.host_keys[0].parent, config.listen.port)
-    prepare(path)
+    try:
+        prepare(path)
+    except (OSError, RuntimeError) as e:
+        log.error("metrics: %s", e)
+        raise SystemExit(1) from None
     use_directory(path)
     return Reaper(path)
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -47,9 +48,34 @@ def metrics_dir(state_dir: Path, port: int) -> Path:
     return base / f"metrics-{port}"
 
 
+CLAIM_WAIT = 5.0  # seconds: the processes of a daemon just killed (kill -9) take a moment to die and let go
+_claimed: list[int] = []  # the open lock file of the directory this daemon owns (held while it runs)
+
+
+def claim(path: Path) -> None:
+    """Own ``path`` for this daemon's life (a lock beside it, kept by every process it forks): a second daemon on
+    the same state directory and port must not empty the files of one that runs (it would fail to listen anyway,
+    but only after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + CLAIM_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"{path} belongs to a daemon that is running (same state directory and "
+                                   "port)") from None
+            time.sleep(0.05)
+    _claimed.append(fd)
+
+
 def prepare(path: Path) -> None:
-    """Empty and private (0700, ours, not a symlink): a previous run's files would be counted again, and another
-    user's would be counted at all."""
+    """Claimed (:func:`claim`), empty and private (0700, ours, not a symlink): a previous run's files would be
+    counted again, and another user's would be counted at all."""
+    claim(path)
     with contextlib.suppress(FileNotFoundError):
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid():

@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import BastionEnv, own_bastion
+from tests.integration.conftest import BastionEnv, own_bastion, start_bastion, stop_bastion
 from tests.support.keys import free_port
 from tests.support.postgres import PgServer, pg_bin, start_postgres
 from tests.support.ssh_client import ssh_argv
@@ -73,8 +73,6 @@ def metrics_bastion(base: BastionEnv, d: Path, extra: str = "", database: str | 
     top = f"metrics: {{listen: '127.0.0.1:{port}', token_file: token}}\n{extra}"
     with own_bastion(base, d, extra_top=top) as env:
         if database is not None:  # the config is read at start: restart on the other store
-            from tests.integration.conftest import start_bastion, stop_bastion
-
             stop_bastion(env.proc)
             env.config.write_text(env.config.read_text().replace("sqlite:///state/bastion.db", database))
             env.proc = start_bastion(env.config, env.port, env.log)
@@ -158,7 +156,7 @@ def test_tls_endpoint(bastion_env: BastionEnv, tmp_path: Path) -> None:
     d.mkdir()
     port = free_port()
     top = f"metrics:\n  listen: 127.0.0.1:{port}\n{tls}"
-    with own_bastion(bastion_env, d, extra_top=top):
+    with own_bastion(bastion_env, d, extra_top=top) as env:
         trust = ssl.create_default_context(cafile=str(certs.ca))
         base = f"https://127.0.0.1:{port}"
         assert wait_for("/healthz over TLS", lambda: get(f"{base}/healthz", tls=trust)[0] == 200)
@@ -168,6 +166,11 @@ def test_tls_endpoint(bastion_env: BastionEnv, tmp_path: Path) -> None:
             get(f"https://127.0.0.1:{port}/healthz", tls=ssl.create_default_context())  # an untrusted certificate
         with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
             get(f"http://127.0.0.1:{port}/healthz")
+        # killed (-9) and started again at once: it waits for the dying processes to let its files go
+        env.proc.send_signal(signal.SIGKILL)
+        env.proc.wait(10)
+        env.proc = start_bastion(env.config, env.port, env.log)
+        assert wait_for("/healthz after a restart", lambda: get(f"{base}/healthz", tls=trust)[0] == 200)
 
 
 def restart_postgres(pg: PgServer) -> None:

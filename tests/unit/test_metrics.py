@@ -113,6 +113,18 @@ def test_dead_processes_are_folded_into_the_archive(tmp_path: Path, monkeypatch:
     assert sorted(os.listdir(folder)) == [".lock", "counter_archive.db"] and file_count(folder) == 1
 
 
+def test_a_second_daemon_does_not_empty_the_files_of_one_that_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    prepare(tmp_path / "metrics-2222")  # this process holds it now, as a running daemon does
+    other = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                            "from bastion.metrics.files import prepare; prepare(Path(sys.argv[1]))",
+                            str(tmp_path / "metrics-2222")], capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "belongs to a daemon that is running" in other.stderr
+    assert (tmp_path / "metrics-2222" / ".lock").exists()
+
+
 def test_prepare_refuses_what_is_not_its_own_directory(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "m").symlink_to(tmp_path / "elsewhere")
