@@ -283,8 +283,8 @@ class CommandFilter:
                 self._new_line()
             elif d.action == Action.BLOCK:
                 self._block(quiet)
-            else:  # an answer to a program, not a command line: no warning (it would name its words), the
-                self._release(enter)  # secret budget stays
+            else:  # an answer to a program, not a command line: the secret budget stays, and no warning is said
+                self._release(enter)  # (its reason may name the secret's words)
             return
         self.verdicts.append(Verdict(d.text, d))
         self.note(f"{texts[-1]} {UNECHOED}" if hidden else d.text, d, hidden)  # a command typed blind: recorded
