@@ -22,7 +22,10 @@ import json
 import logging
 import os
 import re
+import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 FIELDS = ("user", "client", "connection", "resource", "event", "session")
@@ -31,6 +34,7 @@ WHO = re.compile(r"^(?P<user>[^@\s]{1,255})@(?P<client>\S{1,300})$")
 _bound: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("bastion_log_fields", default=None)
 _process: dict[str, Any] = {"worker": "daemon"}
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+log = logging.getLogger(__name__)
 
 
 def set_process(**fields: Any) -> None:
@@ -83,6 +87,29 @@ def formatter(log_format: str) -> logging.Formatter:
 
 def use_format(log_format: str) -> None:
     """Switch every handler of the root logger to ``log_format`` (``text`` or ``json``): the daemon calls it with
-    the config's ``log_format`` as it starts, before it logs anything of its own."""
+    the config's ``log_format`` as it starts, before it logs anything of its own. With ``json``, what Python would
+    print to stderr itself (an uncaught exception in a thread, an exception it cannot raise, a warning) is logged
+    instead, so it too is one JSON line."""
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter(log_format))
+    if log_format == "json":
+        logging.captureWarnings(True)
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
+        sys.unraisablehook = _unraisable
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    log.critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):  # as the default hook: a thread may end so, silently
+        return
+    log.error("uncaught exception in thread %s", args.thread.name if args.thread else "?",
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
+def _unraisable(u: sys.UnraisableHookArgs) -> None:
+    log.error("%s: %r", u.err_msg or "exception ignored", u.object,
+              exc_info=(u.exc_type, u.exc_value, u.exc_traceback))  # type: ignore[arg-type]

@@ -92,3 +92,31 @@ def wait_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: flo
         assert proc.poll() is None, path.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not logged within {timeout} s:\n{path.read_text()}")
+
+
+def test_what_python_prints_itself_is_json_too() -> None:
+    """A thread's uncaught exception, a warning, an exception Python cannot raise and one that ends the program:
+    each becomes one JSON line instead of a raw traceback."""
+    code = """
+import gc, threading, warnings
+from bastion.cli.common import setup_logging
+from bastion.metrics.logs import use_format
+setup_logging(False, None, "json")
+use_format("json")
+t = threading.Thread(target=lambda: 1 / 0, name="worker-\\x1b")
+t.start(); t.join()
+warnings.warn("careful\\x07")
+class Bad:
+    def __del__(self):
+        raise RuntimeError("in __del__")
+Bad(); gc.collect()
+raise KeyError("the end")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    objs = [json.loads(ln) for ln in out.stderr.splitlines()]
+    messages = " | ".join(o["message"] for o in objs)
+    assert "uncaught exception in thread worker-\x1b" in messages and "careful\x07" in messages
+    assert "in __del__" in " ".join(o.get("exception", "") for o in objs)
+    assert objs[-1]["message"] == "uncaught exception" and "KeyError: 'the end'" in objs[-1]["exception"]
+    assert "\x1b" not in out.stderr and "\x07" not in out.stderr
