@@ -30,8 +30,10 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 """Event-loop lag: how late a timer fired; anything above ~50 ms is felt as typing lag."""
 
 KINDS = frozenset({"ssh", "postgres", "kubernetes", "local", "menu", "transfer", "forward", "jump"})
-OUTCOMES = frozenset({"ok", "closed", "exited", "error", "failed", "idle", "expired", "interrupted", "terminated",
-                      "denied", "refused", "blocked", "cancelled", "approved", "withdrawn", "timeout"})
+OUTCOMES = frozenset({"ok", "closed", "exited", "killed", "lost", "client_disconnected", "unmoderated", "error",
+                      "failed", "idle", "expired", "interrupted", "terminated", "denied", "refused", "blocked",
+                      "cancelled", "approved", "withdrawn", "timeout"})
+"""Session outcomes (the session row's) and approval outcomes (the request's final status)."""
 ACTIONS = frozenset({"allow", "warn", "block", "require_approval", "deny", "mask", "rollback"})
 PROCESSES = frozenset({"daemon", "node", "connection", "supervisor"})
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
