@@ -29,7 +29,7 @@ from bastion.oidc.login import LoginService
 from bastion.oversight.approvals import ApprovalService
 from bastion.oversight.live import LiveRegistry
 from bastion.sandbox import make_sandbox, python_paths
-from bastion.sdnotify import monotonic_usec, notify
+from bastion.sdnotify import monotonic_usec, notify, watchdog_interval
 from bastion.services import Background, Services
 from bastion.sessions.events import handle_event
 from bastion.ssh.admission import ConnectionCounter, UserKeys
@@ -286,6 +286,13 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+async def _watchdog(interval: float) -> None:
+    """``WATCHDOG=1`` while this event loop turns (systemd's ``WatchdogSec``)."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 async def serve(config: Config) -> None:
     """Run the daemon until SIGINT/SIGTERM; SIGHUP reloads the config. Tells systemd when it is ready."""
     start_operations(config, "daemon")
@@ -299,9 +306,13 @@ async def serve(config: Config) -> None:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     notify("READY=1", f"STATUS=serving on {config.listen.host}:{config.listen.port}")
+    interval = watchdog_interval()
+    watchdog = asyncio.create_task(_watchdog(interval)) if interval is not None else None
     try:
         await wait_for_stop_signal()
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         log.info("shutting down")
         notify("STOPPING=1", "STATUS=shutting down")
         await daemon.stop()

@@ -1,6 +1,7 @@
 """systemd's readiness protocol (``Type=notify``): one datagram per state change to ``$NOTIFY_SOCKET``. The
 variable is taken out of the environment at import, so no child process (indexers, session processes) inherits
-the right to speak for the daemon."""
+the right to speak for the daemon; so are the watchdog's (``WatchdogSec=`` in the unit: the daemon then says
+``WATCHDOG=1`` twice per period while its main loop turns, and systemd restarts it when it stops saying so)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 
 log = logging.getLogger(__name__)
 _ADDRESS = os.environ.pop("NOTIFY_SOCKET", "")
+_WATCHDOG_USEC = os.environ.pop("WATCHDOG_USEC", "")
+_WATCHDOG_PID = os.environ.pop("WATCHDOG_PID", "")
 
 
 def notify(*states: str) -> bool:
@@ -30,3 +33,13 @@ def notify(*states: str) -> bool:
 def monotonic_usec() -> str:
     """``MONOTONIC_USEC=...``, which systemd wants with ``RELOADING=1``."""
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between two ``WATCHDOG=1`` (half the unit's ``WatchdogSec``); None when systemd does not watch this
+    process. A liveness signal only: a store that is down makes ``/readyz`` fail, never a restart."""
+    try:
+        usec, pid = int(_WATCHDOG_USEC), int(_WATCHDOG_PID or os.getpid())
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 and pid == os.getpid() and _ADDRESS else None

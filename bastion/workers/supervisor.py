@@ -24,7 +24,7 @@ from bastion import metrics
 from bastion.config import Config, ConfigError
 from bastion.daemon import ensure_host_ca, ensure_host_key, reread, start_operations
 from bastion.metrics.files import Reaper
-from bastion.sdnotify import monotonic_usec, notify
+from bastion.sdnotify import monotonic_usec, notify, watchdog_interval
 from bastion.workers import child as connection
 from bastion.workers import node as node_process
 from bastion.workers.hub import Peer
@@ -44,6 +44,8 @@ class Supervisor(Router):
         self.config = config
         self.reaper = reaper  # metrics on: dead processes' counters are folded into the archive
         self._counted = 0.0  # when the gauges were last written
+        self.watchdog = watchdog_interval()  # systemd's WatchdogSec / 2, or None
+        self._petted = 0.0
         self.host_keys = [ensure_host_key(p) for p in config.host_keys]
         ensure_host_ca(config)  # connection processes read it (ssh -J host certificates)
         super().__init__()
@@ -296,6 +298,9 @@ class Supervisor(Router):
         self.reap()
         if self.reaper is not None:
             self.count()
+        if self.watchdog is not None and time.monotonic() - self._petted >= min(self.watchdog, 1.0) / 2:
+            self._petted = time.monotonic()  # the loop turns (a turn ends at least every second)
+            notify("WATCHDOG=1")
         for c in [*self.children.values(), *([self.node] if self.node else [])]:
             if c.peer.stuck:
                 c.peer.stuck = False
