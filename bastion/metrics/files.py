@@ -112,14 +112,25 @@ class Reaper:
     def dead(self, pid: int) -> None:
         """``pid`` was reaped: its live gauges go now; its counters are merged now, or at the next :meth:`settle`
         if a scrape holds the lock."""
-        mark_process_dead(pid, str(self.path))
+        try:
+            mark_process_dead(pid, str(self.path))
+        except OSError as e:  # never the supervisor's end: metrics are not worth a node
+            log.warning("metrics: cannot drop the gauges of process %d: %s", pid, e)
         self.owed.append(pid)
         self.settle(wait=False)
 
     def settle(self, *, wait: bool) -> None:
-        """Merge what is owed (``wait``: even if a scrape must finish first; the supervisor waits before a fork)."""
+        """Merge what is owed (``wait``: even if a scrape must finish first; the supervisor waits before a fork).
+        Never raises: a metrics directory someone removed must not stop the supervisor."""
         if not self.owed:
             return
+        try:
+            self._settle(wait)
+        except OSError as e:
+            log.warning("metrics: cannot merge the counters of processes %s: %s", self.owed[:10], e)
+            self.owed.clear()
+
+    def _settle(self, wait: bool) -> None:
         with _locked(self.path, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)) as taken:
             if not taken:
                 return

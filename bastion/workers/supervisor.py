@@ -297,7 +297,11 @@ class Supervisor(Router):
         self.unpark()
         self.reap()
         if self.reaper is not None:
-            self.count()
+            try:
+                self.count()
+            except Exception:  # metrics are not worth a node: off from now on, said once
+                log.exception("metrics: the supervisor's gauges cannot be written; it stops counting")
+                self.reaper = None
         if self.watchdog is not None and time.monotonic() - self._petted >= min(self.watchdog, 1.0) / 2:
             self._petted = time.monotonic()  # the loop turns (a turn ends at least every second)
             notify("WATCHDOG=1")

@@ -175,3 +175,15 @@ def test_the_fast_collector_says_what_the_library_says(tmp_path: Path, monkeypat
     again = both()
     assert again[0] == again[1] and again[0] != first[0]
     values.close_all_multiprocess_files()
+
+
+def test_a_removed_directory_never_stops_the_supervisor(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "m"
+    prepare(folder)
+    reaper = Reaper(folder)
+    shutil.rmtree(folder)
+    reaper.dead(4242)  # logged, not raised
+    reaper.settle(wait=True)
+    assert reaper.owed == []
