@@ -17,8 +17,12 @@ bastion counts around them).
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
@@ -100,6 +104,28 @@ def use_directory(path: Path) -> None:
     _define()
 
 
+_P = ParamSpec("_P")
+_broken = False
+
+
+def _never_raises(helper: Callable[_P, None]) -> Callable[_P, None]:
+    """A helper that cannot fail its caller: a session must never end because a metric could not be written (a
+    metrics directory removed under the daemon); the first failure is logged, the rest are silent."""
+
+    @functools.wraps(helper)
+    def safe(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        global _broken
+        try:
+            helper(*args, **kwargs)
+        except Exception:
+            if not _broken:
+                _broken = True
+                logging.getLogger(__name__).exception("metrics: %s failed; metrics may be incomplete",
+                                                      helper.__name__)
+
+    return safe
+
+
 def _bounded(value: str, known: frozenset[str]) -> str:
     return value if value in known else "other"
 
@@ -110,11 +136,13 @@ def _name(value: str | None) -> str:
 
 
 # -- helpers: the one way the rest of the bastion counts ------------------------------------------------------
+@_never_raises
 def observe_keystroke(seconds: float) -> None:
     """One interactive byte's trip through the relay (client in -> target out)."""
     KEYSTROKE_LATENCY.observe(max(0.0, seconds))
 
 
+@_never_raises
 def session_started(kind: str, resource: str) -> None:
     """A brokered session began (also counts it open until :func:`session_ended`)."""
     k, r = _bounded(kind, KINDS), _name(resource)
@@ -122,6 +150,7 @@ def session_started(kind: str, resource: str) -> None:
     SESSIONS_OPEN.labels(k, r).inc()
 
 
+@_never_raises
 def session_ended(kind: str, resource: str, outcome: str) -> None:
     """A brokered session ended with ``outcome`` (the session row's outcome)."""
     k = _bounded(kind, KINDS)
@@ -129,11 +158,13 @@ def session_ended(kind: str, resource: str, outcome: str) -> None:
     SESSIONS_OPEN.labels(k, _name(resource)).dec()
 
 
+@_never_raises
 def policy_decision(action: str, rule: str | None) -> None:
     """The engine decided ``action`` by ``rule`` (None/"": the policy's default)."""
     POLICY_DECISIONS.labels(_bounded(action, ACTIONS), _name(rule)).inc()
 
 
+@_never_raises
 def approval_ended(outcome: str, waited_seconds: float) -> None:
     """An approval request left ``pending`` with ``outcome`` after ``waited_seconds``."""
     o = _bounded(outcome, OUTCOMES)
@@ -141,32 +172,38 @@ def approval_ended(outcome: str, waited_seconds: float) -> None:
     APPROVAL_WAIT.labels(o).observe(max(0.0, waited_seconds))
 
 
+@_never_raises
 def relayed(direction: str, kind: str, nbytes: int) -> None:
     """``nbytes`` relayed; ``direction`` is ``in`` (client to target) or ``out`` (target to client)."""
     if nbytes > 0:
         RELAY_BYTES.labels("in" if direction == "in" else "out", _bounded(kind, KINDS)).inc(nbytes)
 
 
+@_never_raises
 def recording_failed(op: str) -> None:
     """A recording could not be written (``write``) or uploaded (``upload``)."""
     RECORDING_FAILURES.labels("upload" if op == "upload" else "write").inc()
 
 
+@_never_raises
 def loop_lag(process: str, seconds: float) -> None:
     """One event-loop lag sample of this process (see :mod:`bastion.metrics.loop`)."""
     LOOP_LAG.labels(_bounded(process, PROCESSES)).observe(max(0.0, seconds))
 
 
+@_never_raises
 def set_connections(open_now: int) -> None:
     """Connections open on this node (the supervisor, or the one-process daemon, counts them)."""
     CONNECTIONS_OPEN.set(open_now)
 
 
+@_never_raises
 def set_processes(kind: str, n: int) -> None:
     """How many processes of ``kind`` (node, connection, refusing) the supervisor runs."""
     PROCESSES_RUNNING.labels(kind if kind in ("node", "connection", "refusing") else "other").set(n)
 
 
+@_never_raises
 def preinit() -> None:
     """Make the fixed series exist at zero (a dashboard shows 0, not "no data", before the first event)."""
     for op in ("write", "upload"):

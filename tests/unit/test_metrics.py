@@ -187,3 +187,13 @@ def test_a_removed_directory_never_stops_the_supervisor(tmp_path: Path) -> None:
     reaper.dead(4242)  # logged, not raised
     reaper.settle(wait=True)
     assert reaper.owed == []
+
+
+def test_a_helper_never_fails_its_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        def observe(self, _: float) -> None:
+            raise OSError("the metrics directory is gone")
+
+    monkeypatch.setattr(metrics, "KEYSTROKE_LATENCY", Broken())
+    metrics.observe_keystroke(0.001)  # logged once, never raised into the relay
+    metrics.observe_keystroke(0.001)
