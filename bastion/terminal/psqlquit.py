@@ -5,12 +5,13 @@ In ``\\restrict`` mode psql refuses every meta-command, ``\\q`` included ("backs
 typed where psql itself would quit ends psql the way Ctrl-D does: the line is never sent; instead psql gets the
 keys that empty readline's line and end its input (``QUIT_KEYS``: end of line, kill the line, EOF; on a cooked
 terminal the kill and EOF characters do the same). psql prints ``\\q`` and exits with status 0, and the operator is
-back at the menu (or, straight to the target, the connection ends) with the usual outcome line. Nothing of the
-line reaches psql and nothing the operator types after it does either, so a misjudged line can only end the
-session, which Ctrl-D does anyway.
+back at the menu (or, straight to the target, the connection ends) with the usual outcome line. The Enter of the
+line never reaches psql, ``QUIT_KEYS`` holds no key that runs a line, and nothing the operator types afterwards is
+forwarded, so a misjudged line can only end the session, which Ctrl-D does anyway.
 
-Judged as psql judges it (``MainLoop`` and the backslash lexer of psql 15-18), from the typed line and the prompt
-psql drew before it (its default ``%/%R%x%#``: the database, the state ``%R``, the transaction flag, ``>`` or ``#``):
+Judged as psql judges it (``MainLoop`` and the backslash lexer; checked against psql 15), from the typed line and
+the prompt psql drew before it (its default ``%/%R%x%#``, which the bastion's psqlrc sets: the database, the state
+``%R``, the transaction flag, ``>`` or ``#``):
 
 - ``\\q`` or ``\\quit`` after optional whitespace; a command name ends at whitespace or a backslash (``\\qecho`` and
   ``\\q;`` are other, unknown, commands), anything after it is what psql would ignore (extra arguments) or never

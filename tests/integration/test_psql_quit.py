@@ -30,15 +30,17 @@ OUTCOME = r"demo-db: psql exited with status 0 after \d+s · recorded as (\S+)"
 
 
 class Pane:
-    """One tmux pane on a private tmux server (its socket in ``workdir``) running ``argv``; kept after the program
-    ends, for its exit status."""
+    """One tmux pane on a private tmux server (its socket in ``workdir``) running ``argv`` under ``sh``, which
+    writes the program's exit status on the screen when it ends (tmux started from a test may not notice a pane's
+    program exit for a long time: the zombie waits for a SIGCHLD it handles late)."""
 
     def __init__(self, workdir: Path, name: str, argv: list[str]):
         conf = workdir / "tmux.conf"
         conf.write_text("set -g remain-on-exit on\nset -g history-limit 2000\n")
         self.base = ["tmux", "-S", str(workdir / f"{name}.sock"), "-f", str(conf)]
         self.target = f"pq-{name}"
-        self.tmux("new-session", "-d", "-s", self.target, "-x", "140", "-y", "40", "--", *argv)
+        self.tmux("new-session", "-d", "-s", self.target, "-x", "140", "-y", "40", "--", "sh", "-c",
+                  '"$@"; echo "[exit status $?]"', "sh", *argv)
 
     def tmux(self, *args: str) -> str:
         return subprocess.run([*self.base, *args], capture_output=True, text=True, check=True, timeout=30).stdout
@@ -70,15 +72,11 @@ class Pane:
         self.tmux("send-keys", "-t", self.target, "Enter")
 
     def dead(self) -> int | None:
-        """The program's exit status (-signal if killed) once it ended, else None. tmux marks the pane dead when
-        its pty closes, which may be before the program is reaped: no status yet is still running."""
-        dead, status, sig = self.tmux("display-message", "-p", "-t", self.target,
-                                      "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}").strip().split(":")
-        if dead != "1" or not (status or sig):
-            return None
-        return int(status) if status else -int(sig)
+        """The program's exit status once it ended, else None."""
+        m = re.search(r"^\[exit status (\d+)\]$", self.screen(), re.M)
+        return int(m.group(1)) if m else None
 
-    def wait_exit(self, log: Path, timeout: float = 30) -> int:
+    def wait_exit(self, log: Path, timeout: float = 90) -> int:
         """Wait for the program to end; its status. If it does not, the failure shows the daemon's ``log`` and
         the psql processes."""
         deadline = time.monotonic() + timeout
@@ -145,7 +143,7 @@ def open_demo_db(pane: Pane) -> None:
 
 def back_at_the_menu(pane: Pane, seen: set[str]) -> str:
     """Wait for the menu's outcome line of a session not seen before; its recording id."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         ids = set(re.findall(OUTCOME, pane.wait_for(OUTCOME, max(1.0, deadline - time.monotonic())).string))
         if ids - seen:
