@@ -98,7 +98,7 @@ class Pane:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     # directly under /tmp: as root the demo's PostgreSQL runs as `postgres` and must reach the state dir
     state, port = Path(tempfile.mkdtemp(prefix="bastion-pq-", dir="/tmp")), free_port_block(4)
-    # its output goes to a file: a pipe nobody reads after the banner fills up with the daemon's log and stops it
+    # its output goes to a file, read for the banner: no pipe left for nobody to drain
     log = tmp_path_factory.mktemp("pq-demo") / "demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "demo", "--port", str(port), "--state-dir",
