@@ -54,7 +54,10 @@ def ask(sock: socket.socket, raw: bytes) -> dict | None:
     alice's own request changes the queue). If the stopped process had read part of a push before it stopped, the
     stream is mid-frame: what is buffered is drained and the request sent again, once."""
     for attempt in (1, 2):
-        sock.sendall(struct.pack(">I", len(raw)) + raw)
+        try:
+            sock.sendall(struct.pack(">I", len(raw)) + raw)
+        except ConnectionError:  # the daemon already closed the channel (after a refused frame): no reply
+            return None
         sock.settimeout(10)
         while True:
             try:

@@ -674,6 +674,12 @@ def test_the_forward_cap_holds_across_jump_hops(env: BastionEnv, echo: dict[str,
     assert live <= 64, f"{live} forwarded target connections were open at once on one client connection"
 
 
+def _baseline_rss_mb(pid: int) -> float:
+    """The tree's memory once the session is set up and idle, before the flood: the connection's own process (a
+    forked Python, tens of MB) is then already counted, so what grows after is what the flood buffered."""
+    return max(_tree_rss_mb(pid) for _ in range(3))
+
+
 def _tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and every descendant (the daemon and its connection processes)."""
     kids: dict[int, list[int]] = {}
@@ -700,12 +706,12 @@ def _tree_rss_mb(pid: int) -> float:
 
 def test_a_forward_whose_client_does_not_read_is_not_buffered_without_bound(env: BastionEnv,
                                                                             echo: dict[str, int]) -> None:
-    before = _tree_rss_mb(env.proc.pid)
-
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         async with await outer(env, "alice", "alice+web-files") as c:
             chan, _ = await c.create_connection(asyncssh.SSHTCPSession, "localhost", ECHO_PORT)
             chan.pause_reading()  # the client reads nothing: its window stays shut
+            await asyncio.sleep(0.5)
+            before = _baseline_rss_mb(env.proc.pid)  # with the connection's process already there
             chan.write(b"STREAM\n")
             peak = before
             deadline = time.monotonic() + 25
@@ -715,23 +721,22 @@ def test_a_forward_whose_client_does_not_read_is_not_buffered_without_bound(env:
             await asyncio.sleep(1)
             peak = max(peak, _tree_rss_mb(env.proc.pid))
             chan.close()
-            return peak
+            return before, peak
 
     echo["streamed"] = 0
-    peak = asyncio.run(go())
+    before, peak = asyncio.run(go())
     assert env.proc.poll() is None
     assert peak - before < 100, f"the bastion grew by {peak - before:.0f} MB while the client read nothing"
 
 
 def test_a_forward_whose_service_does_not_read_is_not_buffered_without_bound(env: BastionEnv,
                                                                              echo: dict[str, int]) -> None:
-    before = _tree_rss_mb(env.proc.pid)
-
-    async def go() -> tuple[float, int]:
+    async def go() -> tuple[float, float, int]:
         async with await outer(env, "alice", "alice+web-files") as c:
             reader, writer = await c.open_connection("localhost", ECHO_PORT, encoding=None)
             writer.write(b"HOLD\n")
             await asyncio.sleep(0.5)
+            before = _baseline_rss_mb(env.proc.pid)
             chunk, sent, peak = b"u" * 1048576, 0, before
             deadline = time.monotonic() + 25
             while time.monotonic() < deadline and sent < 300:
@@ -745,9 +750,9 @@ def test_a_forward_whose_service_does_not_read_is_not_buffered_without_bound(env
                     peak = max(peak, _tree_rss_mb(env.proc.pid))
             peak = max(peak, _tree_rss_mb(env.proc.pid))
             writer.close()
-            return peak, sent
+            return before, peak, sent
 
-    peak, sent = asyncio.run(go())
+    before, peak, sent = asyncio.run(go())
     assert env.proc.poll() is None
     assert peak - before < 100, f"the bastion took {sent} MB from the client and grew by {peak - before:.0f} MB"
 
@@ -755,13 +760,12 @@ def test_a_forward_whose_service_does_not_read_is_not_buffered_without_bound(env
 @pytest.mark.parametrize("form", ["jump", "direct"])
 def test_a_session_whose_command_does_not_read_stdin_is_not_buffered_without_bound(env: BastionEnv,
                                                                                    form: str) -> None:
-    before = _tree_rss_mb(env.proc.pid)
-
-    async def go() -> tuple[float, int]:
+    async def go() -> tuple[float, float, int]:
         async with await outer(env, "alice", "alice" if form == "jump" else "alice+web-files") as c:
             i = await inner(c, env, "alice") if form == "jump" else c
             p = await i.create_process("sleep 20", encoding=None)
             await asyncio.sleep(1)
+            before = _baseline_rss_mb(env.proc.pid)
             chunk, sent, peak = b"u" * 1048576, 0, before
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and sent < 300:
@@ -776,9 +780,9 @@ def test_a_session_whose_command_does_not_read_stdin_is_not_buffered_without_bou
             peak = max(peak, _tree_rss_mb(env.proc.pid))
             if i is not c:
                 i.abort()
-            return peak, sent
+            return before, peak, sent
 
-    peak, sent = asyncio.run(go())
+    before, peak, sent = asyncio.run(go())
     assert env.proc.poll() is None
     assert peak - before < 100, f"the bastion took {sent} MB from the client and grew by {peak - before:.0f} MB"
 
