@@ -220,7 +220,7 @@ def test_sftp_remove_is_a_delete_under_no_rm(env: BastionEnv, work: Path, batch:
     out = sftp(env, batch.format(f=victim, w=work, wn=work.name))
     assert out.returncode != 0
     assert victim.read_text() == "still here"
-    assert "rule 'no-rm'" in out.stderr and "deleting files is not allowed" in out.stderr, out.stderr
+    assert "blocked by rule 'no-rm'" in out.stderr and "deleting files is not allowed" in out.stderr, out.stderr
     ops = transfer_log(env, "sftp")
     assert any(o.get("op") == "remove" and o.get("path") == str(victim) and o.get("decision") == "blocked"
                for o in ops), ops

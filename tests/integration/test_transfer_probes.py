@@ -359,6 +359,7 @@ def test_sftp_into_the_protected_path_is_held(env: BastionEnv, work: Path, batch
     (work / "payload").write_text("p\n")
     rc, err, held = run_denying(env, sftp_argv(env), batch.format(w=work, p=PROTECTED) + "\n")
     assert landed() == [] and held, err
+    assert "not approved (held by rule " in err, err  # the denied hold, by the rule that held it
 
 
 def test_a_path_through_a_missing_directory_is_refused(env: BastionEnv, work: Path) -> None:
@@ -366,7 +367,8 @@ def test_a_path_through_a_missing_directory_is_refused(env: BastionEnv, work: Pa
     kernel would fail too, but the gate does not guess)."""
     (work / "payload").write_text("p\n")
     rc, err, held = run_denying(env, sftp_argv(env), f"put {work}/payload {PROTECTED}/sub/../direct\n")
-    assert landed() == [] and rc != 0 and "cannot be resolved on the target" in err, err
+    assert landed() == [] and rc != 0 and "refused: the path" in err and "cannot be resolved on the target" in err, err
+    assert "rule None" not in err and "refused: refused" not in err, err  # no rule made this refusal
 
 
 def test_hardlink_a_protected_file_out_is_held(env: BastionEnv, work: Path) -> None:

@@ -183,7 +183,7 @@ class SftpGate:
     def _refuse_file(self, f: OpenFile, d: Decision) -> None:
         self.hooks.note(d)
         f.refused = d
-        self.say(f"{d.text} refused by rule {d.rule!r}: {d.reason}")
+        self.say(f"{d.text}: {d.refusal()}")
 
     async def _drain(self) -> None:
         """The worker: requests that wait (a path resolved on the target, a reviewer), strictly in order."""
@@ -240,7 +240,7 @@ class SftpGate:
                          "rule": d.rule})
             return
         if d.action == Action.WARN:
-            self.say(f"warning: {d.text}: rule {d.rule!r}: {d.reason}")
+            self.say(f"{d.text}: {d.warning()}")
         self._tracked[req.id] = Tracked("op", transfer=transfers[0], decision=d,
                                         append=req.type == P.FXP_OPEN and bool((req.pflags or 0) & P.FXF_APPEND))
         self.to_target(pkt)
@@ -253,9 +253,12 @@ class SftpGate:
         return final.get("status") == "approved"
 
     def _deny(self, req_id: int, d: Decision) -> None:
-        by = f"rule {d.rule!r}" if d.rule else "the bastion"
-        self.to_client(P.status(req_id, P.FX_PERMISSION_DENIED, f"bastion: refused by {by}: {d.reason}"))
-        self.say(f"{d.text}: refused by {by}: {d.reason}")
+        if d.action == Action.BLOCK:
+            why = d.refusal()
+        else:  # a hold that was denied, withdrawn or expired
+            why = f"not approved (held by rule {d.rule!r}): {d.reason}" if d.rule else f"not approved: {d.reason}"
+        self.to_client(P.status(req_id, P.FX_PERMISSION_DENIED, f"bastion: {why}"))
+        self.say(f"{d.text}: {why}")
 
     # -- paths ----------------------------------------------------------------------------------------
     async def resolve(self, path: str, follow: bool) -> str:
