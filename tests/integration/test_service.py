@@ -38,7 +38,10 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert directives["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"  # port 22 and nothing else
     assert directives["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     for key, value in (("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
-                       ("ReadWritePaths", "/var/lib/bastion /var/log/bastion"), ("Restart", "on-failure")):
+                       ("ReadWritePaths", "/var/lib/bastion /var/log/bastion"), ("Restart", "on-failure"),
+                       # the daemon pets the watchdog (tests/unit/test_metrics_watchdog.py); the metrics' files go
+                       # to $RUNTIME_DIRECTORY/metrics-PORT, a tmpfs emptied at each stop
+                       ("WatchdogSec", "30s"), ("RuntimeDirectory", "bastion"), ("RuntimeDirectoryMode", "0700")):
         assert directives[key] == value
 
 
