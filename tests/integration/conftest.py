@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import daemon_log
 from tests.support.keys import free_port, make_keypair
 from tests.support.sshd import SshdTarget, start_sshd
 
@@ -56,6 +57,7 @@ def write_config(d: Path, port: int, keys: dict[str, Path], target: SshdTarget, 
     # BASTION_TEST_PROCESSES=one runs a suite with the whole daemon in one process (the default is per-connection)
     if os.environ.get("BASTION_TEST_PROCESSES") and "processes:" not in extra_top:
         extra_top += f"processes: {os.environ['BASTION_TEST_PROCESSES']}\n"
+    extra_top += daemon_log.config_line(extra_top)  # BASTION_TEST_LOG_FORMAT=json: JSON logs, checked at the stop
     users = {"alice": "[ops]", "bob": "[reviewers]", "mallory": "[]", "carol": "[ops, reviewers]",
              "dave": "[reviewers]", "eve": "[auditors]"}
     cfg.write_text(f"""\
@@ -117,16 +119,23 @@ resources:
     return cfg
 
 
-def start_bastion(cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+_json_logs: dict[int, list[Path]] = {}  # pid -> the files a daemon with log_format: json writes (checked at its stop)
+
+
+def start_bastion(cfg: Path, port: int, log: Path, timeout: float = 20) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION")}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "serve", "--config", str(cfg)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    wait_port(port, proc, log)
+    files = daemon_log.json_logs_of(cfg, log)
+    if files:
+        _json_logs[proc.pid] = files
+    wait_port(port, proc, log, timeout)
     return proc
 
 
 def stop_bastion(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; a daemon with ``log_format: json`` must have written only JSON lines."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -134,6 +143,7 @@ def stop_bastion(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    daemon_log.check_json(_json_logs.pop(proc.pid, []))
 
 
 @contextmanager
