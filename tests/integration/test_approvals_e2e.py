@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,7 @@ from bastion.config import load_config
 from bastion.store.approvals import ApprovalStore
 from bastion.store.db import Store
 from tests.integration.conftest import BastionEnv
+from tests.support.procs import stop_ssh_client
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
 from tests.support.terminal import Terminal
@@ -188,8 +190,7 @@ def test_exec_requester_hanging_up_withdraws(bastion_env: BastionEnv, tmp_path: 
     proc = exec_bg(env, "alice", f"chmod 600 {tmp_path}")
     wait_stderr_line(proc, "waiting for approval")
     rid = max(r.id for r in requests(env).pending() if r.requester == "alice")
-    proc.send_signal(2)  # Ctrl-C on a non-interactive ssh: the client goes away
-    proc.wait(10)
+    stop_ssh_client(proc, sig=signal.SIGINT)  # Ctrl-C on a non-interactive ssh: the client goes away
     deadline = time.monotonic() + 10
     while requests(env).get(rid).status == "pending" and time.monotonic() < deadline:
         time.sleep(0.1)

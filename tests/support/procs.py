@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def children(pid: int) -> list[int]:
@@ -56,8 +58,9 @@ def wait_descendant(root: int, match: Callable[[int], bool], before: set[int] | 
     raise AssertionError("no such process appeared")
 
 
-def stop_ssh_client(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
-    """SIGTERM an ``ssh -N`` client and wait for it, repeating the signal once a second.
+def stop_ssh_client(proc: subprocess.Popen[Any], timeout: float = 15, sig: int = signal.SIGTERM) -> int:
+    """SIGTERM (or ``sig``: SIGINT is Ctrl-C on a client without a terminal) an ``ssh`` client that waits for
+    nothing (``-N``, a held command) and wait for it, repeating the signal once a second.
 
     OpenSSH 9.2's client loop checks its quit flag and then calls plain ``poll()`` (9.3 moved to ``ppoll`` with the
     signals masked): a SIGTERM that lands between the two is seen only on the next wakeup, and an idle ``-N`` client
@@ -65,7 +68,7 @@ def stop_ssh_client(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
     """
     deadline = time.monotonic() + timeout
     while True:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             return proc.wait(1)
         except subprocess.TimeoutExpired:
