@@ -16,19 +16,20 @@ from tests.support.keys import free_port
 pytestmark = pytest.mark.slow
 
 
-def json_daemon_config(d: Path) -> tuple[Path, int]:
+def json_daemon_config(d: Path, processes: str) -> tuple[Path, int]:
     (d / "state").mkdir(parents=True)
     port = free_port()
     cfg = d / "bastion.yaml"
     cfg.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\nhost_keys: [state/host_ed25519]\n"
                    "database: sqlite:///state/bastion.db\nrecordings_dir: state/recordings\nlog_dir: state/logs\n"
-                   "log_format: json\n")
+                   f"log_format: json\nprocesses: {processes}\n")
     return cfg, port
 
 
-@pytest.mark.parametrize("where", ["stderr", "log file"])
-def test_stop_fails_on_a_line_that_is_not_json(tmp_path: Path, where: str) -> None:
-    cfg, port = json_daemon_config(tmp_path)
+@pytest.mark.parametrize(("where", "processes"), [("stderr", "per-connection"), ("log file", "one")])
+def test_stop_fails_on_a_line_that_is_not_json(tmp_path: Path, where: str, processes: str) -> None:
+    """Both process models apply the config's log_format from their first line (bastion serve's start)."""
+    cfg, port = json_daemon_config(tmp_path, processes)
     out = tmp_path / "bastion.out"
     proc = start_bastion(cfg, port, out, timeout=60)
     stop_bastion(proc)  # a clean run: every line is JSON
