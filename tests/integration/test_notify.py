@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from bastion.store.models import NotifyOutbox
 from tests.integration.conftest import BastionEnv, own_bastion, start_bastion, stop_bastion, write_config
 from tests.support.keys import free_port
 from tests.support.postgres import scratch_database
+from tests.support.procs import stop_ssh_client
 from tests.support.receivers import HookReceiver, MailReceiver
 from tests.support.review import approve
 from tests.support.ssh_client import ssh_argv
@@ -83,8 +83,7 @@ def held(env: BastionEnv, command: str) -> subprocess.Popen[str]:
 
 def withdraw(proc: subprocess.Popen[str]) -> None:
     """The operator gives up (the ssh client goes away): the request is withdrawn."""
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    stop_ssh_client(proc)  # repeated: a held command's client may sit in poll() past one signal
 
 
 @pytest.fixture()
