@@ -78,7 +78,8 @@ def message_of(line: str) -> str:
     return line
 
 
-def messages(path: Path) -> str:
-    """A daemon's log as text to search, whatever its format: each JSON line becomes its message (the text a
-    text-format line carries after its prefix), other lines stay as they are."""
-    return "\n".join(message_of(line) for line in path.read_text(errors="replace").splitlines())
+def messages(path: Path, start: int = 0) -> str:
+    """A daemon's log (from byte ``start``) as text to search, whatever its format: each JSON line becomes its
+    message (the text a text-format line carries after its prefix), other lines stay as they are."""
+    text = path.read_bytes()[start:].decode(errors="replace")
+    return "\n".join(message_of(line) for line in text.splitlines())
