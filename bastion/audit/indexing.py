@@ -17,6 +17,13 @@ from recorder.seekindex import build, save
 from recorder.storage import RecordingStorage, StorageError, is_remote
 from recorder.transferlog import is_transfer_log
 
+UPLOAD_FAILED = 3
+"""The indexer's exit status when the recording was indexed but not uploaded (the daemon counts it: metrics)."""
+
+
+class UploadFailed(StorageError):
+    """The recording could not be put in the bucket (it stays on disk; the next start uploads it)."""
+
 
 def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframes: bool = True) -> int:
     """Build the search index and the seek keyframes of one session's recording; with a bucket configured, then
@@ -32,7 +39,11 @@ def index_session(store: Store, sid: str, storage: RecordingStorage, *, keyframe
     if keyframes and not is_transfer_log(path):  # a transfer log has no screen to seek in
         save(build(path), path)
     if storage.remote and row.sha256:  # closed and chained: its content is final
-        store.set_recording_path(sid, storage.upload(path))
+        try:
+            uploaded = storage.upload(path)
+        except Exception as e:  # boto3's transfer manager raises its own S3UploadFailedError, not a StorageError
+            raise UploadFailed(str(e)) from e
+        store.set_recording_path(sid, uploaded)
         storage.discard_local(path)
     return n
 
@@ -50,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(cfg.database_url)
     try:
         index_session(store, args.session, cfg.recording_storage())
+    except UploadFailed as e:
+        print(e, file=sys.stderr)
+        return UPLOAD_FAILED
     except (LookupError, OSError, StorageError) as e:
         print(e, file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bastion import metrics
+from bastion.audit.indexing import UPLOAD_FAILED
 from bastion.config import Config
 from bastion.store.db import Store
 from recorder.archive import archive_root, prune_archive
@@ -118,5 +120,7 @@ class AuditWorker:
             log.error("indexing session %s took longer than %.0f s; stopped (bastion audit reindex retries)",
                       sid, INDEX_TIMEOUT)
             return
+        if proc.returncode == UPLOAD_FAILED:
+            metrics.recording_failed("upload")
         if proc.returncode != 0:
             log.error("indexing session %s failed: %s", sid, err.decode(errors="replace").strip()[-500:])

@@ -12,7 +12,22 @@ ever carries a user name, an address or a command. With metrics off the objects 
 helper costs a lock and an addition.
 
 This module imports nothing of the bastion, so any layer may count (the recorder and the policies stay pure: the
-bastion counts around them).
+bastion counts around them). Where each helper is called, once per event:
+
+- ``session_started``/``session_ended``: :class:`bastion.sessions.brokered.BrokeredSession`, when its session row
+  is created and when ``run`` returns (the row's outcome; ``error``/``interrupted`` when an exception or a
+  cancellation ended it first), for every kind: ssh, postgres, kubernetes, local, ``transfer`` (sftp, scp, rsync),
+  ``jump`` (a session inside ``ssh -J``).
+- ``policy_decision``: the exec form's command in :mod:`bastion.sessions.broker`; each typed line and each
+  statement, request, file operation or program in :mod:`bastion.sessions.hooks` (psql's SQL lines once, at the
+  wire proxy).
+- ``approval_ended``: :class:`bastion.oversight.approvals.ApprovalService`, where a request leaves ``pending``.
+- ``relayed``/``observe_keystroke``: the relay (:mod:`bastion.terminal.relay`), per chunk of a brokered session,
+  and ``ssh -L`` forwards (:mod:`bastion.ssh.forward`); the protocol proxies and the ``-J`` bridge carry bytes
+  already counted at a relay, so they do not count again.
+- ``recording_failed``: a recording that cannot be created or closed (``write``,
+  :mod:`bastion.sessions.brokered`), an indexer that exits with ``UPLOAD_FAILED`` (``upload``,
+  :mod:`bastion.audit.worker`: the indexer child process itself never counts, so it leaves no file behind).
 """
 
 from __future__ import annotations

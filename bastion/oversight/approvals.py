@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bastion import metrics
 from bastion.context import ConnectionContext
 from bastion.store.approvals import FINAL, ApprovalStore, DecisionRefused
-from bastion.store.db import Store
+from bastion.store.db import Store, now
 from bastion.store.rows import RequestRecord
 from policies.access import RoleLike, may_review
 from policies.engine import Decision
@@ -26,6 +27,12 @@ POLL = 1.0  # seconds between store checks while waiting (decisions taken by ano
 
 Spawn = Callable[[Any], None]  # runs an awaitable in the background (errors logged, never lost)
 Publish = Callable[[dict[str, Any]], None]  # tells the other processes and nodes (they get it as a remote event)
+
+
+def ended(req: RequestRecord) -> None:
+    """Count a request that has just left ``pending`` (metrics): its final status, how long it waited."""
+    if req.status != "pending":
+        metrics.approval_ended(req.status, ((req.decided_at or now()) - req.created_at).total_seconds())
 
 
 def final_state(req: RequestRecord | None) -> tuple[str, str]:
@@ -118,6 +125,7 @@ class ApprovalService:
         if done:
             req = await asyncio.to_thread(self.db.get, rid)
             if req is not None:
+                ended(req)
                 await self._audit(actor, f"approval.{status}", status, req)
             self._wake(rid)
             self._notify(rid)
@@ -141,10 +149,12 @@ class ApprovalService:
             await self._audit(ctx.username, "approval.decision", "refused", req, why=str(e))
             after = await asyncio.to_thread(self.db.get, rid)
             if after is not None and after.status == "expired" and req.status == "pending":  # it expired just now
+                ended(after)
                 await self._audit("bastion", "approval.expired", "expired", after)
                 self._wake(rid)
                 self._notify(rid)
             raise
+        ended(decided)  # approved or denied (pending still when more approvals are needed: not counted)
         await self._audit(ctx.username, "approval.decision", "approve" if approve else "deny", decided,
                           reason=reason, status=decided.status)
         log.info("%s: %s request #%d -> %s", ctx.who, "approved" if approve else "denied", rid, decided.status)
@@ -198,6 +208,7 @@ class ApprovalService:
         for rid in ids:
             req = await asyncio.to_thread(self.db.get, rid)
             if req is not None:
+                ended(req)
                 await self._audit("bastion", "approval.cancelled", "cancelled", req)
             self._wake(rid)
             self._notify(rid)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bastion import metrics
 from bastion.context import ConnectionContext
 from bastion.oversight.approvals import final_state
 from bastion.services import Services
@@ -93,6 +94,8 @@ class Broker:
                 # scp -t, rsync --server, git-upload-pack: file transfers too (with a terminal or without)
                 verdict, transfers = await judge_exec_transfers(self.services.config, name, command, ctx.groups,
                                                                 verdict)
+                if verdict is not None:  # the exec form's command, judged once here (a proxy judges the rest)
+                    metrics.policy_decision(verdict.action.label, verdict.rule)
                 refusal = await self._enforce_exec(name, sid, verdict)
                 if refusal is not None:
                     return refusal

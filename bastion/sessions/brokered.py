@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bastion import metrics
 from bastion.config import SshResource
 from bastion.context import ConnectionContext
 from bastion.notify.outbox import routed_count
@@ -64,6 +65,12 @@ class BrokeredSession:
         self.path = services.config.recordings_dir / sid_path
         self.log: TransferLog | None = None
         self.grant: int | None = None  # the access request this session opens under (access on request)
+        # the metrics' kind: how it came (-J: the inner connection's peer says so) or what it carries, else the
+        # resource's kind; counted open from its session row's start to its end (``outcome``)
+        jumped = ctx.peer.endswith(f" -J {name}")
+        self.kind = "jump" if jumped else "transfer" if self.transfer else self.res.kind
+        self.counted = False
+        self.outcome = "error"  # until the row is closed: an exception ended the session
 
     async def run(self, verdict: Decision | None, access: str | None, grant: int | None = None) -> Ended:
         self.grant = grant
@@ -95,7 +102,13 @@ class BrokeredSession:
             if failed is not None:
                 return Ended(failed)
             return await self._carry(target, writer, live)
+        except asyncio.CancelledError:
+            if self.outcome == "error":  # its row not closed: the store's word for it (mark_interrupted)
+                self.outcome = "interrupted"
+            raise
         finally:
+            if self.counted:  # the one place a started session is counted ended, however it ended
+                metrics.session_ended(self.kind, self.name, self.outcome)
             target.close()
             self.client.endpoints.discard(target)
             self.client.live = None
@@ -114,6 +127,7 @@ class BrokeredSession:
                                     env={"TERM": client.term_type or "dumb", "SHELL": "/bin/sh"}, background=True)
         except OSError as e:
             log.error("%s: cannot create recording %s: %s", ctx.who, self.path, e)
+            metrics.recording_failed("write")
             return None
         command = self.command
         writer.marker(f"session {self.sid}: {ctx.username} opened {self.name}" + (f": {command}" if command else ""))
@@ -136,7 +150,8 @@ class BrokeredSession:
         hooks = SessionHooks(self.services, ctx, client, self.name, self.sid, writer)
         kind = target.line_filter(self.res, self.command, client.pty)
         filt = hooks.line_filter(kind, target.write) if kind is not None else None
-        client.relay.attach(target, live.tee if live is not None else Tee(writer), filt)
+        client.relay.attach(target, live.tee if live is not None else Tee(writer), filt, kind=self.kind,
+                            keystrokes=self.mode == "interactive" and client.pty)
         proxied = type(target).proxied
         req = OpenRequest(
             name=self.name, command=self.command, pty=client.pty, term_type=client.term_type or "dumb",
@@ -167,6 +182,9 @@ class BrokeredSession:
         await asyncio.to_thread(services.store.audit, ctx.username, "session.start", "ok", resource=self.name,
                                 session_id=self.sid, client_addr=ctx.peer, mode=self.mode,
                                 **({"grant": self.grant} if self.grant is not None else {}))
+        if not self.counted:
+            self.counted = True
+            metrics.session_started(self.kind, self.name)
 
     def _live(self, tee: Tee, stop: Callable[[], None], moderation: Moderation | None = None) -> LiveSession:
         ctx, services = self.ctx, self.services
@@ -222,6 +240,7 @@ class BrokeredSession:
         sha = await self._wind_down(live, writer)
         await asyncio.to_thread(self.services.store.end_session, self.sid, outcome=outcome, exit_status=None,
                                 message=message, sha256=sha, size=writer.bytes_written)
+        self.outcome = outcome
         await asyncio.to_thread(self.services.store.audit, self.ctx.username, "session.end", outcome,
                                 resource=self.name, session_id=self.sid, client_addr=self.ctx.peer)
 
@@ -280,7 +299,11 @@ class BrokeredSession:
             services.approvals.db.cancel_pending, session_id=self.sid,
             reason="the session ended while the request was pending"))
         writer.marker(f"session {self.sid} ended")
-        return await asyncio.to_thread(writer.close)  # waits for the disk: not on the loop
+        try:
+            return await asyncio.to_thread(writer.close)  # waits for the disk: not on the loop
+        except OSError:  # a write that failed on the way is reported here, at the latest
+            metrics.recording_failed("write")
+            raise
 
     async def _record_end(self, live: LiveSession, end: TargetExit, writer: Recording, sha: str,
                           duration: float) -> Ended:
@@ -296,6 +319,7 @@ class BrokeredSession:
                                       else f"closed by the bastion: {why}")
         await asyncio.to_thread(services.store.end_session, self.sid, outcome=outcome, exit_status=end.status,
                                 message=end.message, sha256=sha, size=writer.bytes_written)
+        self.outcome = outcome
         await asyncio.to_thread(services.store.audit, ctx.username, "session.end", outcome, resource=self.name,
                                 session_id=self.sid, client_addr=ctx.peer, exit_status=end.status)
         await services.auditing.closed(self.sid)

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from bastion import metrics
 from bastion.config import KubeResource
 from bastion.context import ConnectionContext
 from bastion.oversight.approvals import final_state
@@ -61,6 +62,7 @@ class SessionHooks:
         policy = cfg.policies.get(res.policy or "") or PolicySet("(none)")
 
         def note(d: Decision) -> None:
+            metrics.policy_decision(d.action.label, d.rule)  # every statement, request, file operation, program
             if kind == "exec":  # every program the session runs: its marker is the exec itself
                 text = d.text if len(d.text) <= MAX_EXEC_MARKER else \
                     f"{d.text[:MAX_EXEC_MARKER]} [... {len(d.text) - MAX_EXEC_MARKER} more characters]"
@@ -120,6 +122,8 @@ class SessionHooks:
         def note(text: str, d: Decision, unechoed: bool) -> None:
             """A marker for each decision; an audit event for each one that is not a plain allow, and for every
             line typed without echo (a command typed blind, or the withheld answer to a secret prompt)."""
+            if not psql or d.action != Action.ALLOW:  # psql's SQL lines: counted where the wire proxy judges them
+                metrics.policy_decision(d.action.label, d.rule)
             if psql and d.action == Action.ALLOW and not unechoed:
                 return  # each statement gets its own marker from the wire proxy
             self.writer.marker(f"policy: {d.summary()}: {text}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncssh
 
+from bastion import metrics
 from bastion.config import SshResource
 from bastion.context import ConnectionContext
 from bastion.services import Services
@@ -66,6 +67,7 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
             self._early.clear()
             while chunk := await reader.read(65536):
                 self._down += len(chunk)
+                metrics.relayed("out", "forward", len(chunk))
                 self._chan.write(chunk)
                 await self._client_ready.wait()
         except (OSError, asyncssh.Error, TargetError) as e:
@@ -87,6 +89,7 @@ class ForwardBridge(asyncssh.SSHTCPSession[bytes]):
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self._up += len(data)
+        metrics.relayed("in", "forward", len(data))
         if self._writer is None:
             self._early.append(data)
             if sum(map(len, self._early)) > DRAIN_AT and self._chan is not None:

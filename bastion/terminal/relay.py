@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from bastion import metrics
 from bastion.terminal.cmdfilter import CommandFilter
 from bastion.terminal.fairness import BULK_CHUNK, scheduler
 from bastion.terminal.ptyproc import PtyProcess, set_winsize
@@ -75,6 +76,8 @@ class Relay:
         self.input_paused: Callable[[], None] | None = None
         self._bulk: deque[tuple[Endpoint, bytes, bool]] = deque()  # output waiting for its turn (fairness)
         self._bulk_paused: list[Endpoint] = []  # endpoints not read while their output waits
+        self.kind: str | None = None  # the brokered session's kind: its bytes are counted (metrics)
+        self.keystrokes = False  # an interactive session: each client chunk's trip to the target is timed
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_base(self, ep: Endpoint | None) -> None:
@@ -86,10 +89,13 @@ class Relay:
             self._held = bytearray()
             self._held_eof = False
 
-    def attach(self, ep: Endpoint, tee: Tee | None, cmd_filter: CommandFilter | None = None) -> None:
+    def attach(self, ep: Endpoint, tee: Tee | None, cmd_filter: CommandFilter | None = None, *,
+               kind: str | None = None, keystrokes: bool = False) -> None:
         """Make ``ep`` the endpoint that receives client input, recording through ``tee``, judged by
-        ``cmd_filter`` at each Enter."""
+        ``cmd_filter`` at each Enter. ``kind``: a brokered session's, whose bytes are counted each way;
+        ``keystrokes``: an interactive one, whose keystroke latency is measured."""
         self.active, self.tee, self.filter = ep, tee, cmd_filter
+        self.kind, self.keystrokes = kind, keystrokes
         ep.resize(self.cols, self.rows)
         if self._output_paused:
             ep.pause_reading()
@@ -115,6 +121,7 @@ class Relay:
             self._deliver(*self._bulk.popleft())
         self._resume_bulk_paused()
         self.active, self.tee, self.filter = None, None, None
+        self.kind, self.keystrokes = None, False
         self._held, self._held_eof = None, False
         self._maybe_resume_client()
 
@@ -124,7 +131,7 @@ class Relay:
 
     # -- client -> endpoint -----------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
-        self.last_input = time.monotonic()
+        self.last_input = received = time.monotonic()
         if self._held is not None:
             # Ctrl-C withdraws what holds the opening -- typed on a terminal; without one the bytes are data (an
             # sftp client's INIT carries a 3)
@@ -143,12 +150,20 @@ class Relay:
             self.input_paused()
             return
         if ep is self.active:
+            if self.kind is not None:
+                metrics.relayed("in", self.kind, len(data))
             if self.tee is not None:
                 self.tee.input(data, ep.echo_known())
             if self.filter is not None:
-                self.filter.input(data)
+                self.filter.input(data)  # a key it keeps (a line held for a reviewer) is not a relay latency
+                if self.keystrokes:
+                    metrics.observe_keystroke(time.monotonic() - received)
                 return
-        ep.write(data)
+            ep.write(data)
+            if self.keystrokes:  # client byte in -> the same byte handed to the target
+                metrics.observe_keystroke(time.monotonic() - received)
+        else:
+            ep.write(data)
         if ep.pending() > MAX_PENDING and not self._client_paused:
             self._client_paused = True
             self.chan.pause_reading()
@@ -228,8 +243,11 @@ class Relay:
                 ep.resume_reading()
 
     def _deliver(self, ep: Endpoint, data: bytes, stderr: bool) -> None:
-        if ep is self.active and self.tee is not None:
-            self.tee.output(data)
+        if ep is self.active:
+            if self.kind is not None:
+                metrics.relayed("out", self.kind, len(data))
+            if self.tee is not None:
+                self.tee.output(data)
         self.chan.write(data, STDERR if stderr else None)
         if ep is self.active and self.filter is not None and not stderr:
             self.filter.output(data)  # after the client has the bytes: a decision's message comes after the echo

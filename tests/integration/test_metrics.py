@@ -1,11 +1,15 @@
 """The metrics endpoint of a running daemon (issue 25): scraped with prometheus_client's own text parser, its health
 checks, its bearer token, the connections gauge following a stock ``ssh`` connection, the counters of dead
-connection processes kept, and ``/readyz`` following a PostgreSQL store that stops and comes back."""
+connection processes kept, and ``/readyz`` following a PostgreSQL store that stops and comes back. And what the
+daemon counts while stock clients work through it: sessions by kind and outcome (the open gauge back at 0), policy
+decisions by action and rule, an approval and its wait, bytes relayed each way, keystroke latency, and recordings
+that could not be written or uploaded."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -23,7 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import BastionEnv, own_bastion, start_bastion, stop_bastion
 from tests.support.keys import free_port
 from tests.support.postgres import PgServer, pg_bin, start_postgres
+from tests.support.s3 import S3Server
 from tests.support.ssh_client import ssh_argv
+from tests.support.terminal import Terminal
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-scrape-token"
@@ -93,7 +99,7 @@ def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: 
         assert value(first, "bastion_store_up") == 1
         assert value(first, "bastion_approval_requests_pending") == 0
         assert value(first, "bastion_recording_failures_total", op="upload") == 0
-        assert value(first, "bastion_keystroke_latency_seconds_count") == 0  # defined, zero until wired
+        assert value(first, "bastion_keystroke_latency_seconds_count") == 0  # defined, zero until someone types
         loop = "daemon" if ONE_PROCESS else "node"
         wait_for("the event-loop lag is measured", lambda: (value(
             samples(base), "bastion_event_loop_lag_seconds_count", process=loop) or 0) > 0)
@@ -103,6 +109,8 @@ def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: 
         try:
             scrape = wait_for("connections open becomes 1", lambda: (lambda s: s if value(
                 s, "bastion_connections_open") == 1 else None)(samples(base)))
+            wait_for("its session counted open", lambda: value(
+                samples(base), "bastion_sessions_open", kind="ssh", resource="web") == 1)
             if not ONE_PROCESS:  # else the daemon serves it itself
                 assert value(scrape, "bastion_processes", kind="connection") == 1
                 wait_for("the connection process measures its event loop", lambda: (value(
@@ -123,6 +131,14 @@ def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: 
             held.wait(10)
         wait_for("no request pending once its client is gone", lambda: value(
             samples(base), "bastion_approval_requests_pending") == 0)
+        wait_for("the request counted ended (its requester gone)", lambda: sum(
+            value(samples(base), "bastion_approval_requests_ended_total", outcome=o) or 0
+            for o in ("withdrawn", "cancelled")) == 1)
+        # the held session ended when its client went: counted ended, and no longer open
+        wait_for("the killed session counted ended", lambda: (lambda s: value(
+            s, "bastion_sessions_started_total", kind="ssh", resource="web") == 1 and total(
+            s, "bastion_sessions_ended_total", kind="ssh") == 1 and total(s, "bastion_sessions_open") == 0)(
+            samples(base)))
         after = wait_for("connections open back to 0", lambda: (lambda s: s if value(
             s, "bastion_connections_open") == 0 and value(s, "bastion_processes", kind="connection") in (0, None)
             else None)(samples(base)))
@@ -136,6 +152,155 @@ def test_scrape_health_token_and_connections(bastion_env: BastionEnv, tmp_path: 
         # only the supervisor's and the node process's own files are left, beside the archive
         wait_for("the connection processes' files folded", lambda: len(pids_with_files() - {"archive"}) == 2)
         assert "archive" in pids_with_files() and str(env.proc.pid) in pids_with_files()
+
+
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def total(scrape: Scrape, name: str, **labels: str) -> float:
+    """The sum of the ``name`` samples whose labels include ``labels`` (e.g. every outcome of one kind)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
+
+
+def until(base: str, what: str, check: Callable[[Scrape], bool], timeout: float = 60.0) -> Scrape:
+    """Scrape until ``check(scrape)`` holds; that scrape."""
+    return wait_for(what, lambda: (lambda s: s if check(s) else None)(samples(base)), timeout)
+
+
+def alice(env: BastionEnv, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh_argv(env.keys["alice"], env.port, "alice", *words, tty=False), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(600)  # a dozen ssh connections on a loaded machine
+def test_sessions_decisions_approvals_and_bytes_are_counted(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    """Stock ssh clients through the bastion, and each counter moves by what they did: the exec form (allowed,
+    blocked, held and approved), an interactive shell typed into, an sftp session; every open session closes."""
+    with metrics_bastion(bastion_env, tmp_path / "c") as (env, base):
+        before = samples(base)
+        assert total(before, "bastion_sessions_started_total") == 0
+        out = alice(env, "web", "--", "echo COUNTED-EXEC")
+        assert out.returncode == 0 and "COUNTED-EXEC" in out.stdout, out.stderr
+        s = until(base, "an exec session counted started and ended", lambda s: value(
+            s, "bastion_sessions_ended_total", kind="ssh", outcome="exited") == 1)
+        assert value(s, "bastion_sessions_started_total", kind="ssh", resource="web") == 1
+        # a live gauge: 0 in the process that carried it, or gone with a connection process that ended
+        assert total(s, "bastion_sessions_open") == 0
+        assert value(s, "bastion_policy_decisions_total", action="allow", rule="") == 1  # web's default
+        assert (value(s, "bastion_relay_bytes_total", direction="out", kind="ssh") or 0) >= len("COUNTED-EXEC\n")
+
+        out = alice(env, "web", "--", "rm -f /tmp/metrics-nothing-here")
+        assert out.returncode != 0 and "no-rm" in out.stderr, out.stderr
+        s = until(base, "the blocked command counted", lambda s: value(
+            s, "bastion_policy_decisions_total", action="block", rule="no-rm") == 1)
+        assert value(s, "bastion_sessions_started_total", kind="ssh", resource="web") == 1  # refused: no session
+
+        held = subprocess.Popen(ssh_argv(env.keys["alice"], env.port, "alice", "web", "--", "chmod 600 /nonexistent",
+                                         tty=False), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.stderr is not None
+            line = held.stderr.readline()
+            found = re.search(r"request #(\d+)", line)
+            assert found is not None, line
+            decided = subprocess.run(ssh_argv(env.keys["bob"], env.port, "bob", "approve", found[1], tty=False),
+                                     capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            assert decided.returncode == 0, decided.stderr
+            held.wait(120)  # approved: chmod runs (and fails on a file that is not there)
+        finally:
+            if held.poll() is None:
+                held.kill()
+                held.wait(10)
+        s = until(base, "the approval counted approved, with its wait", lambda s: value(
+            s, "bastion_approval_requests_ended_total", outcome="approved") == 1 and value(
+            s, "bastion_sessions_ended_total", kind="ssh", outcome="exited") == 2)
+        assert value(s, "bastion_approval_wait_seconds_count", outcome="approved") == 1
+        assert (value(s, "bastion_approval_wait_seconds_sum", outcome="approved") or 0) > 0
+        assert value(s, "bastion_policy_decisions_total", action="require_approval", rule="chmod-needs-approval") == 1
+
+        assert value(s, "bastion_keystroke_latency_seconds_count") == 0  # nobody typed yet
+        with Terminal(ssh_argv(env.keys["alice"], env.port, "alice", "web", tty=True), cols=100, rows=30) as t:
+            t.wait_for_raw(r"[#$] \Z", timeout=60)
+            t.send("echo TYPED-$((6*7))\r")
+            t.wait_for(r"TYPED-42", timeout=60)
+            until(base, "the shell counted open", lambda s: value(
+                s, "bastion_sessions_open", kind="ssh", resource="web") == 1)
+            t.send("exit\r")
+            assert t.wait_exit(timeout=60) == 0
+        s = until(base, "the interactive session counted ended", lambda s: value(
+            s, "bastion_sessions_ended_total", kind="ssh", outcome="exited") == 3)
+        assert (value(s, "bastion_keystroke_latency_seconds_count") or 0) >= 2  # a chunk per key, or per line
+        assert (value(s, "bastion_relay_bytes_total", direction="in", kind="ssh") or 0) >= len("echo TYPED-$((6*7))\r")
+        assert (value(s, "bastion_relay_bytes_total", direction="out", kind="ssh") or 0) > 0
+        # the shell's lines were judged by web's policy too (the exec form's command once, each typed line once)
+        assert (value(s, "bastion_policy_decisions_total", action="allow", rule="") or 0) >= 3
+
+        sftp = subprocess.run(["sftp", "-F", "/dev/null", "-i", str(env.keys["alice"]), "-o", "IdentitiesOnly=yes",
+                               "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no", "-o",
+                               "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+                               "-P", str(env.port), "-b", "-", "alice+web@127.0.0.1"], input="ls /\n",
+                              capture_output=True, text=True, timeout=120)
+        assert sftp.returncode == 0, sftp.stderr
+        s = until(base, "the sftp session counted as a transfer", lambda s: total(
+            s, "bastion_sessions_ended_total", kind="transfer") == 1)
+        assert value(s, "bastion_sessions_started_total", kind="transfer", resource="web") == 1
+        assert (value(s, "bastion_relay_bytes_total", direction="in", kind="transfer") or 0) > 0
+        assert (value(s, "bastion_relay_bytes_total", direction="out", kind="transfer") or 0) > 0
+
+        jumped = subprocess.run(["ssh", "-F", str(jump_config(env, tmp_path)), "-J", "bastion", "web",
+                                 "echo JUMPED-$((40+2))"], capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+        assert jumped.returncode == 0 and "JUMPED-42" in jumped.stdout, jumped.stderr
+        s = until(base, "the -J session counted as a jump", lambda s: value(
+            s, "bastion_sessions_ended_total", kind="jump", outcome="exited") == 1)
+        assert value(s, "bastion_sessions_started_total", kind="jump", resource="web") == 1
+        assert (value(s, "bastion_relay_bytes_total", direction="out", kind="jump") or 0) >= len("JUMPED-42\n")
+        assert total(s, "bastion_sessions_open") == 0  # every session started has ended
+        assert total(s, "bastion_sessions_started_total") == total(s, "bastion_sessions_ended_total") == 5
+
+
+def jump_config(env: BastionEnv, d: Path) -> Path:
+    """``ssh -J bastion web`` as an operator writes it (the inner host key not checked: not what is tested here)."""
+    cfg = d / "ssh_config"
+    common = (f"  IdentityFile {env.keys['alice']}\n  IdentitiesOnly yes\n  IdentityAgent none\n"
+              "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n")
+    cfg.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {env.port}\n  User alice\n{common}"
+                   f"Host web\n  User deploy\n{common}")
+    return cfg
+
+
+@pytest.mark.timeout(400)
+def test_recordings_that_fail_are_counted(bastion_env: BastionEnv, tmp_path: Path) -> None:
+    """A recording that cannot be written (a file where its directory goes) refuses the session and is counted;
+    one that cannot be uploaded (a bucket that does not exist) stays on disk and is counted."""
+    from tests.integration.test_s3_recordings import s3_config
+
+    s3 = S3Server(tmp_path / "moto.log")
+    try:
+        d = tmp_path / "r"
+        d.mkdir()
+        with metrics_bastion(bastion_env, d, s3_config(d, s3, bucket="never-made")) as (env, base):
+            recordings = d / "state" / "recordings"
+            recordings.mkdir(parents=True, exist_ok=True)
+            year = recordings / time.strftime("%Y", time.gmtime())  # a session id starts with the UTC date
+            in_the_way = not year.exists()
+            if in_the_way:
+                year.write_text("not a directory\n")
+                try:
+                    out = alice(env, "web", "--", "echo NEVER-RECORDED")
+                finally:
+                    year.unlink()
+                assert out.returncode != 0 and "cannot be recorded" in out.stderr, out.stderr
+                until(base, "the write failure counted", lambda s: value(
+                    s, "bastion_recording_failures_total", op="write") == 1)
+            out = alice(env, "web", "--", "echo RECORDED-NOT-UPLOADED")
+            assert out.returncode == 0, out.stderr
+            s = until(base, "the upload failure counted", lambda s: value(
+                s, "bastion_recording_failures_total", op="upload") == 1, timeout=120)
+            assert value(s, "bastion_recording_failures_total", op="write") == (1 if in_the_way else 0)
+    finally:
+        s3.stop()
 
 
 def stop_postgres(pg: PgServer) -> None:

@@ -3,6 +3,7 @@ line), the helpers' bounded labels, and the directory of per-process files kept 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -197,3 +198,137 @@ def test_a_helper_never_fails_its_caller(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(metrics, "KEYSTROKE_LATENCY", Broken())
     metrics.observe_keystroke(0.001)  # logged once, never raised into the relay
     metrics.observe_keystroke(0.001)
+
+
+# -- where the bastion counts (issue 25's wiring), each point on its own ---------------------------------------
+def sample(name: str, **labels: str) -> float:
+    """This process's value of a series (in-process mode: the tests never turn the multiprocess mode on)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class _Chan:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes, datatype: int | None = None) -> None:
+        self.out += data
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Ep:
+    def __init__(self) -> None:
+        self.got = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.got += data
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def signal(self, name: str) -> None:
+        pass
+
+    def send_break(self, msec: int) -> None:
+        pass
+
+    def eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def pending(self) -> int:
+        return 0
+
+    def echo_known(self) -> bool | None:
+        return True
+
+
+def test_the_relay_counts_a_brokered_sessions_bytes_and_times_its_keystrokes() -> None:
+    from bastion.terminal.relay import Relay
+
+    def now() -> tuple[float, float, float]:
+        return (sample("bastion_relay_bytes_total", direction="in", kind="postgres"),
+                sample("bastion_relay_bytes_total", direction="out", kind="postgres"),
+                sample("bastion_keystroke_latency_seconds_count"))
+
+    relay, ep = Relay(_Chan()), _Ep()
+    start = now()
+    relay.attach(ep, None)  # an observer, a replay: not a brokered session, not counted
+    relay.release()
+    relay.from_client(b"ls\r")
+    relay.output(ep, b"a b c\r\n")
+    relay.detach()
+    assert now() == start
+    relay.attach(ep, None, kind="postgres", keystrokes=True)
+    relay.from_client(b"ls\r")
+    relay.from_client(b"x")
+    relay.output(ep, b"a b c\r\n")
+    relay.say(b"bastion: its own words are not the target's\r\n")
+    assert now() == (start[0] + 4, start[1] + 7, start[2] + 2)
+    relay.detach()
+    relay.attach(ep, None, kind="postgres")  # the exec form: bytes counted, no keystroke timed
+    relay.from_client(b"SELECT 1;")
+    assert now() == (start[0] + 13, start[1] + 7, start[2] + 2)
+    assert bytes(ep.got) == b"ls\rls\rxSELECT 1;"
+
+
+async def test_approvals_are_counted_when_they_leave_pending(tmp_path: Path) -> None:
+    from bastion.context import ConnectionContext
+    from bastion.oversight.approvals import ApprovalService
+    from bastion.store.db import Store
+    from policies.engine import Action, Decision
+
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.migrate()
+    service = ApprovalService(store, "n1", roles=lambda: {}, spawn=lambda aw: None, publish=lambda e: None)
+    ctx = ConnectionContext("127.0.0.1:1", "bastion")
+    ctx.username = "alice"
+    d = Decision(Action.REQUIRE_APPROVAL, "chmod-needs-approval", "permissions", "chmod 600 x", approvals=1)
+    before = {o: (sample("bastion_approval_requests_ended_total", outcome=o),
+                  sample("bastion_approval_wait_seconds_count", outcome=o))
+              for o in ("withdrawn", "cancelled", "expired")}
+    first = await service.request(ctx, "web", "s1", d)
+    assert await service.finish(first.id, "withdrawn", "withdrawn by the requester", "alice")
+    assert not await service.finish(first.id, "expired", "too late", "bastion")  # no longer pending: not again
+    second = await service.request(ctx, "web", "s2", d)
+    await service.cancelled(service.db.cancel_pending(session_id="s2", reason="the session ended"))
+    assert second.id != first.id
+    for o in ("withdrawn", "cancelled"):
+        assert sample("bastion_approval_requests_ended_total", outcome=o) == before[o][0] + 1
+        assert sample("bastion_approval_wait_seconds_count", outcome=o) == before[o][1] + 1
+    assert sample("bastion_approval_requests_ended_total", outcome="expired") == before["expired"][0]
+
+
+async def test_a_failed_upload_is_counted_from_the_indexers_exit_status(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bastion.audit.indexing import UPLOAD_FAILED
+    from bastion.audit.worker import AuditWorker
+    from bastion.store.db import Store
+    from recorder.storage import RecordingStorage
+
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.migrate()
+    config = SimpleNamespace(signing_key=None, path=tmp_path / "bastion.yaml",
+                             recordings=SimpleNamespace(retention_days=None))
+    worker = AuditWorker(config, store, RecordingStorage(tmp_path))  # type: ignore[arg-type]
+    worker.indexer = lambda sid: ["sh", "-c", f"exit {sid}"]  # type: ignore[method-assign]
+    before = sample("bastion_recording_failures_total", op="upload")
+    await worker.start()
+    try:
+        for status in ("1", str(UPLOAD_FAILED)):  # an indexing failure is not an upload's
+            worker.indexed.clear()
+            await worker.closed(status)
+            await asyncio.wait_for(worker.indexed.wait(), 60)
+    finally:
+        await worker.stop()
+    assert sample("bastion_recording_failures_total", op="upload") == before + 1
