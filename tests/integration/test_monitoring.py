@@ -100,8 +100,8 @@ def scrape(url: str) -> str:
 def registry_series() -> dict[str, set[str]]:
     """Every sample name the bastion's metrics can have, with its label names, from the definitions (a labelled
     metric shows no sample before its first use, so a scrape alone would not list it)."""
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum",
-                                                                                 "_created")}
+    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",), "summary": ("", "_count",
+                "_sum", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
     out: dict[str, set[str]] = {}
     for collector in list(metrics.REGISTRY._collector_to_names):  # type: ignore[attr-defined]
         labels = set(collector._labelnames)
