@@ -7,6 +7,7 @@ the names are checked everywhere."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -114,7 +115,8 @@ def registry_series() -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
     """The series a real daemon serves (on a PostgreSQL store, so the cluster's heartbeat gauge is there too),
-    scraped once its event loops have been measured, with the definitions' series added; name -> label names."""
+    scraped once its event loops have been measured, with the definitions' series added; name -> label names. It
+    runs as under the unit, with $RUNTIME_DIRECTORY: the metrics' per-process files go there."""
     d = tmp_path_factory.mktemp("monitoring")
     (d / "state").mkdir()
     (d / "token").write_text(TOKEN + "\n")
@@ -126,7 +128,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[s
                        "cluster: {heartbeat_seconds: 0.5}\n"  # an export sink: its backlog gauge has a sample
                        f"audit: {{export: {{file: [{{name: file, path: {d / 'audit.jsonl'}}}]}}}}\n"
                        f"metrics: {{listen: '127.0.0.1:{mport}', token_file: token}}\n")
-        proc = start_bastion(cfg, port, d / "bastion.out", timeout=60)
+        runtime = d / "run"  # what systemd's RuntimeDirectory=bastion gives the daemon (systemd/bastion.service)
+        runtime.mkdir(mode=0o700)
+        os.environ["RUNTIME_DIRECTORY"] = str(runtime)
+        try:
+            proc = start_bastion(cfg, port, d / "bastion.out", timeout=60)
+        finally:
+            del os.environ["RUNTIME_DIRECTORY"]
         try:
             deadline, names = time.monotonic() + 60, set()
             while time.monotonic() < deadline:
@@ -139,6 +147,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[s
             else:
                 raise AssertionError(f"the scrape never showed the loop lag, the heartbeat and the export backlog: "
                                      f"{sorted(names)}")
+            assert list((runtime / f"metrics-{port}").glob("*.db")), "the per-process files are not in the runtime dir"
         finally:
             stop_bastion(proc)
     out = registry_series()
