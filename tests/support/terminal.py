@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,14 @@ KEYS: dict[str, str] = {
     "ctrl-c": "\x03", "ctrl-d": "\x04", "esc": "\x1b", "backspace": "\x7f", "tab": "\t",
     "f2": "\x1bOQ", "f3": "\x1bOR", "f4": "\x1bOS", "f5": "\x1b[15~",
 }
+
+
+def _default_signals() -> None:
+    """A program in a terminal gets the signals a login shell would give it: a test run started in the background
+    (bash ignores SIGINT and SIGQUIT for ``cmd &``, nohup SIGHUP) must not hand its ignored signals on, or Ctrl-C in
+    the pane would do nothing."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class Terminal:
@@ -40,7 +49,7 @@ class Terminal:
         self.raw = bytearray()
         self.status: int | None = None
         self.child = pexpect.spawn(argv[0], argv[1:], dimensions=(rows, cols), env=env,
-                                   cwd=None if cwd is None else str(cwd))
+                                   cwd=None if cwd is None else str(cwd), preexec_fn=_default_signals)
         self._fd = self.child.child_fd
         self._stop = threading.Event()
         self._eof = threading.Event()
