@@ -18,6 +18,7 @@ text format stays the default (and the demo's).
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import logging
 import os
@@ -97,6 +98,46 @@ def use_format(log_format: str) -> None:
         sys.excepthook = _uncaught
         threading.excepthook = _uncaught_in_thread
         sys.unraisablehook = _unraisable
+        if not isinstance(sys.stderr, JsonLines) and sys.stderr is not None:
+            sys.stderr = JsonLines(sys.stderr)
+
+
+class JsonLines(io.TextIOBase):
+    """``sys.stderr`` in JSON mode: what Python itself still writes there as text (the interpreter's own lines,
+    such as the header of an error writing to the signal wakeup fd while a loop closes, or a library's print) is
+    cut into lines, each written as a JSON record on the real stream. The log handlers keep the stream they were
+    given, so nothing comes back here."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        if not line.strip():
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "level": "warning",
+                  **_process, "pid": os.getpid(), "logger": "stderr", "message": line}
+        self._stream.write(_safe(json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":"))) + "\n")
+        self._stream.flush()
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    def writable(self) -> bool:
+        return True
 
 
 def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
@@ -111,5 +152,9 @@ def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 
 
 def _unraisable(u: sys.UnraisableHookArgs) -> None:
-    log.error("%s: %r", u.err_msg or "exception ignored", u.object,
-              exc_info=(u.exc_type, u.exc_value, u.exc_traceback))  # type: ignore[arg-type]
+    what = u.err_msg or "exception ignored"
+    if u.object is None:  # nothing to name (an error the interpreter met outside any object)
+        log.error("%s", what, exc_info=(u.exc_type, u.exc_value, u.exc_traceback))  # type: ignore[arg-type]
+    else:
+        log.error("%s: %r", what, u.object,
+                  exc_info=(u.exc_type, u.exc_value, u.exc_traceback))  # type: ignore[arg-type]

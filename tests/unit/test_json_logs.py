@@ -120,3 +120,31 @@ raise KeyError("the end")
     assert "in __del__" in " ".join(o.get("exception", "") for o in objs)
     assert objs[-1]["message"] == "uncaught exception" and "KeyError: 'the end'" in objs[-1]["exception"]
     assert "\x1b" not in out.stderr and "\x07" not in out.stderr
+
+
+def test_text_python_writes_to_stderr_itself_is_json_too() -> None:
+    """The interpreter writes some lines to ``sys.stderr`` as text (the header of a failed write to the signal
+    wakeup fd, which a signal can provoke while asyncio closes its loop; a library's print): each is one JSON line,
+    pieces written without a newline are joined first, and an ignored exception with no object reads cleanly."""
+    code = """
+import _testcapi, sys
+from bastion.cli.common import setup_logging
+from bastion.metrics.logs import use_format
+setup_logging(False, None, "json")
+use_format("json")
+sys.stderr.write("Exception ignored when trying to write to the signal wakeup fd:\\n")
+print("half", end="", file=sys.stderr); print(" and\\x1b the rest", file=sys.stderr)
+try:
+    raise OSError(9, "Bad file descriptor")
+except OSError as e:
+    _testcapi.write_unraisable_exc(e, None, None)
+import logging; logging.getLogger("bastion.x").warning("still one line each")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    objs = [json.loads(ln) for ln in out.stderr.splitlines()]
+    messages = [o["message"] for o in objs]
+    assert "Exception ignored when trying to write to the signal wakeup fd:" in messages
+    assert "half and\x1b the rest" in messages and "\x1b" not in out.stderr
+    assert "still one line each" in messages and "None" not in " ".join(messages)
+    assert any("Bad file descriptor" in o.get("exception", "") for o in objs)
