@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
-from bastion.audit.worker import AuditWorker
-from bastion.store.db import Store
-from recorder.storage import RecordingStorage
+from tests.support.audit_worker import audit_worker
 
 
 def alive(pid: int) -> bool:
@@ -23,13 +20,8 @@ def alive(pid: int) -> bool:
 
 
 async def test_stopping_the_worker_stops_its_indexer(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
-    store.migrate()
-    config = SimpleNamespace(signing_key=None, path=tmp_path / "bastion.yaml",
-                             recordings=SimpleNamespace(retention_days=None))
-    worker = AuditWorker(config, store, RecordingStorage(tmp_path))  # type: ignore[arg-type]
     pidfile = tmp_path / "indexer.pid"
-    worker.indexer = lambda sid: ["sh", "-c", f'echo $$ > {pidfile}; exec sleep 600']  # type: ignore[method-assign]
+    worker = audit_worker(tmp_path, lambda sid: ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"])
     await worker.start()
     await worker.closed("s1")
     for _ in range(200):

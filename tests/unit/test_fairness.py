@@ -14,56 +14,7 @@ from hypothesis import strategies as st
 from bastion.terminal.fairness import BULK_CHUNK
 from bastion.terminal.relay import Relay, Tee
 from recorder.asciicast import CastWriter, read_cast
-
-
-class Chan:
-    def __init__(self) -> None:
-        self.got: list[bytes] = []
-
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        self.got.append(data)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class Ep:
-    """An endpoint that only counts how it is paused and resumed."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.pauses = 0
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def signal(self, name: str) -> None:
-        pass
-
-    def send_break(self, msec: int) -> None:
-        pass
-
-    def eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        self.paused = True
-        self.pauses += 1
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def pending(self) -> int:
-        return 0
-
-    def echo_known(self) -> bool | None:
-        return None
+from tests.support.relay_fakes import FakeChannel, FakeEndpoint
 
 
 async def turns(n: int) -> None:
@@ -72,9 +23,9 @@ async def turns(n: int) -> None:
 
 
 async def test_bulk_goes_one_chunk_per_turn_and_echoes_go_at_once(tmp_path: Path) -> None:
-    bulk_chan, echo_chan = Chan(), Chan()
+    bulk_chan, echo_chan = FakeChannel(), FakeChannel()
     bulk, echo = Relay(bulk_chan), Relay(echo_chan)
-    bulk_ep, echo_ep = Ep(), Ep()
+    bulk_ep, echo_ep = FakeEndpoint(echo=None), FakeEndpoint(echo=None)
     bulk.attach(bulk_ep, None)
     echo.attach(echo_ep, None)
     chunks = [bytes([65 + i]) * (BULK_CHUNK * 8) for i in range(5)]
@@ -91,9 +42,9 @@ async def test_bulk_goes_one_chunk_per_turn_and_echoes_go_at_once(tmp_path: Path
 
 
 async def test_detach_delivers_what_waits_before_the_recording_closes(tmp_path: Path) -> None:
-    chan = Chan()
+    chan = FakeChannel()
     relay = Relay(chan)
-    ep = Ep()
+    ep = FakeEndpoint(echo=None)
     writer = CastWriter(tmp_path / "x.cast", 80, 24, title="x")
     relay.attach(ep, Tee(writer))
     big = b"x" * (BULK_CHUNK * 4)

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bastion import metrics
 from bastion.config import ConfigError, load_config
 from bastion.metrics.files import LockedCollector, Reaper, file_count, prepare
+from tests.support.relay_fakes import FakeChannel, FakeEndpoint
 
 BASE = "host_keys: [host_ed25519]\ndatabase: sqlite:///bastion.db\n"
 
@@ -206,52 +207,6 @@ def sample(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-class _Chan:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        self.out += data
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class _Ep:
-    def __init__(self) -> None:
-        self.got = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.got += data
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def signal(self, name: str) -> None:
-        pass
-
-    def send_break(self, msec: int) -> None:
-        pass
-
-    def eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def pending(self) -> int:
-        return 0
-
-    def echo_known(self) -> bool | None:
-        return True
-
-
 def test_the_relay_counts_a_brokered_sessions_bytes_and_times_its_keystrokes() -> None:
     from bastion.terminal.relay import Relay
 
@@ -260,7 +215,7 @@ def test_the_relay_counts_a_brokered_sessions_bytes_and_times_its_keystrokes() -
                 sample("bastion_relay_bytes_total", direction="out", kind="postgres"),
                 sample("bastion_keystroke_latency_seconds_count"))
 
-    relay, ep = Relay(_Chan()), _Ep()
+    relay, ep = Relay(FakeChannel()), FakeEndpoint()
     start = now()
     relay.attach(ep, None)  # an observer, a replay: not a brokered session, not counted
     relay.release()
@@ -278,7 +233,7 @@ def test_the_relay_counts_a_brokered_sessions_bytes_and_times_its_keystrokes() -
     relay.attach(ep, None, kind="postgres")  # the exec form: bytes counted, no keystroke timed
     relay.from_client(b"SELECT 1;")
     assert now() == (start[0] + 13, start[1] + 7, start[2] + 2)
-    assert bytes(ep.got) == b"ls\rls\rxSELECT 1;"
+    assert ep.written() == b"ls\rls\rxSELECT 1;"
 
 
 async def test_approvals_are_counted_when_they_leave_pending(tmp_path: Path) -> None:
@@ -309,19 +264,10 @@ async def test_approvals_are_counted_when_they_leave_pending(tmp_path: Path) -> 
 
 
 async def test_a_failed_upload_is_counted_from_the_indexers_exit_status(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from bastion.audit.indexing import UPLOAD_FAILED
-    from bastion.audit.worker import AuditWorker
-    from bastion.store.db import Store
-    from recorder.storage import RecordingStorage
+    from tests.support.audit_worker import audit_worker
 
-    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
-    store.migrate()
-    config = SimpleNamespace(signing_key=None, path=tmp_path / "bastion.yaml",
-                             recordings=SimpleNamespace(retention_days=None))
-    worker = AuditWorker(config, store, RecordingStorage(tmp_path))  # type: ignore[arg-type]
-    worker.indexer = lambda sid: ["sh", "-c", f"exit {sid}"]  # type: ignore[method-assign]
+    worker = audit_worker(tmp_path, lambda sid: ["sh", "-c", f"exit {sid}"])
     before = sample("bastion_recording_failures_total", op="upload")
     await worker.start()
     try:

@@ -5,53 +5,11 @@ never queued for later; what was typed while the opening was held can be discard
 from __future__ import annotations
 
 from bastion.terminal.relay import Relay
-
-
-class Chan:
-    def write(self, data: bytes, datatype: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class Ep:
-    def __init__(self) -> None:
-        self.got: list[object] = []
-
-    def write(self, data: bytes) -> None:
-        self.got.append(data)
-
-    def resize(self, cols: int, rows: int) -> None:
-        pass
-
-    def signal(self, name: str) -> None:
-        self.got.append(("signal", name))
-
-    def send_break(self, msec: int) -> None:
-        self.got.append(("break", msec))
-
-    def eof(self) -> None:
-        self.got.append("eof")
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def pending(self) -> int:
-        return 0
-
-    def echo_known(self) -> bool | None:
-        return True
+from tests.support.relay_fakes import FakeChannel, FakeEndpoint
 
 
 def test_every_kind_of_input_is_dropped_while_paused_and_flows_again_after() -> None:
-    relay, ep, dropped = Relay(Chan()), Ep(), []
+    relay, ep, dropped = Relay(FakeChannel()), FakeEndpoint(), []
     relay.attach(ep, None)
     relay.release()
     relay.input_paused = lambda: dropped.append(1)
@@ -67,7 +25,7 @@ def test_every_kind_of_input_is_dropped_while_paused_and_flows_again_after() -> 
 
 
 def test_keys_held_during_the_opening_can_be_discarded() -> None:
-    relay, ep = Relay(Chan()), Ep()
+    relay, ep = Relay(FakeChannel()), FakeEndpoint()
     relay.hold()
     relay.from_client(b"typed while nobody watched\r")
     relay.attach(ep, None)
