@@ -30,6 +30,7 @@ class ConnectionContext:
         self.login_ip: str | None = None  # set while a device flow of this connection counts as pending
         self.target: str | None = None  # ``alice+web1``: every session of this connection opens ``web1``
         self.forwarded = 0  # forwarded channels open now, -J hops and the -L channels inside them included
+        self.jump = False  # the inner connection of an ``ssh -J`` hop (served on a channel of another connection)
 
     def set_identity(self, name: str, groups: Iterable[str], *, roles: Mapping[str, RoleLike], source: str) -> None:
         """The connection now acts as ``name`` with ``groups``; ``roles`` (the running config's) give its grants."""

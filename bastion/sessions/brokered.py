@@ -65,10 +65,9 @@ class BrokeredSession:
         self.path = services.config.recordings_dir / sid_path
         self.log: TransferLog | None = None
         self.grant: int | None = None  # the access request this session opens under (access on request)
-        # the metrics' kind: how it came (-J: the inner connection's peer says so) or what it carries, else the
-        # resource's kind; counted open from its session row's start to its end (``outcome``)
-        jumped = ctx.peer.endswith(f" -J {name}")
-        self.kind = "jump" if jumped else "transfer" if self.transfer else self.res.kind
+        # the metrics' kind: how it came (an ``ssh -J`` hop) or what it carries, else the resource's kind; counted
+        # open from its session row's start to its end (``outcome``)
+        self.kind = "jump" if ctx.jump else "transfer" if self.transfer else self.res.kind
         self.counted = False
         self.outcome = "error"  # until the row is closed: an exception ended the session
 

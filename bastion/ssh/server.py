@@ -269,6 +269,7 @@ class InnerServer(BastionServer):
         super().connection_made(conn)
         self.ctx = ConnectionContext(f"{self.outer.peer} -J {self.target}", self.services.server_name)
         self.ctx.target = self.target
+        self.ctx.jump = True
 
     def begin_auth(self, username: str) -> bool:
         super().begin_auth(username)
