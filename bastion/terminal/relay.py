@@ -159,11 +159,9 @@ class Relay:
                 if self.keystrokes:
                     metrics.observe_keystroke(time.monotonic() - received)
                 return
-            ep.write(data)
-            if self.keystrokes:  # client byte in -> the same byte handed to the target
-                metrics.observe_keystroke(time.monotonic() - received)
-        else:
-            ep.write(data)
+        ep.write(data)
+        if ep is self.active and self.keystrokes:  # client byte in -> the same byte handed to the target
+            metrics.observe_keystroke(time.monotonic() - received)
         if ep.pending() > MAX_PENDING and not self._client_paused:
             self._client_paused = True
             self.chan.pause_reading()
