@@ -113,6 +113,7 @@ class JsonLines(io.TextIOBase):
         self._stream = stream
         self._partial = ""
         self._lock = threading.Lock()
+        self._format = JsonFormatter()
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -125,9 +126,8 @@ class JsonLines(io.TextIOBase):
     def _emit(self, line: str) -> None:
         if not line.strip():
             return
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "level": "warning",
-                  **_process, "pid": os.getpid(), "logger": "stderr", "message": line}
-        self._stream.write(_safe(json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":"))) + "\n")
+        record = logging.LogRecord("stderr", logging.WARNING, __file__, 0, line, None, None)
+        self._stream.write(self._format.format(record) + "\n")  # the one encoder of every JSON line
         self._stream.flush()
 
     def flush(self) -> None:
